@@ -1,0 +1,3 @@
+from mfnpatch.cli import main
+
+main()

@@ -1,0 +1,554 @@
+"""The command line: parses arguments, calls the core, renders with rich or --json, maps errors to exit codes.
+
+No logic lives here beyond choosing what to show.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import traceback
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.markup import escape
+from rich.table import Table
+
+from mfnpatch import __version__
+from mfnpatch.errors import EXIT_INTERRUPTED, EXIT_NOTHING_TO_DO, EXIT_OK, EXIT_USAGE, MfnError
+
+out = Console(highlight=False, soft_wrap=True)
+err = Console(stderr=True, highlight=False, soft_wrap=True)
+
+
+class _Ctx:
+    debug = False
+    json = False
+
+
+CTX = _Ctx()
+
+HELP = """\
+Reproduce MobileFaceNet on a pinned, patched InsightFace — each step one checked command.
+
+\b
+Start here:
+  mfnpatch apply --commit 4bc8132                 fetch the pin, apply the recipe's patch set
+  mfnpatch apply --commit 4bc8132 --series mfn,py3 --source ~/src/insightface
+  mfnpatch status                                 what is applied, and what drifted
+  mfnpatch patches list                           the versioned patch sets
+
+\b
+Exit codes: 0 done, 1 failed, 2 nothing to do (already so), 64 bad usage, 130 interrupted.
+"""
+
+app = typer.Typer(
+    help=HELP,
+    no_args_is_help=True,
+    rich_markup_mode=None,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100},
+)
+patches_app = typer.Typer(help="List, show and lock the versioned patch sets.", no_args_is_help=True)
+pin_app = typer.Typer(help="The pinned upstream commits (list; record a new pin).", no_args_is_help=True)
+app.add_typer(patches_app, name="patches")
+app.add_typer(pin_app, name="pin")
+
+
+def _version(value: bool):
+    if value:
+        out.print(f"mfnpatch {__version__}")
+        raise typer.Exit(EXIT_OK)
+
+
+@app.callback()
+def _root(
+    debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks and git's own output on errors.")] = False,
+    version: Annotated[
+        bool, typer.Option("--version", callback=_version, is_eager=True, help="Print the version and exit.")
+    ] = False,
+):
+    CTX.debug = debug or bool(os.environ.get("MFNPATCH_DEBUG"))
+
+
+def emit_json(obj: Any) -> None:
+    sys.stdout.write(json.dumps(obj, indent=2, default=str) + "\n")
+    sys.stdout.flush()
+
+
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print the result as JSON (for scripts).")]
+DestOpt = Annotated[
+    Path,
+    typer.Option("--dest", "-d", help="The InsightFace tree (created if absent).", show_default=True),
+]
+DEFAULT_DEST = Path("insightface")
+
+
+# --------------------------------------------------------------------------------------------
+# apply / unapply / status / diff
+
+
+@app.command()
+def apply(
+    commit: Annotated[str, typer.Option("--commit", "-c", help="A pinned commit, or an unambiguous prefix of one.")],
+    series: Annotated[
+        str,
+        typer.Option(
+            "--series", "-s", help="Patch sets to apply, comma separated, each optionally @version: mfn,py3 or mfn@1."
+        ),
+    ] = "mfn",
+    source: Annotated[
+        str | None,
+        typer.Option(
+            "--source",
+            help="Where to fetch the commit: a local clone, a bare mirror or a git URL. "
+            "Default: $MFNPATCH_UPSTREAM, else the pin's GitHub URL.",
+        ),
+    ] = None,
+    dest: DestOpt = DEFAULT_DEST,
+    fuzz: Annotated[
+        int, typer.Option("--fuzz", min=0, max=3, help="Accept hunks whose outer N context lines differ (recorded).")
+    ] = 0,
+    force: Annotated[
+        bool,
+        typer.Option("--force", help="Reset files changed outside mfnpatch (saved under .mfnpatch/saved/) and apply."),
+    ] = False,
+    check: Annotated[bool, typer.Option("--check", help="Check that the series applies; write nothing.")] = False,
+    as_json: JsonOpt = False,
+):
+    """Fetch a pinned InsightFace commit (verified by hash) and apply patch sets, all or nothing.
+
+    Only that one commit is fetched (depth 1) into a cache, so a second apply needs no network.
+    Applying again is a no-op (exit 2); a tree changed outside mfnpatch is refused unless --force.
+    """
+    from mfnpatch.patchset import Catalog, select_sets
+    from mfnpatch.resources import data_dir
+    from mfnpatch.worktree import apply as do_apply
+    from mfnpatch.worktree import prepare_tree
+
+    CTX.json = as_json
+    sets = select_sets(Catalog.scan(data_dir("patches")), series)
+    if as_json:
+        prepared = prepare_tree(commit, dest, source)
+    else:
+        with err.status(f"fetching {commit} …") as st:
+            prepared = prepare_tree(
+                commit, dest, source, on_progress=lambda line: st.update(f"fetching {commit}: {line}")
+            )
+    tree = prepared.tree
+    outcome = do_apply(tree, sets, fuzz=fuzz, force=force, check=check, source=prepared.source)
+    code = EXIT_NOTHING_TO_DO if outcome.action in ("nothing", "adopted") else EXIT_OK
+    if as_json:
+        emit_json(
+            {
+                "action": outcome.action,
+                "tree": str(tree.root),
+                "created": prepared.created,
+                "fetch": None
+                if prepared.fetch is None
+                else {
+                    "url": prepared.fetch.url,
+                    "from_cache": prepared.fetch.from_cache,
+                    "seconds": round(prepared.fetch.seconds, 3),
+                },
+                "pin": {"commit": tree.pin.commit, "tree": tree.pin.manifest.tree},
+                "sets": outcome.sets,
+                "previous": outcome.previous,
+                "changed": outcome.changed,
+                "fuzz": outcome.fuzz,
+                "moved_hunks": [h.__dict__ for h in outcome.moved],
+                "saved": str(outcome.saved) if outcome.saved else None,
+                "exit_code": code,
+            }
+        )
+        return code
+    pin = tree.pin
+    if prepared.fetch is not None:
+        f = prepared.fetch
+        how = "from the cache" if f.from_cache else f"from {f.url} in {f.seconds:.1f} s"
+        out.print(f"fetched {pin.short} {escape(how)}; verified commit and tree {pin.manifest.tree[:12]}")
+    if prepared.created:
+        out.print(f"created {escape(str(tree.root))} at {escape(pin.describe())}")
+    for h in outcome.moved:
+        extra = f", fuzz {h.fuzz}" if h.fuzz else ""
+        out.print(
+            f"[yellow]note[/]: {escape(h.patch)}: {escape(h.path)} hunk #{h.hunk} applied at line {h.applied_line} "
+            f"(offset {h.offset:+d}{extra})"
+        )
+    for n in outcome.notes:
+        out.print(f"[yellow]note[/]: {escape(n)}")
+    labels = ", ".join(outcome.sets)
+    if outcome.action == "nothing":
+        out.print(f"already applied: {labels} at {pin.short} in {escape(str(tree.root))} (nothing to do)")
+    elif outcome.action == "adopted":
+        out.print(f"already applied: {labels} at {pin.short}; recorded in {escape(str(tree.root))}/.mfnpatch")
+    elif outcome.action == "checked":
+        out.print(f"check: {labels} apply cleanly to {pin.short}; {len(outcome.changed)} file(s) would change")
+    else:
+        if outcome.saved:
+            out.print(f"[yellow]saved[/] files changed outside mfnpatch to {escape(str(outcome.saved))}")
+        verb = "switched to" if outcome.action == "switched" else "applied"
+        was = f" (was {', '.join(outcome.previous)})" if outcome.previous else ""
+        out.print(
+            f"[green]{verb}[/] {labels}{escape(was)} at {pin.short}: {len(outcome.changed)} file(s) changed"
+            f"{'' if not fuzz else f', fuzz {fuzz}'}"
+        )
+        for p in outcome.changed:
+            out.print(f"  {escape(p)}")
+        out.print(f"next: mfnpatch status --dest {escape(str(dest))}")
+    return code
+
+
+def _open(dest: Path):
+    from mfnpatch.pin import open_tree
+    from mfnpatch.worktree import Tree
+
+    if not Path(dest).exists():
+        raise MfnError(
+            f"{dest}: no such tree", hint="create one with: mfnpatch apply --commit 4bc8132 --dest " + str(dest)
+        )
+    repo, pin = open_tree(dest)
+    return Tree(Path(dest).absolute(), repo, pin)
+
+
+@app.command()
+def unapply(
+    dest: DestOpt = DEFAULT_DEST,
+    force: Annotated[
+        bool, typer.Option("--force", help="Discard edits to patched files (saved under .mfnpatch/saved/ first).")
+    ] = False,
+    as_json: JsonOpt = False,
+):
+    """Restore every patched file to the pinned content, byte for byte."""
+    from mfnpatch.worktree import unapply as do_unapply
+
+    CTX.json = as_json
+    tree = _open(dest)
+    o = do_unapply(tree, force=force)
+    code = EXIT_NOTHING_TO_DO if o.action == "nothing" else EXIT_OK
+    if as_json:
+        emit_json(
+            {
+                "action": o.action,
+                "tree": str(o.tree),
+                "removed": o.previous,
+                "restored": o.restored,
+                "saved": str(o.saved) if o.saved else None,
+                "exit_code": code,
+            }
+        )
+        return code
+    if o.action == "nothing":
+        out.print(f"no patches applied in {escape(str(o.tree))} (nothing to do)")
+        return code
+    if o.saved:
+        out.print(f"[yellow]saved[/] edited files to {escape(str(o.saved))}")
+    out.print(
+        f"[green]unapplied[/] {', '.join(o.previous)}: restored {len(o.restored)} file(s) to {o.pin.short}, verified"
+    )
+    return code
+
+
+@app.command()
+def status(dest: DestOpt = DEFAULT_DEST, as_json: JsonOpt = False):
+    """Show the pin, applied sets and patches, and drift. Exit 1 when files changed outside mfnpatch."""
+    from mfnpatch.worktree import status as do_status
+
+    CTX.json = as_json
+    st = do_status(_open(dest))
+    code = EXIT_OK if st.clean else 1
+    if as_json:
+        emit_json(st.to_dict() | {"exit_code": code})
+        return code
+    out.print(f"tree     {escape(str(st.tree))}")
+    out.print(f"pin      {escape(st.pin.describe())}, tree {st.pin.manifest.tree[:12]} verified")
+    if st.state is None:
+        out.print("applied  nothing (the pinned tree)")
+    else:
+        fz = f", fuzz {st.state.fuzz}" if st.state.fuzz else ""
+        out.print(f"applied  {', '.join(st.state.labels())}{fz} at {st.state.applied_at}")
+        t = Table(show_edge=False, box=None, pad_edge=False)
+        t.add_column("patch")
+        t.add_column("hunks", justify="right")
+        t.add_column("notes")
+        for p in st.state.patches:
+            moved = [h for h in p.hunks if h.offset or h.fuzz]
+            notes = "; ".join(
+                f"{h.path} #{h.hunk} offset {h.offset:+d}" + (f" fuzz {h.fuzz}" if h.fuzz else "") for h in moved
+            )
+            t.add_row(escape(f"{p.set}/{p.name}"), str(len(p.hunks)), escape(notes))
+        out.print(t)
+        t = Table(show_edge=False, box=None, pad_edge=False)
+        t.add_column("file")
+        t.add_column("state")
+        for f in st.files:
+            color = {"drifted": "red", "missing": "red"}.get(f.state, "green")
+            t.add_row(escape(f.path), f"[{color}]{f.state}[/]")
+        out.print(t)
+    if st.other_changes:
+        out.print(f"other changes ({len(st.other_changes)}, not made by mfnpatch):")
+        for c in st.other_changes[:20]:
+            out.print(f"  {escape(c)}")
+    if not st.clean:
+        err.print(
+            f"[red]drift[/]: {', '.join(st.drifted)} changed outside mfnpatch; "
+            "hint: mfnpatch diff shows them; mfnpatch apply --force resets them (saving a copy)"
+        )
+    return code
+
+
+@app.command()
+def diff(dest: DestOpt = DEFAULT_DEST):
+    """Print what the applied patches changed (pin -> tree) as a unified diff."""
+    from mfnpatch.worktree import diff as do_diff
+
+    tree = _open(dest)
+    text = do_diff(tree)
+    if not text:
+        err.print(f"no patches applied in {escape(str(tree.root))} (nothing to show)")
+        return EXIT_NOTHING_TO_DO
+    sys.stdout.write(text)
+    return EXIT_OK
+
+
+# --------------------------------------------------------------------------------------------
+# patches
+
+
+@patches_app.command("list")
+def patches_list(as_json: JsonOpt = False):
+    """Show the patch sets, their versions and patches."""
+    from mfnpatch.patchset import Catalog
+    from mfnpatch.resources import data_dir
+
+    CTX.json = as_json
+    cat = Catalog.scan(data_dir("patches"))
+    rows = []
+    for name, versions in cat.versions.items():
+        for v in versions:
+            s = cat.load(name, v)
+            rows.append(
+                {
+                    "set": s.label,
+                    "name": s.name,
+                    "version": s.version,
+                    "latest": v == versions[-1],
+                    "applies_to": s.manifest.applies_to,
+                    "opt_in": s.manifest.opt_in,
+                    "after": s.manifest.after,
+                    "sha256": s.sha256,
+                    "description": s.manifest.description,
+                    "patches": [
+                        {"name": p.name, "description": p.header.description.splitlines()[0], "files": p.paths}
+                        for p in s.patches
+                    ],
+                }
+            )
+    if as_json:
+        emit_json(rows)
+        return EXIT_OK
+    for r in rows:
+        tags = []
+        if r["latest"]:
+            tags.append("latest")
+        if r["opt_in"]:
+            tags.append("opt-in")
+        out.print(
+            f"[bold]{r['set']}[/] {'(' + ', '.join(tags) + ')' if tags else ''} for {r['applies_to'][:7]}  "
+            f"sha256 {r['sha256'][:12]}"
+        )
+        out.print(f"  {escape(r['description'])}")
+        for p in r["patches"]:
+            out.print(f"  {escape(p['name']):40s} {escape(p['description'])}")
+    return EXIT_OK
+
+
+@patches_app.command("show")
+def patches_show(
+    spec: Annotated[str, typer.Argument(help="A set, optionally @version: mfn or mfn@1.")],
+    as_json: JsonOpt = False,
+):
+    """Print a set's patches with their DEP-3 headers and the files and hunks they touch."""
+    from mfnpatch.patchset import Catalog, parse_selection
+    from mfnpatch.resources import data_dir
+
+    CTX.json = as_json
+    (name, version), *rest = parse_selection(spec)
+    if rest:
+        raise MfnError("patches show takes one set", hint="e.g. mfnpatch patches show mfn")
+    s = Catalog.scan(data_dir("patches")).load(name, version)
+    if as_json:
+        emit_json(
+            {
+                "set": s.label,
+                "sha256": s.sha256,
+                "manifest": s.manifest.model_dump(by_alias=True),
+                "patches": [
+                    {
+                        "name": p.name,
+                        "sha256": p.sha256,
+                        "header": p.header.fields,
+                        "files": [{"path": f.path, "hunks": [h.header for h in f.hunks]} for f in p.files],
+                    }
+                    for p in s.patches
+                ],
+            }
+        )
+        return EXIT_OK
+    out.print(f"[bold]{s.label}[/] for {s.manifest.applies_to}  ({escape(str(s.directory))})")
+    out.print(escape(s.manifest.description))
+    for p in s.patches:
+        out.print()
+        out.print(f"[bold]{escape(p.name)}[/]  sha256 {p.sha256[:12]}")
+        for k, v in p.header.fields.items():
+            out.print(f"  {k}: {escape(v)}".replace("\n", "\n    "))
+        for f in p.files:
+            out.print(f"  {escape(f.path)}: " + ", ".join(h.header for h in f.hunks))
+    return EXIT_OK
+
+
+@patches_app.command("lock")
+def patches_lock(
+    directory: Annotated[Path, typer.Argument(help="A set version directory, e.g. patches/mfn/2.")],
+):
+    """(Maintainers) Write SHA256SUMS for a new set version after validating it."""
+    from mfnpatch.fsutil import atomic_write
+    from mfnpatch.patchset import SERIES_FILE, SUMS_FILE, load_set, parse_series, sums_text
+
+    s = load_set(directory, check_sums=False)
+    names = parse_series(Path(directory) / SERIES_FILE, s.label)
+    atomic_write(Path(directory) / SUMS_FILE, sums_text(Path(directory), names))
+    out.print(f"wrote {escape(str(Path(directory) / SUMS_FILE))} for {s.label} ({len(names)} patches)")
+    return EXIT_OK
+
+
+# --------------------------------------------------------------------------------------------
+# pin
+
+
+@pin_app.command("list")
+def pin_list(as_json: JsonOpt = False):
+    """Show the pinned upstream commits."""
+    from mfnpatch.pin import load_pins
+
+    CTX.json = as_json
+    pins = load_pins()
+    if as_json:
+        emit_json(
+            [
+                {
+                    "commit": p.commit,
+                    "date": p.manifest.date,
+                    "subject": p.manifest.subject,
+                    "tree": p.manifest.tree,
+                    "upstream": p.manifest.upstream,
+                    "files": len(p.manifest.files),
+                    "manifest": str(p.path),
+                }
+                for p in pins
+            ]
+        )
+        return EXIT_OK
+    for p in pins:
+        out.print(
+            f"{p.short}  {p.manifest.date[:10]}  {escape(p.manifest.subject)!s:12s} tree {p.manifest.tree[:12]}  "
+            f"{len(p.manifest.files)} files  {escape(p.manifest.upstream)}"
+        )
+    return EXIT_OK
+
+
+@pin_app.command("record")
+def pin_record(
+    source: Annotated[str, typer.Option("--source", help="A clone, mirror or URL that has the commit.")],
+    commit: Annotated[str, typer.Option("--commit", help="The full 40-digit commit SHA to pin.")],
+    output: Annotated[Path, typer.Option("--output", "-o", help="Manifest to write (YAML).")],
+    upstream: Annotated[
+        str, typer.Option("--upstream", help="The public URL to record.")
+    ] = "https://github.com/deepinsight/insightface.git",
+    name: Annotated[str, typer.Option("--name")] = "insightface",
+):
+    """(Maintainers) Fetch a commit and write its pin manifest (tree id, blob id and sha256 of every file)."""
+    import re
+
+    from mfnpatch.fsutil import atomic_write
+    from mfnpatch.pin import Cache, Pin, PinManifest, manifest_yaml, record_manifest, resolve_source
+
+    if not re.fullmatch(r"[0-9a-f]{40}", commit):
+        raise MfnError(f"--commit {commit}: give the full 40-digit SHA", hint="git rev-parse <ref> prints it")
+    placeholder = Pin(
+        PinManifest(
+            schema=1, name=name, upstream=upstream, commit=commit, date="", subject="", tree="0" * 40, files={}
+        ),
+        output,
+    )
+    url, _ = resolve_source(source, placeholder)
+    cache = Cache()
+    repo = cache.repo()
+    if not cache.has_commit(commit):
+        from mfnpatch.pin import GIT_NET_OPTS, GitFailed, _classify_fetch_error, _run_git
+
+        try:
+            _run_git(repo, [*GIT_NET_OPTS, "fetch", "--depth", "1", "--no-tags", url, commit])
+        except GitFailed as e:
+            raise _classify_fetch_error(url, commit, e.stderr) from None
+    m = record_manifest(repo, commit, name, upstream)
+    atomic_write(output, manifest_yaml(m))
+    out.print(f"wrote {escape(str(output))}: {m.commit[:7]} tree {m.tree[:12]}, {len(m.files)} files")
+    return EXIT_OK
+
+
+# --------------------------------------------------------------------------------------------
+# Entry point
+
+
+def _print_error(e: MfnError) -> None:
+    err.print(f"[bold red]error[/]: {escape(e.message)}")
+    for d in e.details:
+        err.print(f"  {escape(d)}")
+    if e.hint:
+        err.print(f"[yellow]hint[/]: {escape(e.hint)}")
+
+
+def main(argv: list[str] | None = None) -> None:
+    code = run(argv)
+    sys.exit(code)
+
+
+def run(argv: list[str] | None = None) -> int:
+    """Run the CLI and return its exit code (tests call this)."""
+    CTX.json = False
+    try:
+        rv = app(args=argv, prog_name="mfnpatch", standalone_mode=False)
+        return rv if isinstance(rv, int) else EXIT_OK
+    except MfnError as e:
+        if CTX.debug:
+            traceback.print_exc()
+        if CTX.json:
+            emit_json(e.to_dict())
+        _print_error(e)
+        return e.exit_code
+    except typer.Exit as e:
+        return e.exit_code
+    except typer.TyperException as e:  # click's usage errors (typer vendors click)
+        if type(e).__name__ == "NoArgsIsHelpError":
+            e.show()  # prints the help
+            return EXIT_USAGE
+        err.print(f"[bold red]error[/]: {escape(e.format_message())}")
+        ctx = getattr(e, "ctx", None)
+        err.print(f"[yellow]hint[/]: see: {escape(ctx.command_path if ctx else 'mfnpatch')} --help")
+        return EXIT_USAGE if getattr(e, "exit_code", 1) == 2 else e.exit_code
+    except (KeyboardInterrupt, typer.Abort):
+        err.print("[bold red]interrupted[/]")
+        return EXIT_INTERRUPTED
+    except BrokenPipeError:
+        return EXIT_OK
+    except Exception as e:  # a bug: say so plainly, with the traceback only under --debug
+        if CTX.debug:
+            traceback.print_exc()
+        err.print(f"[bold red]internal error[/]: {escape(type(e).__name__)}: {escape(str(e))}")
+        err.print("[yellow]hint[/]: rerun with --debug for the traceback and report it")
+        return 70

@@ -1,0 +1,426 @@
+"""The upstream pin: manifests, fetching exactly one commit, and verifying trees offline.
+
+A pin manifest (``insightface_pin/<short>.yaml``) records the upstream URL, the full commit SHA, its
+date, the git tree id and, for every file in the tree, its git blob id and sha256. A fetched commit
+is accepted only when both its SHA and its tree id match, and each working file is checked against
+its blob id without network (git's ids are content hashes).
+
+Fetches go through a cache (a bare repository under ``~/.cache/mfnpatch/git``) that receives one
+commit at depth 1; trees are created from the cache, so a second apply needs no network.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+import git
+from pydantic import Field
+
+from mfnpatch.errors import MfnError
+from mfnpatch.fsutil import atomic_write, git_blob_id, sha256_bytes
+from mfnpatch.resources import cache_dir, data_dir
+from mfnpatch.schema import Strict, load_model
+
+SHA_RE = re.compile(r"^[0-9a-f]{40}$")
+PIN_REF = "refs/mfnpatch/pins/"
+STATE_DIRNAME = ".mfnpatch"
+# git fails a transfer that stays below 1 kB/s for 60 s instead of hanging forever.
+GIT_NET_OPTS = ["-c", "http.lowSpeedLimit=1000", "-c", "http.lowSpeedTime=60"]
+
+
+class PinError(MfnError):
+    pass
+
+
+class NetworkError(PinError):
+    pass
+
+
+class PinnedFile(Strict):
+    blob: str = Field(pattern=r"^[0-9a-f]{40}$")
+    sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
+    mode: str = "100644"
+
+
+class PinManifest(Strict):
+    schema_: Literal[1] = Field(alias="schema")
+    name: str
+    upstream: str
+    commit: str = Field(pattern=r"^[0-9a-f]{40}$")
+    date: str
+    subject: str
+    tree: str = Field(pattern=r"^[0-9a-f]{40}$")
+    files: dict[str, PinnedFile]
+
+    @property
+    def short(self) -> str:
+        return self.commit[:7]
+
+
+@dataclass
+class Pin:
+    manifest: PinManifest
+    path: Path
+
+    @property
+    def commit(self) -> str:
+        return self.manifest.commit
+
+    @property
+    def short(self) -> str:
+        return self.manifest.short
+
+    def describe(self) -> str:
+        m = self.manifest
+        return f"{m.short} ({m.date[:10]}, {m.subject!r})"
+
+
+def load_pins(pins_dir: Path | None = None) -> list[Pin]:
+    root = pins_dir or data_dir("insightface_pin")
+    pins = []
+    for p in sorted(Path(root).glob("*.yaml")):
+        pins.append(Pin(load_model(p, PinManifest), p))
+    return pins
+
+
+def resolve_pin(commit: str, pins: list[Pin] | None = None) -> Pin:
+    """Find the pinned commit a prefix names; errors list what is pinned."""
+    pins = load_pins() if pins is None else pins
+    listing = "; ".join(p.describe() for p in pins) or "none"
+    c = commit.strip().lower()
+    if not re.fullmatch(r"[0-9a-f]{4,40}", c):
+        raise PinError(
+            f"--commit {commit!r} is not a commit id (4 to 40 hex digits)",
+            hint=f"pinned commits: {listing}",
+        )
+    found = [p for p in pins if p.commit.startswith(c)]
+    if not found:
+        raise PinError(
+            f"commit {commit} is not pinned",
+            hint=f"pinned commits: {listing}. mfnpatch only applies patch sets to a pinned, verified commit",
+        )
+    if len(found) > 1:
+        raise PinError(
+            f"commit prefix {commit} is ambiguous",
+            hint="matches " + "; ".join(p.describe() for p in found) + "; give more digits",
+        )
+    return found[0]
+
+
+def pin_for_commit(sha: str, pins: list[Pin] | None = None) -> Pin | None:
+    pins = load_pins() if pins is None else pins
+    return next((p for p in pins if p.commit == sha), None)
+
+
+# --------------------------------------------------------------------------------------------
+# Sources
+
+
+def resolve_source(source: str | None, pin: Pin) -> tuple[str, str]:
+    """(git URL, where it came from). --source beats MFNPATCH_UPSTREAM beats the manifest's URL."""
+    if source:
+        origin = "--source"
+    elif os.environ.get("MFNPATCH_UPSTREAM"):
+        source, origin = os.environ["MFNPATCH_UPSTREAM"], "MFNPATCH_UPSTREAM"
+    else:
+        return pin.manifest.upstream, "pin manifest"
+    assert source is not None
+    if "://" in source or re.match(r"^[\w.-]+@[\w.-]+:", source):
+        return source, origin
+    p = Path(source).expanduser()
+    if not p.exists():
+        raise PinError(
+            f"{origin} {source}: no such file or directory",
+            hint="give a local clone or mirror of InsightFace, or a git URL",
+        )
+    # file:// makes git honour --depth for local sources too.
+    return p.resolve().as_uri(), origin
+
+
+_NET_PATTERNS = (
+    "could not resolve host",
+    "failed to connect",
+    "connection refused",
+    "connection timed out",
+    "network is unreachable",
+    "operation timed out",
+    "unable to access",
+    "could not read from remote repository",
+    "ssl",
+    "proxy",
+)
+
+
+def _classify_fetch_error(url: str, sha: str, stderr: str) -> PinError:
+    text = stderr.strip()
+    last = next(
+        (ln for ln in reversed(text.splitlines()) if ln.startswith("fatal:")), text.splitlines()[-1] if text else ""
+    )
+    low = text.lower()
+    if any(s in low for s in ("not our ref", "couldn't find remote ref", "no such remote ref", "unadvertised object")):
+        return PinError(
+            f"{url} does not have commit {sha}",
+            hint="point --source (or MFNPATCH_UPSTREAM) at a clone that contains it; a full clone of "
+            "deepinsight/insightface does",
+            details=[last],
+        )
+    if any(
+        s in low for s in ("does not appear to be a git repository", "not a git repository", "repository not found")
+    ):
+        return PinError(
+            f"{url} is not a git repository",
+            hint="give a clone, a bare mirror or a git URL of InsightFace",
+            details=[last],
+        )
+    if any(s in low for s in _NET_PATTERNS):
+        return NetworkError(
+            f"cannot fetch from {url}: the network or host is unreachable",
+            hint="fetch from a local clone or mirror instead: --source /path/to/insightface "
+            "(or set MFNPATCH_UPSTREAM=/path/to/insightface)",
+            details=[last],
+        )
+    return PinError(f"git fetch from {url} failed", hint="run with --debug to see git's output", details=[last])
+
+
+class GitFailed(Exception):
+    def __init__(self, args: list[str], status: int, stderr: str):
+        super().__init__(f"git {' '.join(args)} exited {status}")
+        self.status = status
+        self.stderr = stderr
+
+
+def _run_git(repo: git.Repo, args: list[str], on_progress: Callable[[str], None] | None = None) -> str:
+    """Run git, streaming stderr progress lines to ``on_progress``; return stderr (GitFailed on failure)."""
+    proc = repo.git.execute(["git", *args], as_process=True, env={"GIT_TERMINAL_PROMPT": "0"})
+    chunks: list[bytes] = []
+    buf = b""
+    assert proc.proc is not None
+    stderr = proc.proc.stderr
+    while True:
+        ch = stderr.read(1)
+        if not ch:
+            break
+        chunks.append(ch)
+        if ch in (b"\r", b"\n"):
+            if on_progress and buf.strip():
+                on_progress(buf.decode("utf-8", "replace").strip())
+            buf = b""
+        else:
+            buf += ch
+    proc.proc.stdout.read()
+    rc = proc.proc.wait()
+    err = b"".join(chunks).decode("utf-8", "replace")
+    if rc != 0:
+        raise GitFailed(args, rc, err)
+    return err
+
+
+# --------------------------------------------------------------------------------------------
+# Cache
+
+
+@dataclass
+class FetchResult:
+    commit: str
+    url: str
+    from_cache: bool
+    seconds: float
+
+
+class Cache:
+    def __init__(self, root: Path | None = None):
+        self.root = Path(root) if root else cache_dir()
+        self.git_dir = self.root / "git"
+
+    def repo(self) -> git.Repo:
+        if not (self.git_dir / "HEAD").is_file():
+            self.git_dir.parent.mkdir(parents=True, exist_ok=True)
+            tmp = self.git_dir.with_name(f".git-init-{os.getpid()}")
+            shutil.rmtree(tmp, ignore_errors=True)
+            git.Repo.init(tmp, bare=True)
+            try:
+                os.rename(tmp, self.git_dir)
+            except OSError:
+                shutil.rmtree(tmp, ignore_errors=True)  # another process won the race
+        return git.Repo(self.git_dir)
+
+    def has_commit(self, sha: str) -> bool:
+        if not (self.git_dir / "HEAD").is_file():
+            return False
+        try:
+            self.repo().git.cat_file("-e", f"{sha}^{{commit}}")
+            return True
+        except git.GitCommandError:
+            return False
+
+    def url(self) -> str:
+        return self.git_dir.resolve().as_uri()
+
+    def fetch(self, pin: Pin, url: str, on_progress: Callable[[str], None] | None = None) -> FetchResult:
+        """Make sure the cache holds the pinned commit, fetching only that commit (depth 1)."""
+        t0 = time.perf_counter()
+        if self.has_commit(pin.commit):
+            verify_commit(self.repo(), pin)
+            return FetchResult(pin.commit, url, True, time.perf_counter() - t0)
+        repo = self.repo()
+        args = [*GIT_NET_OPTS, "fetch", "--depth", "1", "--no-tags", "--progress", url, pin.commit]
+        try:
+            _run_git(repo, args, on_progress)
+        except GitFailed as e:
+            raise _classify_fetch_error(url, pin.commit, e.stderr) from None
+        verify_commit(repo, pin)
+        repo.git.update_ref(PIN_REF + pin.commit, pin.commit)
+        return FetchResult(pin.commit, url, False, time.perf_counter() - t0)
+
+
+def verify_commit(repo: git.Repo, pin: Pin) -> None:
+    """The commit exists and its tree id is the manifest's (refuse when SHA and tree disagree)."""
+    try:
+        commit = repo.commit(pin.commit)
+    except (ValueError, git.BadName):
+        raise PinError(f"commit {pin.commit} is missing from {repo.git_dir}") from None
+    if commit.hexsha != pin.commit:
+        raise PinError(f"{repo.git_dir}: {pin.short} resolved to {commit.hexsha}")
+    if commit.tree.hexsha != pin.manifest.tree:
+        raise PinError(
+            f"commit {pin.short} has tree {commit.tree.hexsha}, but {pin.path.name} pins tree {pin.manifest.tree}",
+            hint="the pin manifest or the fetched object store is corrupt; refetch with an empty MFNPATCH_CACHE",
+        )
+
+
+# --------------------------------------------------------------------------------------------
+# Trees
+
+
+def _exclude_state_dir(repo: git.Repo) -> None:
+    excl = Path(repo.git_dir) / "info" / "exclude"
+    text = excl.read_text() if excl.is_file() else ""
+    line = f"/{STATE_DIRNAME}/"
+    if line not in text.splitlines():
+        atomic_write(excl, text + ("" if text.endswith("\n") or not text else "\n") + line + "\n")
+
+
+def create_tree(pin: Pin, cache: Cache, dest: Path) -> None:
+    """Check the pinned commit out of the cache into ``dest`` (created whole, or not at all)."""
+    dest = Path(dest)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    tmp = dest.parent / f".{dest.name}.mfnpatch-tmp-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    try:
+        repo = git.Repo.init(tmp)
+        repo.git.fetch("--depth", "1", "--no-tags", "--quiet", cache.url(), pin.commit)
+        repo.git.update_ref(PIN_REF + pin.commit, pin.commit)
+        repo.git.checkout("--quiet", "--detach", pin.commit)
+        verify_commit(repo, pin)
+        _exclude_state_dir(repo)
+        repo.close()
+        if dest.exists():
+            dest.rmdir()  # only an empty directory gets here
+        os.rename(tmp, dest)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def open_tree(dest: Path, pins: list[Pin] | None = None) -> tuple[git.Repo, Pin]:
+    """An existing tree: the top of a git checkout whose HEAD is a pinned commit."""
+    dest = Path(dest)
+    try:
+        repo = git.Repo(dest)
+    except (git.InvalidGitRepositoryError, git.NoSuchPathError):
+        raise PinError(
+            f"{dest} is not a git checkout of a pinned commit",
+            hint="choose another --dest (mfnpatch creates it), or remove this directory",
+        ) from None
+    top = Path(repo.working_tree_dir or "").resolve()
+    if top != dest.resolve():
+        raise PinError(f"{dest} is inside the git checkout {top}, not its top", hint=f"use --dest {top}")
+    try:
+        head = repo.head.commit.hexsha
+    except ValueError:
+        raise PinError(f"{dest} is a git repository with no commit checked out", hint="choose another --dest") from None
+    pin = pin_for_commit(head, pins)
+    if pin is None:
+        names = ", ".join(p.short for p in (pins if pins is not None else load_pins()))
+        raise PinError(
+            f"{dest} is checked out at {head[:7]}, which is not pinned (pinned: {names})",
+            hint=f"check out a pinned commit there (git -C {dest} checkout --detach <sha>) or choose another --dest",
+        )
+    verify_commit(repo, pin)
+    return repo, pin
+
+
+def is_empty_dir(p: Path) -> bool:
+    return p.is_dir() and not any(p.iterdir())
+
+
+def pristine_blob(repo: git.Repo, pin: Pin, path: str) -> bytes | None:
+    """The pinned content of ``path`` (None when the pin has no such file), read from git objects."""
+    entry = pin.manifest.files.get(path)
+    if entry is None:
+        return None
+    data = repo.odb.stream(bytes.fromhex(entry.blob)).read()
+    if git_blob_id(data) != entry.blob:
+        raise PinError(f"object {entry.blob} for {path} is corrupt in {repo.git_dir}")
+    return data
+
+
+def file_matches_pin(data: bytes | None, pin: Pin, path: str) -> bool:
+    entry = pin.manifest.files.get(path)
+    if entry is None:
+        return data is None
+    return data is not None and git_blob_id(data) == entry.blob
+
+
+# --------------------------------------------------------------------------------------------
+# Recording a pin (maintainers)
+
+
+def record_manifest(repo: git.Repo, sha: str, name: str, upstream: str) -> PinManifest:
+    commit = repo.commit(sha)
+    files: dict[str, PinnedFile] = {}
+    for item in commit.tree.traverse():
+        if item.type != "blob":
+            continue
+        data = item.data_stream.read()
+        files[item.path] = PinnedFile(blob=item.hexsha, sha256=sha256_bytes(data), mode=f"{item.mode:o}")
+    date = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(commit.committed_date)) + "Z"
+    return PinManifest(
+        schema=1,
+        name=name,
+        upstream=upstream,
+        commit=commit.hexsha,
+        date=date,
+        subject=commit.summary if isinstance(commit.summary, str) else commit.summary.decode(),
+        tree=commit.tree.hexsha,
+        files=dict(sorted(files.items())),
+    )
+
+
+def manifest_yaml(m: PinManifest) -> str:
+    lines = [
+        "# Pin manifest: written by `mfnpatch pin record`; do not edit by hand.",
+        "# Every file of the tree with its git blob id and sha256, so a tree is verified offline.",
+        "schema: 1",
+        f"name: {m.name}",
+        f"upstream: {m.upstream}",
+        f"commit: {m.commit}",
+        f"date: '{m.date}'",
+        f"subject: {_yaml_str(m.subject)}",
+        f"tree: {m.tree}",
+        "files:",
+    ]
+    for path, f in m.files.items():
+        lines.append(f"  {_yaml_str(path)}: {{blob: {f.blob}, sha256: {f.sha256}, mode: '{f.mode}'}}")
+    return "\n".join(lines) + "\n"
+
+
+def _yaml_str(s: str) -> str:
+    return "'" + s.replace("'", "''") + "'"

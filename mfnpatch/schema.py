@@ -1,0 +1,195 @@
+"""Typed, versioned files on disk: YAML/JSON loaded into pydantic models with file:line:column errors.
+
+Every on-disk format (pin manifests, patch-set manifests, recipes, run records) is a pydantic model
+with ``schema: 1``. Validation errors point at the offending key, e.g.::
+
+    recipes/may16.yaml:12:5: unknown key 'comand' (did you mean 'command'?)
+"""
+
+from __future__ import annotations
+
+import difflib
+from pathlib import Path
+from typing import Any, TypeVar
+
+import yaml
+from pydantic import BaseModel, ConfigDict, ValidationError
+
+from mfnpatch.errors import MfnError
+
+M = TypeVar("M", bound=BaseModel)
+
+
+class Strict(BaseModel):
+    """Base for on-disk models: unknown keys are errors."""
+
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
+
+class SchemaError(MfnError):
+    """A file that does not match its schema; the message starts with file:line:col."""
+
+
+class _Loader(yaml.SafeLoader):
+    """SafeLoader that refuses duplicate keys (PyYAML silently keeps the last one)."""
+
+
+def _construct_mapping(loader: _Loader, node: yaml.MappingNode, deep: bool = False):
+    seen: dict[Any, yaml.Node] = {}
+    for key_node, _ in node.value:
+        key = loader.construct_object(key_node, deep=deep)
+        if key in seen:
+            m = key_node.start_mark
+            raise SchemaError(
+                f"{loader.name}:{m.line + 1}:{m.column + 1}: duplicate key '{key}' "
+                f"(first at line {seen[key].start_mark.line + 1})",
+                hint="remove one of the two entries",
+            )
+        seen[key] = key_node
+    return loader.construct_mapping(node, deep=deep)
+
+
+_Loader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_mapping)
+
+
+def load_yaml(path: Path, text: str | None = None) -> tuple[Any, yaml.Node | None]:
+    """Parse a YAML file; return (data, node tree) so errors can be located later."""
+    path = Path(path)
+    if text is None:
+        try:
+            text = path.read_text(encoding="utf-8")
+        except FileNotFoundError:
+            raise MfnError(f"{path}: no such file") from None
+        except UnicodeDecodeError as e:
+            raise SchemaError(f"{path}: not UTF-8 text ({e.reason} at byte {e.start})") from None
+    try:
+        loader = _Loader(text)
+        loader.name = str(path)
+        try:
+            node = loader.get_single_node()
+            data = loader.construct_document(node) if node is not None else None
+        finally:
+            loader.dispose()
+    except yaml.MarkedYAMLError as e:
+        mark = e.problem_mark or e.context_mark
+        where = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark else str(path)
+        raise SchemaError(f"{where}: invalid YAML: {e.problem or e.context}") from None
+    return data, node
+
+
+def locate(node: yaml.Node | None, loc: tuple) -> tuple[int, int, bool]:
+    """Line and column (1-based) of the deepest node on ``loc``; third item: found exactly."""
+    if node is None:
+        return 1, 1, False
+    cur = node
+    exact = True
+    for part in loc:
+        nxt = None
+        if isinstance(cur, yaml.MappingNode) and isinstance(part, str):
+            for k, v in cur.value:
+                if isinstance(k, yaml.ScalarNode) and k.value == part:
+                    nxt = v
+                    break
+        elif isinstance(cur, yaml.SequenceNode) and isinstance(part, int):
+            if 0 <= part < len(cur.value):
+                nxt = cur.value[part]
+        if nxt is None:
+            if isinstance(part, str) and not isinstance(cur, yaml.MappingNode | yaml.SequenceNode):
+                continue
+            exact = False
+            break
+        cur = nxt
+    return cur.start_mark.line + 1, cur.start_mark.column + 1, exact
+
+
+def key_location(node: yaml.Node | None, loc: tuple) -> tuple[int, int]:
+    """Location of a mapping *key* (for unknown-key errors), falling back to its value."""
+    if node is None or not loc:
+        return 1, 1
+    *parent, last = loc
+    line, col, exact = locate(node, tuple(parent))
+    cur = node
+    for part in parent:
+        found = None
+        if isinstance(cur, yaml.MappingNode):
+            for k, v in cur.value:
+                if isinstance(k, yaml.ScalarNode) and k.value == part:
+                    found = v
+        elif isinstance(cur, yaml.SequenceNode) and isinstance(part, int) and part < len(cur.value):
+            found = cur.value[part]
+        if found is None:
+            return line, col
+        cur = found
+    if isinstance(cur, yaml.MappingNode):
+        for k, _ in cur.value:
+            if isinstance(k, yaml.ScalarNode) and k.value == last:
+                return k.start_mark.line + 1, k.start_mark.column + 1
+    return line, col
+
+
+def _fields_at(model: type[BaseModel], loc: tuple) -> list[str]:
+    """Known field names of the (sub)model that holds ``loc`` (for did-you-mean hints)."""
+    cur: Any = model
+    for part in loc:
+        if isinstance(part, int) or cur is None:
+            continue
+        fields = getattr(cur, "model_fields", None)
+        if not fields or part not in fields:
+            cur = None
+            continue
+        ann = fields[part].annotation
+        cur = _inner_model(ann)
+    fields = getattr(cur, "model_fields", None) if cur is not None else None
+    if not fields:
+        return []
+    return [f.alias or name for name, f in fields.items()]
+
+
+def _inner_model(ann: Any) -> Any:
+    if isinstance(ann, type) and issubclass(ann, BaseModel):
+        return ann
+    for arg in getattr(ann, "__args__", ()) or ():
+        found = _inner_model(arg)
+        if found is not None:
+            return found
+    return None
+
+
+def _clean_loc(loc: tuple) -> tuple:
+    # pydantic puts validator/union tags such as 'function-after[...]' into loc; drop them.
+    return tuple(p for p in loc if isinstance(p, int) or ("[" not in p and "-" not in p[:1]))
+
+
+def validation_message(path: Path, err: ValidationError, node: yaml.Node | None, model: type[BaseModel]) -> str:
+    e = err.errors()[0]
+    loc = _clean_loc(tuple(e["loc"]))
+    dotted = ".".join(str(p) for p in loc) or "(top level)"
+    kind = e["type"]
+    if kind == "extra_forbidden":
+        line, col = key_location(node, loc)
+        known = _fields_at(model, loc[:-1])
+        close = difflib.get_close_matches(str(loc[-1]), known, n=1)
+        tip = f" (did you mean '{close[0]}'?)" if close else (f" (known keys: {', '.join(known)})" if known else "")
+        return f"{path}:{line}:{col}: unknown key '{dotted}'{tip}"
+    if kind == "missing":
+        line, col, _ = locate(node, loc[:-1])
+        return f"{path}:{line}:{col}: missing key '{dotted}'"
+    line, col, _ = locate(node, loc)
+    msg = e["msg"]
+    value = e.get("input")
+    shown = "" if isinstance(value, dict | list) else f" (got {value!r})"
+    return f"{path}:{line}:{col}: {dotted}: {msg}{shown}"
+
+
+def validate(model: type[M], data: Any, path: Path, node: yaml.Node | None = None, hint: str | None = None) -> M:
+    try:
+        return model.model_validate(data)
+    except ValidationError as err:
+        raise SchemaError(validation_message(Path(path), err, node, model), hint=hint) from None
+
+
+def load_model(path: Path, model: type[M], hint: str | None = None) -> M:
+    data, node = load_yaml(path)
+    if data is None:
+        raise SchemaError(f"{path}:1:1: empty file", hint=hint)
+    return validate(model, data, path, node, hint=hint)

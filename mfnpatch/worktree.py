@@ -1,0 +1,614 @@
+"""The patched tree on disk: state, apply/unapply transactions, drift, status and diff.
+
+The state lives in ``<tree>/.mfnpatch/state.json`` (excluded from git): the pin, the sets and versions
+applied with their hashes, every patch with where each hunk landed, and each touched file's pinned and
+current blob ids. Anything that differs from the state is drift: changed outside mfnpatch.
+
+Apply computes the target content of every touched file in memory from the *pinned* blobs, then
+writes all files (temp file + rename each, rolled back on any error) and the state last. So the whole
+series applies, or the tree is left byte for byte as it was.
+"""
+
+from __future__ import annotations
+
+import difflib
+import json
+import os
+import stat
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+import git
+from pydantic import Field
+
+from mfnpatch import __version__
+from mfnpatch.errors import MfnError
+from mfnpatch.fsutil import atomic_write, atomic_write_json, git_blob_id, sha256_bytes, sha256_file
+from mfnpatch.patchset import ApplyFailure, HunkResult, PatchSet, apply_patch, apply_series, series_paths
+from mfnpatch.pin import (
+    STATE_DIRNAME,
+    Cache,
+    FetchResult,
+    Pin,
+    PinError,
+    create_tree,
+    is_empty_dir,
+    open_tree,
+    pristine_blob,
+    resolve_pin,
+    resolve_source,
+)
+from mfnpatch.schema import Strict, validate
+
+STATE_FILE = "state.json"
+
+
+class DriftError(MfnError):
+    pass
+
+
+# --------------------------------------------------------------------------------------------
+# State model
+
+
+class PinRef(Strict):
+    commit: str
+    tree: str
+    manifest: str
+    manifest_sha256: str
+
+
+class AppliedSet(Strict):
+    name: str
+    version: int
+    sha256: str
+
+
+class AppliedHunk(Strict):
+    path: str
+    hunk: int
+    expected_line: int
+    applied_line: int
+    offset: int
+    fuzz: int
+
+
+class AppliedPatch(Strict):
+    set: str
+    name: str
+    sha256: str
+    hunks: list[AppliedHunk]
+
+
+class FileState(Strict):
+    pinned_blob: str | None  # None: the pin has no such file (a patch created it)
+    blob: str | None  # after the patches; None: a patch deleted it
+    sha256: str | None
+
+
+class TreeState(Strict):
+    schema_: Literal[1] = Field(alias="schema", default=1)
+    tool: str
+    pin: PinRef
+    source: str | None = None
+    applied_at: str
+    fuzz: int = 0
+    sets: list[AppliedSet]
+    patches: list[AppliedPatch]
+    files: dict[str, FileState]
+
+    def labels(self) -> list[str]:
+        return [f"{s.name}@{s.version}" for s in self.sets]
+
+
+# --------------------------------------------------------------------------------------------
+# The tree
+
+
+@dataclass
+class Tree:
+    root: Path
+    repo: git.Repo
+    pin: Pin
+
+    @property
+    def state_dir(self) -> Path:
+        return self.root / STATE_DIRNAME
+
+    @property
+    def state_path(self) -> Path:
+        return self.state_dir / STATE_FILE
+
+    def load_state(self) -> TreeState | None:
+        if not self.state_path.is_file():
+            return None
+        try:
+            data = json.loads(self.state_path.read_text())
+        except (OSError, ValueError) as e:
+            raise MfnError(
+                f"{self.state_path}: unreadable state ({e})",
+                hint="restore the pinned files with: git -C <tree> checkout -- . && rm -r <tree>/.mfnpatch",
+            ) from None
+        state = validate(TreeState, data, self.state_path)
+        if state.pin.commit != self.pin.commit:
+            raise MfnError(f"{self.state_path} records pin {state.pin.commit[:7]}, but the tree is at {self.pin.short}")
+        return state
+
+    def safe_path(self, rel: str) -> Path:
+        """The on-disk path of ``rel``; refuse any component that is a symlink (no writes through links)."""
+        cur = self.root
+        parts = rel.split("/")
+        for i, part in enumerate(parts):
+            cur = cur / part
+            try:
+                st = os.lstat(cur)
+            except FileNotFoundError:
+                break
+            if stat.S_ISLNK(st.st_mode):
+                shown = "/".join(parts[: i + 1])
+                raise ApplyFailure(
+                    f"refused: {shown} is a symlink; mfnpatch does not write through symlinks",
+                    hint=f"replace the link with the real {'file' if i == len(parts) - 1 else 'directory'}, "
+                    "or use a fresh tree (another --dest)",
+                    kind="unsafe-path",
+                    path=rel,
+                )
+        return self.root / rel
+
+    def read(self, rel: str) -> bytes | None:
+        p = self.safe_path(rel)
+        try:
+            return p.read_bytes()
+        except FileNotFoundError:
+            return None
+        except IsADirectoryError:
+            raise MfnError(f"{rel} is a directory in the tree, a file is expected") from None
+
+    def pristine(self, rel: str) -> bytes | None:
+        return pristine_blob(self.repo, self.pin, rel)
+
+    def other_changes(self, exclude: set[str]) -> list[str]:
+        """Files git sees as changed that mfnpatch did not touch (informational)."""
+        out = []
+        for line in self.repo.git.status("--porcelain", "--untracked-files=all").splitlines():
+            path = line[3:]
+            if " -> " in path:
+                path = path.split(" -> ", 1)[1]
+            if path.startswith(STATE_DIRNAME + "/") or path in exclude:
+                continue
+            out.append(f"{line[:2].strip()} {path}")
+        return out
+
+
+def _blob(data: bytes | None) -> str | None:
+    return None if data is None else git_blob_id(data)
+
+
+def _now() -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+
+
+# --------------------------------------------------------------------------------------------
+# Getting a tree
+
+
+@dataclass
+class Prepared:
+    tree: Tree
+    created: bool
+    fetch: FetchResult | None
+    source: str | None
+
+
+def prepare_tree(
+    commit: str,
+    dest: Path,
+    source: str | None = None,
+    cache: Cache | None = None,
+    pins: list[Pin] | None = None,
+    on_progress=None,
+) -> Prepared:
+    """Open ``dest`` if it is a checkout of the pin; otherwise fetch the commit and create it."""
+    pin = resolve_pin(commit, pins)
+    dest = Path(dest).absolute()
+    if dest.exists() and not is_empty_dir(dest):
+        repo, tpin = open_tree(dest, pins)
+        if tpin.commit != pin.commit:
+            raise PinError(
+                f"{dest} is a tree of {tpin.short}, but --commit {commit} is {pin.short}",
+                hint="use another --dest for a different pin",
+            )
+        return Prepared(Tree(dest, repo, pin), False, None, None)
+    if dest.exists() and not dest.is_dir():
+        raise PinError(f"--dest {dest} is a file", hint="choose a directory path")
+    cache = cache or Cache()
+    url, _origin = resolve_source(source, pin)
+    fetched = cache.fetch(pin, url, on_progress)
+    create_tree(pin, cache, dest)
+    repo = git.Repo(dest)
+    return Prepared(Tree(dest, repo, pin), True, fetched, url)
+
+
+# --------------------------------------------------------------------------------------------
+# Apply
+
+
+@dataclass
+class ApplyOutcome:
+    action: Literal["applied", "switched", "nothing", "adopted", "checked"]
+    tree: Path
+    pin: Pin
+    sets: list[str]
+    previous: list[str]
+    changed: list[str]
+    hunks: list[HunkResult]
+    saved: Path | None = None
+    fuzz: int = 0
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def moved(self) -> list[HunkResult]:
+        return [h for h in self.hunks if h.offset or h.fuzz]
+
+
+def _state_for(tree: Tree, sets: list[PatchSet], result_hunks, files_after, pristine, fuzz, source) -> TreeState:
+    by_patch: dict[str, list[HunkResult]] = {}
+    for h in result_hunks:
+        by_patch.setdefault(h.patch, []).append(h)
+    return TreeState(
+        schema=1,
+        tool=f"mfnpatch {__version__}",
+        pin=PinRef(
+            commit=tree.pin.commit,
+            tree=tree.pin.manifest.tree,
+            manifest=tree.pin.path.name,
+            manifest_sha256=sha256_file(tree.pin.path),
+        ),
+        source=source,
+        applied_at=_now(),
+        fuzz=fuzz,
+        sets=[AppliedSet(name=s.name, version=s.version, sha256=s.sha256) for s in sets],
+        patches=[
+            AppliedPatch(
+                set=s.label,
+                name=p.name,
+                sha256=p.sha256,
+                hunks=[
+                    AppliedHunk(
+                        path=h.path,
+                        hunk=h.hunk,
+                        expected_line=h.expected_line,
+                        applied_line=h.applied_line,
+                        offset=h.offset,
+                        fuzz=h.fuzz,
+                    )
+                    for h in by_patch.get(p.label, [])
+                ],
+            )
+            for s in sets
+            for p in s.patches
+        ],
+        files={
+            path: FileState(
+                pinned_blob=_blob(pristine[path]),
+                blob=_blob(files_after[path]),
+                sha256=None if files_after[path] is None else sha256_bytes(files_after[path]),
+            )
+            for path in files_after
+        },
+    )
+
+
+def _drift(tree: Tree, state: TreeState | None, paths: list[str], current: dict[str, bytes | None]) -> list[str]:
+    """Paths whose content is not what mfnpatch last left there (or the pin, when nothing is applied)."""
+    out = []
+    for p in paths:
+        if state is not None and p in state.files:
+            expected = state.files[p].blob
+        else:
+            entry = tree.pin.manifest.files.get(p)
+            expected = entry.blob if entry else None
+        if _blob(current[p]) != expected:
+            out.append(p)
+    return out
+
+
+def _describe_drift(tree: Tree, sets: list[PatchSet], state, drifted, current, pristine) -> list[str]:
+    details = []
+    for p in drifted:
+        cur = current[p]
+        if cur is None:
+            details.append(f"{p}: deleted")
+            continue
+        if pristine.get(p) is None and (state is None or p not in state.files):
+            details.append(f"{p}: exists, but the pin has no such file")
+            continue
+        present = []
+        for s in sets:
+            for patch in s.patches:
+                if p not in patch.paths:
+                    continue
+                files = {q: current.get(q, pristine.get(q)) for q in patch.paths}
+                try:
+                    apply_patch(patch, files, reverse=True)
+                    present.append(patch.label)
+                except ApplyFailure:
+                    pass
+        if present and state is None:
+            details.append(f"{p}: already contains the changes of {', '.join(present)} (edited by hand?)")
+        else:
+            details.append(f"{p}: modified outside mfnpatch")
+    return details
+
+
+def _save_copies(tree: Tree, paths: list[str], current: dict[str, bytes | None]) -> Path:
+    dest = tree.state_dir / "saved" / time.strftime("%Y%m%dT%H%M%S", time.gmtime())
+    n = 0
+    while dest.exists():
+        n += 1
+        dest = dest.with_name(dest.name.split(".")[0] + f".{n}")
+    for p in paths:
+        if current[p] is not None:
+            atomic_write(dest / p, current[p])
+    return dest
+
+
+def _write_all(tree: Tree, changes: dict[str, bytes | None], current: dict[str, bytes | None], state: TreeState | None):
+    """Write every change, then the state; on any error put every file back as it was."""
+    staged: list[tuple[str, str | None]] = []
+    done: list[str] = []
+    created_dirs: list[Path] = []
+    try:
+        for rel, data in changes.items():
+            if data is None:
+                staged.append((rel, None))
+                continue
+            target = tree.safe_path(rel)
+            parent = target.parent
+            missing = []
+            while not parent.exists():
+                missing.append(parent)
+                parent = parent.parent
+            for d in reversed(missing):
+                d.mkdir()
+                created_dirs.append(d)
+            mode = os.stat(target).st_mode & 0o7777 if target.exists() else _pinned_mode(tree, rel)
+            tmp = target.with_name(f".{target.name}.mfnpatch-new")
+            with open(tmp, "wb") as f:
+                f.write(data)
+                f.flush()
+                os.fsync(f.fileno())
+            os.chmod(tmp, mode)
+            staged.append((rel, str(tmp)))
+        for rel, tmp in staged:
+            target = tree.root / rel
+            if tmp is None:
+                if target.exists():
+                    target.unlink()
+            else:
+                os.replace(tmp, target)
+            done.append(rel)
+        if state is None:
+            if tree.state_path.exists():
+                tree.state_path.unlink()
+        else:
+            atomic_write_json(tree.state_path, state.model_dump(by_alias=True))
+    except BaseException:
+        for rel in done:
+            target = tree.root / rel
+            if current[rel] is None:
+                if target.exists():
+                    target.unlink()
+            else:
+                atomic_write(target, current[rel])
+        for _, tmp in staged:
+            if tmp and os.path.exists(tmp):
+                os.unlink(tmp)
+        for d in reversed(created_dirs):
+            try:
+                d.rmdir()
+            except OSError:
+                pass
+        raise
+    for rel, data in changes.items():
+        if data is None:
+            _prune_empty_dirs(tree, rel)
+
+
+def _pinned_mode(tree: Tree, rel: str) -> int:
+    entry = tree.pin.manifest.files.get(rel)
+    return 0o755 if entry and entry.mode == "100755" else 0o644
+
+
+def _prune_empty_dirs(tree: Tree, rel: str) -> None:
+    pinned_dirs = {str(Path(p).parent) for p in tree.pin.manifest.files}
+    d = (tree.root / rel).parent
+    while d != tree.root and str(d.relative_to(tree.root)) not in pinned_dirs:
+        try:
+            d.rmdir()
+        except OSError:
+            break
+        d = d.parent
+
+
+def apply(
+    tree: Tree,
+    sets: list[PatchSet],
+    *,
+    fuzz: int = 0,
+    force: bool = False,
+    check: bool = False,
+    source: str | None = None,
+) -> ApplyOutcome:
+    for s in sets:
+        if s.manifest.applies_to != tree.pin.commit:
+            raise PinError(
+                f"patch set {s.label} is made for {s.manifest.applies_to[:7]}, but the tree is at {tree.pin.short}",
+                hint="choose sets made for this pin (mfnpatch patches list)",
+            )
+    state = tree.load_state()
+    paths = list(dict.fromkeys([*series_paths(sets), *(state.files if state else {})]))
+    current = {p: tree.read(p) for p in paths}
+    pristine = {p: tree.pristine(p) for p in paths}
+    result = apply_series(sets, pristine, fuzz=fuzz)
+    target = {p: result.files.get(p, pristine[p]) for p in paths}
+    labels = [s.label for s in sets]
+    previous = state.labels() if state else []
+    drifted = _drift(tree, state, paths, current)
+    base = dict(tree=tree.root, pin=tree.pin, sets=labels, previous=previous, hunks=result.hunks, fuzz=fuzz)
+
+    if drifted and not force:
+        if state is None and all(current[p] == target[p] for p in paths):
+            if not check:
+                new_state = _state_for(tree, sets, result.hunks, target, pristine, fuzz, source)
+                _write_all(tree, {}, current, new_state)
+            return ApplyOutcome(
+                action="adopted",
+                changed=[],
+                notes=["the tree already holds exactly these changes (made by hand?); recorded them as applied"],
+                **base,
+            )
+        raise DriftError(
+            f"{len(drifted)} file(s) in {tree.root} changed outside mfnpatch; refusing to overwrite them",
+            details=_describe_drift(tree, sets, state, drifted, current, pristine),
+            hint="keep your edits elsewhere, or rerun with --force: the changed files are saved under "
+            f"{STATE_DIRNAME}/saved/<time>/ and reset to the pin before the patches apply",
+        )
+
+    same_sets = state is not None and [(s.name, s.version, s.sha256) for s in state.sets] == [
+        (s.name, s.version, s.sha256) for s in sets
+    ]
+    changes = {p: target[p] for p in paths if current[p] != target[p]}
+    if same_sets and not changes and state is not None and state.fuzz == fuzz:
+        return ApplyOutcome(action="nothing", changed=[], **base)
+    if check:
+        return ApplyOutcome(action="checked", changed=sorted(changes), **base)
+    saved = _save_copies(tree, drifted, current) if drifted else None
+    new_state = _state_for(tree, sets, result.hunks, target, pristine, fuzz, source)
+    _write_all(tree, changes, current, new_state)
+    return ApplyOutcome(
+        action="switched" if state is not None else "applied", changed=sorted(changes), saved=saved, **base
+    )
+
+
+# --------------------------------------------------------------------------------------------
+# Unapply
+
+
+@dataclass
+class UnapplyOutcome:
+    action: Literal["unapplied", "nothing"]
+    tree: Path
+    pin: Pin
+    previous: list[str]
+    restored: list[str]
+    saved: Path | None = None
+
+
+def unapply(tree: Tree, *, force: bool = False) -> UnapplyOutcome:
+    state = tree.load_state()
+    if state is None:
+        return UnapplyOutcome("nothing", tree.root, tree.pin, [], [])
+    paths = list(state.files)
+    current = {p: tree.read(p) for p in paths}
+    pristine = {p: tree.pristine(p) for p in paths}
+    drifted = _drift(tree, state, paths, current)
+    if drifted and not force:
+        raise DriftError(
+            f"{len(drifted)} patched file(s) changed since mfnpatch applied the patches; refusing to discard the edits",
+            details=[f"{p}: modified outside mfnpatch" for p in drifted],
+            hint="rerun with --force to save them under .mfnpatch/saved/<time>/ and restore the pin",
+        )
+    saved = _save_copies(tree, drifted, current) if drifted else None
+    changes = {p: pristine[p] for p in paths if current[p] != pristine[p]}
+    _write_all(tree, changes, current, None)
+    for p in paths:
+        if _blob(tree.read(p)) != _blob(pristine[p]):
+            raise MfnError(f"{p} does not match the pin after unapply", hint="run: mfnpatch status")
+    return UnapplyOutcome("unapplied", tree.root, tree.pin, state.labels(), sorted(changes), saved)
+
+
+# --------------------------------------------------------------------------------------------
+# Status and diff
+
+
+@dataclass
+class FileStatus:
+    path: str
+    state: Literal["patched", "pinned", "drifted", "missing", "created", "deleted"]
+
+
+@dataclass
+class Status:
+    tree: Path
+    pin: Pin
+    state: TreeState | None
+    files: list[FileStatus]
+    other_changes: list[str]
+
+    @property
+    def drifted(self) -> list[str]:
+        return [f.path for f in self.files if f.state in ("drifted", "missing")]
+
+    @property
+    def clean(self) -> bool:
+        return not self.drifted
+
+    def to_dict(self) -> dict:
+        return {
+            "tree": str(self.tree),
+            "pin": {"commit": self.pin.commit, "date": self.pin.manifest.date, "subject": self.pin.manifest.subject},
+            "applied": self.state is not None,
+            "sets": self.state.labels() if self.state else [],
+            "fuzz": self.state.fuzz if self.state else 0,
+            "applied_at": self.state.applied_at if self.state else None,
+            "patches": [p.model_dump() for p in self.state.patches] if self.state else [],
+            "files": [{"path": f.path, "state": f.state} for f in self.files],
+            "drift": self.drifted,
+            "other_changes": self.other_changes,
+            "clean": self.clean,
+        }
+
+
+def status(tree: Tree) -> Status:
+    state = tree.load_state()
+    files: list[FileStatus] = []
+    if state is not None:
+        for p, fs in state.files.items():
+            cur = tree.read(p)
+            if _blob(cur) == fs.blob:
+                kind = (
+                    "created"
+                    if fs.pinned_blob is None
+                    else "deleted"
+                    if fs.blob is None
+                    else ("pinned" if fs.blob == fs.pinned_blob else "patched")
+                )
+            else:
+                kind = "missing" if cur is None else "drifted"
+            files.append(FileStatus(p, kind))
+    exclude = set(state.files) if state else set()
+    return Status(tree.root, tree.pin, state, files, tree.other_changes(exclude))
+
+
+def diff(tree: Tree) -> str:
+    """Unified diff, pin -> current, of every file the applied patches touch."""
+    state = tree.load_state()
+    if state is None:
+        return ""
+    out: list[str] = []
+    for p in state.files:
+        old = tree.pristine(p)
+        new = tree.read(p)
+        if old == new:
+            continue
+        a = (old or b"").decode("utf-8", "replace").splitlines(keepends=True)
+        b = (new or b"").decode("utf-8", "replace").splitlines(keepends=True)
+        out.append(f"diff --git a/{p} b/{p}\n")
+        for line in difflib.unified_diff(
+            a, b, "/dev/null" if old is None else f"a/{p}", "/dev/null" if new is None else f"b/{p}"
+        ):
+            out.append(line if line.endswith("\n") else line + "\n\\ No newline at end of file\n")
+    return "".join(out)
