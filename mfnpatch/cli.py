@@ -126,11 +126,13 @@ def apply(
     Applying again is a no-op (exit 2); a tree changed outside mfnpatch is refused unless --force.
     """
     from mfnpatch.patchset import Catalog, select_sets
+    from mfnpatch.pin import resolve_pin
     from mfnpatch.resources import data_dir
     from mfnpatch.worktree import apply as do_apply
     from mfnpatch.worktree import prepare_tree
 
     CTX.json = as_json
+    resolve_pin(commit)  # a wrong --commit is reported before anything else
     sets = select_sets(Catalog.scan(data_dir("patches")), series)
     if as_json:
         prepared = prepare_tree(commit, dest, source)
@@ -174,10 +176,10 @@ def apply(
     if prepared.created:
         out.print(f"created {escape(str(tree.root))} at {escape(pin.describe())}")
     for h in outcome.moved:
-        extra = f", fuzz {h.fuzz}" if h.fuzz else ""
+        how = ", ".join(([f"offset {h.offset:+d}"] if h.offset else []) + ([f"fuzz {h.fuzz}"] if h.fuzz else []))
         out.print(
             f"[yellow]note[/]: {escape(h.patch)}: {escape(h.path)} hunk #{h.hunk} applied at line {h.applied_line} "
-            f"(offset {h.offset:+d}{extra})"
+            f"({how})"
         )
     for n in outcome.notes:
         out.print(f"[yellow]note[/]: {escape(n)}")

@@ -297,6 +297,7 @@ def _locate_malformed(lines: list[str], first: int) -> tuple[int, str]:
 
 def _diff_path(raw: str, where: str) -> str | None:
     """Normalise a ---/+++ path: None for /dev/null; refuse absolute and escaping paths."""
+    raw = raw.rstrip("\r")
     if raw == "/dev/null":
         return None
     if raw.startswith("/"):
@@ -721,7 +722,7 @@ def _hunk_failure(patch, fd, h, lines, old, new, p0, lo, lead, trail, fuzz) -> A
             pos = _best_candidate(lines, old, p0)
             return ApplyFailure(
                 f"{where}: context differs; it would apply with fuzz {f}",
-                hint=f"check the lines below; if the hunk still belongs there, rerun the same command with --fuzz {f} "
+                hint=f"check the lines above; if the hunk still belongs there, rerun the same command with --fuzz {f} "
                 "(the fuzz is recorded in the tree's state)",
                 details=_comparison(lines, old, p0, pos),
                 kind="fuzz",

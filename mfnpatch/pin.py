@@ -333,7 +333,7 @@ def open_tree(dest: Path, pins: list[Pin] | None = None) -> tuple[git.Repo, Pin]
     """An existing tree: the top of a git checkout whose HEAD is a pinned commit."""
     dest = Path(dest)
     try:
-        repo = git.Repo(dest)
+        repo = git.Repo(dest, search_parent_directories=True)
     except (git.InvalidGitRepositoryError, git.NoSuchPathError):
         raise PinError(
             f"{dest} is not a git checkout of a pinned commit",

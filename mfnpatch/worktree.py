@@ -148,8 +148,9 @@ class Tree:
                 break
             if stat.S_ISLNK(st.st_mode):
                 shown = "/".join(parts[: i + 1])
+                via = "" if shown == rel else f"{rel} goes through a symlink: "
                 raise ApplyFailure(
-                    f"refused: {shown} is a symlink; mfnpatch does not write through symlinks",
+                    f"refused: {via}{shown} is a symlink; mfnpatch does not write through symlinks",
                     hint=f"replace the link with the real {'file' if i == len(parts) - 1 else 'directory'}, "
                     "or use a fresh tree (another --dest)",
                     kind="unsafe-path",

@@ -1,0 +1,214 @@
+from __future__ import annotations
+
+import os
+import random
+import re
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+from helpers import PatchMaker, make_upstream, write_pin, write_set
+
+GOLDEN = Path(__file__).parent / "golden"
+REFERENCE = Path(__file__).resolve().parents[2] / "shared" / "reference"
+
+
+def pytest_collection_modifyitems(config, items):
+    upstream = os.environ.get("MFNPATCH_UPSTREAM")
+    skip = pytest.mark.skip(
+        reason="needs a real InsightFace clone or mirror: set MFNPATCH_UPSTREAM=/path/to/insightface"
+    )
+    for item in items:
+        if "upstream" in item.keywords and not (upstream and Path(upstream).exists()):
+            item.add_marker(skip)
+
+
+@pytest.fixture(autouse=True)
+def _isolated_env(tmp_path, monkeypatch):
+    """No test sees the developer's cache, upstream or data overrides."""
+    for var in ("MFNPATCH_PINS", "MFNPATCH_PATCHES", "MFNPATCH_RECIPES", "MFNPATCH_ENVS", "MFNPATCH_DEBUG"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setenv("MFNPATCH_CACHE", str(tmp_path / "cache"))
+    real_upstream = os.environ.get("MFNPATCH_UPSTREAM")
+    monkeypatch.delenv("MFNPATCH_UPSTREAM", raising=False)
+    if real_upstream:
+        monkeypatch.setenv("MFNPATCH_REAL_UPSTREAM", real_upstream)
+
+
+# --------------------------------------------------------------------------------------------
+# The fixture upstream, built once per session and copied per test
+
+
+DEMO_EDITS = [
+    (
+        "0001-no-bias.patch",
+        "softmax fc7 without bias",
+        [
+            (
+                "src/train_softmax.py",
+                "    _bias = mx.symbol.Variable('fc7_bias', lr_mult=2.0, wd_mult=0.0)\n"
+                "    fc7 = mx.sym.FullyConnected(data=embedding, weight = _weight, bias = _bias, num_hidden=10, "
+                "name='fc7')\n",
+                "    #_bias = mx.symbol.Variable('fc7_bias', lr_mult=2.0, wd_mult=0.0)\n"
+                "    fc7 = mx.sym.FullyConnected(data=embedding, weight = _weight, no_bias=True, num_hidden=10, "
+                "name='fc7')\n    # no bias\n",
+            )
+        ],
+    ),
+    (
+        "0002-init.patch",
+        "uniform init for y1",
+        [
+            (
+                "src/train_softmax.py",
+                "    if args.network[0]=='r' or args.network[0]=='y':\n",
+                "    if args.network[0]=='r':\n",
+            )
+        ],
+    ),
+    (
+        "0003-py3.patch",
+        "python 3 fixes in several files",
+        [
+            ("src/image_iter.py", "self.imgidx = range(1,", "self.imgidx = list(range(1,"),
+            ("src/image_iter.py", "int(header.label[0]))\n", "int(header.label[0])))\n"),
+            ("src/image_iter.py", "for c in xrange(", "for c in range("),
+            ("deploy/model_slim.py", "arg_params.iteritems()", "arg_params.items()"),
+            (
+                "src/train_softmax.py",
+                "os.environ['CUDA_VISIBLE_DEVICES'].strip()",
+                "os.environ.get('CUDA_VISIBLE_DEVICES', '').strip()",
+            ),
+        ],
+    ),
+]
+
+
+@dataclass
+class Base:
+    upstream: Path
+    sha: str
+    pins: Path
+    patches: Path
+
+
+@pytest.fixture(scope="session")
+def base(tmp_path_factory) -> Base:
+    root = tmp_path_factory.mktemp("base")
+    random.seed(0)
+    upstream, sha = make_upstream(root / "upstream")
+    pins = root / "pins"
+    write_pin(pins, upstream, sha)
+    maker = PatchMaker(upstream, sha, root / "maker")
+    demo = []
+    for fn, desc, edits in DEMO_EDITS:
+        for rel, old, new in edits:
+            maker.edit(rel, old, new)
+        demo.append((fn, maker.diff(desc)))
+    patches = root / "patches"
+    write_set(patches, "demo", 1, sha, demo)
+    maker.edit("src/train_softmax.py", "default=1.0, help='weight decay mult", "default=10.0, help='weight decay mult")
+    write_set(
+        patches, "extra", 1, sha, [("0001-wd-mult.patch", maker.diff("fc7 wd mult 10"))], after=["demo"], opt_in=True
+    )
+    return Base(upstream, sha, pins, patches)
+
+
+@dataclass
+class Fx:
+    root: Path
+    upstream: Path
+    sha: str
+    pins: Path
+    patches: Path
+    dest: Path
+
+    @property
+    def short(self) -> str:
+        return self.sha[:7]
+
+    def maker(self) -> PatchMaker:
+        return PatchMaker(self.upstream, self.sha, self.root / f"maker-{random.random():.9f}")
+
+    def prepare(self, dest: Path | None = None, source: str | None = None):
+        from mfnpatch.worktree import prepare_tree
+
+        return prepare_tree(self.short, dest or self.dest, source or str(self.upstream))
+
+    def apply(self, series: str = "demo", dest: Path | None = None, **kw):
+        from mfnpatch.patchset import Catalog, select_sets
+        from mfnpatch.worktree import apply
+
+        prepared = self.prepare(dest)
+        sets = select_sets(Catalog.scan(self.patches), series)
+        return apply(prepared.tree, sets, **kw)
+
+    def tree(self, dest: Path | None = None):
+        from mfnpatch.cli import _open
+
+        return _open(dest or self.dest)
+
+
+@pytest.fixture
+def fx(base: Base, tmp_path, monkeypatch) -> Fx:
+    root = tmp_path / "fx"
+    shutil.copytree(base.upstream.parent, root, symlinks=True)
+    f = Fx(root, root / "upstream", base.sha, root / "pins", root / "patches", tmp_path / "tree")
+    monkeypatch.setenv("MFNPATCH_PINS", str(f.pins))
+    monkeypatch.setenv("MFNPATCH_PATCHES", str(f.patches))
+    return f
+
+
+# --------------------------------------------------------------------------------------------
+# Golden messages and the CLI
+
+
+def _normalize(text: str, tmp: Path, fx: Fx | None) -> str:
+    text = text.replace(str(tmp.resolve()), "<TMP>").replace(str(tmp), "<TMP>")
+    if fx is not None:
+        text = text.replace(fx.sha, "<SHA>").replace(fx.short, "<SHORT>")
+    text = re.sub(r"saved/\d{8}T\d{6}(\.\d+)?", "saved/<TIME>", text)
+    text = re.sub(r"\b\d+\.\d+ s\b", "<T> s", text)
+    text = re.sub(r"(?m)^  fatal: .*$", "  fatal: <git's own message>", text)
+    return text
+
+
+@pytest.fixture
+def golden(tmp_path, request):
+    def check(name: str, text: str, fx: Fx | None = None):
+        text = _normalize(text, tmp_path, fx)
+        path = GOLDEN / f"{name}.txt"
+        if os.environ.get("MFNPATCH_UPDATE_GOLDEN"):
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(text + ("" if text.endswith("\n") else "\n"))
+            return
+        assert path.exists(), f"no golden file {path}; create it with MFNPATCH_UPDATE_GOLDEN=1"
+        assert text + ("" if text.endswith("\n") else "\n") == path.read_text()
+
+    return check
+
+
+@dataclass
+class Result:
+    code: int
+    out: str
+    err: str
+
+    def json(self):
+        import json
+
+        return json.loads(self.out)
+
+
+@pytest.fixture
+def cli(capsys):
+    from mfnpatch.cli import run
+
+    def invoke(*args: str) -> Result:
+        capsys.readouterr()
+        code = run([str(a) for a in args])
+        o, e = capsys.readouterr()
+        return Result(code, o, e)
+
+    return invoke
