@@ -86,6 +86,7 @@ DestOpt = Annotated[
     typer.Option("--dest", "-d", help="The InsightFace tree (created if absent).", show_default=True),
 ]
 DEFAULT_DEST = Path("insightface")
+DEFAULT_SERIES = "mfn"
 
 
 # --------------------------------------------------------------------------------------------
@@ -96,11 +97,14 @@ DEFAULT_DEST = Path("insightface")
 def apply(
     commit: Annotated[str, typer.Option("--commit", "-c", help="A pinned commit, or an unambiguous prefix of one.")],
     series: Annotated[
-        str,
+        str | None,
         typer.Option(
-            "--series", "-s", help="Patch sets to apply, comma separated, each optionally @version: mfn,py3 or mfn@1."
+            "--series",
+            "-s",
+            help="Patch sets to apply, comma separated, each optionally @version: mfn,py3 or mfn@1. "
+            "Default: the sets the tree already has, else mfn.",
         ),
-    ] = "mfn",
+    ] = None,
     source: Annotated[
         str | None,
         typer.Option(
@@ -133,7 +137,8 @@ def apply(
 
     CTX.json = as_json
     resolve_pin(commit)  # a wrong --commit is reported before anything else
-    sets = select_sets(Catalog.scan(data_dir("patches")), series)
+    catalog = Catalog.scan(data_dir("patches"))
+    sets = select_sets(catalog, series) if series else None  # bad --series fails before any fetch
     if as_json:
         prepared = prepare_tree(commit, dest, source)
     else:
@@ -142,6 +147,9 @@ def apply(
                 commit, dest, source, on_progress=lambda line: st.update(f"fetching {commit}: {line}")
             )
     tree = prepared.tree
+    if sets is None:
+        state = tree.load_state()
+        sets = select_sets(catalog, ",".join(state.labels()) if state else DEFAULT_SERIES)
     outcome = do_apply(tree, sets, fuzz=fuzz, force=force, check=check, source=prepared.source)
     code = EXIT_NOTHING_TO_DO if outcome.action in ("nothing", "adopted") else EXIT_OK
     if as_json:
@@ -273,16 +281,22 @@ def status(dest: DestOpt = DEFAULT_DEST, as_json: JsonOpt = False):
     else:
         fz = f", fuzz {st.state.fuzz}" if st.state.fuzz else ""
         out.print(f"applied  {', '.join(st.state.labels())}{fz} at {st.state.applied_at}")
+        notes = {
+            p.name + p.set: "; ".join(
+                f"{h.path} #{h.hunk} offset {h.offset:+d}" + (f" fuzz {h.fuzz}" if h.fuzz else "")
+                for h in p.hunks
+                if h.offset or h.fuzz
+            )
+            for p in st.state.patches
+        }
         t = Table(show_edge=False, box=None, pad_edge=False)
         t.add_column("patch")
         t.add_column("hunks", justify="right")
-        t.add_column("notes")
+        if any(notes.values()):
+            t.add_column("where hunks landed")
         for p in st.state.patches:
-            moved = [h for h in p.hunks if h.offset or h.fuzz]
-            notes = "; ".join(
-                f"{h.path} #{h.hunk} offset {h.offset:+d}" + (f" fuzz {h.fuzz}" if h.fuzz else "") for h in moved
-            )
-            t.add_row(escape(f"{p.set}/{p.name}"), str(len(p.hunks)), escape(notes))
+            row = [escape(f"{p.set}/{p.name}"), str(len(p.hunks))]
+            t.add_row(*row, *([escape(notes[p.name + p.set])] if any(notes.values()) else []))
         out.print(t)
         t = Table(show_edge=False, box=None, pad_edge=False)
         t.add_column("file")

@@ -149,3 +149,12 @@ def test_console_script_runs(fx, tmp_path):
     assert json.loads(r.stdout)["tree"] == str(tmp_path / "insightface")
     r = subprocess.run([*exe, "status", "--json"], cwd=tmp_path, env=env, capture_output=True, text=True)
     assert r.returncode == 0 and json.loads(r.stdout)["sets"] == ["demo@1"]
+
+
+def test_default_series_keeps_what_the_tree_has(fx, cli):
+    assert cli("apply", "-c", fx.short, "--series", "demo,extra", "--source", fx.upstream, "--dest", fx.dest).code == 0
+    r = cli("apply", "-c", fx.short, "--dest", fx.dest)
+    assert r.code == EXIT_NOTHING_TO_DO and "demo@1, extra@1" in r.out
+    (fx.dest / "src/image_iter.py").write_text("drift\n")
+    r = cli("apply", "-c", fx.short, "--dest", fx.dest, "--force", "--json")
+    assert r.code == EXIT_OK and r.json()["sets"] == ["demo@1", "extra@1"]
