@@ -176,8 +176,10 @@ def main() -> int:
             pct = f"{100 * b / clone_bytes:.1f}" if clone_bytes else "-"
             print(f"{w:32s} {b:14,d} {pct:>10s} {s:8.2f}  {n}")
         ok_bytes = result["ratio"] is not None and result["ratio"] <= 0.25
-        print(f"target: cold apply <= 25 % of a full clone's bytes: {'met' if ok_bytes else 'NOT met'} "
-              f"({100 * result['ratio']:.1f} %)")
+        print(
+            f"target: cold apply <= 25 % of a full clone's bytes: {'met' if ok_bytes else 'NOT met'} "
+            f"({100 * result['ratio']:.1f} %)"
+        )
         print(f"target: apply from a local mirror < 5 s: {'met' if median < 5 else 'NOT met'} ({median:.2f} s)")
         return 0
     finally:

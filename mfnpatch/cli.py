@@ -40,6 +40,8 @@ Start here:
   mfnpatch apply --commit 4bc8132 --series mfn,py3 --source ~/src/insightface
   mfnpatch status                                 what is applied, and what drifted
   mfnpatch patches list                           the versioned patch sets
+  mfnpatch log summary train.log                  what a training log says
+  mfnpatch verify --log train.log --reference seed-2018-05-09-arcface-test2
 
 \b
 Exit codes: 0 done, 1 failed, 2 nothing to do (already so), 64 bad usage, 130 interrupted.
@@ -55,8 +57,10 @@ app = typer.Typer(
 )
 patches_app = typer.Typer(help="List, show and lock the versioned patch sets.", no_args_is_help=True)
 pin_app = typer.Typer(help="The pinned upstream commits (list; record a new pin).", no_args_is_help=True)
+log_app = typer.Typer(help="Read training logs: summary and plots.", no_args_is_help=True)
 app.add_typer(patches_app, name="patches")
 app.add_typer(pin_app, name="pin")
+app.add_typer(log_app, name="log")
 
 
 def _version(value: bool):
@@ -515,6 +519,178 @@ def pin_record(
     atomic_write(output, manifest_yaml(m))
     out.print(f"wrote {escape(str(output))}: {m.commit[:7]} tree {m.tree[:12]}, {len(m.files)} files")
     return EXIT_OK
+
+
+# --------------------------------------------------------------------------------------------
+# log / verify
+
+
+@log_app.command("summary")
+def log_summary(
+    log: Annotated[Path, typer.Argument(help="A training log (what train_softmax.py printed).")],
+    as_json: JsonOpt = False,
+):
+    """What happened in a run: configuration, best and last accuracy per target, speed, checkpoints, ending."""
+    from mfnpatch.logs import summarize
+
+    CTX.json = as_json
+    s = summarize(log)
+    if as_json:
+        emit_json(s.to_dict())
+        return EXIT_OK
+    out.print(f"[bold]{escape(str(log))}[/]: {s.lines} lines ({s.unknown_lines} not recognised, {s.warnings} warnings)")
+    facts = []
+    if s.python:
+        facts.append(f"Python {s.python}")
+    if s.speedometer_format:
+        facts.append(f"Speedometer {s.speedometer_format}")
+    if s.images:
+        facts.append(f"{s.images} images, {s.identities} identities, {s.batches_per_epoch} batches/epoch")
+    if facts:
+        out.print("  " + escape(", ".join(facts)))
+    if s.highlights:
+        t = Table(show_edge=False, box=None, pad_edge=False, title="configuration", title_justify="left")
+        t.add_column("key")
+        t.add_column("value")
+        for k, v in s.highlights.items():
+            t.add_row(k, escape(repr(v)))
+        out.print(t)
+    if s.pretrained:
+        out.print(f"pretrained: {escape(s.pretrained[0])},{s.pretrained[1]}")
+    targets = s.targets()
+    if targets:
+        t = Table(show_edge=False, box=None, pad_edge=False)
+        for col in ("target", "rounds", "best", "at step", "last", "at step"):
+            t.add_column(col, justify="left" if col == "target" else "right")
+        for x in targets.values():
+            t.add_row(
+                x.target,
+                str(x.rounds),
+                f"{x.best_accuracy:.5f} ±{x.best_std:.5f}",
+                str(x.best_step),
+                f"{x.last_accuracy:.5f}",
+                str(x.last_step),
+            )
+        out.print(t)
+    else:
+        out.print("no verification results")
+    if s.median_samples_per_sec is not None:
+        out.print(f"speed: median {s.median_samples_per_sec:g} samples/s over {s.speed_lines} Speedometer lines")
+    if s.lr_changes:
+        out.print("lr changes: " + ", ".join(f"{lr:g} at {st}" for st, lr in sorted(s.lr_changes.items())))
+    if s.checkpoints:
+        nums = sorted(s.checkpoints)
+        first, last = nums[0], nums[-1]
+        out.print(
+            f"checkpoints: {len(nums)} saved, #{first} at step {s.checkpoints[first]['step']} … "
+            f"#{last} at step {s.checkpoints[last]['step']}"
+        )
+    out.print(f"ended: {escape(s.how_it_ended())}")
+    return EXIT_OK
+
+
+@log_app.command("plot")
+def log_plot(
+    log: Annotated[Path, typer.Argument(help="A training log.")],
+    output: Annotated[Path, typer.Option("--output", "-o", help="PNG file to write.")] = Path("curves.png"),
+    reference: Annotated[
+        str | None, typer.Option("--reference", "-r", help="A reference log, or a bundled reference name.")
+    ] = None,
+):
+    """Plot verification accuracy per target against step (reference overlaid), training accuracy and lr."""
+    from mfnpatch.expect import resolve_reference
+    from mfnpatch.logs import summarize
+    from mfnpatch.report import plot_curves
+
+    s = summarize(log)
+    ref = None
+    if reference:
+        path, _ = resolve_reference(reference)
+        ref = summarize(path)
+    plot_curves(s, output, ref)
+    out.print(f"wrote {escape(str(output))}")
+    return EXIT_OK
+
+
+@app.command()
+def verify(
+    log: Annotated[Path, typer.Option("--log", "-l", help="The training log to check.")],
+    reference: Annotated[
+        str | None,
+        typer.Option(
+            "--reference", "-r", help="A reference log, or a bundled reference name (seed-2018-05-09-arcface-test2)."
+        ),
+    ] = None,
+    tolerance: Annotated[
+        float | None,
+        typer.Option("--tolerance", help="Absolute accuracy tolerance; default: the reference's own ± std."),
+    ] = None,
+    patches: Annotated[
+        str | None, typer.Option("--patches", help="Patch sets the run used (mfn,py3): check what the log reveals.")
+    ] = None,
+    checkpoint: Annotated[
+        str | None, typer.Option("--checkpoint", help="Checkpoint prefix of the run (for the symbol checks).")
+    ] = None,
+    markdown: Annotated[Path | None, typer.Option("--markdown", help="Also write a Markdown report here.")] = None,
+    as_json: JsonOpt = False,
+):
+    """Check a training log against a reference log (and the patch sets that produced it).
+
+    Every reference (target, step) must be within tolerance; each target's best must reach the reference's;
+    a step or target missing from the log is "unmeasured", never a pass. Exit 0 only when every required
+    check passes, 1 otherwise. The rule is written in every report.
+    """
+    from mfnpatch.expect import verify as do_verify
+    from mfnpatch.patchset import Catalog, select_sets
+    from mfnpatch.report import verification_markdown, write_markdown
+    from mfnpatch.resources import data_dir
+
+    CTX.json = as_json
+    sets = select_sets(Catalog.scan(data_dir("patches")), patches) if patches else None
+    v = do_verify(log, reference, tolerance=tolerance, sets=sets, checkpoint=checkpoint)
+    code = EXIT_OK if v.passed else 1
+    if markdown:
+        write_markdown(markdown, verification_markdown(v))
+    if as_json:
+        emit_json(v.to_dict() | {"exit_code": code})
+        return code
+    color = {"pass": "green", "fail": "red", "unmeasured": "yellow", "n/a": "dim"}
+    t = Table(show_edge=False, box=None, pad_edge=False)
+    for col in ("check", "verdict", "actual", "expected"):
+        t.add_column(col)
+    for c in v.checks:
+        if not c.required and c.verdict in ("unmeasured", "n/a"):
+            continue
+        t.add_row(
+            escape(c.id), f"[{color[c.verdict]}]{c.verdict}[/]", escape(_show(c.actual)), escape(_show(c.expected))
+        )
+    out.print(t)
+    for c in v.checks:
+        if not c.required and c.verdict in ("unmeasured", "n/a"):
+            out.print(f"[dim]not checked[/]: {escape(c.message)}")
+    for f in v.findings:
+        out.print(f"[dim]finding[/]: {escape(f)}")
+    out.print(f"rule: {escape(v.rule)}")
+    if v.passed:
+        out.print(f"[green]PASS[/]: {v.count('pass')} checks passed")
+    else:
+        bad = v.failures()
+        err.print(
+            f"[red]FAIL[/]: {len(bad)} required check(s) did not pass" if bad else "[red]FAIL[/]: no required check"
+        )
+        for c in bad:
+            err.print(f"  {c.verdict}: {escape(c.message)}")
+    if markdown:
+        out.print(f"report: {escape(str(markdown))}")
+    return code
+
+
+def _show(x) -> str:
+    if x is None:
+        return "–"
+    if isinstance(x, dict):
+        return ", ".join(f"{k}={v!r}" for k, v in x.items())
+    return str(x)
 
 
 # --------------------------------------------------------------------------------------------

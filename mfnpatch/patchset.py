@@ -19,7 +19,7 @@ import json
 import re
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
-from typing import Literal
+from typing import Any, Literal
 
 import unidiff
 from pydantic import Field, field_validator
@@ -63,6 +63,18 @@ class ApplyFailure(MfnError):
 # Set manifest
 
 
+class Evidence(Strict):
+    """What a log or checkpoint reveals about a patch (or, without ``patch``, about the whole set)."""
+
+    patch: str | None = None
+    when: dict[str, Any] = Field(default_factory=dict, description="config values that make the check apply")
+    config: dict[str, Any] | None = Field(default=None, description="Namespace values the log must show")
+    symbol_lacks: list[str] | None = Field(default=None, description="nodes absent from the checkpoint symbol")
+    python: int | None = Field(default=None, description="the Python major version the log must show")
+    unobservable: str | None = Field(default=None, description="why nothing can check it")
+    explain: str = ""
+
+
 class SetManifest(Strict):
     schema_: Literal[1] = Field(alias="schema")
     name: str = Field(pattern=r"^[a-z][a-z0-9_-]*$")
@@ -71,6 +83,7 @@ class SetManifest(Strict):
     description: str
     after: list[str] = Field(default_factory=list, description="sets that go first when selected together")
     opt_in: bool = False
+    evidence: list[Evidence] = Field(default_factory=list)
 
     @field_validator("description")
     @classmethod
@@ -473,6 +486,12 @@ def load_set(directory: Path, check_sums: bool = True) -> PatchSet:
     sums = parse_sums(directory / SUMS_FILE, label) if (directory / SUMS_FILE).is_file() else None
     if check_sums and sums is None:
         raise PatchSetError(f"{label}: no {SUMS_FILE}", hint=f"run: mfnpatch patches lock {directory}")
+    for ev in manifest.evidence:
+        if ev.patch is not None and ev.patch not in names:
+            raise PatchSetError(
+                f"{directory / SET_FILE}: evidence names {ev.patch}, which is not in the series",
+                hint="evidence entries name a patch file of this set, or no patch for the whole set",
+            )
     patches: list[Patch] = []
     for n in names:
         p = directory / n

@@ -1,0 +1,416 @@
+"""Expected results and verdicts: a log checked against a reference log, and against a patch set.
+
+Every check says ``pass``, ``fail``, ``unmeasured`` (the log does not show it: never a pass) or ``n/a``.
+A verification passes only when every *required* check passes.
+
+The rule against a reference log (``mfnpatch verify --log LOG --reference REF``):
+
+* every (target, step) the reference verified is a required check: the log must have verified the same
+  target at the same step, with ``|accuracy - reference| <= tolerance``. The tolerance is the reference's
+  own ``±`` std at that step, or ``--tolerance`` (absolute) when given. Missing: unmeasured.
+* every target's best accuracy is a required check, one-sided: the log's best must reach the reference's
+  best minus the same tolerance (a reproduction may do better, not worse).
+* configuration keys (the ``Namespace``) that differ are findings, listed but not failing; a reference
+  without a configuration (an excerpt) is noted as such.
+* with ``--patches``: each set's evidence (in its ``set.yaml``) is checked against the log's
+  configuration, its Python version and the checkpoint symbol; what cannot be observed is listed as
+  "could not be checked", and does not fail the verification.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import Field
+
+from mfnpatch.errors import MfnError
+from mfnpatch.logs import Summary, summarize
+from mfnpatch.patchset import Evidence, PatchSet
+from mfnpatch.resources import data_dir
+from mfnpatch.schema import Strict, load_model
+
+Verdict = Literal["pass", "fail", "unmeasured", "n/a"]
+
+# Namespace keys that name where things are, not how the run trains: differences are expected.
+LOCATION_KEYS = {"data_dir", "prefix", "output_dir", "work_dir", "log_dir", "pretrained", "num_gpus", "ctx_num"}
+
+
+# --------------------------------------------------------------------------------------------
+# expected.yaml
+
+
+class Metric(Strict):
+    accuracy: float | None = None
+    std: float | None = None
+    at_least: float | None = None
+    about: float | None = None
+    best: float | None = None
+
+
+class ReferenceEntry(Strict):
+    log: str
+    source: str
+    stage: str
+    step: int
+    metrics: dict[str, Metric]
+
+
+class StageTargets(Strict):
+    source: str
+    metrics: dict[str, Metric]
+
+
+class BenchRow(Strict):
+    min: float
+    max: float
+    avg: float
+
+
+class BenchReference(Strict):
+    source: str
+    device: str
+    model: str
+    threads: dict[int, BenchRow]
+    folding_gain_estimate: float
+
+
+class Expected(Strict):
+    schema_: Literal[1] = Field(alias="schema")
+    references: dict[str, ReferenceEntry]
+    targets: dict[str, StageTargets]
+    results: dict[str, StageTargets]
+    bench: BenchReference
+
+
+def load_expected(path: Path | None = None) -> Expected:
+    return load_model(path or data_dir("recipes") / "expected.yaml", Expected)
+
+
+def resolve_reference(spec: str) -> tuple[Path, str]:
+    """A bundled reference name (see recipes/expected.yaml) or a path -> (log path, display name)."""
+    p = Path(spec).expanduser()
+    if p.is_file():
+        return p, str(spec)
+    expected = load_expected()
+    if spec in expected.references:
+        return data_dir("recipes") / expected.references[spec].log, spec
+    names = ", ".join(expected.references) or "none"
+    raise MfnError(
+        f"reference {spec!r} is neither a file nor a bundled reference",
+        hint=f"give a log file, or one of: {names}",
+    )
+
+
+# --------------------------------------------------------------------------------------------
+# Checks
+
+
+@dataclass
+class Check:
+    id: str
+    verdict: Verdict
+    message: str
+    required: bool = True
+    expected: Any = None
+    actual: Any = None
+    group: str = "reference"
+
+
+@dataclass
+class Verification:
+    log: str
+    reference: str | None
+    rule: str
+    checks: list[Check] = field(default_factory=list)
+    findings: list[str] = field(default_factory=list)
+
+    @property
+    def passed(self) -> bool:
+        required = [c for c in self.checks if c.required]
+        return bool(required) and all(c.verdict == "pass" for c in required)
+
+    def count(self, verdict: str) -> int:
+        return sum(1 for c in self.checks if c.verdict == verdict)
+
+    def failures(self) -> list[Check]:
+        return [c for c in self.checks if c.required and c.verdict != "pass"]
+
+    def to_dict(self) -> dict:
+        return {
+            "log": self.log,
+            "reference": self.reference,
+            "rule": self.rule,
+            "passed": self.passed,
+            "counts": {v: self.count(v) for v in ("pass", "fail", "unmeasured", "n/a")},
+            "checks": [asdict(c) for c in self.checks],
+            "findings": self.findings,
+        }
+
+
+def _fmt(x: float | None) -> str:
+    return "-" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{x:.5f}"
+
+
+def compare_to_reference(log: Summary, ref: Summary, ref_name: str, tolerance: float | None = None) -> list[Check]:
+    checks: list[Check] = []
+    if not ref.verifications:
+        raise MfnError(
+            f"reference {ref_name} has no verification lines",
+            hint="a reference is a training log with [target][step]Accuracy-Flip lines",
+        )
+    for target in ref.verifications:
+        for step, (racc, rstd, _) in sorted(ref.verifications[target].items()):
+            tol = tolerance if tolerance is not None else rstd
+            expected = f"{racc:.5f} ± {tol:.5f}"
+            got = log.verifications.get(target, {}).get(step)
+            cid = f"{target}@{step}"
+            if got is None:
+                why = "the log never verified " + (target if target not in log.verifications else f"{target} at {step}")
+                checks.append(
+                    Check(
+                        cid,
+                        "unmeasured",
+                        f"{target} at step {step}: not in the log ({why}); expected {expected}",
+                        True,
+                        expected,
+                        None,
+                    )
+                )
+                continue
+            acc = got[0]
+            ok = abs(acc - racc) <= tol + 1e-12
+            checks.append(
+                Check(
+                    cid,
+                    "pass" if ok else "fail",
+                    f"{target} at step {step}: {acc:.5f}, expected {expected} (reference {ref_name})",
+                    True,
+                    expected,
+                    round(acc, 6),
+                )
+            )
+    rt = ref.targets()
+    lt = log.targets()
+    for target, r in rt.items():
+        tol = tolerance if tolerance is not None else r.best_std
+        expected = f">= {r.best_accuracy - tol:.5f}"
+        why = f"reference best {r.best_accuracy:.5f} at step {r.best_step} − {tol:.5f}"
+        cid = f"best {target}"
+        if target not in lt:
+            checks.append(
+                Check(cid, "unmeasured", f"best {target}: the log never verified {target} ({why})", True, expected)
+            )
+            continue
+        b = lt[target]
+        ok = b.best_accuracy >= r.best_accuracy - tol - 1e-12
+        checks.append(
+            Check(
+                cid,
+                "pass" if ok else "fail",
+                f"best {target}: {b.best_accuracy:.5f} at step {b.best_step}, expected {expected} ({why})",
+                True,
+                expected,
+                round(b.best_accuracy, 6),
+            )
+        )
+    return checks
+
+
+def config_findings(log: Summary, ref: Summary) -> list[str]:
+    if ref.config is None:
+        return ["the reference has no configuration line (an excerpt): configuration not compared"]
+    if log.config is None:
+        return ["the log has no 'Called with argument' line: configuration not compared"]
+    out = []
+    for key in sorted(set(log.config) | set(ref.config)):
+        a, b = log.config.get(key, "(absent)"), ref.config.get(key, "(absent)")
+        if a != b:
+            kind = "location" if key in LOCATION_KEYS else "training"
+            out.append(f"config {key}: {a!r} in the log, {b!r} in the reference ({kind} setting)")
+    return out
+
+
+# --------------------------------------------------------------------------------------------
+# Patch-set evidence
+
+
+def checkpoint_symbol(log: Summary, checkpoint: str | None) -> tuple[Path | None, str]:
+    """The training symbol of the run's checkpoints: --checkpoint PREFIX, else the prefix the log saved to."""
+    candidates = []
+    if checkpoint:
+        c = checkpoint.split(",")[0]
+        candidates.append(Path(c if c.endswith("-symbol.json") else c + "-symbol.json"))
+    for ck in log.checkpoints.values():
+        if ck.get("path"):
+            p = str(ck["path"])
+            candidates.append(Path(p[: p.rfind("-")] + "-symbol.json"))
+            break
+    for c in candidates:
+        if c.is_file():
+            return c, str(c)
+    tried = ", ".join(str(c) for c in candidates) or "no checkpoint prefix in the log"
+    return None, f"no checkpoint symbol found ({tried})"
+
+
+def symbol_nodes(path: Path) -> set[str]:
+    try:
+        data = json.loads(path.read_text())
+        return {n.get("name", "") for n in data.get("nodes", [])}
+    except (OSError, ValueError, AttributeError) as e:
+        raise MfnError(f"{path}: not an MXNet symbol file ({e})") from None
+
+
+def evidence_checks(log: Summary, sets: list[PatchSet], checkpoint: str | None = None) -> list[Check]:
+    checks: list[Check] = []
+    symbol, symbol_note = checkpoint_symbol(log, checkpoint)
+    for s in sets:
+        for ev in s.manifest.evidence:
+            checks.append(_evidence(log, s, ev, symbol, symbol_note))
+        covered = {ev.patch for ev in s.manifest.evidence}
+        for p in s.patches:
+            if p.name not in covered and None not in covered:
+                checks.append(
+                    Check(
+                        f"{s.label}/{p.name}",
+                        "unmeasured",
+                        f"{s.label}/{p.name}: the set declares no evidence",
+                        False,
+                        group="patches",
+                    )
+                )
+    return checks
+
+
+def _evidence(log: Summary, s: PatchSet, ev: Evidence, symbol: Path | None, symbol_note: str) -> Check:
+    cid = f"{s.label}/{ev.patch}" if ev.patch else s.label
+    cfg = log.config or {}
+    if ev.unobservable:
+        return Check(cid, "unmeasured", f"{cid}: cannot be checked: {ev.unobservable}", False, group="patches")
+    for key, value in ev.when.items():
+        if key not in cfg:
+            return Check(
+                cid,
+                "unmeasured",
+                f"{cid}: the log shows no {key}, so it is unknown whether it applies",
+                False,
+                group="patches",
+            )
+        if cfg[key] != value:
+            return Check(
+                cid,
+                "n/a",
+                f"{cid}: does not apply to this run ({key}={cfg[key]!r}, needs {value!r})",
+                False,
+                value,
+                cfg[key],
+                group="patches",
+            )
+    if ev.config is not None:
+        if not cfg:
+            return Check(cid, "unmeasured", f"{cid}: the log has no configuration line", False, group="patches")
+        bad = {k: cfg.get(k, "(absent)") for k, v in ev.config.items() if cfg.get(k) != v}
+        if bad:
+            shown = ", ".join(f"{k}={v!r}" for k, v in bad.items())
+            return Check(
+                cid,
+                "fail",
+                f"{cid}: the log shows {shown}, the set implies "
+                + ", ".join(f"{k}={v!r}" for k, v in ev.config.items())
+                + f": {ev.explain}",
+                True,
+                ev.config,
+                bad,
+                group="patches",
+            )
+        return Check(
+            cid,
+            "pass",
+            f"{cid}: the log shows " + ", ".join(f"{k}={v!r}" for k, v in ev.config.items()),
+            True,
+            ev.config,
+            ev.config,
+            group="patches",
+        )
+    if ev.python is not None:
+        if log.python is None:
+            return Check(
+                cid, "unmeasured", f"{cid}: the log does not reveal its Python version", False, group="patches"
+            )
+        ok = log.python == ev.python
+        return Check(
+            cid,
+            "pass" if ok else "fail",
+            f"{cid}: the log was written by Python {log.python}" + ("" if ok else f": {ev.explain}"),
+            True,
+            ev.python,
+            log.python,
+            group="patches",
+        )
+    if ev.symbol_lacks is not None:
+        if symbol is None:
+            return Check(cid, "unmeasured", f"{cid}: {symbol_note}; give --checkpoint PREFIX", False, group="patches")
+        present = sorted(set(ev.symbol_lacks) & symbol_nodes(symbol))
+        if present:
+            return Check(
+                cid,
+                "fail",
+                f"{cid}: {symbol} has {', '.join(present)}: {ev.explain}",
+                True,
+                f"no {', '.join(ev.symbol_lacks)}",
+                present,
+                group="patches",
+            )
+        return Check(
+            cid,
+            "pass",
+            f"{cid}: {symbol} has no {', '.join(ev.symbol_lacks)}",
+            True,
+            f"no {', '.join(ev.symbol_lacks)}",
+            "absent",
+            group="patches",
+        )
+    return Check(cid, "unmeasured", f"{cid}: no check declared", False, group="patches")
+
+
+def python_finding(log: Summary, sets: list[PatchSet]) -> list[str]:
+    names = {s.name for s in sets}
+    if log.python == 3 and "py3" not in names:
+        return ["the log was written by Python 3, which the pinned code needs the py3 set for; it is not named"]
+    return []
+
+
+def verify(
+    log_path: Path,
+    reference: str | None,
+    *,
+    tolerance: float | None = None,
+    sets: list[PatchSet] | None = None,
+    checkpoint: str | None = None,
+) -> Verification:
+    if reference is None and not sets:
+        raise MfnError("nothing to verify against", hint="give --reference REF and/or --patches SETS")
+    log = summarize(log_path)
+    tol = f"±{tolerance:g}" if tolerance is not None else "the reference ± std"
+    rule = (
+        f"each reference (target, step) within {tol}; best per target at least reference best − that tolerance; "
+        "missing = unmeasured (not a pass)"
+    )
+    v = Verification(log=str(log_path), reference=reference, rule=rule)
+    if reference is not None:
+        ref_path, ref_name = resolve_reference(reference)
+        ref = summarize(ref_path)
+        v.reference = ref_name
+        v.checks += compare_to_reference(log, ref, ref_name, tolerance)
+        v.findings += config_findings(log, ref)
+    if sets:
+        v.checks += evidence_checks(log, sets, checkpoint)
+        v.findings += python_finding(log, sets)
+    if log.ending:
+        v.findings.append(f"the run ended: {log.how_it_ended()}")
+    if log.unknown_lines:
+        v.findings.append(f"{log.unknown_lines} line(s) of the log were not recognised (counted, not parsed)")
+    return v

@@ -1,0 +1,728 @@
+"""Training logs of the pinned code: a pure, streaming parser into typed events and a summary.
+
+It reads what ``train_softmax.py`` and MXNet print, in any mix: the training platform's
+``[YYYY-MM-DD HH:MM:SS]  `` prefix, DMLC ``[HH:MM:SS] file:line:`` lines, Python 2 and 3 output
+(``0.01`` vs ``0.010000000000000002``, ``(12000L, 3L, 112L, 112L)``), both Speedometer formats
+(``Batch [N]`` up to MXNet 1.3, ``Batch [a-b]`` from 1.4), ``INFO:root:`` lines, warnings and
+tracebacks, ``\\r``, a truncated last line, and "Task is force ended by user".
+
+How it stays fast (target: >= 100 MB/s on one core, see benchmarks/bench_logs.py): the parser works on
+bytes; Speedometer lines, most of any log, are aggregated in bulk per chunk (a C-level ``findall`` into a
+histogram of samples/s, plus a bounded, decimated training-accuracy curve), and the last one of each
+piece fed is emitted as a ``Speed`` event for progress displays. Every other known line is matched by one
+regex and folded straight into the running ``Summary``; event objects are built only when the caller
+asks for them (``LogParser(events=True)``, the default). Unknown lines are counted, never fatal, and no
+exception escapes ``feed``.
+
+Memory: besides the bounded speed statistics, the parser keeps one entry per (target, step) verified
+and per checkpoint, which is what a reference check needs; it does not keep lines.
+"""
+
+from __future__ import annotations
+
+import ast
+import re
+from collections import Counter
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+# --------------------------------------------------------------------------------------------
+# Events
+
+
+@dataclass(slots=True)
+class Event:
+    line: int  # 1-based line number in the log
+    time: str | None  # the platform's timestamp prefix, when present
+
+    @property
+    def kind(self) -> str:
+        return type(self).__name__
+
+
+@dataclass(slots=True)
+class Config(Event):
+    args: dict
+
+
+@dataclass(slots=True)
+class Pretrained(Event):
+    prefix: str
+    epoch: int
+
+
+@dataclass(slots=True)
+class Dataset(Event):
+    images: int
+    identities: int | None
+
+
+@dataclass(slots=True)
+class LrSteps(Event):
+    steps: list[int]
+
+
+@dataclass(slots=True)
+class LrChange(Event):
+    lr: float
+    step: int | None  # the --lr-steps entry that triggered it, when the schedule is known
+
+
+@dataclass(slots=True)
+class LrBatchEpoch(Event):
+    lr: float
+    batch: int
+    epoch: int
+    step: int | None
+
+
+@dataclass(slots=True)
+class Speed(Event):
+    epoch: int
+    batch: int
+    samples_per_sec: float
+    metrics: dict
+    step: int | None
+
+
+@dataclass(slots=True)
+class Verification(Event):
+    target: str
+    step: int | None  # None for the standalone verification.py format
+    accuracy: float
+    std: float
+    xnorm: float | None
+    infer_time: float | None
+    flip: bool = True
+
+
+@dataclass(slots=True)
+class Highest(Event):
+    step: int
+    value: float
+
+
+@dataclass(slots=True)
+class CheckpointSaved(Event):
+    number: int
+    step: int | None  # the verification step it follows: number x --verbose
+
+
+@dataclass(slots=True)
+class CheckpointWritten(Event):
+    path: str
+    number: int | None
+
+
+@dataclass(slots=True)
+class EpochMetric(Event):
+    epoch: int
+    name: str
+    value: float
+
+
+@dataclass(slots=True)
+class EpochTime(Event):
+    epoch: int
+    seconds: float
+
+
+@dataclass(slots=True)
+class Warn(Event):
+    text: str
+
+
+@dataclass(slots=True)
+class RunEnded(Event):
+    reason: str  # force-ended | error | interrupted
+    detail: str
+
+
+# --------------------------------------------------------------------------------------------
+# Summary
+
+
+HIGHLIGHT_KEYS = (
+    "network", "loss_type", "lr", "lr_steps", "wd", "fc7_wd_mult", "per_batch_size", "batch_size", "emb_size",
+    "margin_s", "margin_m", "ckpt", "verbose", "target", "pretrained", "prefix", "data_dir", "max_steps",
+)  # fmt: skip
+
+
+@dataclass
+class TargetSummary:
+    target: str
+    rounds: int
+    best_accuracy: float
+    best_std: float
+    best_step: int | None
+    last_accuracy: float
+    last_std: float
+    last_step: int | None
+
+
+@dataclass
+class Summary:
+    path: str = "-"
+    lines: int = 0
+    unknown_lines: int = 0
+    warnings: int = 0
+    python: int | None = None
+    speedometer_format: str | None = None  # "Batch [N]" (MXNet <= 1.3) or "Batch [a-b]" (>= 1.4)
+    config: dict | None = None
+    pretrained: tuple[str, int] | None = None
+    images: int | None = None
+    identities: int | None = None
+    batches_per_epoch: int | None = None
+    lr_steps: list[int] | None = None
+    lr_changes: dict[int, float] = field(default_factory=dict)  # step -> lr, for changes at known steps
+    lr_points: dict[int, float] = field(default_factory=dict)  # step -> lr, from lr-batch-epoch lines
+    # target -> step -> (accuracy, std, xnorm)
+    verifications: dict[str, dict[int, tuple[float, float, float | None]]] = field(default_factory=dict)
+    standalone: dict[str, tuple[float, float]] = field(default_factory=dict)
+    highest: tuple[int, float] | None = None
+    speed_lines: int = 0
+    median_samples_per_sec: float | None = None
+    train_curve: list[tuple[int | None, float]] = field(default_factory=list)  # (step, training accuracy)
+    checkpoints: dict[int, dict] = field(default_factory=dict)  # number -> {step, path}
+    epochs: dict[int, dict] = field(default_factory=dict)  # epoch -> {metric: value, time_cost: s}
+    last_step: int | None = None
+    ending: dict | None = None
+
+    @property
+    def highlights(self) -> dict:
+        if not self.config:
+            return {}
+        return {k: self.config[k] for k in HIGHLIGHT_KEYS if k in self.config}
+
+    def targets(self) -> dict[str, TargetSummary]:
+        out = {}
+        for t, steps in self.verifications.items():
+            if not steps:
+                continue
+            ordered = sorted(steps.items())
+            best_step, (ba, bs, _) = max(ordered, key=lambda kv: (kv[1][0], -kv[0]))
+            last_step, (la, ls, _) = ordered[-1]
+            out[t] = TargetSummary(t, len(ordered), ba, bs, best_step, la, ls, last_step)
+        return out
+
+    def how_it_ended(self) -> str:
+        if self.ending:
+            return f"{self.ending['reason']}: {self.ending['detail']}"
+        last = f"step {self.last_step}" if self.last_step else f"line {self.lines}"
+        return f"no end marker: the log stops at {last} (still running, killed, or stopped at a planned stop point)"
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["verifications"] = {
+            t: [{"step": s, "accuracy": a, "std": sd, "xnorm": x} for s, (a, sd, x) in sorted(v.items())]
+            for t, v in self.verifications.items()
+        }
+        d["checkpoints"] = [{"number": k, **v} for k, v in sorted(self.checkpoints.items())]
+        d["epochs"] = [{"epoch": k, **v} for k, v in sorted(self.epochs.items())]
+        d["targets"] = {t: asdict(x) for t, x in self.targets().items()}
+        d["highlights"] = self.highlights
+        d["ended"] = self.how_it_ended()
+        return d
+
+
+# --------------------------------------------------------------------------------------------
+# Patterns (on latin-1 text: one char per byte, so any input decodes and offsets match bytes)
+
+_TS = r"(?:\[(?P<ts>\d{4}-\d\d-\d\d \d\d:\d\d:\d\d)\][ \t]*)?"
+_NUM = r"[-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?|nan|inf"
+_RARE = re.compile(
+    _TS
+    + r"(?:INFO:root:)?(?:"
+    + r"(?P<ver>\[(?P<v_t>[^\]\[]+)\](?:\[(?P<v_s>\d+)\])?(?P<v_k>XNorm|Accuracy-Flip|Accuracy): "
+    + r"(?P<v_a>"
+    + _NUM
+    + r")(?:\+-(?P<v_d>"
+    + _NUM
+    + r"))?)"
+    + r"|(?P<shape>\((?P<shape_v>\d+L?(?:, ?\d+L?)*),?\))"
+    + r"|(?P<infer>infer time (?P<infer_v>"
+    + _NUM
+    + r"))"
+    + r"|(?P<lbe>lr-batch-epoch: (?P<lbe_lr>"
+    + _NUM
+    + r") (?P<lbe_b>\d+) (?P<lbe_e>\d+))"
+    + r"|(?P<high>\[(?P<h_s>\d+)\]Accuracy-Highest: (?P<h_v>"
+    + _NUM
+    + r"))"
+    + r"|(?P<save>saving (?P<save_n>\d+))"
+    + r"|(?P<saved>Saved checkpoint to [\"'](?P<saved_p>[^\"']*)[\"'])"
+    + r"|(?P<lrc>lr change to (?P<lrc_v>"
+    + _NUM
+    + r"))"
+    + r"|(?P<em>Epoch\[(?P<em_e>\d+)\] (?:Train|Validation)-(?P<em_k>[\w-]+)=(?P<em_v>"
+    + _NUM
+    + r"))"
+    + r"|(?P<et>Epoch\[(?P<et_e>\d+)\] Time cost=(?P<et_v>"
+    + _NUM
+    + r"))"
+    + r"|(?P<cfg>Called with argument: (?P<cfg_v>Namespace\(.*\)))"
+    + r"|(?P<steps>lr_steps \[(?P<steps_v>[\d, L]*)\])"
+    + r"|(?P<pre>loading \[(?P<pre_v>[^\]]*)\])"
+    + r"|(?P<id2r>id2range (?P<id2r_v>\d+))"
+    + r"|(?P<int>(?P<int_v>\d+))"
+    + r"|(?P<tb>Traceback \(most recent call last\):)"
+    + r"|(?P<end>Task is force ended by user)"
+    + r"|(?P<kbd>KeyboardInterrupt)"
+    + r"|(?P<exc>(?P<exc_t>(?:[A-Za-z_]\w*\.)*[A-Za-z_]\w*(?:Error|Exception|Exit|Interrupt)): ?(?P<exc_m>.*))"
+    + r"|(?P<warn>.*\w+Warning: .*)"
+    + r"|(?P<dmlc>\[\d\d:\d\d:\d\d\] \S+:\d+: .*)"
+    + r"|(?P<known>loading bin \d+|call reset\(\)|ver \S+|gpu num: \d+|use cpu|num_layers \d+|image_size \[.*\]"
+    + r"|num_classes \d+|init \w+ \d+|header0 label .*|rand_mirror \S+|loading recordio .*|testing verification\.\."
+    + r"|testing verification badcase\.\.|Max of \[.*\] is .*|model loading time .*|loading\.\. .*"
+    + r"|  File \".*\", line \d+.*|Running performance tests.*|\s+.*)"
+    + r")\s*$"
+)
+# lines that are known but carry nothing (loading bin N, call reset(), DMLC lines, traceback frames, ...)
+_STATELESS = frozenset({"known", "dmlc"})
+_SPEED_VALUE = re.compile(r"\tSpeed: ([\d.]+)")
+_SPEED_LINE = re.compile(
+    _TS
+    + r"(?:INFO:root:)?(?:Epoch|Iter)\[(?P<e>\d+)\] Batch \[(?:(?P<b0>\d+)-)?(?P<b>\d+)\]\tSpeed: (?P<v>"
+    + _NUM
+    + r") samples/sec(?P<m>.*)$"
+)
+_METRIC = re.compile(r"\t([\w-]+)=(" + _NUM + r")")
+_CKPT_NUMBER = re.compile(r"-(\d{4})\.params$")
+_PY3_FLOAT = re.compile(r"\d\.\d{15,}")
+_NOT_RARE = "\tSpeed: "
+_TESTING = "testing verification.."
+_INFER = "infer time "
+
+
+def _s(x: str | None) -> str | None:
+    """A field of latin-1 text back to the UTF-8 the log was written in."""
+    if x is None:
+        return None
+    return x if x.isascii() else x.encode("latin-1").decode("utf-8", "replace")
+
+
+def _f(x: str | None) -> float:
+    return float(x) if x is not None else float("nan")
+
+
+def parse_namespace(text: str) -> dict:
+    """``Namespace(a=1, b='x')`` -> {'a': 1, 'b': 'x'} (Python 2 and 3 reprs)."""
+    inner = text.strip()
+    if inner.startswith("Namespace(") and inner.endswith(")"):
+        inner = inner[len("Namespace(") : -1]
+    src = re.sub(r"(?<=\d)L\b", "", inner)  # Python 2 longs
+    try:
+        call = ast.parse(f"f({src})", mode="eval").body
+        out = {}
+        for kw in call.keywords:  # type: ignore[attr-defined]
+            if kw.arg is None:
+                continue
+            try:
+                out[kw.arg] = ast.literal_eval(kw.value)
+            except (ValueError, SyntaxError, TypeError, MemoryError, RecursionError):
+                out[kw.arg] = ast.unparse(kw.value)
+        return out
+    except (SyntaxError, ValueError, TypeError, MemoryError, RecursionError):
+        out = {}
+        for m in re.finditer(r"(\w+)=('(?:[^'\\]|\\.)*'|\"(?:[^\"\\]|\\.)*\"|[^,]*)", src):
+            v = m.group(2).strip()
+            try:
+                out[m.group(1)] = ast.literal_eval(v)
+            except (ValueError, SyntaxError, TypeError, MemoryError, RecursionError):
+                out[m.group(1)] = v
+        return out
+
+
+# --------------------------------------------------------------------------------------------
+# Speed statistics (bounded)
+
+
+def _parse_speed(line: str):
+    m = _SPEED_LINE.match(line)
+    if m is None:
+        return None
+    metrics = {k: float(v) for k, v in _METRIC.findall(m.group("m"))}
+    return int(m.group("e")), int(m.group("b")), float(m.group("v")), metrics, m.group("b0") is not None
+
+
+@dataclass
+class SpeedStats:
+    """Speedometer lines: count, a histogram of samples/s, and a decimated (epoch, batch, metrics) curve."""
+
+    count: int = 0
+    histogram: Counter = field(default_factory=Counter)
+    curve: list[tuple[int, int, float, dict]] = field(default_factory=list)  # (epoch, batch, speed, metrics)
+    stride: int = 1
+    max_points: int = 1024
+    new_format: bool | None = None
+    _seen: int = 0
+
+    def median(self) -> float | None:
+        if not self.histogram:
+            return None
+        items = sorted((float(k), n) for k, n in self.histogram.items())
+        half = sum(n for _, n in items) / 2
+        acc = 0
+        for v, n in items:
+            acc += n
+            if acc >= half:
+                return v
+        return items[-1][0]
+
+    def sample(self, lines: list[str], speed_lines: int) -> None:
+        """Parse every ``stride``-th line that is a Speedometer line; first double the stride (and halve
+        the curve) while this piece would overfill the curve, so the curve stays bounded."""
+        while len(self.curve) + speed_lines // self.stride + 1 > self.max_points:
+            self.curve = self.curve[::2]
+            self.stride *= 2
+        n = len(lines)
+        for i in range((-self._seen) % self.stride, n, self.stride):
+            if _NOT_RARE in lines[i]:
+                p = _parse_speed(lines[i])
+                if p is not None:
+                    self.curve.append(p[:4])
+        self._seen += n
+
+
+# --------------------------------------------------------------------------------------------
+# The parser
+
+
+class LogParser:
+    """Feed bytes or text in pieces of any size; get events (if ``events``) and a running summary.
+
+    ``close()`` flushes a last line that has no newline. ``summary()`` may be called at any time.
+    """
+
+    def __init__(self, events: bool = True, path: str = "-"):
+        self.emit = events
+        self.s = Summary(path=path)
+        self.speed = SpeedStats()
+        self.batch_size: int | None = None
+        self.batches_per_epoch: int | None = None
+        self._images: int | None = None
+        self._carry = ""
+        self._cr = False
+        self._infer: float | None = None  # verification in progress: infer time, then XNorm, then accuracy
+        self._xnorm: dict[str, float] = {}
+        self._last_ver_step: int | None = None
+        self._images_pending = False
+        self._in_traceback = False
+        self._lr_steps: list[int] = []
+        self._lr_changes = 0
+        self._targets: dict[str, str] = {}
+        self._handlers = {
+            "ver": self._ver, "infer": self._infer_time, "high": self._high, "lbe": self._lbe, "lrc": self._lrc,
+            "save": self._save, "saved": self._saved, "em": self._em, "et": self._et, "cfg": self._cfg,
+            "shape": self._shape, "steps": self._steps, "pre": self._pre, "id2r": self._id2r, "int": self._int,
+            "tb": self._tb, "end": self._end, "kbd": self._kbd, "exc": self._exc, "warn": self._warn,
+        }  # fmt: skip
+
+    # -- input
+
+    def feed(self, text: str) -> list[Event]:
+        return self.feed_bytes(text.encode("utf-8", "surrogateescape"))
+
+    def feed_bytes(self, data: bytes) -> list[Event]:
+        if not data:
+            return []
+        text = data.decode("latin-1")  # never fails, one char per byte; fields are re-decoded as UTF-8
+        if self._cr and text.startswith("\n"):
+            text = text[1:]  # the \n of a \r\n split across pieces
+        self._cr = text.endswith("\r")
+        if "\r" in text:
+            text = text.replace("\r\n", "\n").replace("\r", "\n")
+        try:
+            return self._process(text)
+        except Exception:  # a parser must never take a run down: count what it could not read
+            n = text.count("\n")
+            self.s.lines += n
+            self.s.unknown_lines += n
+            return []
+
+    def close(self) -> list[Event]:
+        tail, self._carry = self._carry, ""
+        if not tail:
+            return []
+        try:
+            return self._process(tail + "\n")
+        except Exception:
+            self.s.lines += 1
+            self.s.unknown_lines += 1
+            return []
+
+    def summary(self) -> Summary:
+        s = self.s
+        s.batches_per_epoch = self.batches_per_epoch
+        if self.speed.new_format is not None:
+            s.speedometer_format = "Batch [a-b]" if self.speed.new_format else "Batch [N]"
+        s.speed_lines = self.speed.count
+        s.median_samples_per_sec = self.speed.median()
+        s.train_curve = [(self.step_of(e, b), m["acc"]) for e, b, _, m in self.speed.curve if "acc" in m]
+        return s
+
+    # -- chunk processing
+
+    def _process(self, data: str) -> list[Event]:
+        lines = data.split("\n")
+        tail = lines.pop()
+        if not lines:
+            self._carry += tail
+            return []
+        carried = self._carry
+        if carried:
+            lines[0] = carried + lines[0]
+        self._carry = tail
+        first = self.s.lines + 1
+        self.s.lines += len(lines)
+        # Speedometer lines, in bulk: the first line separately (it may continue a carried piece)
+        end = len(data) - len(tail)
+        if carried:
+            nl = data.find("\n")
+            values = _SPEED_VALUE.findall(lines[0]) + _SPEED_VALUE.findall(data, nl + 1, end)
+        else:
+            values = _SPEED_VALUE.findall(data, 0, end)
+        events: list[Event] = []
+        speed_event = None
+        if values:
+            self.speed.count += len(values)
+            self.speed.histogram.update(values)
+            self.speed.sample(lines, len(values))
+            i = len(lines) - 1
+            while i > 0 and _NOT_RARE not in lines[i]:
+                i -= 1
+            last = _parse_speed(lines[i])
+            if last is not None:
+                e, b, v, metrics, new_format = last
+                if self.speed.new_format is None:
+                    self.speed.new_format = new_format
+                step = self.step_of(e, b)
+                if step:
+                    self.s.last_step = max(self.s.last_step or 0, step)
+                if self.emit:
+                    speed_event = Speed(first + i, None, e, b, v, metrics, step)
+        # everything else, one line at a time, in order
+        match = _RARE.match
+        handlers = self._handlers
+        emit = self.emit
+        pos = 0  # line numbers are found only for lines that make events (list.index scans in C)
+        if emit:
+            rare = [x for x in lines if _NOT_RARE not in x and not x.endswith(_TESTING)]
+        else:  # "infer time" only feeds Verification.infer_time, an event field
+            rare = [x for x in lines if _NOT_RARE not in x and not x.endswith(_TESTING) and _INFER not in x]
+        for ln in rare:
+            m = match(ln)
+            if m is None:
+                if ln.strip():
+                    self.s.unknown_lines += 1
+                    self._images_pending = False
+                continue
+            k = m.lastgroup
+            if k in _STATELESS:
+                self._images_pending = False
+                continue
+            ev = handlers[k](m)
+            if ev is not None and emit:
+                pos = lines.index(ln, pos)
+                ev.line = first + pos
+                pos += 1
+                events.append(ev)
+        if speed_event is not None:
+            k = 0
+            while k < len(events) and events[k].line < speed_event.line:
+                k += 1
+            events.insert(k, speed_event)
+        return events
+
+    def step_of(self, epoch: int, batch: int) -> int | None:
+        if epoch == 0:
+            return batch + 1
+        if self.batches_per_epoch:
+            return epoch * self.batches_per_epoch + batch + 1
+        return None
+
+    def _update_bpe(self) -> None:
+        if self._images and self.batch_size:
+            self.batches_per_epoch = self._images // self.batch_size
+
+    # -- one handler per kind of line; each folds into the summary and returns an event (or None)
+
+    def _ver(self, m: re.Match) -> Event | None:
+        self._images_pending = False
+        tb, sb, kb, ab, db = m.group("v_t", "v_s", "v_k", "v_a", "v_d")
+        target = self._targets.get(tb)
+        if target is None:
+            target = self._targets.setdefault(tb, _s(tb) or "")
+        if kb == "XNorm":
+            self._xnorm[target] = float(ab)
+            return None
+        s = self.s
+        acc, std, xnorm = float(ab), _f(db), self._xnorm.pop(target, None)
+        if sb is None:
+            step = None
+            s.standalone[target] = (acc, std)
+        else:
+            step = int(sb)
+            self._last_ver_step = step
+            s.verifications.setdefault(target, {})[step] = (acc, std, xnorm)
+            if s.last_step is None or step > s.last_step:
+                s.last_step = step
+        infer, self._infer = self._infer, None
+        if not self.emit:
+            return None
+        return Verification(0, _s(m.group("ts")), target, step, acc, std, xnorm, infer, kb == "Accuracy-Flip")
+
+    def _infer_time(self, m: re.Match) -> None:
+        self._infer = float(m.group("infer_v"))
+
+    def _shape(self, m: re.Match) -> None:
+        self._images_pending = False
+        dims = m.group("shape_v")
+        if dims.count(",") == 3:  # the (N, 3, 112, 112) of a verification set: L says Python 2
+            self.s.python = 2 if "L" in dims else 3
+
+    def _high(self, m: re.Match) -> Event | None:
+        self.s.highest = (int(m.group("h_s")), float(m.group("h_v")))
+        return Highest(0, _s(m.group("ts")), *self.s.highest) if self.emit else None
+
+    def _lbe(self, m: re.Match) -> Event | None:
+        e, b = int(m.group("lbe_e")), int(m.group("lbe_b"))
+        lr_text = m.group("lbe_lr")
+        if self.s.python is None and _PY3_FLOAT.search(lr_text):
+            self.s.python = 3
+        step = self.step_of(e, b)
+        lr = float(lr_text)
+        if step is not None:
+            self.s.lr_points[step] = lr
+        if step and (self.s.last_step is None or step > self.s.last_step):
+            self.s.last_step = step
+        return LrBatchEpoch(0, _s(m.group("ts")), lr, b, e, step) if self.emit else None
+
+    def _lrc(self, m: re.Match) -> Event | None:
+        step = self._lr_steps[self._lr_changes] if self._lr_changes < len(self._lr_steps) else None
+        self._lr_changes += 1
+        lr = float(m.group("lrc_v"))
+        if step is not None:
+            self.s.lr_changes[step] = lr
+        return LrChange(0, _s(m.group("ts")), lr, step) if self.emit else None
+
+    def _save(self, m: re.Match) -> Event | None:
+        n = int(m.group("save_n"))
+        self.s.checkpoints.setdefault(n, {"step": None, "path": None})["step"] = self._last_ver_step
+        return CheckpointSaved(0, _s(m.group("ts")), n, self._last_ver_step) if self.emit else None
+
+    def _saved(self, m: re.Match) -> Event | None:
+        path = _s(m.group("saved_p")) or ""
+        num = _CKPT_NUMBER.search(path)
+        n = int(num.group(1)) if num else None
+        if n is not None:
+            self.s.checkpoints.setdefault(n, {"step": None, "path": None})["path"] = path
+        return CheckpointWritten(0, _s(m.group("ts")), path, n) if self.emit else None
+
+    def _em(self, m: re.Match) -> Event | None:
+        e, name, v = int(m.group("em_e")), _s(m.group("em_k")) or "", float(m.group("em_v"))
+        self.s.epochs.setdefault(e, {})[name] = v
+        return EpochMetric(0, _s(m.group("ts")), e, name, v) if self.emit else None
+
+    def _et(self, m: re.Match) -> Event | None:
+        e, v = int(m.group("et_e")), float(m.group("et_v"))
+        self.s.epochs.setdefault(e, {})["time_cost"] = v
+        return EpochTime(0, _s(m.group("ts")), e, v) if self.emit else None
+
+    def _cfg(self, m: re.Match) -> Event | None:
+        args = parse_namespace(_s(m.group("cfg_v")) or "")
+        bs = args.get("batch_size")
+        if isinstance(bs, int) and bs > 0:
+            self.batch_size = bs
+            self._update_bpe()
+        self._lr_changes = 0
+        self.s.config = args
+        return Config(0, _s(m.group("ts")), args) if self.emit else None
+
+    def _steps(self, m: re.Match) -> Event | None:
+        self._lr_steps = [int(x.rstrip("L")) for x in re.findall(r"\d+L?", m.group("steps_v"))]
+        self._lr_changes = 0
+        self.s.lr_steps = list(self._lr_steps)
+        return LrSteps(0, _s(m.group("ts")), list(self._lr_steps)) if self.emit else None
+
+    def _pre(self, m: re.Match) -> Event | None:
+        parts = [p.strip().strip("'\"") for p in (_s(m.group("pre_v")) or "").split(",")]
+        if len(parts) == 2 and parts[1].lstrip("-").isdigit():
+            prefix = parts[0].lstrip("u").strip("'\"")
+            self.s.pretrained = (prefix, int(parts[1]))
+            return Pretrained(0, _s(m.group("ts")), prefix, int(parts[1])) if self.emit else None
+        return None
+
+    def _id2r(self, m: re.Match) -> None:
+        self.s.identities = int(m.group("id2r_v"))
+        self._images_pending = True
+
+    def _int(self, m: re.Match) -> Event | None:
+        if not self._images_pending:
+            return None
+        self._images_pending = False  # FaceImageIter prints len(seq) right after id2range
+        self._images = self.s.images = int(m.group("int_v"))
+        self._update_bpe()
+        return Dataset(0, _s(m.group("ts")), self._images, self.s.identities) if self.emit else None
+
+    def _tb(self, m: re.Match) -> None:
+        self._in_traceback = True
+
+    def _ending(self, m: re.Match, reason: str, detail: str) -> Event | None:
+        self.s.ending = {"reason": reason, "detail": detail}
+        return RunEnded(0, _s(m.group("ts")), reason, detail) if self.emit else None
+
+    def _end(self, m: re.Match) -> Event | None:
+        return self._ending(m, "force-ended", "Task is force ended by user")
+
+    def _kbd(self, m: re.Match) -> Event | None:
+        self._in_traceback = False
+        return self._ending(m, "interrupted", "KeyboardInterrupt")
+
+    def _exc(self, m: re.Match) -> Event | None:
+        if not self._in_traceback:
+            return None  # a message that mentions an error, not the end of a traceback
+        self._in_traceback = False
+        kind = _s(m.group("exc_t")) or ""
+        detail = f"{kind}: {_s(m.group('exc_m'))}".strip()
+        return self._ending(m, "interrupted" if kind.endswith("KeyboardInterrupt") else "error", detail)
+
+    def _warn(self, m: re.Match) -> Event | None:
+        self.s.warnings += 1
+        return Warn(0, _s(m.group("ts")), (_s(m.group("warn")) or "").strip()) if self.emit else None
+
+
+def iter_events(path: Path, chunk_size: int = 1 << 20, parser: LogParser | None = None) -> Iterator[Event]:
+    parser = parser or LogParser()
+    with open(path, "rb") as f:
+        while data := f.read(chunk_size):
+            yield from parser.feed_bytes(data)
+    yield from parser.close()
+
+
+def parse_text(text: str) -> tuple[list[Event], LogParser]:
+    p = LogParser()
+    events = p.feed(text) + p.close()
+    return events, p
+
+
+def summarize(path: Path, chunk_size: int = 1 << 20) -> Summary:
+    from mfnpatch.errors import MfnError
+
+    path = Path(path)
+    if not path.is_file():
+        raise MfnError(f"{path}: no such log file", hint="give the path of a training log (stdout of train_softmax.py)")
+    parser = LogParser(events=False, path=str(path))
+    with open(path, "rb") as f:
+        while data := f.read(chunk_size):
+            parser.feed_bytes(data)
+    parser.close()
+    return parser.summary()
+
+
+def summarize_text(text: str, path: str = "-") -> Summary:
+    parser = LogParser(events=False, path=path)
+    parser.feed(text)
+    parser.close()
+    return parser.summary()

@@ -1,0 +1,153 @@
+"""Reports: Markdown and JSON for verifications and log summaries, and the accuracy plot (PNG)."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+from mfnpatch.errors import MfnError
+from mfnpatch.expect import Verification
+from mfnpatch.fsutil import atomic_write
+from mfnpatch.logs import Summary
+
+ICON = {"pass": "pass", "fail": "**FAIL**", "unmeasured": "unmeasured", "n/a": "n/a"}
+
+
+def verification_markdown(v: Verification) -> str:
+    verdict = "PASS" if v.passed else "FAIL"
+    lines = [
+        f"# Verification: {verdict}",
+        "",
+        f"- log: `{v.log}`",
+        f"- reference: `{v.reference}`" if v.reference else "- reference: none",
+        f"- rule: {v.rule}",
+        f"- checks: {v.count('pass')} pass, {v.count('fail')} fail, {v.count('unmeasured')} unmeasured, "
+        f"{v.count('n/a')} n/a",
+        "",
+    ]
+    for group, title in (("reference", "Against the reference"), ("patches", "Against the patch sets")):
+        rows = [c for c in v.checks if c.group == group and (c.required or c.verdict in ("pass", "fail"))]
+        if not rows:
+            continue
+        lines += [f"## {title}", "", "| check | verdict | expected | actual |", "| --- | --- | --- | --- |"]
+        for c in rows:
+            lines.append(f"| {c.id} | {ICON[c.verdict]} | {_cell(c.expected)} | {_cell(c.actual)} |")
+        lines.append("")
+    not_checked = [c for c in v.checks if not c.required and c.verdict in ("unmeasured", "n/a")]
+    if not_checked:
+        lines += ["## Could not be checked", ""] + [f"- {c.message}" for c in not_checked] + [""]
+    failing = v.failures()
+    if failing:
+        lines += ["## What failed", ""] + [f"- {c.message}" for c in failing] + [""]
+    if v.findings:
+        lines += ["## Findings", ""] + [f"- {f}" for f in v.findings] + [""]
+    return "\n".join(lines)
+
+
+def _cell(x) -> str:
+    if x is None:
+        return "–"
+    return str(x).replace("|", "\\|")
+
+
+def summary_markdown(s: Summary) -> str:
+    lines = [f"# Log summary: `{s.path}`", ""]
+    if s.highlights:
+        lines += ["| setting | value |", "| --- | --- |"] + [f"| {k} | {v} |" for k, v in s.highlights.items()] + [""]
+    t = s.targets()
+    if t:
+        lines += ["| target | rounds | best | at step | last | at step |", "| --- | ---: | ---: | ---: | ---: | ---: |"]
+        for x in t.values():
+            lines.append(
+                f"| {x.target} | {x.rounds} | {x.best_accuracy:.5f} ± {x.best_std:.5f} | {x.best_step} "
+                f"| {x.last_accuracy:.5f} | {x.last_step} |"
+            )
+        lines.append("")
+    lines.append(f"- samples/s (median of {s.speed_lines} Speedometer lines): {s.median_samples_per_sec}")
+    lines.append(f"- checkpoints: {len(s.checkpoints)}; ended: {s.how_it_ended()}")
+    return "\n".join(lines) + "\n"
+
+
+# --------------------------------------------------------------------------------------------
+# Plot
+
+
+def lr_schedule(s: Summary) -> list[tuple[int, float]]:
+    """Learning rate against step: the configured lr, then each change at its --lr-steps entry."""
+    pts: list[tuple[int, float]] = []
+    lr0 = (s.config or {}).get("lr")
+    if isinstance(lr0, int | float):
+        pts.append((0, float(lr0)))
+    pts += list(s.lr_changes.items()) + list(s.lr_points.items())
+    pts.sort()
+    return pts
+
+
+def plot_curves(s: Summary, out: Path, reference: Summary | None = None, title: str | None = None) -> Path:
+    """Accuracy per target against step (reference overlaid); training accuracy and lr below."""
+    os.environ.setdefault("MPLCONFIGDIR", tempfile.gettempdir())
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        raise MfnError(
+            "plotting needs matplotlib", hint="pip install matplotlib (it is in the cpu environment)"
+        ) from None
+    if not s.verifications and not s.train_curve:
+        raise MfnError(f"{s.path}: nothing to plot (no verification or Speedometer lines)")
+    fig, (ax1, ax2) = plt.subplots(2, 1, figsize=(9, 7), sharex=True, gridspec_kw={"height_ratios": [3, 2]})
+    colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    targets = list(dict.fromkeys([*s.verifications, *(reference.verifications if reference else {})]))
+    for i, t in enumerate(targets):
+        c = colors[i % len(colors)]
+        pts = sorted((s.verifications.get(t) or {}).items())
+        if pts:
+            ax1.plot([p for p, _ in pts], [v[0] for _, v in pts], "-o", ms=3, color=c, label=t)
+        if reference is not None and t in reference.verifications:
+            rp = sorted(reference.verifications[t].items())
+            ax1.errorbar(
+                [p for p, _ in rp], [v[0] for _, v in rp], yerr=[v[1] for _, v in rp], fmt="s", ms=6,
+                mfc="none", color=c, capsize=3, linestyle="--" if len(rp) > 1 else "none",
+                label=f"{t} (reference)",
+            )  # fmt: skip
+    ax1.set_ylabel("verification accuracy")
+    ax1.grid(alpha=0.3)
+    if targets:
+        ax1.legend(fontsize=8, loc="lower right")
+    ax1.set_title(title or Path(s.path).name)
+    curve = [(st, a) for st, a in s.train_curve if st is not None]
+    if curve:
+        ax2.plot([p for p, _ in curve], [a for _, a in curve], ".", ms=2, color="tab:gray", label="training accuracy")
+    ax2.set_ylabel("training accuracy")
+    ax2.set_xlabel("step")
+    ax2.grid(alpha=0.3)
+    sched = lr_schedule(s)
+    if sched:
+        last = max([sched[-1][0]] + [p for p, _ in curve] + [s.last_step or 0])
+        xs = [p for p, _ in sched] + [last]
+        ys = [v for _, v in sched] + [sched[-1][1]]
+        ax3 = ax2.twinx()
+        ax3.step(xs, ys, where="post", color="tab:red", label="learning rate")
+        if all(v > 0 for v in ys) and max(ys) / min(ys) > 5:
+            ax3.set_yscale("log")
+        ax3.set_ylabel("learning rate", color="tab:red")
+    fig.tight_layout()
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".png", dir=out.parent)
+    os.close(fd)
+    try:
+        fig.savefig(tmp, dpi=110)
+        os.replace(tmp, out)
+    finally:
+        plt.close(fig)
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return out
+
+
+def write_markdown(path: Path, text: str) -> None:
+    atomic_write(Path(path), text)
