@@ -58,6 +58,11 @@ app = typer.Typer(
 patches_app = typer.Typer(help="List, show and lock the versioned patch sets.", no_args_is_help=True)
 pin_app = typer.Typer(help="The pinned upstream commits (list; record a new pin).", no_args_is_help=True)
 log_app = typer.Typer(help="Read training logs: summary and plots.", no_args_is_help=True)
+recipe_app = typer.Typer(
+    help="Dated training plans from the seed: list, show, plan (print exact commands), run, status.",
+    no_args_is_help=True,
+)
+app.add_typer(recipe_app, name="recipe")
 app.add_typer(patches_app, name="patches")
 app.add_typer(pin_app, name="pin")
 app.add_typer(log_app, name="log")
@@ -683,6 +688,313 @@ def verify(
     if markdown:
         out.print(f"report: {escape(str(markdown))}")
     return code
+
+
+# --------------------------------------------------------------------------------------------
+# recipe
+
+ProfileOpt = Annotated[str | None, typer.Option("--profile", "-p", help="A profile of the recipe (seed, smoke ...).")]
+SetOpt = Annotated[
+    list[str] | None, typer.Option("--set", help="Override a parameter, KEY=VALUE (repeatable).", metavar="KEY=VALUE")
+]
+
+
+@recipe_app.command("list")
+def recipe_list(as_json: JsonOpt = False):
+    """The bundled recipes, one per dated version of the seed's plan."""
+    from mfnpatch.recipe import list_recipes
+
+    CTX.json = as_json
+    rows = []
+    for path, r, problem in list_recipes():
+        rows.append({
+            "name": path.stem, "path": str(path), "seed_update": r.seed_update if r else None,
+            "title": r.title if r else None, "stages": list(r.stages) if r else [],
+            "profiles": list(r.profiles) if r else [], "error": problem,
+        })  # fmt: skip
+    if as_json:
+        emit_json(rows)
+        return EXIT_OK
+    for row in rows:
+        if row["error"]:
+            out.print(f"[red]{row['name']}[/]: {escape(row['error'])}")
+            continue
+        prof = f"  profiles: {', '.join(row['profiles'])}" if row["profiles"] else ""
+        out.print(f"[bold]{row['name']}[/]  {row['seed_update']}  {escape(row['title'])}")
+        out.print(f"  stages: {' -> '.join(row['stages'])}{prof}")
+    return EXIT_OK
+
+
+@recipe_app.command("show")
+def recipe_show(recipe: Annotated[str, typer.Argument(help="A recipe name (may16) or file.")]):
+    """Print a recipe file as it is."""
+    from mfnpatch.recipe import find_recipe, load_recipe
+
+    load_recipe(recipe)  # validate first: a bad recipe is an error, not a listing
+    sys.stdout.write(find_recipe(recipe).read_text())
+    return EXIT_OK
+
+
+@recipe_app.command("plan")
+def recipe_plan(
+    recipe: Annotated[str, typer.Argument(help="A recipe name (may16) or file.")],
+    profile: ProfileOpt = None,
+    sets: SetOpt = None,
+    as_json: JsonOpt = False,
+):
+    """Print each stage's exact command, cwd, env, inputs and stop point, without running anything."""
+    from mfnpatch.recipe import expand, load_recipe, parse_sets, seed_tokens
+
+    CTX.json = as_json
+    plan = expand(load_recipe(recipe), profile, parse_sets(sets or []))
+    if as_json:
+        emit_json(plan.to_dict())
+        return EXIT_OK
+    r = plan.recipe
+    out.print(
+        f"[bold]{r.name}[/] ({escape(r.title)}), seed update {r.seed_update}"
+        + (f", profile [bold]{profile}[/]" if profile else "")
+    )
+    out.print(f"pin {r.pin}, patch sets {plan.patches}, environment {plan.environment}")
+    for s in plan.stages:
+        out.print()
+        out.print(
+            f"[bold]{s.name}[/]: {escape(s.title)}" + (f"  [dim](skipped: {escape(s.skipped)})[/]" if s.skipped else "")
+        )
+        if s.skipped:
+            continue
+        out.print(f"  cwd   <tree>/{escape(s.cwd)}")
+        for k, v in s.env.items():
+            out.print(f"  env   {k}={escape(repr(v))}")
+        for k, i in s.inputs.items():
+            out.print(f"  input {k} = {escape(i.value or '(at run time)')}: {escape(i.describe)}")
+        for a, b in s.copies:
+            out.print(f"  copy  {escape(a)} -> {escape(b)}")
+        out.print(f"  run   {escape(s.shell())}")
+        if s.seed_command:
+            same = s.tokens() == seed_tokens(s.seed_command)
+            if same:
+                out.print("  [green]= the seed's command, token for token[/]")
+            else:
+                out.print(f"  seed  {escape(' '.join(s.seed_command.split()))}")
+        if s.stands_in:
+            out.print(f"  [yellow]stands in[/]: {escape(s.stands_in)}")
+        if s.note:
+            out.print(f"  note  {escape(s.note)}")
+        if s.stop:
+            from mfnpatch.runner import total_steps
+
+            steps = total_steps(s)
+            out.print(
+                f"  stop  at {s.stop[0]} {s.stop[1]}"
+                + (f" (step {steps})" if s.stop[0] == "checkpoint" else "")
+                + f": {escape(s.stop_why)}"
+            )
+        for e in s.expect:
+            out.print(f"  check {escape(_expectation_text(e))}")
+    for h in plan.hazards:
+        out.print(f"[yellow]hazard[/]: {escape(h)}")
+    return EXIT_OK
+
+
+def _expectation_text(e) -> str:
+    if e.verified:
+        return f"{', '.join(e.verified)} verified at least {e.rounds_at_least} time(s)"
+    if e.reference:
+        return f"matches reference {e.reference}"
+    if e.json_file:
+        return f"{e.key} in {e.json_file} {e.op} {e.value}"
+    if e.metric == "train_acc":
+        return "training accuracy rises"
+    op, val, tol = e.op, e.value, e.tolerance
+    if e.from_:
+        from mfnpatch.expect import _from_expected, load_expected
+
+        m = _from_expected(e.from_, load_expected())
+        if m.at_least is not None:
+            op, val = ">=", m.at_least
+        else:
+            op, val = "~", m.about if m.about is not None else m.best
+    tol_text = f" ± {tol}" if tol is not None else ""
+    src = f" (expected.yaml {e.from_})" if e.from_ else ""
+    return f"{e.metric} {e.at} {op} {val}{tol_text}{src}"
+
+
+class RichObserver:
+    """Live progress for recipe runs: a bar per training stage with step, lr, accuracy, samples/s, ETA."""
+
+    def __init__(self):
+        from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+        # Live bars on a terminal; elsewhere (CI logs, pipes) one plain line per verification round.
+        self.live = err.is_terminal
+        self.progress = Progress(
+            SpinnerColumn(), TextColumn("[bold]{task.fields[stage]}"), BarColumn(),
+            TextColumn("{task.fields[steps]}"), TextColumn("{task.fields[info]}"), TimeElapsedColumn(),
+            TextColumn("eta"), TimeRemainingColumn(), console=err, transient=False,
+        )  # fmt: skip
+        self.task = None
+
+    def run_started(self, run_dir, plan):
+        err.print(
+            f"run {escape(str(run_dir))}: {plan.recipe.name}" + (f" profile {plan.profile}" if plan.profile else "")
+        )
+        if self.live:
+            self.progress.start()
+
+    def stage_started(self, ps, total):
+        if not self.live:
+            err.print(f"start {ps.name}: {escape(ps.title)}" + (f" ({total} steps)" if total else ""))
+            return
+        self.task = self.progress.add_task("", total=total, stage=ps.name, steps="", info=escape(ps.title))
+
+    def stage_event(self, ps, ev, live):
+        from mfnpatch.logs import Highest
+
+        if not self.live:
+            if isinstance(ev, Highest):  # the pinned code prints it once per verification round, after all targets
+                accs = " ".join(f"{k} {v:.4f}" for k, v in live.accuracy.items())
+                tot = f"/{live.total}" if live.total else ""
+                err.print(
+                    f"  {ps.name} step {live.step}{tot}: {accs}" + (f", lr {live.lr:g}" if live.lr is not None else "")
+                )
+            return
+        if self.task is None:
+            return
+        info = []
+        if live.lr is not None:
+            info.append(f"lr {live.lr:g}")
+        if live.accuracy:
+            info.append(" ".join(f"{k} {v:.4f}" for k, v in live.accuracy.items()))
+        if live.samples_per_sec:
+            info.append(f"{live.samples_per_sec:g} samples/s")
+        steps = f"{live.step or 0}/{live.total}" if live.total else f"{live.step or 0}"
+        self.progress.update(self.task, completed=live.step or 0, steps=steps, info=escape("  ".join(info)))
+
+    def stage_output(self, ps, text):
+        last = [ln for ln in text.splitlines() if ln.strip()]
+        if self.task is not None and last:
+            self.progress.update(self.task, info=escape(last[-1][-80:]))
+
+    def stage_finished(self, ps, rec):
+        if self.task is not None:
+            self.progress.update(self.task, visible=True)
+            self.progress.stop_task(self.task)
+            self.task = None
+        color = {"done": "green" if rec.passed is not False else "red", "skipped": "dim"}.get(rec.status, "red")
+        what = rec.ended or rec.skipped or ""
+        verdict = "" if rec.passed is None else (" — checks pass" if rec.passed else " — [red]checks FAIL[/]")
+        self.progress.console.print(f"[{color}]{rec.status}[/] {ps.name}: {escape(what)}{verdict}")
+        for c in rec.checks:
+            if c["required"] and c["verdict"] != "pass":
+                self.progress.console.print(f"    {c['verdict']}: {escape(c['message'])}")
+
+    def stage_reused(self, ps, rec):
+        self.progress.console.print(f"[dim]reused[/] {ps.name}: completed earlier with the same provenance")
+
+    def note(self, text):
+        err.print(f"[dim]{escape(text)}[/]")
+
+    def close(self):
+        if self.live:
+            self.progress.stop()
+
+
+@recipe_app.command("run")
+def recipe_run(
+    recipe: Annotated[str, typer.Argument(help="A recipe name (may16) or file.")],
+    profile: ProfileOpt = None,
+    sets: SetOpt = None,
+    tree: Annotated[Path, typer.Option("--tree", help="The patched InsightFace tree (made if absent).")] = DEFAULT_DEST,
+    source: Annotated[str | None, typer.Option("--source", help="Where to fetch the pin (see apply).")] = None,
+    run_dir: Annotated[Path | None, typer.Option("--run-dir", help="Run directory (default runs/NAME-TIME).")] = None,
+    resume: Annotated[Path | None, typer.Option("--resume", help="Continue this run directory.")] = None,
+    from_stage: Annotated[str | None, typer.Option("--from", help="Start at this stage.")] = None,
+    only: Annotated[str | None, typer.Option("--only", help="Run only this stage.")] = None,
+    keep_going: Annotated[bool, typer.Option("--keep-going", help="Continue after a failed stage.")] = False,
+    force: Annotated[
+        bool, typer.Option("--force", help="With --resume: redo stages whose provenance changed.")
+    ] = False,
+    no_env_check: Annotated[bool, typer.Option("--no-env-check", help="Skip the environment check.")] = False,
+    as_json: JsonOpt = False,
+):
+    """Run a recipe: patch the tree, run each stage with live progress, check it, record everything.
+
+    Each stage's output goes to RUN/stages/NAME.log; RUN/record.json holds commands, provenance, metrics and
+    verdicts; RUN/report.md the report with accuracy plots. Exit 0 when every stage passes its checks.
+    """
+    from mfnpatch.recipe import parse_sets
+    from mfnpatch.runner import Observer, RunOptions, run_recipe
+
+    CTX.json = as_json
+    opts = RunOptions(
+        tree=tree,
+        run_dir=run_dir,
+        source=source,
+        resume=resume,
+        from_stage=from_stage,
+        only=only,
+        keep_going=keep_going,
+        force=force,
+        env_check=not no_env_check,
+        env_checker=_env_checker(),
+    )
+    obs = Observer() if as_json else RichObserver()
+    try:
+        run_path, rec = run_recipe(recipe, profile, parse_sets(sets or []), opts, obs)
+    finally:
+        if isinstance(obs, RichObserver):
+            obs.close()
+    code = EXIT_OK if rec.status in ("passed", "incomplete") else 1
+    if as_json:
+        emit_json({"run_dir": str(run_path), "exit_code": code, **rec.model_dump(by_alias=True)})
+        return code
+    color = "green" if code == 0 else "red"
+    out.print(f"[{color}]{rec.status.upper()}[/]: {escape(str(run_path))}")
+    out.print(f"report: {escape(str(run_path / 'report.md'))}")
+    return code
+
+
+def _env_checker():
+    try:
+        from mfnpatch.env import recipe_env_check
+    except ImportError:
+        return None
+    return recipe_env_check
+
+
+@recipe_app.command("status")
+def recipe_status(
+    run: Annotated[Path, typer.Argument(help="A run directory (runs/...).")],
+    as_json: JsonOpt = False,
+):
+    """Show a run: stages, how each ended, checks, metrics."""
+    from mfnpatch.runner import load_record
+
+    CTX.json = as_json
+    rec = load_record(run)
+    if as_json:
+        emit_json(rec.model_dump(by_alias=True))
+        return EXIT_OK
+    out.print(
+        f"[bold]{rec.run_id}[/]: {rec.status} — {rec.recipe['name']}"
+        + (f" profile {rec.recipe['profile']}" if rec.recipe.get("profile") else "")
+        + f", started {rec.started}"
+        + (f", finished {rec.finished}" if rec.finished else "")
+    )
+    t = Table(show_edge=False, box=None, pad_edge=False)
+    for col in ("stage", "status", "seconds", "checks", "ended"):
+        t.add_column(col)
+    for s in rec.stages:
+        checks = f"{sum(c['verdict'] == 'pass' for c in s.checks)}/{len(s.checks)}" if s.checks else "–"
+        t.add_row(s.name, s.status, str(s.seconds or "–"), checks, escape(s.ended or s.skipped or ""))
+    out.print(t)
+    for s in rec.stages:
+        for name, m in (s.metrics.get("targets") or {}).items():
+            out.print(
+                f"  {s.name} {name}: best {m['best']:.5f} at {m['best_step']}, last {m['last']:.5f} at {m['last_step']}"
+            )
+    return EXIT_OK if rec.status in ("passed", "running", "incomplete") else 1
 
 
 def _show(x) -> str:

@@ -414,3 +414,193 @@ def verify(
     if log.unknown_lines:
         v.findings.append(f"{log.unknown_lines} line(s) of the log were not recognised (counted, not parsed)")
     return v
+
+
+# --------------------------------------------------------------------------------------------
+# Stage expectations (recipes)
+
+
+def _from_expected(ref: str, expected: Expected) -> Metric:
+    """'targets.arcface.lfw' or 'results.paper.agedb_30' -> the Metric in expected.yaml."""
+    parts = ref.split(".")
+    table = {"targets": expected.targets, "results": expected.results}.get(parts[0])
+    if table is None or len(parts) != 3 or parts[1] not in table or parts[2] not in table[parts[1]].metrics:
+        raise MfnError(
+            f"expectation from: {ref!r} is not in recipes/expected.yaml",
+            hint="write targets.STAGE.TARGET or results.NAME.TARGET (see recipes/expected.yaml)",
+        )
+    return table[parts[1]].metrics[parts[2]]
+
+
+def _value_at(s: Summary, target: str, at: str) -> tuple[float | None, int | None]:
+    steps = s.verifications.get(target) or {}
+    if not steps:
+        return None, None
+    if at == "best":
+        step, v = max(steps.items(), key=lambda kv: (kv[1][0], -kv[0]))
+        return v[0], step
+    if at == "last":
+        step = max(steps)
+        return steps[step][0], step
+    if at.startswith("step:"):
+        step = int(at.split(":", 1)[1])
+        return (steps[step][0], step) if step in steps else (None, step)
+    raise MfnError(f"expectation at: {at!r}: write best, last or step:N")
+
+
+def _json_value(path: Path, key: str | None):
+    data = json.loads(path.read_text())
+    for part in (key or "").split(".") if key else []:
+        data = data[int(part)] if isinstance(data, list) else data[part]
+    return len(data) if isinstance(data, list | dict) else data
+
+
+def evaluate_stage(expectations, summary: Summary | None, cwd: Path, expected: Expected | None = None) -> list[Check]:
+    """Each recipe expectation of a stage -> a Check (pass/fail/unmeasured)."""
+    checks: list[Check] = []
+    for e in expectations:
+        group = "stage"
+        if e.verified is not None:
+            for t in e.verified:
+                n = len((summary.verifications.get(t) if summary else None) or {})
+                ok = n >= e.rounds_at_least
+                checks.append(
+                    Check(
+                        f"{t} verified",
+                        "pass" if ok else ("fail" if n else "unmeasured"),
+                        f"{t} verified {n} time(s), expected at least {e.rounds_at_least}",
+                        e.required,
+                        f">= {e.rounds_at_least}",
+                        n,
+                        group,
+                    )
+                )
+            continue
+        if e.reference is not None:
+            if summary is None:
+                checks.append(
+                    Check(f"reference {e.reference}", "unmeasured", "no log to compare", e.required, group=group)
+                )
+                continue
+            path, name = resolve_reference(e.reference)
+            for c in compare_to_reference(summary, summarize(path), name, e.tolerance):
+                c.required, c.group = e.required, group
+                checks.append(c)
+            continue
+        if e.json_file is not None:
+            p = Path(e.json_file)
+            p = p if p.is_absolute() else cwd / p
+            cid = f"{Path(e.json_file).name}:{e.key}"
+            try:
+                v = _json_value(p, e.key)
+            except FileNotFoundError:
+                checks.append(Check(cid, "unmeasured", f"{e.json_file}: not written", e.required, group=group))
+                continue
+            except (KeyError, IndexError, ValueError, TypeError) as err:
+                checks.append(Check(cid, "fail", f"{e.json_file}: no {e.key} ({err})", e.required, group=group))
+                continue
+            checks.append(
+                _compare(
+                    cid,
+                    f"{e.key} in {Path(e.json_file).name}",
+                    v,
+                    e.op,
+                    e.value,
+                    e.tolerance,
+                    e.required,
+                    group,
+                    e.note,
+                )
+            )
+            continue
+        if e.metric == "train_acc":
+            curve = [a for st, a in (summary.train_curve if summary else []) if st is not None]
+            if len(curve) < 2:
+                checks.append(
+                    Check(
+                        "train_acc rises",
+                        "unmeasured",
+                        f"training accuracy: {len(curve)} Speedometer point(s), need 2",
+                        e.required,
+                        group=group,
+                    )
+                )
+                continue
+            q = max(1, len(curve) // 4)
+            first, last = sum(curve[:q]) / q, sum(curve[-q:]) / q
+            ok = last > first
+            checks.append(
+                Check(
+                    "train_acc rises",
+                    "pass" if ok else "fail",
+                    f"training accuracy {first:.4f} (first {q} point(s)) -> {last:.4f} (last {q})",
+                    e.required,
+                    f"> {first:.4f}",
+                    round(last, 6),
+                    group,
+                )
+            )
+            continue
+        if e.metric is None:
+            raise MfnError("an expectation needs metric, verified, reference or json")
+        op, value, tol = e.op, e.value, e.tolerance
+        if e.from_ is not None:
+            m = _from_expected(e.from_, expected or load_expected())
+            if m.at_least is not None:
+                op, value = ">=", m.at_least
+            elif m.about is not None or m.best is not None:
+                op, value = "~", m.about if m.about is not None else m.best
+                if tol is None:
+                    raise MfnError(f"expectation {e.metric} from {e.from_} is 'about' a value: give a tolerance")
+            elif m.accuracy is not None:
+                op, value, tol = "~", m.accuracy, tol if tol is not None else m.std
+        got, step = _value_at(summary, e.metric, e.at) if summary else (None, None)
+        cid = f"{e.metric} {e.at}"
+        if got is None:
+            where = f" at step {step}" if step is not None else ""
+            checks.append(
+                Check(
+                    cid,
+                    "unmeasured",
+                    f"{e.metric}{where}: not in the log",
+                    e.required,
+                    _expected_text(op, value, tol),
+                    None,
+                    group,
+                )
+            )
+            continue
+        label = f"{e.metric} ({e.at}, step {step})"
+        checks.append(_compare(cid, label, got, op, value, tol, e.required, group, e.note))
+    return checks
+
+
+def _expected_text(op, value, tol) -> str:
+    if op == "~":
+        return f"{value} ± {tol}"
+    if op == "rises":
+        return "rises"
+    return f"{op} {value}"
+
+
+def _compare(cid, label, got, op, value, tol, required, group, note="") -> Check:
+    v = float(value) if value is not None else float("nan")
+    g = float(got)
+    if op == ">=":
+        ok = g >= v - (tol or 0) - 1e-12
+    elif op == "<=":
+        ok = g <= v + (tol or 0) + 1e-12
+    elif op == "~":
+        ok = abs(g - v) <= (tol or 0) + 1e-12
+    else:
+        raise MfnError(f"expectation op {op!r} does not apply to {label}")
+    text = f"{label}: {got if not isinstance(got, float) else round(got, 6)}, expected {_expected_text(op, value, tol)}"
+    return Check(
+        cid,
+        "pass" if ok else "fail",
+        text + (f" — {note}" if note else ""),
+        required,
+        _expected_text(op, value, tol),
+        got,
+        group,
+    )

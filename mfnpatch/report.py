@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shlex
 import tempfile
 from pathlib import Path
 
@@ -151,3 +152,78 @@ def plot_curves(s: Summary, out: Path, reference: Summary | None = None, title: 
 
 def write_markdown(path: Path, text: str) -> None:
     atomic_write(Path(path), text)
+
+
+# --------------------------------------------------------------------------------------------
+# Run report
+
+
+def run_markdown(run_dir: Path, rec) -> str:
+    """The Markdown report of a recipe run, with one accuracy plot per training stage (written beside it)."""
+    from mfnpatch.logs import summarize
+
+    r = rec.recipe
+    env = rec.environment
+    interp = env.get("interpreter", {})
+    lines = [
+        f"# Run {rec.run_id}: {rec.status.upper()}",
+        "",
+        f"- recipe: `{r['name']}`"
+        + (f", profile `{r['profile']}`" if r.get("profile") else "")
+        + f" (seed update {r.get('seed_update')}), sha256 `{r['sha256'][:12]}`",
+        f"- pin: `{rec.pin['commit'][:7]}` (tree `{rec.pin['tree'][:12]}`), patched tree `{rec.tree}`",
+        "- patch sets: " + ", ".join(f"{p['name']}@{p['version']} (`{p['sha256'][:12]}`)" for p in rec.patches),
+        f"- environment: `{env.get('name')}`; python {interp.get('version', '?')}"
+        + (f", MXNet {interp['mxnet']}" if interp.get("mxnet") else "")
+        + (f" (lock `{env['lock_sha256'][:12]}`)" if env.get("lock_sha256") else ""),
+        f"- host: {rec.host.get('hostname')} ({rec.host.get('cpus')} CPUs); "
+        f"started {rec.started}, finished {rec.finished}",
+        "",
+        "| stage | status | how it ended | seconds | checks |",
+        "| --- | --- | --- | ---: | --- |",
+    ]
+    for s in rec.stages:
+        checks = s.checks
+        if checks:
+            n_ok = sum(1 for c in checks if c["verdict"] == "pass")
+            verdict = f"{n_ok}/{len(checks)} pass" + ("" if s.passed else " — **FAIL**")
+        else:
+            verdict = "–"
+        lines.append(f"| {s.name} | {s.status} | {_cell(s.ended or s.skipped)} | {s.seconds or '–'} | {verdict} |")
+    lines.append("")
+    for s in rec.stages:
+        if s.status in ("pending", "skipped"):
+            continue
+        lines += [f"## {s.name}: {s.title}", ""]
+        if s.argv:
+            env_prefix = " ".join(f"{k}={shlex.quote(v)}" for k, v in s.env.items())
+            lines += ["```", f"cd {s.cwd} && {env_prefix + ' ' if env_prefix else ''}{shlex.join(s.argv)}", "```", ""]
+        if s.seed_command:
+            lines += [f"The seed's command: `{' '.join(s.seed_command.split())}`", ""]
+        if s.stands_in:
+            lines += [f"Stands in for the seed's step: {s.stands_in}", ""]
+        if s.inputs:
+            lines += ["Inputs: " + ", ".join(f"{k} = `{v}`" for k, v in s.inputs.items()), ""]
+        t = (s.metrics or {}).get("targets") or {}
+        if t:
+            lines += ["| target | best | at step | last | at step |", "| --- | ---: | ---: | ---: | ---: |"]
+            for name, m in t.items():
+                lines.append(f"| {name} | {m['best']:.5f} | {m['best_step']} | {m['last']:.5f} | {m['last_step']} |")
+            lines.append("")
+        if s.checks:
+            lines += ["| check | verdict | detail |", "| --- | --- | --- |"]
+            for c in s.checks:
+                lines.append(f"| {c['id']} | {ICON.get(c['verdict'], c['verdict'])} | {_cell(c['message'])} |")
+            lines.append("")
+        if s.kind == "train" and s.log and (run_dir / s.log).is_file():
+            png = run_dir / f"curves-{s.name}.png"
+            try:
+                summ = summarize(run_dir / s.log)
+                if summ.verifications or summ.train_curve:
+                    plot_curves(summ, png, title=f"{rec.run_id}: {s.name}")
+                    lines += [f"![{s.name} accuracy]({png.name})", ""]
+            except MfnError as e:
+                lines += [f"(no plot: {e.message})", ""]
+        if s.log:
+            lines += [f"Log: [{s.log}]({s.log})", ""]
+    return "\n".join(lines) + "\n"

@@ -9,6 +9,7 @@ with ``schema: 1``. Validation errors point at the offending key, e.g.::
 from __future__ import annotations
 
 import difflib
+import typing
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -131,18 +132,38 @@ def _fields_at(model: type[BaseModel], loc: tuple) -> list[str]:
     """Known field names of the (sub)model that holds ``loc`` (for did-you-mean hints)."""
     cur: Any = model
     for part in loc:
-        if isinstance(part, int) or cur is None:
+        if isinstance(cur, _Item):
+            cur = cur.model  # this part is a dict key or list index: next come the item model's fields
             continue
         fields = getattr(cur, "model_fields", None)
-        if not fields or part not in fields:
-            cur = None
-            continue
-        ann = fields[part].annotation
-        cur = _inner_model(ann)
-    fields = getattr(cur, "model_fields", None) if cur is not None else None
+        if fields is None:
+            return []
+        field = fields.get(part) or next((f for f in fields.values() if f.alias == part), None)
+        if field is None:
+            return []
+        cur = _inner_model(field.annotation)
+        if cur is None:
+            return []
+        if typing.get_origin(field.annotation) in (dict, list) or _container(field.annotation):
+            cur = _Item(cur)
+    fields = getattr(cur, "model_fields", None) if not isinstance(cur, _Item) else None
     if not fields:
         return []
     return [f.alias or name for name, f in fields.items()]
+
+
+class _Item:
+    """Marks 'the next loc part is a key or index of a container of this model'."""
+
+    def __init__(self, model):
+        self.model = model
+
+    def __getattr__(self, name):
+        raise AttributeError(name)
+
+
+def _container(ann: Any) -> bool:
+    return any(typing.get_origin(a) in (dict, list) for a in getattr(ann, "__args__", ()) or ())
 
 
 def _inner_model(ann: Any) -> Any:
@@ -155,9 +176,27 @@ def _inner_model(ann: Any) -> Any:
     return None
 
 
+_TYPE_TAGS = {"str", "int", "float", "bool", "none", "list", "dict"}
+
+
+def _model_names() -> set[str]:
+    out, todo = set(), [BaseModel]
+    while todo:
+        c = todo.pop()
+        for sub in c.__subclasses__():
+            if sub.__name__ not in out:
+                out.add(sub.__name__)
+                todo.append(sub)
+    return out
+
+
 def _clean_loc(loc: tuple) -> tuple:
-    # pydantic puts validator/union tags such as 'function-after[...]' into loc; drop them.
-    return tuple(p for p in loc if isinstance(p, int) or ("[" not in p and "-" not in p[:1]))
+    """Drop what pydantic adds to loc for unions and validators ('function-after[...]', 'Param', 'str')."""
+    names = _model_names()
+    return tuple(
+        p for p in loc
+        if isinstance(p, int) or not ("[" in p or p.startswith("-") or p in _TYPE_TAGS or p in names)
+    )  # fmt: skip
 
 
 def validation_message(path: Path, err: ValidationError, node: yaml.Node | None, model: type[BaseModel]) -> str:

@@ -212,3 +212,122 @@ def cli(capsys):
         return Result(code, o, e)
 
     return invoke
+
+
+# --------------------------------------------------------------------------------------------
+# A fixture upstream whose train_softmax.py is the fake trainer, with a pin, a patch set and a recipe
+
+
+FAKE_RECIPE = """\
+schema: 1
+name: fake
+title: the recipe runner on a fake trainer
+seed_update: "2018-05-16"
+source: tests
+pin: {short}
+patches: fake
+environment: cpu
+parameters:
+  python: {{default: "${{python_exe}}"}}
+  data_dir: {{default: "${{run_dir}}/data", type: path}}
+  models_dir: {{default: "${{run_dir}}/models", type: path}}
+  verbose: {{default: 10, type: int}}
+  softmax_checkpoint: {{default: 5, type: int}}
+stages:
+  data:
+    title: a dataset directory
+    kind: tool
+    cwd: src
+    command: ["${{python}}", -c, "import os, sys; os.makedirs(sys.argv[1], exist_ok=True); open(os.path.join(sys.argv[1], 'property'), 'w').write('20,112,112')", "${{data_dir}}"]
+    outputs: {{data: "${{data_dir}}"}}
+  softmax:
+    title: softmax
+    cwd: src
+    seed_command: CUDA_VISIBLE_DEVICES='' python -u train_softmax.py --network y1 --ckpt 2 --loss-type 0
+    env: {{CUDA_VISIBLE_DEVICES: ""}}
+    command: ["${{python}}", -u, train_softmax.py, --network, y1, --ckpt, "2", --loss-type, "0", --lr-steps, "20,25",
+              --per-batch-size, "16", --data-dir, "${{data_dir}}", --prefix, "${{models_dir}}/model-y1-softmax",
+              {{flag: --verbose, value: "${{verbose}}"}}]
+    outputs: {{checkpoint: "${{models_dir}}/model-y1-softmax"}}
+    expect:
+      - {{verified: [lfw, cfp_fp, agedb_30], rounds_at_least: 2}}
+      - {{metric: lfw, at: best, op: ">=", value: 0.5}}
+      - {{metric: train_acc, op: rises}}
+  arcface:
+    title: arcface
+    cwd: src
+    env: {{CUDA_VISIBLE_DEVICES: ""}}
+    inputs:
+      pretrained: "softmax@${{softmax_checkpoint}}"
+    command: ["${{python}}", -u, train_softmax.py, --network, y1, --ckpt, "2", --loss-type, "4",
+              --per-batch-size, "16", --data-dir, "${{data_dir}}", --pretrained, "${{inputs.pretrained}}",
+              --prefix, "${{models_dir}}/model-y1-arcface", {{flag: --verbose, value: "${{verbose}}"}}]
+    outputs: {{checkpoint: "${{models_dir}}/model-y1-arcface"}}
+    stop: {{checkpoint: 2}}
+    expect:
+      - {{metric: lfw, at: last, op: ">=", value: 0.5}}
+  slim:
+    title: slim a copy
+    kind: tool
+    cwd: deploy
+    inputs:
+      model: {{stage: arcface, last: true}}
+    copy:
+      - {{checkpoint: "${{inputs.model}}", to: "${{models_dir}}/deploy/model-y1-arcface"}}
+    command: ["${{python}}", model_slim.py, --model, "${{models_dir}}/deploy/model-y1-arcface,2"]
+    outputs: {{checkpoint: "${{models_dir}}/deploy/model-y1-arcface"}}
+"""
+
+
+@dataclass
+class FakeBase:
+    upstream: Path
+    sha: str
+    pins: Path
+    patches: Path
+    recipe_text: str
+
+
+@pytest.fixture(scope="session")
+def fake_base(tmp_path_factory) -> FakeBase:
+    here = Path(__file__).parent
+    root = tmp_path_factory.mktemp("fakebase")
+    upstream, sha = make_upstream(
+        root / "upstream",
+        extra_files={
+            "src/train_softmax.py": (here / "fake_trainer.py").read_bytes(),
+            "deploy/model_slim.py": (here / "fake_slim.py").read_bytes(),
+        },
+    )
+    pins = root / "pins"
+    write_pin(pins, upstream, sha)
+    maker = PatchMaker(upstream, sha, root / "maker")
+    maker.edit("src/train_softmax.py", '("--fc7-wd-mult", 1.0)', '("--fc7-wd-mult", 10.0)')
+    write_set(root / "patches", "fake", 1, sha, [("0001-wd-mult.patch", maker.diff("fc7 wd mult 10"))])
+    return FakeBase(upstream, sha, pins, root / "patches", FAKE_RECIPE.format(short=sha[:7]))
+
+
+@dataclass
+class RunFx:
+    root: Path
+    upstream: Path
+    sha: str
+    recipe: Path
+    tree: Path
+
+    def run_dir(self, name: str = "run") -> Path:
+        return self.root / "runs" / name
+
+
+@pytest.fixture
+def runfx(fake_base: FakeBase, tmp_path, monkeypatch) -> RunFx:
+    root = tmp_path / "rf"
+    shutil.copytree(fake_base.upstream.parent, root, symlinks=True)
+    monkeypatch.setenv("MFNPATCH_PINS", str(root / "pins"))
+    monkeypatch.setenv("MFNPATCH_PATCHES", str(root / "patches"))
+    monkeypatch.setenv("MFNPATCH_UPSTREAM", str(root / "upstream"))
+    for var in ("FAKE_DELAY", "FAKE_CAP", "FAKE_CRASH_AT", "FAKE_CRASH_LOSS", "FAKE_WITH_BIAS", "FAKE_RATE"):
+        monkeypatch.delenv(var, raising=False)
+    recipe = root / "fake.yaml"
+    recipe.write_text(fake_base.recipe_text)
+    return RunFx(root, root / "upstream", fake_base.sha, recipe, root / "tree")

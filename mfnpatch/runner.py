@@ -1,0 +1,747 @@
+"""Running a recipe: the patched tree, one subprocess per stage, a live log tee and parser, stop points,
+checkpoint hand-over from logs, expectations, and a run record written atomically.
+
+A run directory holds ``record.json`` (schema 1), ``stages/<name>.log`` (each stage's output, as printed),
+``report.md`` and ``curves-<stage>.png``. ``--resume`` reuses stages completed with the same provenance
+(recipe, parameters, command, patch sets, environment, inputs) and refuses, saying what changed, when it
+differs. Ctrl-C or SIGTERM stops the stage's process group, records the stage as interrupted and leaves
+the record whole.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import select
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import Field
+
+from mfnpatch import __version__
+from mfnpatch.errors import Interrupted, MfnError
+from mfnpatch.expect import Check, evaluate_stage
+from mfnpatch.fsutil import atomic_write, atomic_write_json, sha256_bytes, sha256_file
+from mfnpatch.logs import CheckpointWritten, Event, LogParser, Speed, Summary, Verification, summarize
+from mfnpatch.recipe import LoadedRecipe, Plan, PlannedStage, expand, render_argv
+from mfnpatch.schema import Strict, validate
+
+RECORD = "record.json"
+Status = Literal["pending", "running", "done", "failed", "interrupted", "skipped"]
+TERM_GRACE = 15.0  # seconds between SIGTERM and SIGKILL
+
+
+class RunError(MfnError):
+    pass
+
+
+# --------------------------------------------------------------------------------------------
+# The record
+
+
+class StageRecord(Strict):
+    name: str
+    title: str
+    kind: str
+    status: Status = "pending"
+    skipped: str | None = None
+    argv: list[str] = Field(default_factory=list)
+    cwd: str = ""
+    env: dict[str, str] = Field(default_factory=dict)
+    seed_command: str | None = None
+    stands_in: str | None = None
+    inputs: dict[str, str] = Field(default_factory=dict)
+    stop: dict | None = None
+    ended: str | None = None  # how the process ended, in words
+    started: str | None = None
+    finished: str | None = None
+    seconds: float | None = None
+    exit_code: int | None = None
+    log: str | None = None
+    log_sha256: str | None = None
+    metrics: dict = Field(default_factory=dict)
+    checks: list[dict] = Field(default_factory=list)
+    passed: bool | None = None
+    provenance: str | None = None
+    provenance_parts: dict[str, str] = Field(default_factory=dict)
+
+
+class RunRecord(Strict):
+    schema_: Literal[1] = Field(alias="schema", default=1)
+    run_id: str
+    tool: str
+    # incomplete: every stage that ran passed, but some were not run (--only, --from)
+    status: Literal["running", "passed", "failed", "interrupted", "incomplete"] = "running"
+    started: str
+    finished: str | None = None
+    recipe: dict
+    pin: dict
+    tree: str
+    patches: list[dict]
+    environment: dict
+    host: dict
+    stages: list[StageRecord]
+
+    def stage(self, name: str) -> StageRecord:
+        for s in self.stages:
+            if s.name == name:
+                return s
+        raise RunError(f"the run has no stage {name}")
+
+
+def _now() -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+
+
+def load_record(run_dir: Path) -> RunRecord:
+    p = Path(run_dir) / RECORD
+    if not p.is_file():
+        raise RunError(f"{run_dir}: no {RECORD} (not a run directory)", hint="runs live under runs/; see ls runs/")
+    try:
+        data = json.loads(p.read_text())
+    except ValueError as e:
+        raise RunError(f"{p}: unreadable ({e})") from None
+    return validate(RunRecord, data, p)
+
+
+def write_record(run_dir: Path, rec: RunRecord) -> None:
+    atomic_write_json(Path(run_dir) / RECORD, rec.model_dump(by_alias=True))
+
+
+# --------------------------------------------------------------------------------------------
+# Observers (the CLI renders progress; tests record)
+
+
+class Observer:
+    def run_started(self, run_dir: Path, plan: Plan) -> None: ...
+    def stage_started(self, ps: PlannedStage, total_steps: int | None) -> None: ...
+    def stage_event(self, ps: PlannedStage, ev: Event, live: LiveState) -> None: ...
+    def stage_output(self, ps: PlannedStage, text: str) -> None: ...
+    def stage_finished(self, ps: PlannedStage, rec: StageRecord) -> None: ...
+    def stage_reused(self, ps: PlannedStage, rec: StageRecord) -> None: ...
+    def note(self, text: str) -> None: ...
+
+
+@dataclass
+class LiveState:
+    step: int | None = None
+    total: int | None = None
+    lr: float | None = None
+    accuracy: dict[str, float] = field(default_factory=dict)
+    samples_per_sec: float | None = None
+    checkpoint: int | None = None
+
+
+# --------------------------------------------------------------------------------------------
+# Helpers
+
+
+def _verbose(argv: list[str]) -> int:
+    if "--verbose" in argv:
+        try:
+            return int(argv[argv.index("--verbose") + 1])
+        except (IndexError, ValueError):
+            pass
+    return 2000  # train_softmax.py's default
+
+
+def total_steps(ps: PlannedStage) -> int | None:
+    if ps.stop is None:
+        return None
+    kind, n = ps.stop
+    return n * _verbose(ps.argv) if kind == "checkpoint" else n
+
+
+def checkpoint_files(prefix: str, number: int, cwd: Path) -> tuple[Path, Path]:
+    base = Path(prefix) if Path(prefix).is_absolute() else cwd / prefix
+    return Path(f"{base}-symbol.json"), Path(f"{base}-{number:04d}.params")
+
+
+def _abs_prefix(prefix: str, cwd: Path) -> str:
+    return str(Path(prefix) if Path(prefix).is_absolute() else (cwd / prefix).resolve())
+
+
+def stage_metrics(s: Summary) -> dict:
+    return {
+        "targets": {t: {"best": x.best_accuracy, "best_step": x.best_step, "last": x.last_accuracy,
+                        "last_step": x.last_step, "rounds": x.rounds} for t, x in s.targets().items()},
+        "median_samples_per_sec": s.median_samples_per_sec,
+        "checkpoints": {str(k): v for k, v in sorted(s.checkpoints.items())},
+        "last_step": s.last_step,
+        "python": s.python,
+        "ended": s.how_it_ended(),
+        "unknown_lines": s.unknown_lines,
+    }  # fmt: skip
+
+
+def probe_python(python: str, env: dict[str, str]) -> dict:
+    """The interpreter a recipe runs: its path, Python and MXNet versions (MXNet may be absent)."""
+    exe = shutil.which(python, path=env.get("PATH"))
+    out: dict[str, Any] = {"python": python, "path": exe}
+    if exe is None:
+        out["error"] = f"{python} is not on PATH"
+        return out
+    code = (
+        "import sys, json; d = {'version': sys.version.split()[0]}\n"
+        "try:\n import mxnet as mx; d['mxnet'] = mx.__version__\n"
+        " d['mxnet_features'] = sorted(f.name for f in mx.runtime.Features().values() if f.enabled)\n"
+        "except Exception as e:\n d['mxnet_error'] = type(e).__name__ + ': ' + str(e)[:200]\n"
+        "print(json.dumps(d))"
+    )
+    try:
+        r = subprocess.run([exe, "-c", code], capture_output=True, text=True, timeout=120, env=env)
+        out.update(json.loads(r.stdout.strip().splitlines()[-1]))
+    except (subprocess.SubprocessError, ValueError, IndexError, OSError) as e:
+        out["error"] = f"probe failed: {e}"
+    return out
+
+
+# --------------------------------------------------------------------------------------------
+# The runner
+
+
+@dataclass
+class RunOptions:
+    tree: Path
+    run_dir: Path | None = None
+    source: str | None = None
+    resume: Path | None = None
+    from_stage: str | None = None
+    only: str | None = None
+    keep_going: bool = False
+    force: bool = False
+    env_check: bool = True
+    env_checker: Callable[[Plan], dict] | None = None
+
+
+class Runner:
+    def __init__(
+        self,
+        loaded: LoadedRecipe,
+        profile: str | None,
+        overrides: dict[str, str],
+        opts: RunOptions,
+        observer: Observer | None = None,
+    ):
+        self.loaded = loaded
+        self.profile = profile
+        self.overrides = overrides
+        self.opts = opts
+        self.obs = observer or Observer()
+        self._signal: str | None = None
+
+    # -- setup
+
+    def _run_dir(self) -> Path:
+        if self.opts.resume:
+            return Path(self.opts.resume).absolute()
+        if self.opts.run_dir:
+            return Path(self.opts.run_dir).absolute()
+        stamp = time.strftime("%Y%m%d-%H%M%S")
+        name = self.loaded.recipe.name + (f"-{self.profile}" if self.profile else "")
+        base = Path("runs") / f"{name}-{stamp}"
+        d, n = base, 1
+        while d.exists():
+            d, n = base.with_name(f"{base.name}.{n}"), n + 1
+        return d.absolute()
+
+    def plan(self, run_dir: Path) -> Plan:
+        self._builtins = {
+            "run_dir": str(run_dir),
+            "tree": str(Path(self.opts.tree).absolute()),
+            "cpu_count": str(os.cpu_count() or 1),
+            "mfnpatch": [sys.executable, "-m", "mfnpatch"],
+            "python_exe": sys.executable,
+        }
+        plan = expand(self.loaded, self.profile, self.overrides, self._builtins)
+        self._cwd_of = {s.name: s.cwd for s in plan.stages}
+        self._outputs = {s.name: s.outputs for s in plan.stages}
+        return plan
+
+    def _prepare_tree(self, plan: Plan):
+        from mfnpatch.patchset import Catalog, select_sets
+        from mfnpatch.resources import data_dir
+        from mfnpatch.worktree import apply, prepare_tree
+
+        sets = select_sets(Catalog.scan(data_dir("patches")), plan.patches)
+        prepared = prepare_tree(plan.recipe.pin, self.opts.tree, self.opts.source)
+        outcome = apply(prepared.tree, sets, source=prepared.source)
+        self.obs.note(
+            f"tree {prepared.tree.root}: {', '.join(outcome.sets)} at {prepared.tree.pin.short} "
+            f"({'already applied' if outcome.action in ('nothing', 'adopted') else outcome.action})"
+        )
+        return prepared.tree, sets
+
+    # -- the run
+
+    def run(self) -> tuple[Path, RunRecord]:
+        run_dir = self._run_dir()
+        plan = self.plan(run_dir)
+        names = [s.name for s in plan.stages]
+        for flag, v in (("--from", self.opts.from_stage), ("--only", self.opts.only)):
+            if v is not None and v not in names:
+                raise RunError(
+                    f"{flag} {v}: recipe {plan.recipe.name} has no such stage", hint=f"stages: {', '.join(names)}"
+                )
+        previous = load_record(run_dir) if self.opts.resume else None
+        if not self.opts.resume and run_dir.exists() and any(run_dir.iterdir()):
+            raise RunError(
+                f"{run_dir} exists and is not empty", hint="use --resume to continue it, or another --run-dir"
+            )
+        tree, sets = self._prepare_tree(plan)
+        env_info = {"name": plan.environment}
+        if self.opts.env_check and self.opts.env_checker is not None:
+            env_info.update(self.opts.env_checker(plan))
+        probe_env = {**os.environ, **next((s.env for s in plan.stages if s.kind == "train" and not s.skipped), {})}
+        env_info["interpreter"] = probe_python(plan.parameters.get("python", "python"), probe_env)
+        (run_dir / "stages").mkdir(parents=True, exist_ok=True)
+        rec = RunRecord(
+            schema=1,
+            run_id=run_dir.name,
+            tool=f"mfnpatch {__version__}",
+            started=_now(),
+            recipe={"name": plan.recipe.name, "path": str(self.loaded.path), "sha256": self.loaded.sha256,
+                    "profile": self.profile, "parameters": plan.parameters, "seed_update": plan.recipe.seed_update},
+            pin={"commit": tree.pin.commit, "tree": tree.pin.manifest.tree},
+            tree=str(tree.root),
+            patches=[{"name": s.name, "version": s.version, "sha256": s.sha256} for s in sets],
+            environment=env_info,
+            host={"hostname": platform.node(), "platform": platform.platform(), "cpus": os.cpu_count(),
+                  "python": platform.python_version()},
+            stages=[StageRecord(name=s.name, title=s.title, kind=s.kind) for s in plan.stages],
+        )  # fmt: skip
+        if previous is not None:
+            for s in rec.stages:
+                try:
+                    old = previous.stage(s.name)
+                except RunError:
+                    continue
+                rec.stages[rec.stages.index(s)] = old
+            rec.started = previous.started
+        write_record(run_dir, rec)
+        self.obs.run_started(run_dir, plan)
+        self._install_signals()
+        try:
+            self._run_stages(plan, rec, run_dir, tree.root)
+        finally:
+            self._restore_signals()
+            rec.finished = _now()
+            if rec.status == "running":
+                ran = [s for s in rec.stages if s.status != "pending"]
+                ok = all(s.status in ("done", "skipped") and s.passed is not False for s in ran)
+                rec.status = ("passed" if len(ran) == len(rec.stages) else "incomplete") if ok else "failed"
+            write_record(run_dir, rec)
+            self._write_report(run_dir, rec)
+        if rec.status == "interrupted":
+            raise Interrupted(
+                f"interrupted by {self._signal}; the run record is {run_dir / RECORD}",
+                hint=f"continue with: mfnpatch recipe run {self.loaded.path} --resume {run_dir}",
+            )
+        return run_dir, rec
+
+    def _selected(self, plan: Plan) -> list[PlannedStage]:
+        names = [s.name for s in plan.stages]
+        if self.opts.only:
+            return [plan.stage(self.opts.only)]
+        if self.opts.from_stage:
+            return plan.stages[names.index(self.opts.from_stage) :]
+        return plan.stages
+
+    def _run_stages(self, plan: Plan, rec: RunRecord, run_dir: Path, tree_root: Path) -> None:
+        selected = {s.name for s in self._selected(plan)}
+        done: dict[str, StageRecord] = {s.name: s for s in rec.stages if s.status == "done"}
+        for ps in plan.stages:
+            srec = rec.stage(ps.name)
+            if ps.name not in selected:
+                continue
+            if ps.skipped:
+                srec.status, srec.skipped = "skipped", ps.skipped
+                write_record(run_dir, rec)
+                self.obs.stage_finished(ps, srec)
+                continue
+            inputs = self._resolve_inputs(ps, rec, run_dir, tree_root)
+            ps = self._with_inputs(plan, ps, inputs)
+            parts = self._provenance(plan, rec, ps, inputs)
+            key = sha256_bytes(json.dumps(parts, sort_keys=True).encode())
+            if srec.status == "done" and self.opts.resume:
+                if srec.provenance == key:
+                    self.obs.stage_reused(ps, srec)
+                    continue
+                changed = [
+                    f"{k}: {srec.provenance_parts.get(k, '(absent)')[:12]} -> {v[:12]}"
+                    for k, v in parts.items()
+                    if srec.provenance_parts.get(k) != v
+                ]
+                if not self.opts.force:
+                    raise RunError(
+                        f"stage {ps.name} was completed with a different provenance; refusing to reuse or redo it",
+                        details=changed,
+                        hint="rerun it anyway with --force, or start a new run without --resume",
+                    )
+                self.obs.note(f"stage {ps.name}: provenance changed ({'; '.join(changed)}); running it again (--force)")
+            self._check_input_files(ps, inputs, tree_root)
+            srec = self._execute(ps, rec, run_dir, tree_root, inputs)
+            srec.provenance, srec.provenance_parts = key, parts
+            write_record(run_dir, rec)
+            done[ps.name] = srec
+            if srec.status == "interrupted":
+                rec.status = "interrupted"
+                return
+            if srec.status != "done" or srec.passed is False:
+                if not self.opts.keep_going:
+                    rec.status = "failed"
+                    return
+
+    def _with_inputs(self, plan: Plan, ps: PlannedStage, inputs: dict[str, str]) -> PlannedStage:
+        """Render the stage's command again with its inputs resolved from the logs."""
+        if not inputs:
+            return ps
+        from mfnpatch.recipe import Scope
+
+        scope = Scope(dict(plan.parameters), self._builtins)
+        scope.outputs = dict(self._outputs)
+        scope.inputs = inputs
+        argv = render_argv(ps.template, scope)
+        copies = [(scope.render(c.checkpoint), scope.render(c.to)) for c in ps.template.copy_]
+        return PlannedStage(**{**ps.__dict__, "argv": argv, "copies": copies})
+
+    def _provenance(self, plan: Plan, rec: RunRecord, ps: PlannedStage, inputs: dict[str, str]) -> dict[str, str]:
+        h = lambda obj: sha256_bytes(json.dumps(obj, sort_keys=True, default=str).encode())  # noqa: E731
+        ups = {}
+        for key, pin in ps.inputs.items():
+            ups[key] = rec.stage(pin.ref.stage).provenance or ""
+        return {
+            "recipe": plan.loaded.sha256,
+            "profile": h(self.profile),
+            "parameters": h(plan.parameters),
+            "command": h({"argv": ps.argv, "env": ps.env, "cwd": ps.cwd, "copy": ps.copies}),
+            "patches": h(rec.patches),
+            "environment": h({k: v for k, v in rec.environment.items() if k in ("name", "lock_sha256")}),
+            "inputs": h(ups),
+        }
+
+    # -- inputs
+
+    def _resolve_inputs(self, ps: PlannedStage, rec: RunRecord, run_dir: Path, tree_root: Path) -> dict[str, str]:
+        out = {}
+        for key, pin in ps.inputs.items():
+            ref = pin.ref
+            src = rec.stage(ref.stage)
+            if src.status != "done" or not src.log:
+                raise RunError(
+                    f"stage {ps.name} needs {pin.describe}, but stage {ref.stage} has not completed in this run",
+                    hint=f"run it first, or continue a run that has it: --resume RUN_DIR (status of {ref.stage}: "
+                    f"{src.status})",
+                )
+            summary = summarize(run_dir / src.log)
+            number = self._pick_checkpoint(ref, summary, ps.name)
+            prefix = self._outputs.get(ref.stage, {}).get("checkpoint")
+            if prefix is None:
+                raise RunError(f"stage {ref.stage} declares no checkpoint output for {ps.name} to use")
+            src_cwd = tree_root / self._cwd_of[ref.stage]
+            same_cwd = self._cwd_of[ref.stage] == ps.cwd
+            out[key] = f"{prefix if same_cwd else _abs_prefix(prefix, src_cwd)},{number}"
+        return out
+
+    def _check_input_files(self, ps: PlannedStage, inputs: dict[str, str], tree_root: Path) -> None:
+        """Right before a stage runs: the checkpoints its log-resolved inputs name are on disk."""
+        cwd = tree_root / ps.cwd
+        for key, value in inputs.items():
+            prefix, _, num = value.rpartition(",")
+            missing = [str(p) for p in checkpoint_files(prefix, int(num), cwd) if not p.is_file()]
+            if missing:
+                src = ps.inputs[key].ref.stage
+                raise RunError(
+                    f"stage {ps.name} needs checkpoint {num} of {src}: its log saved it, but "
+                    f"{', '.join(missing)} is missing",
+                    hint=f"the checkpoint files were moved or deleted; rerun stage {src}",
+                )
+
+    def _pick_checkpoint(self, ref, s: Summary, user: str) -> int:
+        saved = {n: c for n, c in s.checkpoints.items() if c.get("path") or c.get("step") is not None}
+        have = f"it saved {_ranges(sorted(saved))}" if saved else "it saved none"
+        if ref.checkpoint is not None:
+            if ref.checkpoint not in saved:
+                raise RunError(
+                    f"stage {user} needs checkpoint {ref.checkpoint} of {ref.stage}, which its log "
+                    f"never saved ({have})",
+                    hint=f"see: mfnpatch log summary of the {ref.stage} log",
+                )
+            return int(ref.checkpoint)
+        if ref.step is not None:
+            for n, c in saved.items():
+                if c.get("step") == ref.step:
+                    return n
+            raise RunError(
+                f"stage {user} needs the {ref.stage} checkpoint saved at step {ref.step}; its log has "
+                f"none there ({have}, every --verbose steps)"
+            )
+        if ref.last:
+            if not saved:
+                raise RunError(f"stage {user} needs the last checkpoint of {ref.stage}; {have}")
+            return max(saved)
+        target = ref.best
+        accs = s.verifications.get(target or "", {})
+        best = None
+        for n, c in saved.items():
+            st = c.get("step")
+            if st in accs and (best is None or accs[st][0] > accs[best[1]][0]):
+                best = (n, st)
+        if best is None:
+            raise RunError(
+                f"stage {user} needs the {ref.stage} checkpoint with the best {target}; the log has no "
+                f"{target} result at a saved checkpoint ({have})"
+            )
+        return best[0]
+
+    # -- one stage
+
+    def _execute(
+        self, ps: PlannedStage, rec: RunRecord, run_dir: Path, tree_root: Path, inputs: dict[str, str]
+    ) -> StageRecord:
+        srec = rec.stage(ps.name)
+        log_rel = f"stages/{ps.name}.log"
+        log_path = run_dir / log_rel
+        cwd = tree_root / ps.cwd
+        srec.status, srec.argv, srec.cwd, srec.env = "running", ps.argv, ps.cwd, ps.env
+        srec.seed_command, srec.stands_in, srec.inputs = ps.seed_command, ps.stands_in, inputs
+        srec.stop = {"kind": ps.stop[0], "value": ps.stop[1], "why": ps.stop_why} if ps.stop else None
+        srec.started, srec.log, srec.exit_code, srec.ended, srec.checks, srec.passed = (
+            _now(),
+            log_rel,
+            None,
+            None,
+            [],
+            None,
+        )
+        write_record(run_dir, rec)
+        total = total_steps(ps)
+        self.obs.stage_started(ps, total)
+        t0 = time.monotonic()
+        if log_path.exists():  # a rerun of the stage (--resume): keep the old log beside the new one
+            log_path.rename(log_path.with_name(f"{ps.name}.{time.strftime('%Y%m%d-%H%M%S')}.log"))
+        try:
+            cwd.mkdir(parents=True, exist_ok=True)
+            for src, dst in ps.copies:
+                self._copy_checkpoint(src, dst, cwd)
+            code, ended, summary = self._spawn(ps, cwd, log_path, total)
+        except OSError as e:
+            code, ended, summary = None, f"could not start: {e}", None
+        srec.seconds = round(time.monotonic() - t0, 3)
+        srec.finished = _now()
+        srec.exit_code = code
+        srec.ended = ended
+        if log_path.exists():
+            srec.log_sha256 = sha256_file(log_path)
+        if summary is not None and ps.kind == "train":
+            srec.metrics = stage_metrics(summary)
+        if self._signal:
+            srec.status = "interrupted"
+        elif ended.startswith("stopped at") or code == 0:
+            srec.status = "done"
+        else:
+            srec.status = "failed"
+        if (
+            srec.status == "done"
+            and ps.kind == "train"
+            and ps.stop
+            and ps.stop[0] == "checkpoint"
+            and ended.startswith("exited")
+        ):
+            got = summary.checkpoints.get(ps.stop[1]) if summary else None
+            if not got:
+                srec.status = "failed"
+                srec.ended = f"{ended}, before its stop point (checkpoint {ps.stop[1]})"
+        if srec.status == "done":
+            checks = self._checks(ps, srec, summary, cwd)
+            srec.checks = [c.__dict__ for c in checks]
+            srec.passed = all(c.verdict == "pass" for c in checks if c.required)
+        self.obs.stage_finished(ps, srec)
+        return srec
+
+    def _checks(self, ps: PlannedStage, srec: StageRecord, summary: Summary | None, cwd: Path) -> list[Check]:
+        checks = [
+            Check("exit", "pass", f"{ps.name}: {srec.ended}", True, "planned stop or exit 0", srec.ended, "stage")
+        ]
+        checks += evaluate_stage(ps.expect, summary, cwd)
+        return checks
+
+    def _copy_checkpoint(self, src: str, dst: str, cwd: Path) -> None:
+        prefix, _, num = src.rpartition(",")
+        if not num.isdigit():
+            raise RunError(f"copy: {src!r} is not PREFIX,EPOCH")
+        n = int(num)
+        sym, params = checkpoint_files(prefix, n, cwd)
+        dsym, dparams = checkpoint_files(dst, n, cwd)
+        for a, b in ((sym, dsym), (params, dparams)):
+            if not a.is_file():
+                raise RunError(f"copy: {a} does not exist", hint="the stage that writes it did not complete")
+            atomic_write(b, a.read_bytes())
+
+    def _spawn(self, ps: PlannedStage, cwd: Path, log_path: Path, total: int | None):
+        env = {**os.environ, **ps.env, "PYTHONUNBUFFERED": "1"}
+        proc = subprocess.Popen(
+            ps.argv,
+            cwd=cwd,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+        )
+        parser = LogParser(events=True, path=str(log_path))
+        live = LiveState(total=total)
+        stop_reason: str | None = None
+        fd = proc.stdout.fileno()  # type: ignore[union-attr]
+        with open(log_path, "ab") as log:
+            while True:
+                r, _, _ = select.select([fd], [], [], 0.25)
+                if r:
+                    data = os.read(fd, 1 << 16)
+                    if not data:
+                        break
+                    log.write(data)
+                    log.flush()
+                    if ps.kind != "train":
+                        self.obs.stage_output(ps, data.decode("utf-8", "replace"))
+                    for ev in parser.feed_bytes(data):
+                        self._update(live, ev)
+                        self.obs.stage_event(ps, ev, live)
+                        if stop_reason is None:
+                            stop_reason = self._reached_stop(ps, ev, cwd)
+                if stop_reason is None and self._signal is None:
+                    continue
+                self._terminate(proc)
+                rest = b""
+                while True:  # drain what the process printed before it ended
+                    r, _, _ = select.select([fd], [], [], 1.0)
+                    if not r:
+                        break
+                    chunk = os.read(fd, 1 << 16)
+                    if not chunk:
+                        break
+                    rest += chunk
+                log.write(rest)
+                for ev in parser.feed_bytes(rest):
+                    self.obs.stage_event(ps, ev, live)
+                break
+            parser.close()
+        code = proc.wait()
+        proc.stdout.close()  # type: ignore[union-attr]
+        summary = parser.summary()
+        if self._signal:
+            ended = f"interrupted ({self._signal}); the process was stopped"
+        elif stop_reason:
+            ended = f"stopped at {stop_reason} (planned), by mfnpatch"
+        elif code == 0:
+            ended = "exited 0"
+        else:
+            why = summary.how_it_ended() if summary.ending else ""
+            ended = f"exited {code}" + (f": {why}" if why else "")
+        return code, ended, summary
+
+    def _reached_stop(self, ps: PlannedStage, ev: Event, cwd: Path) -> str | None:
+        if ps.stop is None:
+            return None
+        kind, n = ps.stop
+        if kind == "checkpoint" and isinstance(ev, CheckpointWritten) and ev.number is not None and ev.number >= n:
+            prefix = ev.path.rsplit("-", 1)[0]
+            sym, params = checkpoint_files(prefix, ev.number, cwd)
+            if sym.is_file() and params.is_file():
+                return f"checkpoint {ev.number}"
+        if kind == "step":
+            step = getattr(ev, "step", None)
+            if isinstance(step, int) and step >= n:
+                return f"step {step}"
+        return None
+
+    @staticmethod
+    def _update(live: LiveState, ev: Event) -> None:
+        step = getattr(ev, "step", None)
+        if isinstance(step, int):
+            live.step = max(live.step or 0, step)
+        if isinstance(ev, Speed):
+            live.samples_per_sec = ev.samples_per_sec
+        elif isinstance(ev, Verification):
+            live.accuracy[ev.target] = ev.accuracy
+        elif isinstance(ev, CheckpointWritten):
+            live.checkpoint = ev.number
+        lr = getattr(ev, "lr", None)
+        if isinstance(lr, float):
+            live.lr = lr
+
+    @staticmethod
+    def _terminate(proc: subprocess.Popen) -> None:
+        if proc.poll() is not None:
+            return
+        try:
+            os.killpg(proc.pid, signal.SIGTERM)
+        except ProcessLookupError:
+            return
+        try:
+            proc.wait(TERM_GRACE)
+        except subprocess.TimeoutExpired:
+            try:
+                os.killpg(proc.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+            proc.wait()
+
+    # -- signals
+
+    def _install_signals(self) -> None:
+        self._old = {}
+
+        def handler(signum, frame):
+            self._signal = signal.Signals(signum).name
+
+        for s in (signal.SIGINT, signal.SIGTERM):
+            try:
+                self._old[s] = signal.signal(s, handler)
+            except ValueError:  # not the main thread
+                pass
+
+    def _restore_signals(self) -> None:
+        for s, h in getattr(self, "_old", {}).items():
+            signal.signal(s, h)
+
+    # -- report
+
+    def _write_report(self, run_dir: Path, rec: RunRecord) -> None:
+        from mfnpatch.report import run_markdown
+
+        try:
+            atomic_write(run_dir / "report.md", run_markdown(run_dir, rec))
+        except Exception as e:  # the record is what matters; a report failure must not hide it
+            self.obs.note(f"report.md not written: {e}")
+
+
+def _ranges(nums: list[int]) -> str:
+    if not nums:
+        return "none"
+    out, start, prev = [], nums[0], nums[0]
+    for n in nums[1:]:
+        if n != prev + 1:
+            out.append(f"{start}" if start == prev else f"{start}..{prev}")
+            start = n
+        prev = n
+    out.append(f"{start}" if start == prev else f"{start}..{prev}")
+    return ", ".join(out)
+
+
+def run_recipe(
+    spec: str, profile: str | None, overrides: dict[str, str], opts: RunOptions, observer: Observer | None = None
+) -> tuple[Path, RunRecord]:
+    from mfnpatch.recipe import load_recipe
+
+    loaded = load_recipe(spec)
+    runner = Runner(loaded, profile, overrides, opts, observer)
+    return runner.run()

@@ -1,0 +1,235 @@
+"""recipe run on a fake trainer: stop points, hand-over, expectations, records, resume, interruption."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from mfnpatch.errors import EXIT_INTERRUPTED
+from mfnpatch.logs import summarize_text
+from mfnpatch.recipe import InputRef, load_recipe
+from mfnpatch.runner import RunError, Runner, RunOptions, load_record
+
+
+def run(cli, rf, *extra, name="run"):
+    return cli("recipe", "run", rf.recipe, "--tree", rf.tree, "--run-dir", rf.run_dir(name), "--json", *extra)
+
+
+def test_run_end_to_end(cli, runfx):
+    r = run(cli, runfx)
+    assert r.code == 0, r.err
+    d = r.json()
+    assert d["status"] == "passed" and d["schema"] == 1
+    st = {s["name"]: s for s in d["stages"]}
+    assert [s["status"] for s in d["stages"]] == ["done"] * 4
+    assert st["softmax"]["ended"] == "stopped at checkpoint 5 (planned), by mfnpatch"
+    assert st["softmax"]["stop"] == {"kind": "checkpoint", "value": 5, "why": "derived: arcface uses checkpoint 5"}
+    rd = runfx.run_dir()
+    assert st["arcface"]["inputs"] == {"pretrained": f"{rd}/models/model-y1-softmax,5"}
+    assert st["arcface"]["argv"][st["arcface"]["argv"].index("--pretrained") + 1] == f"{rd}/models/model-y1-softmax,5"
+    assert st["slim"]["inputs"] == {"model": f"{rd}/models/model-y1-arcface,2"}
+    # the slim step ran on a copy: the training symbol of the arcface stage still has fc7
+    train_sym = json.loads((rd / "models/model-y1-arcface-symbol.json").read_text())
+    slim_sym = json.loads((rd / "models/deploy/model-y1-arcface-symbol.json").read_text())
+    assert any(n["name"] == "fc7" for n in train_sym["nodes"])
+    assert not any(n["name"].startswith("fc7") for n in slim_sym["nodes"])
+    assert (rd / "models/deploy/model-y1-arcface-0000.params").is_file()
+    # metrics, checks, provenance, logs
+    assert st["softmax"]["metrics"]["targets"]["lfw"]["best"] == pytest.approx(0.8)
+    assert {c["id"] for c in st["softmax"]["checks"]} >= {"exit", "lfw verified", "lfw best", "train_acc rises"}
+    assert all(s["provenance"] and s["log_sha256"] for s in d["stages"])
+    assert d["patches"][0]["name"] == "fake" and d["pin"]["commit"] == runfx.sha
+    assert d["environment"]["interpreter"]["version"].startswith("3.")
+    assert (rd / "stages/softmax.log").read_text().count("Accuracy-Flip") == 15
+    report = (rd / "report.md").read_text()
+    assert report.startswith("# Run run: PASSED") and "![softmax accuracy](curves-softmax.png)" in report
+    assert (rd / "curves-softmax.png").read_bytes()[:4] == b"\x89PNG"
+    assert load_record(rd).status == "passed"
+    s = cli("recipe", "status", rd)
+    assert s.code == 0 and "stopped at checkpoint 5 (planned)" in s.out
+
+
+def test_failed_expectation_stops_the_run(cli, runfx, monkeypatch):
+    monkeypatch.setenv("FAKE_CAP", "0.45")
+    r = run(cli, runfx)
+    assert r.code == 1
+    d = r.json()
+    st = {s["name"]: s for s in d["stages"]}
+    assert st["softmax"]["status"] == "done" and st["softmax"]["passed"] is False
+    failed = [c for c in st["softmax"]["checks"] if c["verdict"] != "pass"]
+    assert [c["id"] for c in failed] == ["lfw best", "train_acc rises"]  # capped: flat
+    assert failed[0]["message"] == "lfw (best, step 20): 0.45, expected >= 0.5"
+    assert st["arcface"]["status"] == "pending" and d["status"] == "failed"
+    r = run(cli, runfx, "--keep-going", name="kg")
+    st = {s["name"]: s for s in r.json()["stages"]}
+    assert st["arcface"]["status"] == "done" and st["arcface"]["passed"] is False and st["slim"]["status"] == "done"
+
+
+def test_crash_then_resume(cli, runfx, monkeypatch):
+    monkeypatch.setenv("FAKE_CRASH_AT", "5")
+    monkeypatch.setenv("FAKE_CRASH_LOSS", "4")
+    r = run(cli, runfx)
+    assert r.code == 1
+    st = {s["name"]: s for s in r.json()["stages"]}
+    assert st["arcface"]["status"] == "failed" and st["arcface"]["exit_code"] == 1
+    assert st["arcface"]["ended"] == "exited 1: error: KeyError: 'CUDA_VISIBLE_DEVICES'"
+    monkeypatch.delenv("FAKE_CRASH_AT")
+    softmax_log = (runfx.run_dir() / "stages/softmax.log").read_bytes()
+    r = cli("recipe", "run", runfx.recipe, "--tree", runfx.tree, "--resume", runfx.run_dir(), "--json")
+    assert r.code == 0, r.err
+    st = {s["name"]: s for s in r.json()["stages"]}
+    assert st["arcface"]["status"] == "done"
+    assert (runfx.run_dir() / "stages/softmax.log").read_bytes() == softmax_log  # reused, not rerun
+    old_logs = list((runfx.run_dir() / "stages").glob("arcface.*.log"))
+    assert len(old_logs) == 1 and "KeyError" in old_logs[0].read_text()
+
+
+def test_resume_reuses_and_refuses_changed_provenance(cli, runfx):
+    assert run(cli, runfx).code == 0
+    rd = runfx.run_dir()
+    logs = {p.name: p.stat().st_mtime_ns for p in (rd / "stages").iterdir()}
+    r = cli("recipe", "run", runfx.recipe, "--tree", runfx.tree, "--resume", rd)
+    assert r.code == 0 and r.err.count("reused") == 4
+    assert {p.name: p.stat().st_mtime_ns for p in (rd / "stages").iterdir()} == logs
+    runfx.recipe.write_text(runfx.recipe.read_text().replace('"20,25"', '"20,26"'))
+    r = cli("recipe", "run", runfx.recipe, "--tree", runfx.tree, "--resume", rd)
+    assert r.code == 1
+    assert "stage data was completed with a different provenance" in r.err
+    assert "recipe:" in r.err and "--force" in r.err
+    r = cli("recipe", "run", runfx.recipe, "--tree", runfx.tree, "--resume", rd, "--force", "--json")
+    assert r.code == 0
+    st = {s["name"]: s for s in r.json()["stages"]}
+    assert "20,26" in st["softmax"]["argv"]
+
+
+def test_from_and_only_need_the_inputs(cli, runfx):
+    r = cli("recipe", "run", runfx.recipe, "--tree", runfx.tree, "--run-dir", runfx.run_dir(), "--from", "arcface")
+    assert r.code == 1
+    assert "stage arcface needs softmax checkpoint 5" in r.err and "--resume" in r.err
+    r = cli("recipe", "run", runfx.recipe, "--tree", runfx.tree, "--run-dir", runfx.run_dir("x"), "--only", "nope")
+    assert r.code == 1 and "--only nope: recipe fake has no such stage" in r.err
+    r = cli(
+        "recipe", "run", runfx.recipe, "--tree", runfx.tree, "--run-dir", runfx.run_dir("a"), "--only", "data", "--json"
+    )
+    assert r.code == 0 and r.json()["status"] == "incomplete"
+    assert [s["status"] for s in r.json()["stages"]] == ["done", "pending", "pending", "pending"]
+
+
+def test_missing_checkpoint_file_is_not_guessed(cli, runfx):
+    rd = runfx.run_dir()
+    assert run(cli, runfx).code == 0
+    (rd / "models/model-y1-softmax-0005.params").unlink()
+    # every stage completed with the same provenance: nothing needs the file
+    assert cli("recipe", "run", runfx.recipe, "--tree", runfx.tree, "--resume", rd).code == 0
+    rec = load_record(rd).model_dump(by_alias=True)
+    rec["stages"][2]["status"] = "failed"  # arcface must run again, and it needs softmax's checkpoint 5
+    (rd / "record.json").write_text(json.dumps(rec))
+    r = cli("recipe", "run", runfx.recipe, "--tree", runfx.tree, "--resume", rd, "--only", "arcface")
+    assert r.code == 1
+    assert "needs checkpoint 5 of softmax: its log saved it, but" in r.err and "model-y1-softmax-0005.params" in r.err
+
+
+def test_drifted_tree_is_refused(cli, runfx):
+    assert run(cli, runfx, name="first").code == 0
+    p = runfx.tree / "src/train_softmax.py"
+    p.write_text(p.read_text() + "\n# local experiment\n")
+    r = run(cli, runfx, name="second")
+    assert r.code == 1 and "changed outside mfnpatch" in r.err
+    assert not (runfx.run_dir("second") / "record.json").exists()
+
+
+def test_existing_run_dir_is_not_overwritten(cli, runfx):
+    rd = runfx.run_dir()
+    rd.mkdir(parents=True)
+    (rd / "mine.txt").write_text("keep")
+    r = run(cli, runfx)
+    assert r.code == 1 and "exists and is not empty" in r.err and (rd / "mine.txt").read_text() == "keep"
+
+
+def test_checkpoint_choice_from_the_log(runfx):
+    loaded = load_recipe(str(runfx.recipe))
+    runner = Runner(loaded, None, {}, RunOptions(tree=runfx.tree))
+    log = "".join(
+        f'[lfw][{st}]Accuracy-Flip: {acc:.5f}+-0.01000\nsaving {n}\nINFO:root:Saved checkpoint to "m-{n:04d}.params"\n'
+        for n, st, acc in [(1, 10, 0.7), (2, 20, 0.9), (3, 30, 0.8)]
+    )
+    s = summarize_text(log)
+    pick = runner._pick_checkpoint
+    assert pick(InputRef(stage="a", checkpoint=2), s, "b") == 2
+    assert pick(InputRef(stage="a", step=30), s, "b") == 3
+    assert pick(InputRef(stage="a", best="lfw"), s, "b") == 2
+    assert pick(InputRef(stage="a", last=True), s, "b") == 3
+    with pytest.raises(RunError, match=r"checkpoint 7 of a, which its log never saved \(it saved 1\.\.3\)"):
+        pick(InputRef(stage="a", checkpoint=7), s, "b")
+    with pytest.raises(RunError, match="has none there"):
+        pick(InputRef(stage="a", step=25), s, "b")
+    with pytest.raises(RunError, match="no agedb_30 result"):
+        pick(InputRef(stage="a", best="agedb_30"), s, "b")
+
+
+def test_interrupt_stops_the_stage_and_keeps_the_record(runfx, tmp_path):
+    """SIGTERM to `mfnpatch recipe run`: the trainer's process group is stopped, the stage is recorded
+    as interrupted, the record is whole, and the exit code is 130."""
+    env = {**os.environ, "FAKE_DELAY": "0.05"}
+    rd = runfx.run_dir()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "mfnpatch", "recipe", "run", str(runfx.recipe), "--tree", str(runfx.tree),
+         "--run-dir", str(rd)],
+        env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    log = rd / "stages/softmax.log"
+    deadline = time.time() + 60
+    while time.time() < deadline and not (log.is_file() and "saving 1" in log.read_text()):
+        time.sleep(0.05)
+    assert log.is_file(), proc.communicate()
+    trainer_pids = _pids_running("train_softmax.py")
+    assert trainer_pids
+    proc.send_signal(signal.SIGTERM)
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == EXIT_INTERRUPTED, err
+    assert "interrupted by SIGTERM" in err and "--resume" in err
+    rec = load_record(rd)
+    st = {s.name: s for s in rec.stages}
+    assert rec.status == "interrupted" and st["softmax"].status == "interrupted"
+    assert st["arcface"].status == "pending"
+    time.sleep(0.2)
+    assert not (set(trainer_pids) & set(_pids_running("train_softmax.py")))
+    # and it can be continued
+    r = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "mfnpatch",
+            "recipe",
+            "run",
+            str(runfx.recipe),
+            "--tree",
+            str(runfx.tree),
+            "--resume",
+            str(rd),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert r.returncode == 0, r.stderr
+    assert load_record(rd).status == "passed"
+
+
+def _pids_running(needle: str) -> list[int]:
+    out = []
+    for d in Path("/proc").iterdir():
+        if d.name.isdigit():
+            try:
+                if needle.encode() in (d / "cmdline").read_bytes():
+                    out.append(int(d.name))
+            except OSError:
+                pass
+    return out
