@@ -271,7 +271,7 @@ stages:
     kind: tool
     cwd: deploy
     inputs:
-      model: {{stage: arcface, last: true}}
+      model: {{stage: arcface, checkpoint: 2}}
     copy:
       - {{checkpoint: "${{inputs.model}}", to: "${{models_dir}}/deploy/model-y1-arcface"}}
     command: ["${{python}}", model_slim.py, --model, "${{models_dir}}/deploy/model-y1-arcface,2"]

@@ -11,7 +11,6 @@ mx.model.save_checkpoint, trains until killed (or --max-steps), and is steered b
   FAKE_WITH_BIAS  1: the softmax symbol has an fc7_bias node (as without the no-bias patch)
 """
 
-
 import argparse
 import json
 import logging

@@ -29,7 +29,8 @@ def test_run_end_to_end(cli, runfx):
     assert d["status"] == "passed" and d["schema"] == 1
     st = {s["name"]: s for s in d["stages"]}
     assert [s["status"] for s in d["stages"]] == ["done"] * 4
-    assert st["softmax"]["ended"] == "stopped at checkpoint 5 (planned), by mfnpatch"
+    # the fake trainer writes a checkpoint every 20 ms, so it may get past 5 before it is stopped; the record says so
+    assert st["softmax"]["ended"].startswith("stopped at checkpoint 5 (planned), by mfnpatch")
     assert st["softmax"]["stop"] == {"kind": "checkpoint", "value": 5, "why": "derived: arcface uses checkpoint 5"}
     rd = runfx.run_dir()
     assert st["arcface"]["inputs"] == {"pretrained": f"{rd}/models/model-y1-softmax,5"}
