@@ -43,7 +43,7 @@ def test_run_end_to_end(cli, runfx):
     assert not any(n["name"].startswith("fc7") for n in slim_sym["nodes"])
     assert (rd / "models/deploy/model-y1-arcface-0000.params").is_file()
     # metrics, checks, provenance, logs
-    assert st["softmax"]["metrics"]["targets"]["lfw"]["best"] == pytest.approx(0.8)
+    assert st["softmax"]["metrics"]["targets"]["lfw"]["best"] >= 0.8  # 0.8 at step 50, more if it ran on
     assert {c["id"] for c in st["softmax"]["checks"]} >= {"exit", "lfw verified", "lfw best", "train_acc rises"}
     assert all(s["provenance"] and s["log_sha256"] for s in d["stages"])
     assert d["patches"][0]["name"] == "fake" and d["pin"]["commit"] == runfx.sha
