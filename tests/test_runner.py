@@ -48,7 +48,7 @@ def test_run_end_to_end(cli, runfx):
     assert all(s["provenance"] and s["log_sha256"] for s in d["stages"])
     assert d["patches"][0]["name"] == "fake" and d["pin"]["commit"] == runfx.sha
     assert d["environment"]["interpreter"]["version"].startswith("3.")
-    assert (rd / "stages/softmax.log").read_text().count("Accuracy-Flip") == 15
+    assert (rd / "stages/softmax.log").read_text().count("Accuracy-Flip") >= 15  # 5 rounds x 3 targets, or more
     report = (rd / "report.md").read_text()
     assert report.startswith("# Run run: PASSED") and "![softmax accuracy](curves-softmax.png)" in report
     assert (rd / "curves-softmax.png").read_bytes()[:4] == b"\x89PNG"
