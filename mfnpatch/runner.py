@@ -220,7 +220,8 @@ class RunOptions:
     keep_going: bool = False
     force: bool = False
     env_check: bool = True
-    env_checker: Callable[[Plan], dict] | None = None
+    env_checker: Callable[..., dict] | None = None
+    env_prefix: Path | None = None  # the environment the stages run in (its bin/ goes first on PATH)
 
 
 class Runner:
@@ -299,10 +300,13 @@ class Runner:
                 f"{run_dir} exists and is not empty", hint="use --resume to continue it, or another --run-dir"
             )
         tree, sets = self._prepare_tree(plan)
-        env_info = {"name": plan.environment}
+        env_info: dict[str, Any] = {"name": plan.environment, "prefix": str(self._env_prefix())}
         if self.opts.env_check and self.opts.env_checker is not None:
-            env_info.update(self.opts.env_checker(plan))
-        probe_env = {**os.environ, **next((s.env for s in plan.stages if s.kind == "train" and not s.skipped), {})}
+            env_info.update(self.opts.env_checker(plan, self._env_prefix()))
+        probe_env = {
+            **self._base_env(),
+            **next((s.env for s in plan.stages if s.kind == "train" and not s.skipped), {}),
+        }
         env_info["interpreter"] = probe_python(plan.parameters.get("python", "python"), probe_env)
         (run_dir / "stages").mkdir(parents=True, exist_ok=True)
         rec = RunRecord(
@@ -588,8 +592,17 @@ class Runner:
                 raise RunError(f"copy: {a} does not exist", hint="the stage that writes it did not complete")
             atomic_write(b, a.read_bytes())
 
+    def _env_prefix(self) -> Path:
+        return Path(self.opts.env_prefix or sys.prefix).absolute()
+
+    def _base_env(self) -> dict[str, str]:
+        """The process environment of every stage: the recipe environment's bin/ first on PATH."""
+        env = dict(os.environ)
+        env["PATH"] = str(self._env_prefix() / "bin") + os.pathsep + env.get("PATH", "")
+        return env
+
     def _spawn(self, ps: PlannedStage, cwd: Path, log_path: Path, total: int | None):
-        env = {**os.environ, **ps.env, "PYTHONUNBUFFERED": "1"}
+        env = {**self._base_env(), **ps.env, "PYTHONUNBUFFERED": "1"}
         proc = subprocess.Popen(
             ps.argv,
             cwd=cwd,

@@ -30,3 +30,10 @@ def test_ci_runs_the_readme_test_command():
 def test_scripts_are_executable():
     for p in (ROOT / ".ci" / "run", ROOT / "quickstart.sh"):
         assert p.stat().st_mode & 0o111, p
+
+
+def test_ci_and_quickstart_install_the_cpu_lock():
+    for script in (ROOT / ".ci" / "run", ROOT / "quickstart.sh"):
+        text = script.read_text()
+        assert "--require-hashes -r envs/cpu/requirements.lock" in text, script
+        assert "--require-hashes --no-deps -r envs/cpu/nodeps.lock" in text, script

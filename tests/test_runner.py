@@ -19,7 +19,9 @@ from mfnpatch.runner import RunError, Runner, RunOptions, load_record
 
 
 def run(cli, rf, *extra, name="run"):
-    return cli("recipe", "run", rf.recipe, "--tree", rf.tree, "--run-dir", rf.run_dir(name), "--json", *extra)
+    return cli(
+        "recipe", "run", rf.recipe, "--tree", rf.tree, "--run-dir", rf.run_dir(name), "--json", "--no-env-check", *extra
+    )
 
 
 def test_run_end_to_end(cli, runfx):
@@ -83,7 +85,9 @@ def test_crash_then_resume(cli, runfx, monkeypatch):
     assert st["arcface"]["ended"] == "exited 1: error: KeyError: 'CUDA_VISIBLE_DEVICES'"
     monkeypatch.delenv("FAKE_CRASH_AT")
     softmax_log = (runfx.run_dir() / "stages/softmax.log").read_bytes()
-    r = cli("recipe", "run", runfx.recipe, "--tree", runfx.tree, "--resume", runfx.run_dir(), "--json")
+    r = cli(
+        "recipe", "run", runfx.recipe, "--no-env-check", "--tree", runfx.tree, "--resume", runfx.run_dir(), "--json"
+    )
     assert r.code == 0, r.err
     st = {s["name"]: s for s in r.json()["stages"]}
     assert st["arcface"]["status"] == "done"
@@ -96,28 +100,60 @@ def test_resume_reuses_and_refuses_changed_provenance(cli, runfx):
     assert run(cli, runfx).code == 0
     rd = runfx.run_dir()
     logs = {p.name: p.stat().st_mtime_ns for p in (rd / "stages").iterdir()}
-    r = cli("recipe", "run", runfx.recipe, "--tree", runfx.tree, "--resume", rd)
+    r = cli("recipe", "run", runfx.recipe, "--no-env-check", "--tree", runfx.tree, "--resume", rd)
     assert r.code == 0 and r.err.count("reused") == 4
     assert {p.name: p.stat().st_mtime_ns for p in (rd / "stages").iterdir()} == logs
     runfx.recipe.write_text(runfx.recipe.read_text().replace('"20,25"', '"20,26"'))
-    r = cli("recipe", "run", runfx.recipe, "--tree", runfx.tree, "--resume", rd)
+    r = cli("recipe", "run", runfx.recipe, "--no-env-check", "--tree", runfx.tree, "--resume", rd)
     assert r.code == 1
     assert "stage data was completed with a different provenance" in r.err
     assert "recipe:" in r.err and "--force" in r.err
-    r = cli("recipe", "run", runfx.recipe, "--tree", runfx.tree, "--resume", rd, "--force", "--json")
+    r = cli("recipe", "run", runfx.recipe, "--no-env-check", "--tree", runfx.tree, "--resume", rd, "--force", "--json")
     assert r.code == 0
     st = {s["name"]: s for s in r.json()["stages"]}
     assert "20,26" in st["softmax"]["argv"]
 
 
 def test_from_and_only_need_the_inputs(cli, runfx):
-    r = cli("recipe", "run", runfx.recipe, "--tree", runfx.tree, "--run-dir", runfx.run_dir(), "--from", "arcface")
+    r = cli(
+        "recipe",
+        "run",
+        runfx.recipe,
+        "--no-env-check",
+        "--tree",
+        runfx.tree,
+        "--run-dir",
+        runfx.run_dir(),
+        "--from",
+        "arcface",
+    )
     assert r.code == 1
     assert "stage arcface needs softmax checkpoint 5" in r.err and "--resume" in r.err
-    r = cli("recipe", "run", runfx.recipe, "--tree", runfx.tree, "--run-dir", runfx.run_dir("x"), "--only", "nope")
+    r = cli(
+        "recipe",
+        "run",
+        runfx.recipe,
+        "--no-env-check",
+        "--tree",
+        runfx.tree,
+        "--run-dir",
+        runfx.run_dir("x"),
+        "--only",
+        "nope",
+    )
     assert r.code == 1 and "--only nope: recipe fake has no such stage" in r.err
     r = cli(
-        "recipe", "run", runfx.recipe, "--tree", runfx.tree, "--run-dir", runfx.run_dir("a"), "--only", "data", "--json"
+        "recipe",
+        "run",
+        runfx.recipe,
+        "--no-env-check",
+        "--tree",
+        runfx.tree,
+        "--run-dir",
+        runfx.run_dir("a"),
+        "--only",
+        "data",
+        "--json",
     )
     assert r.code == 0 and r.json()["status"] == "incomplete"
     assert [s["status"] for s in r.json()["stages"]] == ["done", "pending", "pending", "pending"]
@@ -128,11 +164,11 @@ def test_missing_checkpoint_file_is_not_guessed(cli, runfx):
     assert run(cli, runfx).code == 0
     (rd / "models/model-y1-softmax-0005.params").unlink()
     # every stage completed with the same provenance: nothing needs the file
-    assert cli("recipe", "run", runfx.recipe, "--tree", runfx.tree, "--resume", rd).code == 0
+    assert cli("recipe", "run", runfx.recipe, "--no-env-check", "--tree", runfx.tree, "--resume", rd).code == 0
     rec = load_record(rd).model_dump(by_alias=True)
     rec["stages"][2]["status"] = "failed"  # arcface must run again, and it needs softmax's checkpoint 5
     (rd / "record.json").write_text(json.dumps(rec))
-    r = cli("recipe", "run", runfx.recipe, "--tree", runfx.tree, "--resume", rd, "--only", "arcface")
+    r = cli("recipe", "run", runfx.recipe, "--no-env-check", "--tree", runfx.tree, "--resume", rd, "--only", "arcface")
     assert r.code == 1
     assert "needs checkpoint 5 of softmax: its log saved it, but" in r.err and "model-y1-softmax-0005.params" in r.err
 
@@ -181,8 +217,8 @@ def test_interrupt_stops_the_stage_and_keeps_the_record(runfx, tmp_path):
     env = {**os.environ, "FAKE_DELAY": "0.05"}
     rd = runfx.run_dir()
     proc = subprocess.Popen(
-        [sys.executable, "-m", "mfnpatch", "recipe", "run", str(runfx.recipe), "--tree", str(runfx.tree),
-         "--run-dir", str(rd)],
+        [sys.executable, "-m", "mfnpatch", "recipe", "run", str(runfx.recipe), "--no-env-check", "--tree",
+         str(runfx.tree), "--run-dir", str(rd)],
         env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )  # fmt: skip
     log = rd / "stages/softmax.log"
@@ -211,6 +247,7 @@ def test_interrupt_stops_the_stage_and_keeps_the_record(runfx, tmp_path):
             "recipe",
             "run",
             str(runfx.recipe),
+            "--no-env-check",
             "--tree",
             str(runfx.tree),
             "--resume",
