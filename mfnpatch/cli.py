@@ -42,6 +42,7 @@ Start here:
   mfnpatch patches list                           the versioned patch sets
   mfnpatch log summary train.log                  what a training log says
   mfnpatch verify --log train.log --reference seed-2018-05-09-arcface-test2
+  mfnpatch recipe run may16 --profile smoke          the whole plan on the CPU, in minutes
 
 \b
 Exit codes: 0 done, 1 failed, 2 nothing to do (already so), 64 bad usage, 130 interrupted.
@@ -67,6 +68,11 @@ env_app = typer.Typer(
     help="Locked environments (cpu, cu101, cu112) and a doctor for this machine.", no_args_is_help=True
 )
 app.add_typer(env_app, name="env")
+convert_app = typer.Typer(
+    help="Slim a checkpoint, convert it to ncnn (BatchNorm folded and unfolded), verify the conversion.",
+    no_args_is_help=True,
+)
+app.add_typer(convert_app, name="convert")
 app.add_typer(patches_app, name="patches")
 app.add_typer(pin_app, name="pin")
 app.add_typer(log_app, name="log")
@@ -1118,6 +1124,125 @@ def env_check(
     if doc.fix:
         out.print(f"[yellow]fix[/]: {escape(doc.fix)}")
     return code
+
+
+# --------------------------------------------------------------------------------------------
+# convert / bench
+
+
+@convert_app.command("slim")
+def convert_slim(
+    checkpoint: Annotated[str, typer.Argument(help="PREFIX,EPOCH of a training checkpoint.")],
+    output: Annotated[str | None, typer.Option("--output", "-o", help="New prefix (default PREFIX-slim).")] = None,
+):
+    """Keep fc1_output, drop fc7*: write PREFIX-slim-symbol.json and -0000.params (the training symbol stays)."""
+    from mfnpatch.convert import slim
+
+    sym, params = slim(checkpoint, output)
+    out.print(f"wrote {escape(str(sym))} and {escape(str(params))}")
+    return EXIT_OK
+
+
+@convert_app.command("ncnn")
+def convert_ncnn_cmd(
+    checkpoint: Annotated[str, typer.Argument(help="PREFIX,EPOCH (a training or slim checkpoint).")],
+    output: Annotated[Path, typer.Option("--output", "-o", help="Directory for the converted models.")],
+    verify_after: Annotated[
+        bool, typer.Option("--verify", help="Then verify all engines (writes verify.json).")
+    ] = False,
+    as_json: JsonOpt = False,
+):
+    """MXNet -> ONNX -> ncnn (pnnx, BatchNorm folded), plus the unfolded ncnn model the seed's mxnet2ncnn made."""
+    from mfnpatch.convert import convert_ncnn
+
+    CTX.json = as_json
+    if as_json:
+        r = convert_ncnn(checkpoint, output, verify_after=verify_after)
+    else:
+        with err.status("converting …") as st:
+            r = convert_ncnn(checkpoint, output, verify_after=verify_after, on_step=lambda s: st.update(escape(s)))
+    code = EXIT_OK if not r.verify or r.verify["passed"] else 1
+    if as_json:
+        from dataclasses import asdict
+
+        emit_json(asdict(r) | {"exit_code": code})
+        return code
+    out.print(f"[green]converted[/] {escape(checkpoint)} -> {escape(str(output))} in {r.seconds:.1f} s")
+    out.print(
+        f"  ONNX      {escape(r.onnx)} (fixes: {len(r.fixes)}; onnxruntime vs MXNet cosine "
+        f"{r.onnx_check['min_cosine']:.7f})"
+    )
+    for label, m in (("folded", r.folded), ("unfolded", r.unfolded)):
+        layers = sum(m["layers"].values())
+        out.print(f"  ncnn {label:8s} {escape(m['param'])}: {layers} layers, {m['batchnorm']} BatchNorm")
+    if r.verify:
+        _print_verify(r.verify)
+    return code
+
+
+def _print_verify(v: dict) -> None:
+    for engine, c in v["engines"].items():
+        ok = c["min_cosine"] >= v["threshold"]
+        out.print(
+            f"  {'[green]ok[/]  ' if ok else '[red]FAIL[/]'} {engine:14s} cosine min {c['min_cosine']:.7f}, "
+            f"max |diff| {c['max_abs_diff']:.3g} (values up to {c['max_abs_value']:.3g})"
+        )
+    verdict = "[green]PASS[/]" if v["passed"] else "[red]FAIL[/]"
+    out.print(
+        f"{verdict}: {v['inputs']} inputs ({v['face_like']} face-like, {v['inputs'] - v['face_like']} noise), "
+        f"every engine cosine >= {v['threshold']}: min {v['min_cosine']:.7f}"
+    )
+
+
+@convert_app.command("verify")
+def convert_verify(
+    model_dir: Annotated[Path, typer.Argument(help="A directory made by mfnpatch convert ncnn.")],
+    inputs: Annotated[int, typer.Option("--inputs", min=8, help="How many inputs (face-like and noise).")] = 10,
+    as_json: JsonOpt = False,
+):
+    """Embeddings of MXNet, onnxruntime and both ncnn models on the same inputs: cosine >= 0.9999 each."""
+    from dataclasses import asdict
+
+    from mfnpatch.convert import verify as do_verify
+
+    CTX.json = as_json
+    v = asdict(do_verify(model_dir, inputs))
+    code = EXIT_OK if v["passed"] else 1
+    if as_json:
+        emit_json(v | {"exit_code": code})
+        return code
+    _print_verify(v)
+    return code
+
+
+@app.command("bench")
+def bench_cmd(
+    model_dir: Annotated[Path, typer.Argument(help="A directory made by mfnpatch convert ncnn.")],
+    threads: Annotated[str, typer.Option("--threads", help="Thread counts, comma separated.")] = "1,2",
+    loops: Annotated[int, typer.Option("--loops", min=1, help="Timed runs per engine and thread count.")] = 20,
+    warmup: Annotated[int, typer.Option("--warmup", min=0, help="Untimed runs first.")] = 3,
+    as_json: JsonOpt = False,
+):
+    """benchncnn-style latency (min/max/avg ms, batch 1): ncnn folded and unfolded, onnxruntime, MXNet.
+
+    Writes MODEL_DIR/bench.json; shows the seed's Snapdragon 625 numbers and this machine's FLOP bound.
+    """
+    from dataclasses import asdict
+
+    from mfnpatch.bench import bench, table
+
+    CTX.json = as_json
+    try:
+        counts = [int(t) for t in threads.split(",") if t.strip()]
+    except ValueError:
+        raise MfnError(f"--threads {threads!r}: write thread counts like 1,2") from None
+    with err.status("benchmarking …"):
+        res = bench(model_dir, counts, loops, warmup)
+    if as_json:
+        emit_json(asdict(res))
+        return EXIT_OK
+    sys.stdout.write(table(res) + "\n")
+    return EXIT_OK
 
 
 def _show(x) -> str:

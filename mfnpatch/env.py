@@ -243,9 +243,11 @@ def lock_env(name: str) -> LockReport:
         kept = "kept the previous conda-lock.yml" if env.path(c.lock).is_file() else "no conda lock exists yet"
         unreachable = channels_unreachable(env.path(c.environment))
         if unreachable:
-            report.not_locked.append(f"{c.lock}: the conda channels are unreachable from this machine ({unreachable}); "
-                                     f"{kept}. The pip part above is locked; rerun mfnpatch env lock {name} where "
-                                     "the channels are reachable")
+            report.not_locked.append(
+                f"{c.lock}: the conda channels are unreachable from this machine ({unreachable}); "
+                f"{kept}. The pip part above is locked; rerun mfnpatch env lock {name} where "
+                "the channels are reachable"
+            )
             return report
         tmp = env.path(f".{c.lock}.new")
         cmd = [exe, "lock", "--file", c.environment, "--virtual-package-spec", c.virtual_packages,

@@ -1,4 +1,5 @@
-"""Environments: manifests and locks, lock/create for real, the doctor on recorded nvidia-smi output and real ELF files."""
+"""Environments: manifests and locks, lock/create for real, the doctor on recorded nvidia-smi output and real
+ELF files."""
 
 from __future__ import annotations
 
@@ -10,12 +11,12 @@ import shutil
 import struct
 import subprocess
 import sys
-import tomllib
 import urllib.request
 import zipfile
 from pathlib import Path
 
 import pytest
+import tomllib
 
 from mfnpatch.env import (
     EnvError,
@@ -127,8 +128,9 @@ def _elf_with_fatbin(tmp_path: Path, blob: bytes | None) -> Path:
     lines = ["int answer(void) { return 42; }"]
     if blob is not None:
         data = ", ".join(str(b) for b in blob)
-        lines.insert(0, f'__attribute__((section(".nv_fatbin"), used, aligned(8))) '
-                        f"const unsigned char fatbin[] = {{{data}}};")
+        lines.insert(
+            0, f'__attribute__((section(".nv_fatbin"), used, aligned(8))) const unsigned char fatbin[] = {{{data}}};'
+        )
     src.write_text("\n".join(lines) + "\n")
     out = tmp_path / ("libk.so" if blob is not None else "libplain.so")
     subprocess.run(["gcc", "-shared", "-fPIC", "-o", str(out), str(src)], check=True)
@@ -158,8 +160,10 @@ def test_the_cpu_wheels_libmxnet_has_no_gpu_code():
     assert not info.has_section and info.containers == 0
 
 
-@pytest.mark.skipif(not os.environ.get("MFNPATCH_CU101_WHEEL"), reason="set MFNPATCH_CU101_WHEEL to the mxnet-cu101 "
-                    "1.9.1 wheel (360 MB) to read its real libmxnet.so")
+@pytest.mark.skipif(
+    not os.environ.get("MFNPATCH_CU101_WHEEL"),
+    reason="set MFNPATCH_CU101_WHEEL to the mxnet-cu101 1.9.1 wheel (360 MB) to read its real libmxnet.so",
+)
 def test_the_real_cu101_wheel(tmp_path):
     with zipfile.ZipFile(os.environ["MFNPATCH_CU101_WHEEL"]) as z:
         z.extract("mxnet/libmxnet.so", tmp_path)
@@ -191,11 +195,17 @@ def fake_smi(tmp_path: Path, query: str | None = None, *, rc: int = 0, old_drive
     exe = tmp_path / "nvidia-smi"
     script = "#!/bin/sh\n"
     if rc:
-        script += ('echo "NVIDIA-SMI has failed because it couldn\'t communicate with the NVIDIA driver. '
-                   'Make sure that the latest NVIDIA driver is installed and running."\n' f"exit {rc}\n")
+        script += (
+            "echo \"NVIDIA-SMI has failed because it couldn't communicate with the NVIDIA driver. "
+            'Make sure that the latest NVIDIA driver is installed and running."\n'
+            f"exit {rc}\n"
+        )
     elif old_driver:
-        script += ('case "$*" in *compute_cap*) echo \'Field "compute_cap" is not a valid field to query.\'; exit 2;; '
-                   "esac\n" f"cat <<'EOF'\n{query}\nEOF\n")
+        script += (
+            'case "$*" in *compute_cap*) echo \'Field "compute_cap" is not a valid field to query.\'; exit 2;; '
+            "esac\n"
+            f"cat <<'EOF'\n{query}\nEOF\n"
+        )
     else:
         script += f"cat <<'EOF'\n{query}\nEOF\n"
     exe.write_text(script)
@@ -228,8 +238,10 @@ def gpu_envs(tmp_path, monkeypatch):
     """Environments whose locks hold only what this interpreter has, so the doctor's verdict rests on the GPU."""
     root = tmp_path / "envs"
     pytest_version = importlib.metadata.version("pytest")
-    for name, cuda, archs, package in (("gpu101", "10.1", [30, 50, 60, 70, 75], "mxnet-cu101"),
-                                        ("cpuish", None, [], "mxnet")):
+    for name, cuda, archs, package in (
+        ("gpu101", "10.1", [30, 50, 60, 70, 75], "mxnet-cu101"),
+        ("cpuish", None, [], "mxnet"),
+    ):
         d = root / name
         d.mkdir(parents=True)
         (d / "pip.in").write_text("pytest\n")
@@ -305,8 +317,10 @@ def _wheel(tmp_path: Path, name: str = "mfnfixture", version: str = "1.0") -> Pa
         f'[project]\nname = "{name}"\nversion = "{version}"\n'
     )
     out = tmp_path / "wheels"
-    subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation", "-w", str(out),
-                    str(src)], check=True)
+    subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation", "-w", str(out), str(src)],
+        check=True,
+    )
     return next(out.glob(f"{name}-{version}-*.whl"))
 
 
@@ -336,8 +350,9 @@ def test_create_from_a_lock_offline(tmp_path, monkeypatch):
     create_env(name, prefix, find_links=wheels, offline=True)
     marker = json.loads((prefix / "mfnpatch-env.json").read_text())
     assert marker["name"] == "local" and not (prefix / ".mfnpatch-incomplete").exists()
-    out = subprocess.run([str(prefix / "bin/python"), "-c", "import mfnfixture; print(mfnfixture.VALUE)"],
-                         capture_output=True, text=True)
+    out = subprocess.run(
+        [str(prefix / "bin/python"), "-c", "import mfnfixture; print(mfnfixture.VALUE)"], capture_output=True, text=True
+    )
     assert out.stdout.strip() == "1"
     doc = check(None, prefix)  # the name comes from the marker
     lock = next(f for f in doc.findings if f.what == "lock")
