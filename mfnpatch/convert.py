@@ -144,6 +144,14 @@ def _fix_gamma(node: dict) -> bool:
     return str(node.get("attrs", {}).get("fix_gamma", "True")).lower() in ("true", "1")
 
 
+def param_inputs(g: dict, n: dict) -> list[str]:
+    """The names of a node's parameter inputs in MXNet's order (Convolution/FullyConnected: weight, bias;
+    BatchNorm: gamma, beta, moving_mean, moving_var; PReLU: gamma). Taken from the graph, not made from
+    the node's name: the pinned fmobilefacenet.py feeds pre_fc1 a variable named fc1_weight."""
+    nodes = g["nodes"]
+    return [nodes[s]["name"] for s, _, _ in n["inputs"] if nodes[s]["op"] == "null" and nodes[s]["name"] != "data"]
+
+
 def prepare_for_onnx(sym, arg, aux, *, fixes=("flatten", "fix_gamma")):
     """The symbol and params the exporter gets: FC flatten=True, fix_gamma BatchNorm gamma = 1."""
     mx = _mx()
@@ -156,7 +164,7 @@ def prepare_for_onnx(sym, arg, aux, *, fixes=("flatten", "fix_gamma")):
                 n["attrs"]["flatten"] = "True"
                 applied.append(f"{n['name']}: flatten=True")
         if n["op"] == "BatchNorm" and _fix_gamma(n) and "fix_gamma" in fixes:
-            name = f"{n['name']}_gamma"
+            name = param_inputs(g, n)[0]
             if name in arg:
                 arg[name] = mx.nd.ones(arg[name].shape)
                 applied.append(f"{n['name']}: fix_gamma, gamma exported as 1")
@@ -230,6 +238,13 @@ class NcnnWriter:
         if name not in self.params:
             raise ConvertError(f"parameter {name} is not in the params file")
         return self.params[name].astype("float32")
+
+    def _param(self, n: dict, k: int, role: str):
+        """The k-th parameter input of node n (its weight, gamma, ...)."""
+        names = param_inputs(self.g, n)
+        if k >= len(names):
+            raise ConvertError(f"node {n['name']} ({n['op']}) has no {role} input in the symbol")
+        return self._weights(names[k])
 
     def _raw(self, a) -> None:  # ModelBin type 1: raw float32
         self.bin += a.astype("<f4").tobytes()
@@ -308,7 +323,7 @@ class NcnnWriter:
                 d = _tuple(_attr(n, "dilate"), (1, 1))
                 nf, group = int(_attr(n, "num_filter")), int(_attr(n, "num_group", "1"))
                 no_bias = str(_attr(n, "no_bias", "False")).lower() in ("true", "1")
-                w = self._weights(f"{name}_weight")
+                w = self._param(n, 0, "weight")
                 kind = "ConvolutionDepthWise" if group > 1 else "Convolution"
                 prm = (
                     f"0={nf} 1={k[1]} 11={k[0]} 2={d[1]} 12={d[0]} 3={s[1]} 13={s[0]} 4={p[1]} 14={p[0]} "
@@ -317,11 +332,11 @@ class NcnnWriter:
                 emit(kind, name, ins, [name], prm)
                 self._tagged(w)
                 if not no_bias:
-                    self._raw(self._weights(f"{name}_bias"))
+                    self._raw(self._param(n, 1, "bias"))
             elif op == "BatchNorm":
-                mean, var = self._weights(f"{name}_moving_mean"), self._weights(f"{name}_moving_var")
-                gamma = np.ones_like(mean) if _fix_gamma(n) else self._weights(f"{name}_gamma")
-                beta = self._weights(f"{name}_beta")
+                mean, var = self._param(n, 2, "moving_mean"), self._param(n, 3, "moving_var")
+                gamma = np.ones_like(mean) if _fix_gamma(n) else self._param(n, 0, "gamma")
+                beta = self._param(n, 1, "beta")
                 eps = float(_attr(n, "eps", "0.001"))
                 emit("BatchNorm", name, ins, [name], f"0={mean.size} 1={eps:.9g}")
                 for a in (gamma, mean, var, beta):
@@ -329,7 +344,7 @@ class NcnnWriter:
             elif op == "LeakyReLU":
                 act = _attr(n, "act_type", "leaky")
                 if act == "prelu":
-                    slope = self._weights(f"{name}_gamma")
+                    slope = self._param(n, 0, "gamma")
                     emit("PReLU", name, ins, [name], f"0={slope.size}")
                     self._raw(slope)
                 elif act == "leaky":
@@ -349,11 +364,11 @@ class NcnnWriter:
             elif op == "FullyConnected":
                 nh = int(_attr(n, "num_hidden"))
                 no_bias = str(_attr(n, "no_bias", "False")).lower() in ("true", "1")
-                w = self._weights(f"{name}_weight")
+                w = self._param(n, 0, "weight")
                 emit("InnerProduct", name, ins, [name], f"0={nh} 1={0 if no_bias else 1} 2={w.size}")
                 self._tagged(w)
                 if not no_bias:
-                    self._raw(self._weights(f"{name}_bias"))
+                    self._raw(self._param(n, 1, "bias"))
             elif op == "Pooling":
                 if str(_attr(n, "global_pool", "False")).lower() not in ("true", "1"):
                     raise ConvertError(f"unsupported op Pooling without global_pool (node {name})")

@@ -594,7 +594,8 @@ def _compare(cid, label, got, op, value, tol, required, group, note="") -> Check
         ok = abs(g - v) <= (tol or 0) + 1e-12
     else:
         raise MfnError(f"expectation op {op!r} does not apply to {label}")
-    text = f"{label}: {got if not isinstance(got, float) else round(got, 6)}, expected {_expected_text(op, value, tol)}"
+    shown = f"{got:.7g}" if isinstance(got, float) else got
+    text = f"{label}: {shown}, expected {_expected_text(op, value, tol)}"
     return Check(
         cid,
         "pass" if ok else "fail",

@@ -677,7 +677,7 @@ def expand(
         stages.append(
             PlannedStage(
                 name=sname,
-                title=st.title,
+                title=scope.render(st.title),
                 kind=st.kind,
                 skipped=skipped,
                 cwd=st.cwd,

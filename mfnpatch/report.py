@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import shlex
 import tempfile
 from pathlib import Path
@@ -224,6 +225,27 @@ def run_markdown(run_dir: Path, rec) -> str:
                     lines += [f"![{s.name} accuracy]({png.name})", ""]
             except MfnError as e:
                 lines += [f"(no plot: {e.message})", ""]
+        if s.kind == "tool" and s.status == "done" and s.log and (run_dir / s.log).is_file():
+            # a tool stage's output is its result (the bench table, the conversion summary): show its end
+            out = _tail_text(run_dir / s.log, TOOL_OUTPUT_LINES)
+            if out:
+                lines += ["```", *out, "```", ""]
         if s.log:
             lines += [f"Log: [{s.log}]({s.log})", ""]
     return "\n".join(lines) + "\n"
+
+
+TOOL_OUTPUT_LINES = 30
+_ENGINE_CHATTER = re.compile(r"\[\d\d:\d\d:\d\d\] \S+:\d+: ")
+
+
+def _tail_text(path: Path, n: int) -> list[str]:
+    """The last n lines of a log, without MXNet's timestamped engine messages."""
+    with open(path, "rb") as f:
+        f.seek(0, 2)
+        f.seek(max(0, f.tell() - 64 * 1024))
+        text = f.read().decode("utf-8", "replace")
+    keep = [ln.rstrip() for ln in text.splitlines() if not _ENGINE_CHATTER.match(ln)]
+    while keep and not keep[-1]:
+        keep.pop()
+    return [ln.replace("`" * 3, "` ` `") for ln in keep[-n:]]

@@ -57,7 +57,9 @@ def mobilefacenet(mx, emb: int = 128, classes: int | None = None, width: int = 1
     x = _residuals(mx, x, "res_5", 128 * width, 2, 2)
     x = _conv(mx, x, "conv_6sep", 512)
     x = _conv(mx, x, "conv_6dw7_7", 512, kernel=7, group=512, act=False)
-    x = mx.sym.FullyConnected(x, num_hidden=emb, name="pre_fc1")
+    # as the pinned fmobilefacenet.py: the weight variable is fc1_weight, the op (and its bias) pre_fc1
+    w1 = mx.sym.Variable("fc1_weight", shape=(emb, 512), lr_mult=1.0, wd_mult=10.0)
+    x = mx.sym.FullyConnected(x, weight=w1, num_hidden=emb, name="pre_fc1")
     fc1 = mx.sym.BatchNorm(x, fix_gamma=True, eps=2e-5, momentum=BN_MOMENTUM[0], name="fc1")
     if classes is None:
         return fc1
@@ -92,7 +94,7 @@ def random_params(mx, sym, seed: int = 0, fix_gamma_value: float = 0.0):
     # (MXNet 1.9 updates them in the backward pass).
     BN_MOMENTUM[0] = 0.0
     try:
-        calib = mobilefacenet(mx, emb=arg["pre_fc1_weight"].shape[0])
+        calib = mobilefacenet(mx, emb=arg["fc1_weight"].shape[0])
     finally:
         BN_MOMENTUM[0] = 0.9
     images = mx.nd.array(rng.uniform(0, 255, (16, 3, 112, 112)).astype(np.float32))

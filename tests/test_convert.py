@@ -50,7 +50,7 @@ def test_slim_keeps_the_training_symbol(checkpoint, cli, mx):
     assert _sha(f"{prefix}-symbol.json") == before
     sym, arg, aux = mx.model.load_checkpoint(f"{prefix}-slim", 0)
     assert sym.list_outputs() == ["fc1_output"]
-    assert not any(k.startswith("fc7") for k in arg) and "pre_fc1_weight" in arg
+    assert not any(k.startswith("fc7") for k in arg) and "fc1_weight" in arg and "pre_fc1_bias" in arg
     r = cli("convert", "slim", checkpoint, "-o", prefix)
     assert r.code == 1 and "its training symbol would be lost" in r.err
 

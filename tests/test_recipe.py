@@ -66,8 +66,14 @@ def test_smoke_profile_is_data():
     assert plan.environment == "cpu" and plan.patches == "mfn,py3"
     sm = plan.stage("softmax")
     assert sm.env == {"CUDA_VISIBLE_DEVICES": "", "OMP_NUM_THREADS": "2"}
-    assert sm.argv[-2:] == ["--verbose", "20"] and "--per-batch-size" in sm.argv
+    assert sm.argv[-2:] == ["--verbose", "21"] and "--per-batch-size" in sm.argv
     assert sm.argv[sm.argv.index("--per-batch-size") + 1] == "16"
+    # the arithmetic that makes the smoke checks measurable: Speedometer prints at batch 20 of each epoch
+    # (step 21 of epoch 0, step bpe + 21 of epoch 1); both must come before the stop at checkpoint 2
+    data = plan.stage("data").argv
+    images = int(data[data.index("--ids") + 1]) * int(data[data.index("--per-id") + 1])
+    bpe, stop_step = images // 16, 2 * 21
+    assert images % 16 == 0 and 21 <= bpe and bpe + 21 <= stop_step
     assert sm.argv[sm.argv.index("--data-dir") + 1] == "/r/data"
     assert [plan.stage(n).stop for n in MAY16_TRAINING] == [("checkpoint", 2)] * 3
     assert plan.stage("data").skipped is None

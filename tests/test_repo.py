@@ -37,3 +37,14 @@ def test_ci_and_quickstart_install_the_cpu_lock():
         text = script.read_text()
         assert "--require-hashes -r envs/cpu/requirements.lock" in text, script
         assert "--require-hashes --no-deps -r envs/cpu/nodeps.lock" in text, script
+
+
+def test_quickstart_runs_the_smoke_recipe_and_checks_its_arguments():
+    import subprocess
+
+    text = (ROOT / "quickstart.sh").read_text()
+    assert "recipe run may16 --profile smoke" in text and "apply --commit 4bc8132" in text
+    bad = subprocess.run([str(ROOT / "quickstart.sh"), "--sorce", "x"], capture_output=True, text=True)
+    assert bad.returncode == 64 and "unknown argument --sorce" in bad.stderr
+    ok = subprocess.run([str(ROOT / "quickstart.sh"), "--help"], capture_output=True, text=True)
+    assert ok.returncode == 0 and "--source" in ok.stdout

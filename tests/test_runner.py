@@ -271,3 +271,18 @@ def _pids_running(needle: str) -> list[int]:
             except OSError:
                 pass
     return out
+
+
+def test_env_prefix_is_where_the_stages_run(cli, runfx, tmp_path):
+    """--env-prefix puts the environment's bin/ first on the stages' PATH: `python` is its python."""
+    prefix = tmp_path / "someenv"
+    (prefix / "bin").mkdir(parents=True)
+    (prefix / "bin" / "python").symlink_to(sys.executable)
+    text = runfx.recipe.read_text().replace('python: {default: "${python_exe}"}', "python: {default: python}")
+    runfx.recipe.write_text(text)
+    r = run(cli, runfx, "--env-prefix", prefix)
+    assert r.code == 0, r.err
+    d = r.json()
+    assert d["environment"]["prefix"] == str(prefix)
+    assert d["environment"]["interpreter"]["path"] == str(prefix / "bin" / "python")
+    assert d["stages"][1]["argv"][0] == "python"

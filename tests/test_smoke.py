@@ -1,0 +1,141 @@
+"""The whole may16 recipe for real on the CPU: the smoke profile, end to end, on the real pinned and patched
+InsightFace code (about 8 minutes on 2 cores). Needs MFNPATCH_UPSTREAM and the cpu environment (MXNet,
+onnx, ncnn, pnnx) in the interpreter that runs the tests."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+UPSTREAM = os.environ.get("MFNPATCH_UPSTREAM", "")  # read before the per-test isolation hides it
+pytestmark = [pytest.mark.upstream, pytest.mark.slow]  # conftest skips upstream tests, with the reason, without it
+
+TRAINING = ("softmax", "arcface", "finetune")
+TARGETS = ("lfw", "cfp_fp", "agedb_30")
+
+
+def mfnpatch(*args, cwd: Path, timeout: int = 1800) -> subprocess.CompletedProcess:
+    env = {**os.environ, "MFNPATCH_UPSTREAM": UPSTREAM, "MFNPATCH_CACHE": str(cwd / "cache")}
+    return subprocess.run(
+        [sys.executable, "-m", "mfnpatch", *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout
+    )
+
+
+@pytest.fixture(scope="module")
+def smoke(tmp_path_factory):
+    work = tmp_path_factory.mktemp("smoke")
+    p = mfnpatch("recipe", "run", "may16", "--profile", "smoke", "--tree", "insightface", "--run-dir", "run", cwd=work)
+    return work, work / "run", p
+
+
+def test_every_stage_passes(smoke):
+    work, run, p = smoke
+    assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
+    assert f"report: {run / 'report.md'}" in p.stdout
+    rec = json.loads((run / "record.json").read_text())
+    stages = {s["name"]: s for s in rec["stages"]}
+    assert list(stages) == ["data", "softmax", "arcface", "finetune", "slim", "convert", "bench"]
+    for name, s in stages.items():
+        assert s["status"] == "done", (name, s["ended"])
+        assert s["checks"] and all(c["verdict"] == "pass" for c in s["checks"]), (name, s["checks"])
+    assert [(x["name"], x["version"]) for x in rec["patches"]] == [("mfn", 1), ("py3", 1)]
+    assert rec["environment"]["name"] == "cpu"
+
+
+def test_training_stages_stop_as_planned_and_hand_over_checkpoints(smoke):
+    _, run, _ = smoke
+    stages = {s["name"]: s for s in json.loads((run / "record.json").read_text())["stages"]}
+    for name in TRAINING:
+        s = stages[name]
+        assert s["ended"] == "stopped at checkpoint 2 (planned), by mfnpatch"
+        m = s["metrics"]
+        assert m["python"] == 3 and m["unknown_lines"] == 0  # the py3 set ran; every line of a real log parsed
+        assert set(m["checkpoints"]) == {"1", "2"} and m["checkpoints"]["2"]["step"] == 42
+        for t in TARGETS:
+            assert m["targets"][t]["rounds"] == 2
+    # hand-over resolved from the logs: each stage starts from the previous one's checkpoint 2
+    assert stages["arcface"]["inputs"]["pretrained"].endswith("model-y1-softmax,2")
+    assert stages["finetune"]["inputs"]["pretrained"].endswith("model-y1-arcface,2")
+    assert stages["slim"]["inputs"]["model"].endswith("model-y1-finetune,2")
+    # learnable data: training accuracy rises and the final synthetic LFW is at least 0.9
+    soft = {c["id"]: c for c in stages["softmax"]["checks"]}
+    assert soft["train_acc rises"]["verdict"] == "pass"
+    assert stages["finetune"]["metrics"]["targets"]["lfw"]["last"] >= 0.9
+
+
+def test_files_models_and_report(smoke):
+    _, run, _ = smoke
+    for f in ("property", "train.rec", "train.idx", "lfw.bin", "cfp_fp.bin", "agedb_30.bin"):
+        assert (run / "data" / f).is_file()
+    models = run / "models"
+    for stage, prefix in (
+        ("softmax", "model-y1-softmax"),
+        ("arcface", "model-y1-arcface"),
+        ("finetune", "model-y1-finetune"),
+    ):
+        assert (models / f"{prefix}-0002.params").is_file() and (run / "stages" / f"{stage}.log").is_file()
+    # slim: the real model_slim.py dropped fc7 on a copy; the training symbol still has it
+    slim = json.loads((models / "deploy" / "model-y1-arcface-symbol.json").read_text())
+    assert not any(n["name"].startswith("fc7") for n in slim["nodes"])
+    train = json.loads((models / "model-y1-finetune-symbol.json").read_text())
+    assert any(n["name"] == "fc7" for n in train["nodes"])
+    ncnn = models / "ncnn"
+    for f in ("mobilefacenet.param", "mobilefacenet.bin", "unfolded/mobilefacenet.param", "model.onnx"):
+        assert (ncnn / f).is_file()
+    verify = json.loads((ncnn / "verify.json").read_text())
+    assert verify["min_cosine"] >= 0.9999
+    bench = json.loads((ncnn / "bench.json").read_text())
+    assert len(bench["rows"]) >= 2 and all(r["avg"] > 0 for r in bench["rows"])
+    report = (run / "report.md").read_text()
+    assert report.startswith("# Run run: PASSED")
+    assert "![softmax accuracy](curves-softmax.png)" in report and (run / "curves-softmax.png").stat().st_size > 1000
+    assert "ncnn folded" in report and "FLOP bound" in report  # the bench table is in the report
+
+
+def test_log_commands_on_the_real_cpu_logs(smoke):
+    work, run, _ = smoke
+    s = mfnpatch("log", "summary", str(run / "stages" / "softmax.log"), "--json", cwd=work)
+    assert s.returncode == 0, s.stderr
+    d = json.loads(s.stdout)
+    assert d["python"] == 3 and d["unknown_lines"] == 0 and len(d["train_curve"]) == 2
+    # the softmax log against itself with the patch sets: fc7 without bias is read from the real checkpoint
+    v = mfnpatch(
+        "verify",
+        "--log",
+        str(run / "stages" / "softmax.log"),
+        "--reference",
+        str(run / "stages" / "softmax.log"),
+        "--patches",
+        "mfn,py3",
+        cwd=work,
+    )
+    assert v.returncode == 0, v.stdout + v.stderr
+    assert "0001-fc7-no-bias.patch" in v.stdout and "absent" in v.stdout
+    # against the blog's ArcFace log: a 42-step synthetic run is not the seed's result, and verify says so
+    ref = Path(__file__).resolve().parents[1] / "recipes" / "references" / "seed-2018-05-09-arcface-test2.log"
+    v = mfnpatch("verify", "--log", str(run / "stages" / "arcface.log"), "--reference", str(ref), cwd=work)
+    assert v.returncode == 1 and "best lfw" in v.stdout
+
+
+def test_resume_reuses_every_stage(smoke):
+    work, run, _ = smoke
+    p = mfnpatch(
+        "recipe",
+        "run",
+        "may16",
+        "--profile",
+        "smoke",
+        "--tree",
+        "insightface",
+        "--resume",
+        "run",
+        cwd=work,
+        timeout=600,
+    )
+    assert p.returncode == 0, p.stdout + p.stderr
+    assert p.stderr.count("reused ") == 7 and "PASSED" in p.stdout
