@@ -43,7 +43,7 @@ Start here:
   mfnpatch recipe plan may16                      the exact commands of the seed's final plan
   mfnpatch log summary train.log                  what a training log says
   mfnpatch verify --log train.log --reference seed-2018-05-09-arcface-test2
-  mfnpatch env doctor                             can this machine run the recipes, and with what
+  mfnpatch env check cu101                        the doctor: can this machine run that environment
   mfnpatch convert ncnn PREFIX,EPOCH -o out --verify   a checkpoint to ncnn, checked against MXNet
 
 \b
@@ -1099,6 +1099,7 @@ def env_create(
     return EXIT_OK if doc.can_run else 1
 
 
+@env_app.command("doctor", hidden=True)  # the same command under the name users reach for
 @env_app.command("check")
 def env_check(
     name: Annotated[
