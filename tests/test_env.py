@@ -160,15 +160,18 @@ def test_the_cpu_wheels_libmxnet_has_no_gpu_code():
     assert not info.has_section and info.containers == 0
 
 
-@pytest.mark.skipif(
-    not os.environ.get("MFNPATCH_CU101_WHEEL"),
-    reason="set MFNPATCH_CU101_WHEEL to the mxnet-cu101 1.9.1 wheel (360 MB) to read its real libmxnet.so",
-)
-def test_the_real_cu101_wheel(tmp_path):
-    with zipfile.ZipFile(os.environ["MFNPATCH_CU101_WHEEL"]) as z:
+@pytest.mark.parametrize("name,size", [("cu101", "360 MB"), ("cu112", "500 MB")])
+def test_the_real_gpu_wheels_match_their_manifests(name, size, tmp_path):
+    """The kernel lists in envs/NAME/env.yaml are what the real wheel's libmxnet.so holds."""
+    var = f"MFNPATCH_{name.upper()}_WHEEL"
+    if not os.environ.get(var):
+        pytest.skip(f"set {var} to the mxnet-{name} 1.9.1 wheel ({size}) to read its real libmxnet.so")
+    with zipfile.ZipFile(os.environ[var]) as z:
         z.extract("mxnet/libmxnet.so", tmp_path)
     info = fatbin_archs(tmp_path / "mxnet/libmxnet.so")
-    assert info.containers == 198 and info.sass == {30: 198, 50: 198, 60: 198, 70: 198, 75: 198} and info.ptx == {}
+    spec = load_env(name).spec
+    assert info.containers == 198 and info.ptx == {} and spec.mxnet.ptx == []
+    assert sorted(info.sass) == spec.mxnet.gpu_archs and set(info.sass.values()) == {198}
 
 
 @pytest.mark.parametrize(
