@@ -22,6 +22,7 @@ import os
 import shutil
 import struct
 import subprocess
+import tempfile
 import time
 from collections import Counter
 from dataclasses import asdict, dataclass, field
@@ -473,15 +474,60 @@ class ConvertResult:
     verify: dict | None = None
 
 
+def _check_output_dir(out_dir: Path) -> None:
+    """-o may be new, empty, or an earlier conversion (which is replaced whole); nothing else."""
+    if out_dir.exists() and not out_dir.is_dir():
+        raise ConvertError(f"{out_dir} is a file", hint="give a directory for -o")
+    if out_dir.is_dir() and any(out_dir.iterdir()) and not (out_dir / "convert.json").is_file():
+        raise ConvertError(
+            f"{out_dir} is not empty and holds no earlier conversion (no convert.json); not writing into it",
+            hint="give a new or empty directory for -o",
+        )
+
+
+def _relocate(x, old: str, new: str):
+    if isinstance(x, str):
+        return new + x[len(old) :] if x == old or x.startswith(old + os.sep) else x
+    if isinstance(x, dict):
+        return {k: _relocate(v, old, new) for k, v in x.items()}
+    if isinstance(x, list | tuple):
+        return type(x)(_relocate(v, old, new) for v in x)
+    return x
+
+
 def convert_ncnn(spec: str, out_dir: Path, *, verify_after: bool = False, on_step=None) -> ConvertResult:
+    """Convert into a staging directory beside ``out_dir`` and swap it into place at the end: a failed or
+    interrupted conversion leaves ``out_dir`` as it was."""
+    out_dir = Path(out_dir).absolute()
+    _check_output_dir(out_dir)
+    load_checkpoint(spec)  # a bad checkpoint fails before anything is made
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    stage = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.converting-", dir=out_dir.parent))
+    try:
+        result = _convert_into(spec, stage, verify_after=verify_after, on_step=on_step)
+        result = ConvertResult(**_relocate(asdict(result), str(stage), str(out_dir)))
+        atomic_write_json(stage / "convert.json", asdict(result))
+        if result.verify:
+            atomic_write_json(stage / "verify.json", result.verify)
+        old = None
+        if out_dir.exists():
+            old = out_dir.parent / f".{out_dir.name}.replaced-{os.getpid()}"
+            os.rename(out_dir, old)
+        os.rename(stage, out_dir)
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
+        return result
+    finally:
+        shutil.rmtree(stage, ignore_errors=True)
+
+
+def _convert_into(spec: str, out_dir: Path, *, verify_after: bool, on_step) -> ConvertResult:
     t0 = time.perf_counter()
     say = on_step or (lambda s: None)
     mx = _mx()
-    out_dir = Path(out_dir)
     sym, arg, aux = load_checkpoint(spec)
     sym, arg = slim_symbol(sym, arg)
     check_input_shape(sym, arg)
-    out_dir.mkdir(parents=True, exist_ok=True)
     say("saving the slim MXNet model")
     tmp = out_dir / ".mxnet-0000.params.tmp"
     mx.nd.save(str(tmp), {**{f"arg:{k}": v for k, v in arg.items()}, **{f"aux:{k}": v for k, v in aux.items()}})
@@ -519,7 +565,6 @@ def convert_ncnn(spec: str, out_dir: Path, *, verify_after: bool = False, on_ste
         say("verifying MXNet, onnxruntime and both ncnn models on the same inputs")
         result.verify = asdict(verify(out_dir))
     result.seconds = round(time.perf_counter() - t0, 3)
-    atomic_write_json(out_dir / "convert.json", asdict(result))
     return result
 
 

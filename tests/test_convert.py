@@ -175,3 +175,33 @@ def test_bench_and_verify_need_a_converted_dir(cli, tmp_path):
     assert r.code == 1 and "not a converted model directory" in r.err and "mfnpatch convert ncnn" in r.err
     r = cli("convert", "verify", tmp_path)
     assert r.code == 1 and "not a converted model directory" in r.err
+
+
+def test_relative_output_and_a_failed_conversion_leaves_the_old_one(checkpoint, cli, tmp_path, monkeypatch):
+    """-o relative to the cwd works (pnnx runs elsewhere); a conversion that fails part way (here pnnx
+    exits 1) leaves the earlier conversion exactly as it was and no staging directory behind."""
+    monkeypatch.chdir(tmp_path)
+    r = cli("convert", "ncnn", checkpoint, "-o", "out")
+    assert r.code == 0, r.err
+    before = {p.name: _sha(p) for p in (tmp_path / "out").iterdir() if p.is_file()}
+    assert "convert.json" in before and json.loads((tmp_path / "out/convert.json").read_text())["out_dir"] == str(
+        tmp_path / "out"
+    )
+    bad = tmp_path / "bin" / "pnnx"
+    bad.parent.mkdir()
+    bad.write_text("#!/bin/sh\necho 'pnnx: cannot read model' >&2\nexit 1\n")
+    bad.chmod(0o755)
+    monkeypatch.setattr("mfnpatch.convert.pnnx_binary", lambda: str(bad))
+    r = cli("convert", "ncnn", checkpoint, "-o", "out")
+    assert r.code == 1 and "pnnx failed" in r.err
+    assert {p.name: _sha(p) for p in (tmp_path / "out").iterdir() if p.is_file()} == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["bin", "out"]
+
+
+def test_refuses_a_directory_that_is_not_a_conversion(checkpoint, cli, tmp_path):
+    mine = tmp_path / "models"
+    mine.mkdir()
+    (mine / "notes.txt").write_text("keep me")
+    r = cli("convert", "ncnn", checkpoint, "-o", str(mine))
+    assert r.code == 1 and "not empty" in r.err and "new or empty directory" in r.err
+    assert [p.name for p in mine.iterdir()] == ["notes.txt"]
