@@ -203,6 +203,19 @@ def run_markdown(run_dir: Path, rec) -> str:
             lines += [f"The seed's command: `{' '.join(s.seed_command.split())}`", ""]
         if s.stands_in:
             lines += [f"Stands in for the seed's step: {s.stands_in}", ""]
+        for seg in s.segments:
+            lines += [
+                f"Segment {seg['index']}: resumed from checkpoint {seg['start_save']} (step {seg['start_step']}) "
+                f"at lr {seg['lr']:g}, lr steps shifted by {seg['start_step']}; its save k is the stage's "
+                f"{seg['start_save']} + k. {seg.get('ended') or 'running'}. Log: [{seg['log']}]({seg['log']})",
+                "",
+                "```",
+                f"cd {s.cwd} && {shlex.join(seg['argv'])}",
+                "```",
+                "",
+            ]
+        for note in s.notes:
+            lines += [f"Note: {note}.", ""]
         if s.inputs:
             lines += ["Inputs: " + ", ".join(f"{k} = `{v}`" for k, v in s.inputs.items()), ""]
         t = (s.metrics or {}).get("targets") or {}
@@ -219,7 +232,9 @@ def run_markdown(run_dir: Path, rec) -> str:
         if s.kind == "train" and s.log and (run_dir / s.log).is_file():
             png = run_dir / f"curves-{s.name}.png"
             try:
-                summ = summarize(run_dir / s.log)
+                from mfnpatch.runner import stage_summary
+
+                summ = stage_summary(run_dir, s) or summarize(run_dir / s.log)
                 if summ.verifications or summ.train_curve:
                     plot_curves(summ, png, title=f"{rec.run_id}: {s.name}")
                     lines += [f"![{s.name} accuracy]({png.name})", ""]

@@ -30,12 +30,13 @@ from mfnpatch import __version__
 from mfnpatch.errors import Interrupted, MfnError
 from mfnpatch.expect import Check, evaluate_stage
 from mfnpatch.fsutil import atomic_write, atomic_write_json, sha256_bytes, sha256_file
-from mfnpatch.logs import CheckpointWritten, Event, LogParser, Speed, Summary, Verification, summarize
+from mfnpatch.logs import CheckpointSaved, CheckpointWritten, Event, LogParser, Speed, Summary, Verification, summarize
 from mfnpatch.recipe import LoadedRecipe, Plan, PlannedStage, expand, render_argv
+from mfnpatch.resume import DIFFERENCES, ResumeError, ResumePlan, Segment, merge, plan_resume, usable_checkpoints
 from mfnpatch.schema import Strict, validate
 
 RECORD = "record.json"
-Status = Literal["pending", "running", "done", "failed", "interrupted", "skipped"]
+Status = Literal["pending", "running", "done", "failed", "interrupted", "skipped", "cancelled"]
 TERM_GRACE = 15.0  # seconds between SIGTERM and SIGKILL
 PARSE_HZ = 10  # how often a running stage's new output is parsed
 
@@ -73,6 +74,10 @@ class StageRecord(Strict):
     passed: bool | None = None
     provenance: str | None = None
     provenance_parts: dict[str, str] = Field(default_factory=dict)
+    # resumed segments (1, 2, ...) of a training stage after an interruption: each continues from the last
+    # saved checkpoint with its own log and prefix (mfnpatch.resume); argv and log above are segment 0's
+    segments: list[dict] = Field(default_factory=list)
+    notes: list[str] = Field(default_factory=list)
 
 
 class RunRecord(Strict):
@@ -80,7 +85,7 @@ class RunRecord(Strict):
     run_id: str
     tool: str
     # incomplete: every stage that ran passed, but some were not run (--only, --from)
-    status: Literal["running", "passed", "failed", "interrupted", "incomplete"] = "running"
+    status: Literal["running", "passed", "failed", "interrupted", "incomplete", "cancelled"] = "running"
     started: str
     finished: str | None = None
     recipe: dict
@@ -181,6 +186,20 @@ def stage_metrics(s: Summary) -> dict:
         "ended": s.how_it_ended(),
         "unknown_lines": s.unknown_lines,
     }  # fmt: skip
+
+
+def stage_summary(run_dir: Path, srec: StageRecord) -> Summary | None:
+    """The stage's log summary, its resumed segments merged in (stage steps and save numbers)."""
+    if not srec.log or not (Path(run_dir) / srec.log).is_file():
+        return None
+    parts = [(summarize(Path(run_dir) / srec.log), Segment(0, srec.log))]
+    for seg in srec.segments:
+        p = Path(run_dir) / seg["log"]
+        if p.is_file():
+            parts.append(
+                (summarize(p), Segment(seg["index"], seg["log"], seg["prefix"], seg["start_step"], seg["start_save"]))
+            )
+    return merge(parts)
 
 
 def probe_python(python: str, env: dict[str, str]) -> dict:
@@ -393,9 +412,16 @@ class Runner:
                         hint="rerun it anyway with --force, or start a new run without --resume",
                     )
                 self.obs.note(f"stage {ps.name}: provenance changed ({'; '.join(changed)}); running it again (--force)")
+            resume = None
+            if self.opts.resume and srec.status in ("interrupted", "failed", "running", "cancelled"):
+                resume = self._resume_plan(ps, srec, run_dir, tree_root, key, parts)
+            if resume == "complete":
+                self._complete_from_segments(ps, srec, run_dir, tree_root)
+                write_record(run_dir, rec)
+                done[ps.name] = srec
+                continue
             self._check_input_files(ps, inputs, tree_root)
-            srec = self._execute(ps, rec, run_dir, tree_root, inputs)
-            srec.provenance, srec.provenance_parts = key, parts
+            srec = self._execute(ps, rec, run_dir, tree_root, inputs, resume, (key, parts))  # type: ignore[arg-type]
             write_record(run_dir, rec)
             done[ps.name] = srec
             if srec.status == "interrupted":
@@ -447,11 +473,15 @@ class Runner:
                     hint=f"run it first, or continue a run that has it: --resume RUN_DIR (status of {ref.stage}: "
                     f"{src.status})",
                 )
-            summary = summarize(run_dir / src.log)
+            summary = stage_summary(run_dir, src)
             number = self._pick_checkpoint(ref, summary, ps.name)
             prefix = self._outputs.get(ref.stage, {}).get("checkpoint")
             if prefix is None:
                 raise RunError(f"stage {ref.stage} declares no checkpoint output for {ps.name} to use")
+            c = summary.checkpoints.get(number, {}) if summary else {}
+            if c.get("segment"):  # saved by a resumed segment: its own prefix and save number
+                seg = next(x for x in src.segments if x["index"] == c["segment"])
+                prefix, number = seg["prefix"], c["number"]
             src_cwd = tree_root / self._cwd_of[ref.stage]
             same_cwd = self._cwd_of[ref.stage] == ps.cwd
             out[key] = f"{prefix if same_cwd else _abs_prefix(prefix, src_cwd)},{number}"
@@ -471,7 +501,9 @@ class Runner:
                     hint=f"the checkpoint files were moved or deleted; rerun stage {src}",
                 )
 
-    def _pick_checkpoint(self, ref, s: Summary, user: str) -> int:
+    def _pick_checkpoint(self, ref, s: Summary | None, user: str) -> int:
+        if s is None:
+            raise RunError(f"stage {user} needs a checkpoint of {ref.stage}, whose log is missing")
         saved = {n: c for n, c in s.checkpoints.items() if c.get("path") or c.get("step") is not None}
         have = f"it saved {_ranges(sorted(saved))}" if saved else "it saved none"
         if ref.checkpoint is not None:
@@ -510,44 +542,116 @@ class Runner:
 
     # -- one stage
 
+    def _resume_plan(self, ps, srec, run_dir, tree_root, key, parts) -> ResumePlan | str | None:
+        """How an interrupted or failed training stage continues: a resumed segment from its last saved
+        checkpoint, "complete" when it had already reached its stop point, None to run it from the start."""
+        if ps.kind != "train" or not srec.log:
+            return None
+        merged = stage_summary(run_dir, srec)
+        if merged is None or not merged.checkpoints:
+            return None
+        if srec.provenance and srec.provenance != key:
+            if self.opts.force:
+                self.obs.note(f"stage {ps.name}: provenance changed; running it again from its start (--force)")
+                return None
+            changed = [
+                f"{k}: {srec.provenance_parts.get(k, '(absent)')[:12]} -> {v[:12]}"
+                for k, v in parts.items()
+                if srec.provenance_parts.get(k) != v
+            ]
+            raise RunError(
+                f"stage {ps.name} stopped part way with a different provenance; refusing to continue it",
+                details=changed,
+                hint="run it again from its start with --force, or start a new run without --resume",
+            )
+        prefix0 = self._outputs.get(ps.name, {}).get("checkpoint") or ""
+        usable = usable_checkpoints(merged, prefix0, tree_root / ps.cwd)
+        if not usable:
+            return None
+        if ps.stop and ps.stop[0] == "checkpoint" and max(usable) >= ps.stop[1]:
+            return "complete"
+        try:
+            return plan_resume(ps.argv, merged, len(srec.segments), ps.stop, usable)
+        except ResumeError as e:
+            raise RunError(f"stage {ps.name} cannot be resumed: {e.message}", hint=e.hint or "") from None
+
+    def _complete_from_segments(self, ps, srec, run_dir, tree_root) -> None:
+        """The stage saved its stop checkpoint before it was interrupted: it is done; check it."""
+        merged = stage_summary(run_dir, srec)
+        srec.status = "done"
+        srec.ended = f"reached checkpoint {ps.stop[1]} before it was interrupted"  # type: ignore[index]
+        srec.metrics = stage_metrics(merged) if merged else {}
+        checks = self._checks(ps, srec, merged, tree_root / ps.cwd)
+        srec.checks = [c.__dict__ for c in checks]
+        srec.passed = all(c.verdict == "pass" for c in checks if c.required)
+        self.obs.stage_finished(ps, srec)
+
     def _execute(
-        self, ps: PlannedStage, rec: RunRecord, run_dir: Path, tree_root: Path, inputs: dict[str, str]
+        self,
+        ps: PlannedStage,
+        rec: RunRecord,
+        run_dir: Path,
+        tree_root: Path,
+        inputs: dict[str, str],
+        resume: ResumePlan | None = None,
+        provenance: tuple[str, dict[str, str]] | None = None,
     ) -> StageRecord:
         srec = rec.stage(ps.name)
-        log_rel = f"stages/{ps.name}.log"
-        log_path = run_dir / log_rel
         cwd = tree_root / ps.cwd
-        srec.status, srec.argv, srec.cwd, srec.env = "running", ps.argv, ps.cwd, ps.env
-        srec.seed_command, srec.stands_in, srec.inputs = ps.seed_command, ps.stands_in, inputs
-        srec.stop = {"kind": ps.stop[0], "value": ps.stop[1], "why": ps.stop_why} if ps.stop else None
-        srec.started, srec.log, srec.exit_code, srec.ended, srec.checks, srec.passed = (
-            _now(),
-            log_rel,
-            None,
-            None,
-            [],
-            None,
-        )
+        if provenance is not None:
+            srec.provenance, srec.provenance_parts = provenance
+        if resume is None:
+            log_rel = f"stages/{ps.name}.log"
+            srec.status, srec.argv, srec.cwd, srec.env = "running", ps.argv, ps.cwd, ps.env
+            srec.seed_command, srec.stands_in, srec.inputs = ps.seed_command, ps.stands_in, inputs
+            srec.stop = {"kind": ps.stop[0], "value": ps.stop[1], "why": ps.stop_why} if ps.stop else None
+            srec.started, srec.log, srec.exit_code, srec.ended, srec.checks, srec.passed = (
+                _now(), log_rel, None, None, [], None,
+            )  # fmt: skip
+            srec.seconds, srec.segments, srec.notes = None, [], []
+            run_ps, offsets = ps, (0, 0)
+        else:
+            log_rel = f"stages/{ps.name}.r{resume.segment}.log"
+            srec.status, srec.exit_code, srec.ended, srec.checks, srec.passed = "running", None, None, [], None
+            srec.segments.append({
+                "index": resume.segment, "log": log_rel, "prefix": resume.prefix, "argv": resume.argv,
+                "start_step": resume.from_step, "start_save": resume.from_save, "pretrained": resume.pretrained,
+                "lr": resume.lr, "lr_steps": resume.lr_steps, "started": _now(), "notes": resume.notes,
+            })  # fmt: skip
+            if not srec.notes:
+                srec.notes = [f"a resumed segment differs from an uninterrupted run: {d}" for d in DIFFERENCES]
+            run_ps = PlannedStage(**{**ps.__dict__, "argv": resume.argv, "stop": resume.stop})
+            offsets = (resume.from_step, resume.from_save)
+            self.obs.note(f"{ps.name}: {resume.describe()}")
+        log_path = run_dir / log_rel
         write_record(run_dir, rec)
         total = total_steps(ps)
         self.obs.stage_started(ps, total)
         t0 = time.monotonic()
         if log_path.exists():  # a rerun of the stage (--resume): keep the old log beside the new one
-            log_path.rename(log_path.with_name(f"{ps.name}.{time.strftime('%Y%m%d-%H%M%S')}.log"))
+            log_path.rename(log_path.with_name(f"{log_path.stem}.{time.strftime('%Y%m%d-%H%M%S')}.log"))
         try:
             cwd.mkdir(parents=True, exist_ok=True)
-            for src, dst in ps.copies:
+            for src, dst in run_ps.copies:
                 self._copy_checkpoint(src, dst, cwd)
-            code, ended, summary = self._spawn(ps, cwd, log_path, total)
+            code, ended, _ = self._spawn(run_ps, cwd, log_path, total, offsets)
         except OSError as e:
-            code, ended, summary = None, f"could not start: {e}", None
-        srec.seconds = round(time.monotonic() - t0, 3)
+            code, ended = None, f"could not start: {e}"
+        seconds = round(time.monotonic() - t0, 3)
+        srec.seconds = round((srec.seconds or 0.0) + seconds, 3) if resume else seconds
         srec.finished = _now()
         srec.exit_code = code
-        srec.ended = ended
-        if log_path.exists():
+        if log_path.exists() and resume is None:
             srec.log_sha256 = sha256_file(log_path)
-        if summary is not None and ps.kind == "train":
+        if resume is not None:
+            seg = srec.segments[-1]
+            seg.update({"finished": srec.finished, "seconds": seconds, "exit_code": code, "ended": ended})
+            if log_path.exists():
+                seg["log_sha256"] = sha256_file(log_path)
+            ended = f"{ended} (segment {resume.segment}, resumed from checkpoint {resume.from_save})"
+        srec.ended = ended
+        summary = stage_summary(run_dir, srec) if ps.kind == "train" else None
+        if summary is not None:
             srec.metrics = stage_metrics(summary)
         if self._signal:
             srec.status = "interrupted"
@@ -601,7 +705,9 @@ class Runner:
         env["PATH"] = str(self._env_prefix() / "bin") + os.pathsep + env.get("PATH", "")
         return env
 
-    def _spawn(self, ps: PlannedStage, cwd: Path, log_path: Path, total: int | None):
+    def _spawn(self, ps: PlannedStage, cwd: Path, log_path: Path, total: int | None, offsets: tuple[int, int] = (0, 0)):
+        """Run the stage's process; events reach observers in stage steps (``offsets``: the step and save
+        number a resumed segment starts from), stop points are checked in the process's own numbering."""
         env = {**self._base_env(), **ps.env, "PYTHONUNBUFFERED": "1"}
         proc = subprocess.Popen(
             ps.argv,
@@ -633,10 +739,12 @@ class Runner:
             events = parser.feed_bytes(data)
             self.parse_cpu += time.process_time() - t
             for ev in events:
-                self._update(live, ev)
-                self.obs.stage_event(ps, ev, live)
                 if stop_reason is None:
                     stop_reason = self._reached_stop(ps, ev, cwd)
+                if offsets != (0, 0):
+                    ev = _shift(ev, *offsets)
+                self._update(live, ev)
+                self.obs.stage_event(ps, ev, live)
 
         # Output goes to the log as it comes; it is flushed and parsed at most PARSE_HZ times a second,
         # in batches, so a chatty process costs the runner little (a stop point is seen <= 1/PARSE_HZ s late).
@@ -679,11 +787,12 @@ class Runner:
         if self._signal:
             ended = f"interrupted ({self._signal}); the process was stopped"
         elif stop_reason:
-            ended = f"stopped at {stop_reason} (planned), by mfnpatch"
             kind, n = ps.stop  # type: ignore[misc]
+            off = offsets[1] if kind == "checkpoint" else offsets[0]  # in the stage's numbering
+            ended = f"stopped at {kind} {n + off} (planned), by mfnpatch"
             beyond = max(summary.checkpoints, default=0) if kind == "checkpoint" else (summary.last_step or 0)
             if beyond > n:
-                ended += f"; it had written up to {kind} {beyond} when it ended"
+                ended += f"; it had written up to {kind} {beyond + off} when it ended"
         elif code == 0:
             ended = "exited 0"
         else:
@@ -765,6 +874,18 @@ class Runner:
             atomic_write(run_dir / "report.md", run_markdown(run_dir, rec))
         except Exception as e:  # the record is what matters; a report failure must not hide it
             self.obs.note(f"report.md not written: {e}")
+
+
+def _shift(ev: Event, step_off: int, save_off: int) -> Event:
+    """An event of a resumed segment in its stage's steps and save numbers."""
+    import dataclasses
+
+    changes: dict[str, Any] = {}
+    if isinstance(getattr(ev, "step", None), int):
+        changes["step"] = ev.step + step_off  # type: ignore[attr-defined]
+    if isinstance(ev, CheckpointWritten | CheckpointSaved) and isinstance(ev.number, int):
+        changes["number"] = ev.number + save_off
+    return dataclasses.replace(ev, **changes) if changes else ev
 
 
 def _ranges(nums: list[int]) -> str:

@@ -15,6 +15,7 @@ import pytest
 from mfnpatch.errors import EXIT_INTERRUPTED
 from mfnpatch.logs import summarize_text
 from mfnpatch.recipe import InputRef, load_recipe
+from mfnpatch.resume import NEVER
 from mfnpatch.runner import RunError, Runner, RunOptions, load_record
 
 
@@ -168,6 +169,8 @@ def test_missing_checkpoint_file_is_not_guessed(cli, runfx):
     rec = load_record(rd).model_dump(by_alias=True)
     rec["stages"][2]["status"] = "failed"  # arcface must run again, and it needs softmax's checkpoint 5
     (rd / "record.json").write_text(json.dumps(rec))
+    for p in (rd / "models").glob("model-y1-arcface-*.params"):  # (none of its own to continue from)
+        p.unlink()
     r = cli("recipe", "run", runfx.recipe, "--no-env-check", "--tree", runfx.tree, "--resume", rd, "--only", "arcface")
     assert r.code == 1
     assert "needs checkpoint 5 of softmax: its log saved it, but" in r.err and "model-y1-softmax-0005.params" in r.err
@@ -218,7 +221,7 @@ def test_interrupt_stops_the_stage_and_keeps_the_record(runfx, tmp_path):
     rd = runfx.run_dir()
     proc = subprocess.Popen(
         [sys.executable, "-m", "mfnpatch", "recipe", "run", str(runfx.recipe), "--no-env-check", "--tree",
-         str(runfx.tree), "--run-dir", str(rd)],
+         str(runfx.tree), "--run-dir", str(rd), "--set", "verbose=20"],
         env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )  # fmt: skip
     log = rd / "stages/softmax.log"
@@ -252,6 +255,8 @@ def test_interrupt_stops_the_stage_and_keeps_the_record(runfx, tmp_path):
             str(runfx.tree),
             "--resume",
             str(rd),
+            "--set",
+            "verbose=20",
         ],
         capture_output=True,
         text=True,
@@ -286,3 +291,56 @@ def test_env_prefix_is_where_the_stages_run(cli, runfx, tmp_path):
     assert d["environment"]["prefix"] == str(prefix)
     assert d["environment"]["interpreter"]["path"] == str(prefix / "bin" / "python")
     assert d["stages"][1]["argv"][0] == "python"
+
+
+def test_interrupted_stage_continues_from_its_last_checkpoint(runfx):
+    """SIGTERM after softmax saved a checkpoint, then --resume: softmax continues from that checkpoint as a
+    resumed segment (new prefix, the lr in force, lr steps shifted), the merged log has the lr changes at
+    the stage's own steps 20 and 25, and arcface starts from checkpoint 5, wherever its files are."""
+    rd = runfx.run_dir()
+    # verbose 20: checkpoint 5 is step 100, so the resumed segment still sees Speedometer print twice
+    base = [sys.executable, "-m", "mfnpatch", "recipe", "run", str(runfx.recipe), "--no-env-check", "--tree",
+            str(runfx.tree), "--set", "verbose=20"]  # fmt: skip
+    proc = subprocess.Popen(
+        [*base, "--run-dir", str(rd)], env={**os.environ, "FAKE_DELAY": "0.05"}, stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    log = rd / "stages/softmax.log"
+    deadline = time.time() + 60
+    while time.time() < deadline and not (log.is_file() and "Saved checkpoint" in log.read_text()):
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGTERM)
+    assert proc.communicate(timeout=60) and proc.returncode == EXIT_INTERRUPTED
+    saved = summarize_text(log.read_text()).checkpoints
+    n = max(k for k, c in saved.items() if c.get("path"))
+    assert 1 <= n < 5
+    r = subprocess.run([*base, "--resume", str(rd)], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    assert f"softmax: resumed from checkpoint {n} (step {20 * n}) as segment 1" in r.stderr
+    rec = load_record(rd)
+    sm = rec.stage("softmax")
+    assert sm.status == "done" and sm.passed and len(sm.segments) == 1
+    seg = sm.segments[0]
+    models = rd / "models"
+    assert seg["pretrained"] == f"{models}/model-y1-softmax,{n}" and seg["prefix"] == f"{models}/model-y1-softmax-r1"
+    lr = 0.1 * 0.1 ** sum(1 for s in (20, 25) if s <= 20 * n)
+    assert seg["lr"] == pytest.approx(lr) and seg["lr_steps"] == (
+        [s - 20 * n for s in (20, 25) if s > 20 * n] or [NEVER]
+    )
+    assert seg["start_step"] == 20 * n and seg["start_save"] == n and seg["log"] == "stages/softmax.r1.log"
+    assert sm.argv[sm.argv.index("--prefix") + 1] == f"{models}/model-y1-softmax"  # segment 0's, as planned
+    # merged: checkpoints 1..5 at steps 10..50, lr changes where an uninterrupted run has them
+    cks = sm.metrics["checkpoints"]
+    assert all(cks[str(k)]["step"] == 20 * k for k in range(1, 6))
+    assert sm.ended.startswith("stopped at checkpoint 5 (planned), by mfnpatch")
+    from mfnpatch.runner import stage_summary
+
+    merged = stage_summary(rd, sm)
+    assert sorted(merged.lr_changes) == [20, 25]
+    assert merged.lr_changes[20] == pytest.approx(0.01) and merged.lr_changes[25] == pytest.approx(0.001)
+    assert {c["id"] for c in sm.checks if c["verdict"] == "pass"} >= {"lfw verified", "train_acc rises"}
+    # no checkpoint of segment 0 was overwritten; arcface got checkpoint 5 from the segment that wrote it
+    assert not (models / f"model-y1-softmax-{5:04d}.params").exists() or n == 5
+    assert rec.stage("arcface").inputs["pretrained"] == f"{models}/model-y1-softmax-r1,{5 - n}"
+    report = (rd / "report.md").read_text()
+    assert "resumed from checkpoint" in report and "momentum restarts" in report
