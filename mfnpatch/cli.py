@@ -8,7 +8,9 @@ from __future__ import annotations
 import json
 import os
 import sys
+import time
 import traceback
+from dataclasses import asdict
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -18,7 +20,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from mfnpatch import __version__
-from mfnpatch.errors import EXIT_INTERRUPTED, EXIT_NOTHING_TO_DO, EXIT_OK, EXIT_USAGE, MfnError
+from mfnpatch.errors import EXIT_INTERRUPTED, EXIT_NOTHING_TO_DO, EXIT_OK, EXIT_USAGE, MfnError, UsageError
 
 out = Console(highlight=False, soft_wrap=True)
 err = Console(stderr=True, highlight=False, soft_wrap=True)
@@ -938,17 +940,86 @@ def recipe_run(
             "e.g. a conda env with mxnet-cu101 for the GPU recipes.",
         ),
     ] = None,
+    executor: Annotated[
+        str,
+        typer.Option(
+            "--executor",
+            metavar="local|slurm",
+            help="local: run the stages here, one after another; slurm: submit each stage as a Slurm job "
+            "(an afterok chain) and return.",
+        ),
+    ] = "local",
+    partition: Annotated[
+        str | None, typer.Option("--partition", help="Slurm partition.", rich_help_panel="Slurm")
+    ] = None,
+    account: Annotated[str | None, typer.Option("--account", help="Slurm account.", rich_help_panel="Slurm")] = None,
+    time_limit: Annotated[
+        str | None,
+        typer.Option(
+            "--time", help="Time limit per job, e.g. 2-00:00:00 (overrides the recipe's).", rich_help_panel="Slurm"
+        ),
+    ] = None,
+    gpus_per_node: Annotated[
+        int | None,
+        typer.Option(
+            "--gpus-per-node", help="GPUs per training job (overrides the recipe's).", rich_help_panel="Slurm"
+        ),
+    ] = None,
+    cpus_per_task: Annotated[
+        int | None, typer.Option("--cpus-per-task", help="CPUs per job.", rich_help_panel="Slurm")
+    ] = None,
+    mem: Annotated[str | None, typer.Option("--mem", help="Memory per job, e.g. 64G.", rich_help_panel="Slurm")] = None,
+    max_requeues: Annotated[
+        int,
+        typer.Option(
+            "--max-requeues",
+            min=0,
+            help="How often a preempted or timed-out stage is requeued and resumed from its last checkpoint.",
+            rich_help_panel="Slurm",
+        ),
+    ] = 3,
+    requeue_grace: Annotated[
+        int,
+        typer.Option(
+            "--requeue-grace",
+            min=10,
+            help="Seconds before the time limit at which a job stops its stage and requeues itself.",
+            rich_help_panel="Slurm",
+        ),
+    ] = 120,
+    sbatch_args: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--sbatch-arg",
+            help="Another #SBATCH line for every job, e.g. --sbatch-arg=--qos=long (repeatable).",
+            rich_help_panel="Slurm",
+        ),
+    ] = None,
     as_json: JsonOpt = False,
 ):
     """Run a recipe: patch the tree, run each stage with live progress, check it, record everything.
 
     Each stage's output goes to RUN/stages/NAME.log; RUN/record.json holds commands, provenance, metrics and
     verdicts; RUN/report.md the report with accuracy plots. Exit 0 when every stage passes its checks.
+
+    With --executor slurm each stage becomes a Slurm job in an afterok chain, running the same runner on the
+    compute node; a preempted or timed-out stage is requeued and resumes from its last checkpoint. Follow
+    it with `mfnpatch recipe status RUN --follow`, stop it with `mfnpatch recipe cancel RUN`.
     """
     from mfnpatch.recipe import parse_sets
     from mfnpatch.runner import Observer, RunOptions, run_recipe
+    from mfnpatch.slurm import SlurmOptions
 
     CTX.json = as_json
+    sopts = SlurmOptions(
+        partition=partition, account=account, time=time_limit, gpus_per_node=gpus_per_node,
+        cpus_per_task=cpus_per_task, mem=mem, max_requeues=max_requeues, requeue_grace=requeue_grace,
+        sbatch_args=list(sbatch_args or []),
+    )  # fmt: skip
+    if executor not in ("local", "slurm"):
+        raise UsageError(f"--executor {executor}: use local or slurm")
+    if executor == "local" and (partition or account or time_limit or gpus_per_node is not None or sbatch_args):
+        raise UsageError("--partition, --account, --time, --gpus-per-node and --sbatch-arg need --executor slurm")
     opts = RunOptions(
         tree=tree,
         run_dir=run_dir,
@@ -961,6 +1032,8 @@ def recipe_run(
         env_check=not no_env_check,
         env_checker=_env_checker(),
         env_prefix=env_prefix,
+        executor=executor,  # type: ignore[arg-type]
+        slurm=sopts if executor == "slurm" else None,
     )
     obs = Observer() if as_json else RichObserver()
     try:
@@ -968,9 +1041,15 @@ def recipe_run(
     finally:
         if isinstance(obs, RichObserver):
             obs.close()
-    code = EXIT_OK if rec.status in ("passed", "incomplete") else 1
+    code = EXIT_OK if rec.status in ("passed", "incomplete", "queued") else 1
     if as_json:
         emit_json({"run_dir": str(run_path), "exit_code": code, **rec.model_dump(by_alias=True)})
+        return code
+    if rec.status == "queued":
+        jobs = ", ".join(f"{s.name} {s.job['id']}" for s in rec.stages if s.job and s.status == "queued")
+        out.print(f"[green]QUEUED[/]: {escape(str(run_path))}: {escape(jobs)}")
+        out.print(f"follow: mfnpatch recipe status {escape(str(run_path))} --follow")
+        out.print(f"cancel: mfnpatch recipe cancel {escape(str(run_path))}")
         return code
     color = "green" if code == 0 else "red"
     out.print(f"[{color}]{rec.status.upper()}[/]: {escape(str(run_path))}")
@@ -989,35 +1068,146 @@ def _env_checker():
 @recipe_app.command("status")
 def recipe_status(
     run: Annotated[Path, typer.Argument(help="A run directory (runs/...).")],
+    follow: Annotated[
+        bool, typer.Option("--follow", "-f", help="Keep watching until the run ends (jobs' logs as they grow).")
+    ] = False,
+    interval: Annotated[float, typer.Option("--interval", min=0.2, help="Seconds between looks with --follow.")] = 5.0,
     as_json: JsonOpt = False,
 ):
-    """Show a run: stages, how each ended, checks, metrics."""
-    from mfnpatch.runner import load_record
+    """Show a run: stages, how each ended, checks, metrics — and for a Slurm run each job's state and the
+    progress its stage's log shows. Exit 0 while a run is queued, running or passed; 1 when it failed."""
+    from mfnpatch.runner import live_rows, load_record
 
     CTX.json = as_json
-    rec = load_record(run)
-    if as_json:
-        emit_json(rec.model_dump(by_alias=True))
-        return EXIT_OK
-    out.print(
-        f"[bold]{rec.run_id}[/]: {rec.status} — {rec.recipe['name']}"
-        + (f" profile {rec.recipe['profile']}" if rec.recipe.get("profile") else "")
+
+    def look():
+        rec = load_record(run)
+        states = {}
+        ids = [s.job["id"] for s in rec.stages if s.job]
+        if ids and rec.executor.get("kind") == "slurm":
+            from mfnpatch.slurm import SlurmError, job_states
+
+            try:
+                states = job_states(ids)
+            except SlurmError as e:
+                states = {}
+                err.print(f"[yellow]note[/]: {escape(e.message)}")
+        return rec, live_rows(run, rec, states)
+
+    active_states = ("PENDING", "RUNNING", "CONFIGURING", "COMPLETING", "REQUEUED", "REQUEUE_FED", "RESIZING",
+                     "SUSPENDED", "STAGE_OUT", "SIGNALING")  # fmt: skip
+
+    def done(rec, rows) -> bool:
+        queued = any(r.get("job_state", "").split(" ")[0] in active_states for r in rows)
+        if rec.status in ("passed", "failed", "cancelled", "incomplete", "interrupted"):
+            return not queued
+        if rec.executor.get("kind") == "slurm" and not queued and any(r.get("job") for r in rows):
+            # the record says queued or running, but Slurm runs nothing of it: a job died unrecorded
+            lost = [f"{r['stage']} (job {r['job']}: {r.get('job_state') or 'gone'})" for r in rows
+                    if r.get("job") and r["status"] in ("queued", "running")]  # fmt: skip
+            err.print(
+                f"[red]stale[/]: no job of this run is queued or running, but the record says {rec.status}"
+                + (f"; ended without recording: {', '.join(lost)}" if lost else "")
+            )
+            err.print(f"[yellow]hint[/]: see RUN/slurm/*.out; continue with: mfnpatch recipe run "
+                      f"{rec.recipe.get('path')} --executor slurm --resume {run}")  # fmt: skip
+            stale[0] = True
+            return True
+        return False
+
+    stale = [False]
+
+    rec, rows = look()
+    if as_json and not follow:
+        emit_json({**rec.model_dump(by_alias=True), "live": rows})
+        return _status_code(rec)
+    last = None
+    while True:
+        text = _status_text(rec, rows)
+        if text != last:
+            if last is not None:
+                out.print(f"[dim]— {time.strftime('%H:%M:%S')}[/]")
+            out.print(text, highlight=False)
+            last = text
+        if not follow or done(rec, rows):
+            break
+        time.sleep(interval)
+        rec, rows = look()
+    if follow and as_json:
+        emit_json({**rec.model_dump(by_alias=True), "live": rows})
+    return 1 if stale[0] else _status_code(rec)
+
+
+def _status_code(rec) -> int:
+    return EXIT_OK if rec.status in ("passed", "running", "incomplete", "queued") else 1
+
+
+def _status_text(rec, rows) -> str:
+    head = (
+        f"[bold]{escape(rec.run_id)}[/]: {rec.status} — {escape(rec.recipe['name'])}"
+        + (f" profile {escape(rec.recipe['profile'])}" if rec.recipe.get("profile") else "")
+        + (f", executor {rec.executor.get('kind')}" if rec.executor.get("kind") == "slurm" else "")
         + f", started {rec.started}"
         + (f", finished {rec.finished}" if rec.finished else "")
     )
-    t = Table(show_edge=False, box=None, pad_edge=False)
-    for col in ("stage", "status", "seconds", "checks", "ended"):
-        t.add_column(col)
-    for s in rec.stages:
-        checks = f"{sum(c['verdict'] == 'pass' for c in s.checks)}/{len(s.checks)}" if s.checks else "–"
-        t.add_row(s.name, s.status, str(s.seconds or "–"), checks, escape(s.ended or s.skipped or ""))
-    out.print(t)
+    lines = [head]
+    for r, s in zip(rows, rec.stages, strict=True):
+        bits = [f"{r['stage']:<9}", f"{r['status']:<11}"]
+        if r.get("job"):
+            bits.append(f"job {r['job']}" + (f" {r['job_state']}" if r.get("job_state") else ""))
+        if r.get("requeued"):
+            bits.append(f"requeued {r['requeued']}x")
+        if r.get("step") is not None and s.status in ("running", "interrupted"):
+            bits.append(f"step {r['step']}" + (f"/{r['total']}" if r.get("total") else ""))
+            if r.get("accuracy"):
+                bits.append(" ".join(f"{t} {a:.4f}" for t, a in r["accuracy"].items()))
+        if r.get("checks"):
+            bits.append(f"checks {r['checks']}")
+        if r.get("ended") and s.status not in ("running", "queued"):
+            bits.append(escape(r["ended"]))
+        lines.append("  " + "  ".join(bits))
     for s in rec.stages:
         for name, m in (s.metrics.get("targets") or {}).items():
-            out.print(
-                f"  {s.name} {name}: best {m['best']:.5f} at {m['best_step']}, last {m['last']:.5f} at {m['last_step']}"
-            )
-    return EXIT_OK if rec.status in ("passed", "running", "incomplete") else 1
+            if s.status == "done":
+                lines.append(
+                    f"  {s.name} {name}: best {m['best']:.5f} at {m['best_step']}, "
+                    f"last {m['last']:.5f} at {m['last_step']}"
+                )
+    return "\n".join(lines)
+
+
+@recipe_app.command("cancel")
+def recipe_cancel(
+    run: Annotated[Path, typer.Argument(help="A run directory (runs/...).")],
+    as_json: JsonOpt = False,
+):
+    """Cancel what a run has queued or running: its Slurm jobs (scancel), or the local runner (SIGTERM).
+    A running stage is stopped and recorded; exit 2 when nothing was queued or running."""
+    from mfnpatch.runner import cancel_run
+
+    CTX.json = as_json
+    r = cancel_run(run)
+    acted = bool(r.cancelled_jobs or r.signalled_pid)
+    if as_json:
+        emit_json(asdict(r))
+    else:
+        out.print(f"{escape(str(run))}: {escape(r.message)}" + (f" ({', '.join(r.stages)})" if r.stages else ""))
+    return EXIT_OK if acted else EXIT_NOTHING_TO_DO
+
+
+@recipe_app.command("job", hidden=True)
+def recipe_job(
+    run: Annotated[Path, typer.Argument(help="The run directory.")],
+    stage: Annotated[str, typer.Argument(help="The stage this job runs.")],
+):
+    """What each Slurm job of `recipe run --executor slurm` runs: one stage, with the local runner."""
+    from mfnpatch.runner import run_job
+
+    obs = RichObserver()
+    try:
+        return run_job(run, stage, obs, _env_checker())
+    finally:
+        obs.close()
 
 
 # --------------------------------------------------------------------------------------------

@@ -104,6 +104,16 @@ class Expectation(Strict):
     note: str = ""
 
 
+class Resources(Strict):
+    """What a stage asks a cluster for (the Slurm executor); values may use ${parameters}. Flags of
+    `recipe run --executor slurm` override them."""
+
+    gpus_per_node: int | str | None = None
+    cpus_per_task: int | str | None = None
+    mem: str | None = None
+    time: str | None = Field(default=None, description="Slurm time limit, e.g. 3-00:00:00")
+
+
 class Stage(Strict):
     title: str
     kind: Literal["train", "tool"] = "train"
@@ -119,12 +129,14 @@ class Stage(Strict):
     seed_command: str | None = None
     stands_in: str | None = None
     note: str | None = None
+    resources: Resources | None = None
 
 
 class ProfileStage(Strict):
     stop: Stop | None = None
     expect: list[Expectation] | None = None
     env: dict[str, str | None] = Field(default_factory=dict)
+    resources: Resources | None = None
 
 
 class Profile(Strict):
@@ -429,6 +441,7 @@ class PlannedStage:
     note: str | None
     depends: list[str]
     template: Stage = field(repr=False, default=None)  # type: ignore[assignment]
+    resources: dict[str, str] = field(default_factory=dict)  # rendered; only what is set
 
     def shell(self) -> str:
         env = " ".join(f"{k}={shlex.quote(v)}" for k, v in self.env.items())
@@ -671,6 +684,10 @@ def expand(
                 stop = ("step", _int_or_render(stop_src.step, scope, f"stages.{sname}.stop"))
             stop_why = "the recipe's stop point" + (f" (profile {profile})" if pst and pst.stop else "")
         env = render_env({**st.env, **(pst.env if pst else {})}, scope)
+        res: dict[str, str] = {}
+        for src in (st.resources, pst.resources if pst else None):
+            for k, v in (src.model_dump(exclude_none=True) if src else {}).items():
+                res[k] = scope.render(str(v))
         argv = render_argv(st, scope)
         copies = [(scope.render(c.checkpoint), scope.render(c.to)) for c in st.copy_]
         scope.inputs = {}
@@ -697,6 +714,7 @@ def expand(
                 note=st.note,
                 depends=sorted(_deps(st)),
                 template=st,
+                resources={k: v for k, v in res.items() if v not in ("", "0")},
             )
         )
     # stop points derived from what later stages need

@@ -193,7 +193,7 @@ def run_markdown(run_dir: Path, rec) -> str:
         lines.append(f"| {s.name} | {s.status} | {_cell(s.ended or s.skipped)} | {s.seconds or '–'} | {verdict} |")
     lines.append("")
     for s in rec.stages:
-        if s.status in ("pending", "skipped"):
+        if s.status in ("pending", "skipped", "queued") or (s.status == "cancelled" and not s.log):
             continue
         lines += [f"## {s.name}: {s.title}", ""]
         if s.argv:

@@ -34,9 +34,10 @@ from mfnpatch.logs import CheckpointSaved, CheckpointWritten, Event, LogParser, 
 from mfnpatch.recipe import LoadedRecipe, Plan, PlannedStage, expand, render_argv
 from mfnpatch.resume import DIFFERENCES, ResumeError, ResumePlan, Segment, merge, plan_resume, usable_checkpoints
 from mfnpatch.schema import Strict, validate
+from mfnpatch.slurm import SlurmError, SlurmOptions
 
 RECORD = "record.json"
-Status = Literal["pending", "running", "done", "failed", "interrupted", "skipped", "cancelled"]
+Status = Literal["pending", "queued", "running", "done", "failed", "interrupted", "skipped", "cancelled"]
 TERM_GRACE = 15.0  # seconds between SIGTERM and SIGKILL
 PARSE_HZ = 10  # how often a running stage's new output is parsed
 
@@ -78,6 +79,8 @@ class StageRecord(Strict):
     # saved checkpoint with its own log and prefix (mfnpatch.resume); argv and log above are segment 0's
     segments: list[dict] = Field(default_factory=list)
     notes: list[str] = Field(default_factory=list)
+    job: dict | None = None  # the Slurm job that runs the stage: {id, script, submitted}
+    attempts: list[dict] = Field(default_factory=list)  # each start of that job (requeues included)
 
 
 class RunRecord(Strict):
@@ -85,7 +88,7 @@ class RunRecord(Strict):
     run_id: str
     tool: str
     # incomplete: every stage that ran passed, but some were not run (--only, --from)
-    status: Literal["running", "passed", "failed", "interrupted", "incomplete", "cancelled"] = "running"
+    status: Literal["queued", "running", "passed", "failed", "interrupted", "incomplete", "cancelled"] = "running"
     started: str
     finished: str | None = None
     recipe: dict
@@ -95,6 +98,7 @@ class RunRecord(Strict):
     environment: dict
     host: dict
     stages: list[StageRecord]
+    executor: dict = Field(default_factory=dict)  # {kind: local, pid, host} or {kind: slurm, options, python}
 
     def stage(self, name: str) -> StageRecord:
         for s in self.stages:
@@ -241,6 +245,8 @@ class RunOptions:
     env_check: bool = True
     env_checker: Callable[..., dict] | None = None
     env_prefix: Path | None = None  # the environment the stages run in (its bin/ goes first on PATH)
+    executor: Literal["local", "slurm"] = "local"
+    slurm: SlurmOptions | None = None
 
 
 class Runner:
@@ -258,6 +264,8 @@ class Runner:
         self.opts = opts
         self.obs = observer or Observer()
         self._signal: str | None = None
+        self._job_stage: str | None = None  # set in a Slurm job: the one stage this process runs
+        self._touched: set[str] = set()  # stages this job changed besides its own (dependents it cancelled)
         self.parse_cpu = 0.0  # CPU seconds spent in the live parser (benchmarks/bench_runner.py)
 
     # -- setup
@@ -278,7 +286,7 @@ class Runner:
     def plan(self, run_dir: Path) -> Plan:
         self._builtins = {
             "run_dir": str(run_dir),
-            "tree": str(Path(self.opts.tree).absolute()),
+            "tree": str(run_dir / "tree" if self.opts.executor == "slurm" else Path(self.opts.tree).absolute()),
             "cpu_count": str(os.cpu_count() or 1),
             "mfnpatch": [sys.executable, "-m", "mfnpatch"],
             "python_exe": sys.executable,
@@ -351,7 +359,12 @@ class Runner:
                     continue
                 rec.stages[rec.stages.index(s)] = old
             rec.started = previous.started
-        write_record(run_dir, rec)
+            rec.executor = previous.executor
+        rec.recipe["overrides"] = dict(self.overrides)
+        if self.opts.executor == "slurm":
+            return run_dir, self._submit(plan, rec, run_dir, tree.root, previous)
+        rec.executor = {"kind": "local", "pid": os.getpid(), "host": platform.node()}
+        self._write(run_dir, rec)
         self.obs.run_started(run_dir, plan)
         self._install_signals()
         try:
@@ -363,7 +376,7 @@ class Runner:
                 ran = [s for s in rec.stages if s.status != "pending"]
                 ok = all(s.status in ("done", "skipped") and s.passed is not False for s in ran)
                 rec.status = ("passed" if len(ran) == len(rec.stages) else "incomplete") if ok else "failed"
-            write_record(run_dir, rec)
+            self._write(run_dir, rec)
             self._write_report(run_dir, rec)
         if rec.status == "interrupted":
             raise Interrupted(
@@ -371,6 +384,170 @@ class Runner:
                 hint=f"continue with: mfnpatch recipe run {self.loaded.path} --resume {run_dir}",
             )
         return run_dir, rec
+
+    # -- Slurm: submission (here) and one stage per job (job)
+
+    def _submit(self, plan: Plan, rec: RunRecord, run_dir: Path, tree_root: Path, previous) -> RunRecord:
+        from mfnpatch.slurm import FROZEN_TREE, check_frozen_tree, freeze_tree, sbatch, scancel, write_script
+
+        sopts = self.opts.slurm or SlurmOptions()
+        if previous is not None and (run_dir / FROZEN_TREE).is_dir():
+            check_frozen_tree(run_dir)  # a resubmission runs the code first submitted
+        else:
+            freeze_tree(tree_root, run_dir)
+            atomic_write(run_dir / "recipe.yaml", self.loaded.path.read_bytes())
+        rec.tree = str(run_dir / FROZEN_TREE)
+        rec.executor = {"kind": "slurm", "options": sopts.to_dict(), "python": sys.executable,
+                        "submitted": _now(), "env_check": self.opts.env_check}  # fmt: skip
+        recorded = {s.name: s.job["id"] for s in rec.stages if s.job and s.status in ("queued", "running")}
+        if recorded:
+            from mfnpatch.slurm import job_states
+
+            states = job_states(list(recorded.values()))
+            busy = {"PENDING", "RUNNING", "CONFIGURING", "COMPLETING", "REQUEUED", "SUSPENDED"}
+            live = [n for n, j in recorded.items() if states.get(j, {}).get("state") in busy]
+        else:
+            live = []
+        if live:
+            raise RunError(
+                f"stages {', '.join(live)} of this run are still queued or running",
+                hint=f"see: mfnpatch recipe status {run_dir}; cancel with: mfnpatch recipe cancel {run_dir}",
+            )
+        submitted: list[str] = []
+        prev: str | None = None
+        index = 0
+        try:
+            for ps in self._selected(plan):
+                srec = rec.stage(ps.name)
+                if srec.status == "done" and srec.passed is not False:
+                    continue  # its job checks provenance again if it is ever run
+                if ps.skipped:
+                    srec.status, srec.skipped = "skipped", ps.skipped
+                    continue
+                index += 1
+                script = write_script(run_dir, index, rec.run_id, ps.name, ps.resources, sopts)
+                jid = sbatch(script, f"afterok:{prev}" if prev else None)
+                submitted.append(jid)
+                srec.status, srec.ended, srec.attempts = "queued", None, []
+                srec.job = {"id": jid, "script": str(script.relative_to(run_dir)), "submitted": _now(),
+                            "after": prev}  # fmt: skip
+                self.obs.note(f"submitted {ps.name}: job {jid}" + (f" (after {prev})" if prev else ""))
+                prev = jid
+        except (SlurmError, OSError) as e:
+            scancel(submitted)  # all or nothing: no half-submitted chain is left queued
+            raise RunError(
+                f"submission failed, cancelled the {len(submitted)} job(s) already submitted: {e}",
+                hint="check the Slurm options (--partition, --account, --gpus-per-node); see docs/slurm.md",
+            ) from None
+        rec.status = "queued" if submitted else rec.status
+        if not submitted:
+            rec.status = "passed" if all(s.status in ("done", "skipped") for s in rec.stages) else "incomplete"
+        self._write(run_dir, rec)
+        self._write_report(run_dir, rec)
+        return rec
+
+    def job(self, stage: str) -> int:
+        """Inside a Slurm job: run one stage of the run, with the same runner as a local run."""
+        from mfnpatch.errors import EXIT_INTERRUPTED
+        from mfnpatch.slurm import check_frozen_tree, job_id, requeue, restart_count
+
+        run_dir = Path(self.opts.resume).absolute()  # type: ignore[arg-type]
+        self._job_stage = stage
+        rec = load_record(run_dir)
+        plan = self.plan(run_dir)
+        srec = rec.stage(stage)
+        if rec.status == "cancelled" or srec.status == "cancelled":
+            self.obs.note(f"the run was cancelled; stage {stage} does not start")
+            return 1
+        sopts = self.opts.slurm or SlurmOptions()
+        attempt = {"job_id": job_id(), "restart": restart_count(), "host": platform.node(), "started": _now()}
+        srec.attempts.append(attempt)
+        rec.status = "running"
+        problem = None
+        if attempt["restart"] > sopts.max_requeues:
+            problem = f"requeued {attempt['restart']} times; the limit is {sopts.max_requeues} (--max-requeues)"
+        else:
+            try:
+                check_frozen_tree(run_dir)
+                if self.opts.env_check and self.opts.env_checker is not None:
+                    attempt["env_check"] = self.opts.env_checker(plan, self._env_prefix()).get("check")
+            except MfnError as e:
+                problem = e.message
+        if problem:
+            srec.status, srec.ended, srec.passed = "failed", problem, False
+            self._end_job(rec, run_dir, plan, stage, attempt)
+            return 1
+        self._write(run_dir, rec)
+        self._install_signals(extra=(signal.SIGUSR1,))
+        try:
+            self._run_stages(plan, rec, run_dir, run_dir / "tree")
+        finally:
+            self._restore_signals()
+        srec = rec.stage(stage)
+        if srec.status == "interrupted":
+            if load_record(run_dir).status == "cancelled":  # `recipe cancel` marks the run, then scancels
+                rec.status = "cancelled"
+                srec.status, srec.ended = "cancelled", f"{srec.ended}; cancelled (mfnpatch recipe cancel)"
+            elif self._signal == "SIGUSR1" and job_id():
+                srec.ended = f"{srec.ended}; the time limit is near: requeued to resume"
+                rec.status = "running"
+                self._write(run_dir, rec)
+                try:
+                    requeue(job_id())  # type: ignore[arg-type]
+                except SlurmError as e:
+                    srec.status, srec.ended = "failed", f"{srec.ended}, but the requeue failed: {e.message}"
+            else:
+                rec.status = "interrupted"  # preempted or requeued: the next start resumes it
+        return self._end_job(rec, run_dir, plan, stage, attempt, interrupted_code=EXIT_INTERRUPTED)
+
+    def _end_job(self, rec, run_dir, plan, stage, attempt, interrupted_code: int = 1) -> int:
+        from mfnpatch.slurm import scancel
+
+        srec = rec.stage(stage)
+        attempt["finished"], attempt["ended"] = _now(), srec.ended
+        names = [s.name for s in plan.stages]
+        later = [rec.stage(n) for n in names[names.index(stage) + 1 :]]
+        if srec.status in ("interrupted", "cancelled"):
+            code = interrupted_code if srec.status == "interrupted" else 1
+        elif srec.status in ("done", "skipped") and srec.passed is not False:
+            code = 0
+            if not any(s.job and s.status in ("queued", "running") for s in later):  # the chain's last job
+                rec.finished = _now()
+                ok = all(s.status in ("done", "skipped") and s.passed is not False for s in rec.stages)
+                ran = all(s.status in ("done", "skipped") for s in rec.stages)
+                rec.status = "passed" if ok and ran else ("incomplete" if ok else "failed")
+        else:
+            code = 1
+            dependents = [s for s in later if s.job and s.status in ("queued", "running", "interrupted")]
+            scancel([s.job["id"] for s in dependents])  # type: ignore[index]
+            for s in dependents:
+                s.status, s.ended = "cancelled", f"cancelled: stage {stage} did not pass"
+                self._touched.add(s.name)
+            rec.status, rec.finished = "failed", _now()
+        self._write(run_dir, rec)
+        self._write_report(run_dir, rec)
+        return code
+
+    def _write(self, run_dir: Path, rec: RunRecord) -> None:
+        """Write the record. In a Slurm job, under the run's lock and only this job's stages (others are
+        other jobs' or `recipe cancel`'s); a cancellation made meanwhile is taken in."""
+        if self._job_stage is None:
+            write_record(run_dir, rec)
+            return
+        from mfnpatch.slurm import record_lock
+
+        with record_lock(run_dir):
+            cur = load_record(run_dir)
+            mine = {self._job_stage} | self._touched
+            cur.stages = [rec.stage(s.name) if s.name in mine else s for s in cur.stages]
+            if cur.status == "cancelled":
+                rec.status = "cancelled"
+            else:
+                cur.status, cur.finished = rec.status, rec.finished
+            write_record(run_dir, cur)
+        for i, s in enumerate(cur.stages):  # what other processes wrote, for this job's later decisions
+            if s.name not in mine:
+                rec.stages[i] = s
 
     def _selected(self, plan: Plan) -> list[PlannedStage]:
         names = [s.name for s in plan.stages]
@@ -389,7 +566,7 @@ class Runner:
                 continue
             if ps.skipped:
                 srec.status, srec.skipped = "skipped", ps.skipped
-                write_record(run_dir, rec)
+                self._write(run_dir, rec)
                 self.obs.stage_finished(ps, srec)
                 continue
             inputs = self._resolve_inputs(ps, rec, run_dir, tree_root)
@@ -413,16 +590,19 @@ class Runner:
                     )
                 self.obs.note(f"stage {ps.name}: provenance changed ({'; '.join(changed)}); running it again (--force)")
             resume = None
-            if self.opts.resume and srec.status in ("interrupted", "failed", "running", "cancelled"):
+            started_before = srec.status == "queued" and srec.log  # resubmitted to Slurm after it had run
+            if self.opts.resume and (
+                srec.status in ("interrupted", "failed", "running", "cancelled") or started_before
+            ):
                 resume = self._resume_plan(ps, srec, run_dir, tree_root, key, parts)
             if resume == "complete":
                 self._complete_from_segments(ps, srec, run_dir, tree_root)
-                write_record(run_dir, rec)
+                self._write(run_dir, rec)
                 done[ps.name] = srec
                 continue
             self._check_input_files(ps, inputs, tree_root)
             srec = self._execute(ps, rec, run_dir, tree_root, inputs, resume, (key, parts))  # type: ignore[arg-type]
-            write_record(run_dir, rec)
+            self._write(run_dir, rec)
             done[ps.name] = srec
             if srec.status == "interrupted":
                 rec.status = "interrupted"
@@ -623,8 +803,18 @@ class Runner:
             run_ps = PlannedStage(**{**ps.__dict__, "argv": resume.argv, "stop": resume.stop})
             offsets = (resume.from_step, resume.from_save)
             self.obs.note(f"{ps.name}: {resume.describe()}")
+        if self._job_stage is not None and "CUDA_VISIBLE_DEVICES" in run_ps.env:
+            from mfnpatch.slurm import allocated_gpus
+
+            gpus = allocated_gpus()
+            if gpus is not None and gpus != run_ps.env["CUDA_VISIBLE_DEVICES"]:
+                srec.notes.append(
+                    f"CUDA_VISIBLE_DEVICES={gpus}: the GPUs Slurm allocated to the job "
+                    f"(the recipe's {run_ps.env['CUDA_VISIBLE_DEVICES']!r} names GPUs of a whole machine)"
+                )
+                run_ps = PlannedStage(**{**run_ps.__dict__, "env": {**run_ps.env, "CUDA_VISIBLE_DEVICES": gpus}})
         log_path = run_dir / log_rel
-        write_record(run_dir, rec)
+        self._write(run_dir, rec)
         total = total_steps(ps)
         self.obs.stage_started(ps, total)
         t0 = time.monotonic()
@@ -716,7 +906,7 @@ class Runner:
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
-            start_new_session=True,
+            preexec_fn=_child_setup,
         )
         parser = LogParser(events=True, path=str(log_path))
         live = LiveState(total=total)
@@ -849,13 +1039,13 @@ class Runner:
 
     # -- signals
 
-    def _install_signals(self) -> None:
+    def _install_signals(self, extra: tuple = ()) -> None:
         self._old = {}
 
         def handler(signum, frame):
             self._signal = signal.Signals(signum).name
 
-        for s in (signal.SIGINT, signal.SIGTERM):
+        for s in (signal.SIGINT, signal.SIGTERM, *extra):
             try:
                 self._old[s] = signal.signal(s, handler)
             except ValueError:  # not the main thread
@@ -874,6 +1064,19 @@ class Runner:
             atomic_write(run_dir / "report.md", run_markdown(run_dir, rec))
         except Exception as e:  # the record is what matters; a report failure must not hide it
             self.obs.note(f"report.md not written: {e}")
+
+
+def _child_setup() -> None:
+    """In the stage's process before exec: its own process group (so a stop reaches everything it starts),
+    and on Linux SIGTERM when the runner dies, even by SIGKILL (no orphan trains on unwatched)."""
+    os.setsid()
+    if sys.platform.startswith("linux"):
+        try:
+            import ctypes
+
+            ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+        except OSError:
+            pass
 
 
 def _shift(ev: Event, step_off: int, save_off: int) -> Event:
@@ -909,3 +1112,105 @@ def run_recipe(
     loaded = load_recipe(spec)
     runner = Runner(loaded, profile, overrides, opts, observer)
     return runner.run()
+
+
+def run_job(run_dir: Path, stage: str, observer: Observer | None = None, env_checker=None) -> int:
+    """`mfnpatch recipe job RUN STAGE`: what each Slurm job runs."""
+    from mfnpatch.recipe import load_recipe
+
+    run_dir = Path(run_dir).absolute()
+    rec = load_record(run_dir)
+    ex = rec.executor
+    if ex.get("kind") != "slurm":
+        raise RunError(f"{run_dir} is not a Slurm run (its executor is {ex.get('kind') or 'local'})")
+    rec.stage(stage)  # an unknown stage is an error here, not in the job's log only
+    opts = RunOptions(
+        tree=run_dir / "tree",
+        resume=run_dir,
+        only=stage,
+        executor="slurm",
+        slurm=SlurmOptions(**ex.get("options", {})),
+        env_prefix=Path(rec.environment["prefix"]) if rec.environment.get("prefix") else None,
+        env_check=env_checker is not None and ex.get("env_check", True),
+        env_checker=env_checker,
+    )
+    loaded = load_recipe(str(run_dir / "recipe.yaml"))
+    runner = Runner(loaded, rec.recipe.get("profile"), rec.recipe.get("overrides") or {}, opts, observer)
+    return runner.job(stage)
+
+
+@dataclass
+class CancelResult:
+    kind: str
+    cancelled_jobs: list[str]
+    signalled_pid: int | None
+    stages: list[str]
+    message: str
+
+
+def cancel_run(run_dir: Path) -> CancelResult:
+    """`mfnpatch recipe cancel RUN`: cancel what is queued or running (Slurm jobs, or a local runner)."""
+    from mfnpatch.slurm import record_lock, scancel
+
+    run_dir = Path(run_dir).absolute()
+    with record_lock(run_dir):
+        rec = load_record(run_dir)
+        kind = rec.executor.get("kind", "local")
+        if kind == "slurm":
+            active = [s for s in rec.stages if s.job and s.status in ("queued", "running", "interrupted")]
+            if not active:
+                return CancelResult(kind, [], None, [], "nothing is queued or running")
+            ids = [s.job["id"] for s in active]  # type: ignore[index]
+            rec.status, rec.finished = "cancelled", _now()
+            for s in active:
+                if s.status != "running":  # a running job records its own end when it is stopped
+                    s.status, s.ended = "cancelled", "cancelled (mfnpatch recipe cancel) before it ran"
+            write_record(run_dir, rec)
+            scancel(ids)
+            return CancelResult(kind, ids, None, [s.name for s in active], f"cancelled {len(ids)} job(s)")
+    pid, host = rec.executor.get("pid"), rec.executor.get("host")
+    if rec.status != "running" or not pid:
+        return CancelResult(kind, [], None, [], f"the run is {rec.status}: nothing to cancel")
+    if host and host != platform.node():
+        raise RunError(f"the run is running on {host}, not here", hint=f"run mfnpatch recipe cancel on {host}")
+    try:
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return CancelResult(kind, [], None, [], f"its runner (pid {pid}) is no longer running")
+    if b"mfnpatch" not in cmdline:
+        return CancelResult(kind, [], None, [], f"pid {pid} is no longer this run's runner")
+    os.kill(int(pid), signal.SIGTERM)
+    return CancelResult(
+        kind,
+        [],
+        int(pid),
+        [s.name for s in rec.stages if s.status == "running"],
+        f"sent SIGTERM to the runner (pid {pid}); it stops the stage and records it as interrupted",
+    )
+
+
+def live_rows(run_dir: Path, rec: RunRecord, states: dict[str, dict] | None = None) -> list[dict]:
+    """One row per stage for `recipe status`: status, Slurm job state, progress from the log as it grows."""
+    rows = []
+    for s in rec.stages:
+        row: dict[str, Any] = {"stage": s.name, "status": s.status, "ended": s.ended or s.skipped or ""}
+        if s.job:
+            row["job"] = s.job["id"]
+            st = (states or {}).get(s.job["id"])
+            if st:
+                row["job_state"] = st["state"] + (f" ({st['reason']})" if st.get("reason") not in ("", "None") else "")
+            if len(s.attempts) > 1:
+                row["requeued"] = len(s.attempts) - 1
+        if s.checks:
+            row["checks"] = f"{sum(c['verdict'] == 'pass' for c in s.checks)}/{len(s.checks)}"
+        if s.kind == "train" and s.status in ("running", "interrupted", "done", "failed") and s.log:
+            summ = stage_summary(run_dir, s)
+            if summ is not None:
+                row["step"] = summ.last_step
+                if s.stop and s.stop.get("kind") == "checkpoint":
+                    row["total"] = s.stop["value"] * _verbose(s.argv)
+                elif s.stop:
+                    row["total"] = s.stop["value"]
+                row["accuracy"] = {t: x.last_accuracy for t, x in summ.targets().items()}
+        rows.append(row)
+    return rows

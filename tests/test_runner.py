@@ -344,3 +344,30 @@ def test_interrupted_stage_continues_from_its_last_checkpoint(runfx):
     assert rec.stage("arcface").inputs["pretrained"] == f"{models}/model-y1-softmax-r1,{5 - n}"
     report = (rd / "report.md").read_text()
     assert "resumed from checkpoint" in report and "momentum restarts" in report
+
+
+def test_runner_killed_hard_takes_its_trainer_along_and_resume_continues(runfx):
+    """kill -9 of the runner (OOM killer, a closed laptop lid): the trainer gets SIGTERM from the kernel
+    (no orphan keeps writing checkpoints), and --resume continues the stage the record left 'running'."""
+    rd = runfx.run_dir()
+    base = [sys.executable, "-m", "mfnpatch", "recipe", "run", str(runfx.recipe), "--no-env-check", "--tree",
+            str(runfx.tree), "--set", "verbose=20"]  # fmt: skip
+    proc = subprocess.Popen([*base, "--run-dir", str(rd)], env={**os.environ, "FAKE_DELAY": "0.05"},
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+    log = rd / "stages/softmax.log"
+    deadline = time.time() + 60
+    while time.time() < deadline and not (log.is_file() and "Saved checkpoint" in log.read_text()):
+        time.sleep(0.02)
+    trainers = _pids_running("train_softmax.py")
+    assert trainers
+    proc.kill()
+    proc.wait()
+    deadline = time.time() + 20
+    while time.time() < deadline and set(trainers) & set(_pids_running("train_softmax.py")):
+        time.sleep(0.1)
+    assert not set(trainers) & set(_pids_running("train_softmax.py"))
+    assert load_record(rd).stage("softmax").status == "running"  # nothing could record the end
+    r = subprocess.run([*base, "--resume", str(rd)], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    sm = load_record(rd).stage("softmax")
+    assert sm.status == "done" and len(sm.segments) == 1 and "resumed from checkpoint" in r.stderr

@@ -1,0 +1,296 @@
+"""recipe run --executor slurm on a real one-node Slurm cluster (slurmctld, slurmd, munged on localhost,
+started by tests/slurm_cluster.py): the afterok chain, requeue with resume from the last checkpoint, a
+failed expectation cancelling the rest, recipe cancel and status --follow. The trainer is the fake one."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import time
+from pathlib import Path
+
+import pytest
+import slurm_cluster
+
+from mfnpatch.runner import load_record
+from mfnpatch.slurm import MANIFEST, SlurmOptions, check_frozen_tree, freeze_tree, script_text
+
+MISSING = slurm_cluster.missing_binaries()
+needs_slurm = pytest.mark.skipif(
+    bool(MISSING), reason=f"needs Slurm and munge (apt-get install slurm-wlm munge): missing {', '.join(MISSING)}"
+)
+
+
+@pytest.fixture(scope="session")
+def cluster(tmp_path_factory):
+    if MISSING:
+        pytest.skip(f"needs Slurm and munge: missing {', '.join(MISSING)}")
+    c = slurm_cluster.start(tmp_path_factory.mktemp("slurm"))
+    yield c
+    c.stop()
+
+
+@pytest.fixture
+def slurm_env(cluster, monkeypatch):
+    monkeypatch.setenv("SLURM_CONF", str(cluster.conf))
+    return cluster
+
+
+def submit(cli, rf, *extra, name="run"):
+    return cli(
+        "recipe", "run", rf.recipe, "--tree", rf.tree, "--run-dir", rf.run_dir(name), "--no-env-check",
+        "--executor", "slurm", "--set", "verbose=20", *extra,
+    )  # fmt: skip
+
+
+def wait_for(cond, timeout=120, what=""):
+    t = time.monotonic() + timeout
+    while time.monotonic() < t:
+        v = cond()
+        if v:
+            return v
+        time.sleep(0.2)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def follow(cli, rd, timeout=240):
+    t = time.monotonic()
+    r = cli("recipe", "status", rd, "--follow", "--interval", "0.5")
+    assert time.monotonic() - t < timeout
+    return r
+
+
+def release_requeued(c, jid: str) -> None:
+    """Slurm holds a requeued batch job back for about two minutes (EligibleTime = requeue + 120 s) before
+    it may start again; the tests let it start now."""
+
+    def pending_and_node_clean() -> bool:
+        node = c.run("sinfo", "-h", "-o", "%T", check=False).stdout.strip()
+        return squeue(c).get(jid, ("", ""))[0] == "PENDING" and node == "idle"
+
+    wait_for(pending_and_node_clean, 60, f"job {jid} to be requeued and its node clean")
+    time.sleep(2)  # the node revokes the old incarnation's credential; a start before that is refused
+    c.run("scontrol", "update", f"JobId={jid}", "StartTime=now")
+
+
+def _cmdline(d: Path) -> str:
+    try:
+        return (d / "cmdline").read_bytes().decode(errors="replace")
+    except OSError:
+        return ""
+
+
+def squeue(c) -> dict[str, tuple[str, str]]:
+    out = c.run("squeue", "-h", "-o", "%i|%T|%r").stdout
+    return {a: (b, r) for a, b, r in (ln.split("|") for ln in out.splitlines())}
+
+
+# --------------------------------------------------------------------------------------------
+# Without a cluster
+
+
+def test_script_has_the_chain_options_and_resources(tmp_path):
+    opts = SlurmOptions(partition="gpu", account="lab", time=None, gpus_per_node=None, sbatch_args=["--qos=long"])
+    text = script_text(tmp_path, "run1", "softmax", {"gpus_per_node": "1", "time": "3-00:00:00"}, opts)
+    for line in (
+        "#SBATCH --requeue",
+        "#SBATCH --signal=B:USR1@120",
+        "#SBATCH --kill-on-invalid-dep=yes",
+        "#SBATCH --partition=gpu",
+        "#SBATCH --account=lab",
+        "#SBATCH --gpus-per-node=1",
+        "#SBATCH --time=3-00:00:00",
+        "#SBATCH --qos=long",
+        f"#SBATCH --output={tmp_path}/slurm/softmax-%j.out",
+    ):
+        assert line in text.splitlines(), line  # fmt: skip
+    assert text.rstrip().endswith(f"recipe job {tmp_path} softmax")
+    # flags override the recipe's resources; 0 GPUs asks for none
+    text = script_text(tmp_path, "r", "softmax", {"gpus_per_node": "1"}, SlurmOptions(gpus_per_node=0, time="10"))
+    assert "--gpus-per-node" not in text and "#SBATCH --time=10" in text
+
+
+def test_frozen_tree_is_checked(tmp_path):
+    src = tmp_path / "tree"
+    (src / "src").mkdir(parents=True)
+    (src / "src" / "train_softmax.py").write_text("print(1)\n")
+    (src / ".git").mkdir()
+    (src / ".git" / "HEAD").write_text("ref\n")
+    run = tmp_path / "run"
+    run.mkdir()
+    manifest = freeze_tree(src, run)
+    assert list(manifest) == ["src/train_softmax.py"] and not (run / "tree" / ".git").exists()
+    check_frozen_tree(run)
+    (run / "tree" / "models").mkdir()  # outputs written under the tree later are not code
+    (run / "tree" / "models" / "m-0001.params").write_bytes(b"x")
+    check_frozen_tree(run)
+    (run / "tree" / "src" / "train_softmax.py").write_text("print(2)\n")
+    with pytest.raises(Exception, match="changed since it was submitted: src/train_softmax.py"):
+        check_frozen_tree(run)
+    assert json.loads((run / MANIFEST).read_text()) == manifest
+
+
+def test_slurm_options_need_the_slurm_executor(cli, runfx):
+    r = cli("recipe", "run", runfx.recipe, "--tree", runfx.tree, "--partition", "gpu")
+    assert r.code == 64 and "need --executor slurm" in r.err
+    r = cli("recipe", "run", runfx.recipe, "--tree", runfx.tree, "--executor", "pbs")
+    assert r.code == 64 and "--executor pbs" in r.err
+
+
+# --------------------------------------------------------------------------------------------
+# On the cluster
+
+
+@needs_slurm
+def test_chain_runs_in_order_and_passes(cli, runfx, slurm_env):
+    r = submit(cli, runfx)
+    assert r.code == 0, r.err
+    rd = runfx.run_dir()
+    assert f"QUEUED: {rd}" in r.out and f"mfnpatch recipe status {rd} --follow" in r.out
+    rec = load_record(rd)
+    jobs = {s.name: s.job["id"] for s in rec.stages if s.job}
+    assert list(jobs) == ["data", "softmax", "arcface", "slim"] and rec.status == "queued"
+    assert rec.stage("arcface").job["after"] == jobs["softmax"]
+    q = squeue(slurm_env)
+    assert q[jobs["slim"]] == ("PENDING", "Dependency")  # waits for arcface, which waits for softmax
+    scripts = sorted(p.name for p in (rd / "slurm").glob("*.sbatch"))
+    assert scripts == ["01-data.sbatch", "02-softmax.sbatch", "03-arcface.sbatch", "04-slim.sbatch"]
+    assert (rd / "tree" / "src" / "train_softmax.py").is_file() and (rd / "recipe.yaml").is_file()
+    s = follow(cli, rd)
+    assert s.code == 0, s.out + s.err
+    rec = load_record(rd)
+    assert rec.status == "passed" and [x.status for x in rec.stages] == ["done"] * 4
+    st = {x.name: x for x in rec.stages}
+    for a, b in (("data", "softmax"), ("softmax", "arcface"), ("arcface", "slim")):
+        assert st[b].attempts[0]["started"] >= st[a].attempts[0]["finished"], (a, b)  # afterok honoured
+    assert all(st[n].attempts[0]["job_id"] == jobs[n] for n in jobs)
+    assert st["softmax"].ended.startswith("stopped at checkpoint 5 (planned)")
+    assert st["arcface"].inputs["pretrained"] == f"{rd}/models/model-y1-softmax,5"
+    assert {c["id"] for c in st["softmax"].checks} >= {"lfw verified", "train_acc rises"}
+    assert (rd / "stages" / "softmax.log").read_text().count("Accuracy-Flip") >= 15
+    assert "passed" in s.out.splitlines()[-6] or "passed" in s.out
+    assert (rd / "report.md").read_text().startswith("# Run run: PASSED")
+    assert list((rd / "slurm").glob("softmax-*.out"))
+
+
+@needs_slurm
+def test_requeued_mid_stage_resumes_from_its_checkpoint(cli, runfx, slurm_env, monkeypatch):
+    """scontrol requeue while softmax trains (as a preemption does): the job restarts, loads its last
+    checkpoint as a resumed segment, and the chain goes on from the stage's checkpoint 5."""
+    monkeypatch.setenv("FAKE_DELAY", "0.05")
+    assert submit(cli, runfx).code == 0
+    rd = runfx.run_dir()
+    log = rd / "stages" / "softmax.log"
+    wait_for(lambda: log.is_file() and "Saved checkpoint" in log.read_text(), what="softmax's first checkpoint")
+    jid = load_record(rd).stage("softmax").job["id"]
+    slurm_env.run("scontrol", "requeue", jid)
+    release_requeued(slurm_env, jid)
+    s = follow(cli, rd)
+    assert s.code == 0, s.out + s.err
+    rec = load_record(rd)
+    sm = rec.stage("softmax")
+    assert rec.status == "passed" and sm.status == "done" and sm.passed
+    assert [a["restart"] for a in sm.attempts] == [0, 1] and {a["job_id"] for a in sm.attempts} == {jid}
+    assert len(sm.segments) == 1
+    n = sm.segments[0]["start_save"]
+    assert 1 <= n < 5 and sm.segments[0]["prefix"] == f"{rd}/models/model-y1-softmax-r1"
+    assert sm.ended.startswith("stopped at checkpoint 5 (planned)")
+    assert rec.stage("arcface").inputs["pretrained"] == f"{rd}/models/model-y1-softmax-r1,{5 - n}"
+    assert "momentum restarts" in (rd / "report.md").read_text()
+
+
+@needs_slurm
+def test_time_limit_signal_requeues_and_resumes(cli, runfx, slurm_env, monkeypatch):
+    """USR1 to the batch shell is what --signal=B:USR1@GRACE sends before the time limit: the job stops
+    the trainer, requeues itself, and the next start resumes from the last checkpoint."""
+    monkeypatch.setenv("FAKE_DELAY", "0.05")
+    assert submit(cli, runfx).code == 0
+    rd = runfx.run_dir()
+    log = rd / "stages" / "softmax.log"
+    wait_for(lambda: log.is_file() and "Saved checkpoint" in log.read_text(), what="softmax's first checkpoint")
+    jid = load_record(rd).stage("softmax").job["id"]
+    slurm_env.run("scancel", "--signal=USR1", "--batch", jid)
+    release_requeued(slurm_env, jid)
+    s = follow(cli, rd)
+    assert s.code == 0, s.out + s.err
+    sm = load_record(rd).stage("softmax")
+    assert [a["restart"] for a in sm.attempts] == [0, 1]
+    assert "the time limit is near: requeued to resume" in sm.attempts[0]["ended"]
+    assert len(sm.segments) == 1 and sm.status == "done" and sm.passed
+
+
+@needs_slurm
+def test_a_job_killed_unrecorded_is_stale_and_resubmission_resumes(cli, runfx, slurm_env, monkeypatch):
+    """SIGKILL (a node failure, an OOM kill) leaves no chance to record anything: status --follow says the
+    record is stale instead of waiting forever, and --executor slurm --resume submits the rest again,
+    softmax continuing from its last checkpoint."""
+    monkeypatch.setenv("FAKE_DELAY", "0.05")
+    assert submit(cli, runfx).code == 0
+    rd = runfx.run_dir()
+    log = rd / "stages" / "softmax.log"
+    wait_for(lambda: log.is_file() and "Saved checkpoint" in log.read_text(), what="softmax's first checkpoint")
+    jid = load_record(rd).stage("softmax").job["id"]
+    job_pids = [
+        int(d.name)
+        for d in Path("/proc").iterdir()
+        if d.name.isdigit() and _cmdline(d).endswith(f"recipe\0job\0{rd}\0softmax\0")
+    ]
+    assert len(job_pids) == 1
+    os.kill(job_pids[0], signal.SIGKILL)  # the job's runner dies without a word, as on a node failure
+    s = follow(cli, rd)
+    assert s.code == 1 and "stale" in s.err and f"softmax (job {jid}" in s.err and "--resume" in s.err
+    assert load_record(rd).stage("softmax").status == "running"  # as the killed job left it
+    monkeypatch.setenv("FAKE_DELAY", "0.002")
+    r = cli("recipe", "run", runfx.recipe, "--tree", runfx.tree, "--resume", rd, "--no-env-check",
+            "--executor", "slurm", "--set", "verbose=20")  # fmt: skip
+    assert r.code == 0, r.err
+    assert "submitted data" not in r.err  # done stages are not submitted again
+    s = follow(cli, rd)
+    assert s.code == 0, s.out + s.err
+    sm = load_record(rd).stage("softmax")
+    assert sm.status == "done" and len(sm.segments) == 1 and sm.job["id"] != jid
+
+
+@needs_slurm
+def test_failed_expectation_cancels_the_rest(cli, runfx, slurm_env, monkeypatch):
+    monkeypatch.setenv("FAKE_CAP", "0.45")
+    assert submit(cli, runfx).code == 0
+    rd = runfx.run_dir()
+    s = follow(cli, rd)
+    assert s.code == 1
+    rec = load_record(rd)
+    st = {x.name: x for x in rec.stages}
+    assert rec.status == "failed" and st["softmax"].status == "done" and st["softmax"].passed is False
+    assert st["arcface"].status == "cancelled" and st["slim"].status == "cancelled"
+    assert st["arcface"].ended == "cancelled: stage softmax did not pass"
+    assert not st["arcface"].attempts and not st["slim"].attempts  # they never started
+    assert not (rd / "stages" / "arcface.log").exists()
+    wait_for(lambda: not set(squeue(slurm_env)) & {st["arcface"].job["id"], st["slim"].job["id"]}, 30,
+             "the dependents to leave the queue")  # fmt: skip
+
+
+@needs_slurm
+def test_cancel_stops_the_running_stage_and_the_queue(cli, runfx, slurm_env, monkeypatch):
+    monkeypatch.setenv("FAKE_DELAY", "0.2")
+    assert submit(cli, runfx).code == 0
+    rd = runfx.run_dir()
+    log = rd / "stages" / "softmax.log"
+    wait_for(lambda: log.is_file() and "Saved checkpoint" in log.read_text(), what="softmax to train")
+    r = cli("recipe", "cancel", rd)
+    assert r.code == 0 and "cancelled 3 job(s)" in r.out
+    wait_for(lambda: load_record(rd).stage("softmax").status == "cancelled", 60, "softmax to record its end")
+    rec = load_record(rd)
+    assert rec.status == "cancelled"
+    assert [s.status for s in rec.stages] == ["done", "cancelled", "cancelled", "cancelled"]
+    assert "cancelled (mfnpatch recipe cancel)" in rec.stage("softmax").ended
+    wait_for(lambda: not squeue(slurm_env), 30, "an empty queue")
+    assert cli("recipe", "cancel", rd).code == 2  # nothing left
+    assert cli("recipe", "status", rd).code == 1
+
+
+@needs_slurm
+def test_bad_partition_is_one_clear_error_and_nothing_queued(cli, runfx, slurm_env):
+    r = submit(cli, runfx, "--partition", "nosuch")
+    assert r.code == 1 and "submission failed" in r.err and "nosuch" in r.err.lower() or "partition" in r.err
+    assert not squeue(slurm_env)
