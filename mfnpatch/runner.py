@@ -326,6 +326,7 @@ class Runner:
             raise RunError(
                 f"{run_dir} exists and is not empty", hint="use --resume to continue it, or another --run-dir"
             )
+        fresh_dir = None if previous is not None else run_dir.exists()  # existed (empty) or not; None: resume
         tree, sets = self._prepare_tree(plan)
         env_info: dict[str, Any] = {"name": plan.environment, "prefix": str(self._env_prefix())}
         if self.opts.env_check and self.opts.env_checker is not None:
@@ -362,7 +363,12 @@ class Runner:
             rec.executor = previous.executor
         rec.recipe["overrides"] = dict(self.overrides)
         if self.opts.executor == "slurm":
-            return run_dir, self._submit(plan, rec, run_dir, tree.root, previous)
+            try:
+                return run_dir, self._submit(plan, rec, run_dir, tree.root, previous)
+            except MfnError:
+                if fresh_dir is not None:  # a new run that queued nothing leaves no run directory behind
+                    _remove_new_run_dir(run_dir, keep_dir=fresh_dir)
+                raise
         rec.executor = {"kind": "local", "pid": os.getpid(), "host": platform.node()}
         self._write(run_dir, rec)
         self.obs.run_started(run_dir, plan)
@@ -435,8 +441,11 @@ class Runner:
                 prev = jid
         except (SlurmError, OSError) as e:
             scancel(submitted)  # all or nothing: no half-submitted chain is left queued
+            given = [f"--{k.replace('_', '-')} {v}" for k in ("partition", "account", "time", "gpus_per_node")
+                     if (v := getattr(sopts, k)) is not None]  # fmt: skip
             raise RunError(
-                f"submission failed, cancelled the {len(submitted)} job(s) already submitted: {e}",
+                f"submission failed, cancelled the {len(submitted)} job(s) already submitted: {e}"
+                + (f" (with {', '.join(given)})" if given else ""),
                 hint="check the Slurm options (--partition, --account, --gpus-per-node); see docs/slurm.md",
             ) from None
         rec.status = "queued" if submitted else rec.status
@@ -1112,6 +1121,17 @@ def run_recipe(
     loaded = load_recipe(spec)
     runner = Runner(loaded, profile, overrides, opts, observer)
     return runner.run()
+
+
+def _remove_new_run_dir(run_dir: Path, keep_dir: bool) -> None:
+    if not keep_dir:
+        shutil.rmtree(run_dir, ignore_errors=True)
+        return
+    for p in run_dir.iterdir():
+        if p.is_dir() and not p.is_symlink():
+            shutil.rmtree(p, ignore_errors=True)
+        else:
+            p.unlink(missing_ok=True)
 
 
 def run_job(run_dir: Path, stage: str, observer: Observer | None = None, env_checker=None) -> int:

@@ -292,5 +292,13 @@ def test_cancel_stops_the_running_stage_and_the_queue(cli, runfx, slurm_env, mon
 @needs_slurm
 def test_bad_partition_is_one_clear_error_and_nothing_queued(cli, runfx, slurm_env):
     r = submit(cli, runfx, "--partition", "nosuch")
-    assert r.code == 1 and "submission failed" in r.err and "nosuch" in r.err.lower() or "partition" in r.err
+    assert r.code == 1, r.err
+    assert "submission failed, cancelled the 0 job(s) already submitted" in r.err
+    assert "Invalid partition name specified (with --partition nosuch)" in r.err
+    assert "hint: check the Slurm options" in r.err
+    assert not Path(runfx.run_dir("run")).exists()  # nothing half-made: the same command works once fixed
+    r = submit(cli, runfx, "--partition", "debug")
+    assert r.code == 0, r.err
+    assert len(squeue(slurm_env)) == len(load_record(runfx.run_dir("run")).stages)
+    assert cli("recipe", "cancel", runfx.run_dir("run")).code == 0
     assert not squeue(slurm_env)
