@@ -139,3 +139,46 @@ def test_resume_reuses_every_stage(smoke):
     )
     assert p.returncode == 0, p.stdout + p.stderr
     assert p.stderr.count("reused ") == 7 and "PASSED" in p.stdout
+
+
+def test_an_interrupted_training_stage_resumes_mid_stage_on_the_real_code(tmp_path):
+    """SIGTERM after the softmax stage saved checkpoint 1; --resume continues from that checkpoint with the
+    pinned train_softmax.py (new prefix, lr in force, lr-steps shifted) and the stage ends at checkpoint 2."""
+    import signal
+    import time
+
+    env = {**os.environ, "MFNPATCH_UPSTREAM": UPSTREAM, "MFNPATCH_CACHE": str(tmp_path / "cache")}
+    argv = [sys.executable, "-m", "mfnpatch", "recipe", "run", "may16", "--profile", "smoke", "--tree",
+            "insightface"]  # fmt: skip
+    p = subprocess.Popen([*argv, "--run-dir", "run"], cwd=tmp_path, env=env, stdout=subprocess.PIPE,
+                         stderr=subprocess.STDOUT, text=True)  # fmt: skip
+    log = tmp_path / "run" / "stages" / "softmax.log"
+    deadline = time.monotonic() + 600
+    while not (log.is_file() and "Saved checkpoint" in log.read_text(errors="replace")):
+        assert p.poll() is None and time.monotonic() < deadline, "softmax never saved checkpoint 1"
+        time.sleep(0.5)
+    p.send_signal(signal.SIGTERM)
+    out = p.communicate(timeout=120)[0]
+    assert p.returncode == 130, out[-3000:]
+    rec = json.loads((tmp_path / "run" / "record.json").read_text())
+    assert {s["name"]: s["status"] for s in rec["stages"]}["softmax"] == "interrupted"
+
+    r = subprocess.run([*argv, "--resume", "run", "--only", "softmax"], cwd=tmp_path, env=env, capture_output=True,
+                       text=True, timeout=900)  # fmt: skip
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    rec = json.loads((tmp_path / "run" / "record.json").read_text())
+    s = {x["name"]: x for x in rec["stages"]}["softmax"]
+    assert s["status"] == "done" and all(c["verdict"] == "pass" for c in s["checks"]), s["checks"]
+    (seg,) = s["segments"]
+    assert (seg["start_step"], seg["start_save"], seg["lr"]) == (21, 1, 0.1)
+    models = tmp_path / "run" / "models"
+    assert seg["pretrained"] == f"{models / 'model-y1-softmax'},1"
+    seg_log = (tmp_path / "run" / seg["log"]).read_text()  # what the pinned code made of the new flags
+    assert f"loading ['{models / 'model-y1-softmax'}', '1']" in seg_log
+    lr_steps = ",".join(map(str, seg["lr_steps"]))
+    assert f"prefix='{models / 'model-y1-softmax-r1'}'" in seg_log and f"lr=0.1, lr_steps='{lr_steps}'" in seg_log
+    ck = s["metrics"]["checkpoints"]
+    assert (ck["1"]["step"], ck["1"]["path"]) == (21, str(models / "model-y1-softmax-0001.params"))
+    assert (ck["2"]["step"], ck["2"]["path"]) == (42, str(models / "model-y1-softmax-r1-0001.params"))
+    assert all(Path(c["path"]).is_file() for c in ck.values())  # segment 0's save is not overwritten
+    assert s["metrics"]["targets"]["lfw"]["rounds"] == 2 and s["metrics"]["last_step"] == 42
