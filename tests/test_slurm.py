@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import time
 from pathlib import Path
@@ -169,7 +170,8 @@ def test_chain_runs_in_order_and_passes(cli, runfx, slurm_env):
     assert st["arcface"].inputs["pretrained"] == f"{rd}/models/model-y1-softmax,5"
     assert {c["id"] for c in st["softmax"].checks} >= {"lfw verified", "train_acc rises"}
     assert (rd / "stages" / "softmax.log").read_text().count("Accuracy-Flip") >= 15
-    assert "passed" in s.out.splitlines()[-6] or "passed" in s.out
+    last = s.out.split("—")[-1] if "—" in s.out else s.out  # the final snapshot
+    assert re.search(r"run: passed — ", s.out) and "slim       done" in last
     assert (rd / "report.md").read_text().startswith("# Run run: PASSED")
     assert list((rd / "slurm").glob("softmax-*.out"))
 
@@ -198,6 +200,8 @@ def test_requeued_mid_stage_resumes_from_its_checkpoint(cli, runfx, slurm_env, m
     assert sm.ended.startswith("stopped at checkpoint 5 (planned)")
     assert rec.stage("arcface").inputs["pretrained"] == f"{rd}/models/model-y1-softmax-r1,{5 - n}"
     assert "momentum restarts" in (rd / "report.md").read_text()
+    # status --follow showed the resumed stage's progress in the stage's own steps, out of its stop point
+    assert re.search(rf"softmax\s+running\s+job {jid} RUNNING\s+requeued 1x\s+step \d+/100", s.out), s.out
 
 
 @needs_slurm
