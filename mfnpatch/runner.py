@@ -474,7 +474,8 @@ class Runner:
         rec.status = "running"
         problem = None
         if attempt["restart"] > sopts.max_requeues:
-            problem = f"requeued {attempt['restart']} times; the limit is {sopts.max_requeues} (--max-requeues)"
+            n = attempt["restart"]
+            problem = f"requeued {n} time{'s' * (n != 1)}; the limit is {sopts.max_requeues} (--max-requeues)"
         else:
             try:
                 check_frozen_tree(run_dir)

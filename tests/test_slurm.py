@@ -205,6 +205,25 @@ def test_requeued_mid_stage_resumes_from_its_checkpoint(cli, runfx, slurm_env, m
 
 
 @needs_slurm
+def test_past_max_requeues_the_stage_fails_and_the_rest_is_cancelled(cli, runfx, slurm_env, monkeypatch):
+    monkeypatch.setenv("FAKE_DELAY", "0.05")
+    assert submit(cli, runfx, "--max-requeues", "0").code == 0
+    rd = runfx.run_dir()
+    log = rd / "stages" / "softmax.log"
+    wait_for(lambda: log.is_file() and "Saved checkpoint" in log.read_text(), what="softmax's first checkpoint")
+    jid = load_record(rd).stage("softmax").job["id"]
+    slurm_env.run("scontrol", "requeue", jid)
+    release_requeued(slurm_env, jid)
+    s = follow(cli, rd)
+    assert s.code == 1, s.out + s.err
+    rec = load_record(rd)
+    sm = rec.stage("softmax")
+    assert rec.status == "failed" and sm.status == "failed" and not sm.segments
+    assert sm.ended == "requeued 1 time; the limit is 0 (--max-requeues)"
+    assert [rec.stage(n).status for n in ("arcface", "slim")] == ["cancelled", "cancelled"]
+
+
+@needs_slurm
 def test_time_limit_signal_requeues_and_resumes(cli, runfx, slurm_env, monkeypatch):
     """USR1 to the batch shell is what --signal=B:USR1@GRACE sends before the time limit: the job stops
     the trainer, requeues itself, and the next start resumes from the last checkpoint."""
