@@ -806,6 +806,9 @@ def recipe_plan(
                 + (f" (step {steps})" if s.stop[0] == "checkpoint" else "")
                 + f": {escape(s.stop_why)}"
             )
+        if s.resources:
+            res = ", ".join(f"{k.replace('_', '-')} {v}" for k, v in s.resources.items())
+            out.print(f"  slurm {escape(res)} (with --executor slurm; flags override)")
         for e in s.expect:
             out.print(f"  check {escape(_expectation_text(e))}")
     for h in plan.hazards:
@@ -962,7 +965,9 @@ def recipe_run(
     gpus_per_node: Annotated[
         int | None,
         typer.Option(
-            "--gpus-per-node", help="GPUs per training job (overrides the recipe's).", rich_help_panel="Slurm"
+            "--gpus-per-node",
+            help="GPUs per job of each stage whose recipe asks for GPUs (the training stages); overrides the recipe's.",
+            rich_help_panel="Slurm",
         ),
     ] = None,
     cpus_per_task: Annotated[

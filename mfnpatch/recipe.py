@@ -497,6 +497,7 @@ class Plan:
                     "stop": {"kind": s.stop[0], "value": s.stop[1], "why": s.stop_why} if s.stop else None,
                     "seed_command": s.seed_command,
                     "stands_in": s.stands_in,
+                    "resources": s.resources,
                     "note": s.note,
                     "depends": s.depends,
                 }
@@ -714,7 +715,7 @@ def expand(
                 note=st.note,
                 depends=sorted(_deps(st)),
                 template=st,
-                resources={k: v for k, v in res.items() if v not in ("", "0")},
+                resources={k: v for k, v in res.items() if v != ""},  # "0" GPUs is kept: it asks for none
             )
         )
     # stop points derived from what later stages need

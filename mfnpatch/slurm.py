@@ -171,7 +171,7 @@ def script_text(run_dir: Path, run_id: str, stage: str, resources: dict[str, str
     res = dict(resources)
     for key in ("time", "gpus_per_node", "cpus_per_task", "mem"):
         v = getattr(opts, key)
-        if v is not None:
+        if v is not None and (key != "gpus_per_node" or key in res):  # GPUs only for stages that ask for them
             res[key] = str(v)
     lines = [
         "#!/bin/bash",

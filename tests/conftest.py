@@ -233,6 +233,7 @@ parameters:
   models_dir: {{default: "${{run_dir}}/models", type: path}}
   verbose: {{default: 10, type: int}}
   softmax_checkpoint: {{default: 5, type: int}}
+  slurm_gpus: {{default: 0, type: int}}
 stages:
   data:
     title: a dataset directory
@@ -245,6 +246,7 @@ stages:
     cwd: src
     seed_command: CUDA_VISIBLE_DEVICES='' python -u train_softmax.py --network y1 --ckpt 2 --loss-type 0
     env: {{CUDA_VISIBLE_DEVICES: ""}}
+    resources: {{gpus_per_node: "${{slurm_gpus}}"}}
     command: ["${{python}}", -u, train_softmax.py, --network, y1, --ckpt, "2", --loss-type, "0", --lr-steps, "20,25",
               --per-batch-size, "16", --data-dir, "${{data_dir}}", --prefix, "${{models_dir}}/model-y1-softmax",
               {{flag: --verbose, value: "${{verbose}}"}}]
@@ -257,6 +259,7 @@ stages:
     title: arcface
     cwd: src
     env: {{CUDA_VISIBLE_DEVICES: ""}}
+    resources: {{gpus_per_node: "${{slurm_gpus}}"}}
     inputs:
       pretrained: "softmax@${{softmax_checkpoint}}"
     command: ["${{python}}", -u, train_softmax.py, --network, y1, --ckpt, "2", --loss-type, "4",

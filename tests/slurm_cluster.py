@@ -7,6 +7,7 @@ import os
 import shutil
 import signal
 import socket
+import stat
 import subprocess
 import time
 from dataclasses import dataclass, field
@@ -33,6 +34,7 @@ def _free_port() -> int:
 class Cluster:
     root: Path
     conf: Path
+    gpus: int = 0  # gres/gpu the node declares (0 when the device files could not be made)
     procs: list = field(default_factory=list)
 
     @property
@@ -64,7 +66,9 @@ class Cluster:
                 p.kill()
 
 
-def start(root: Path, cpus: int = 2) -> Cluster:
+def start(root: Path, cpus: int = 2, gpus: int = 2) -> Cluster:
+    """gpus: GPUs the node declares as gres/gpu, backed by plain files (root/dev/nvidiaN) — Slurm allocates
+    them and sets CUDA_VISIBLE_DEVICES / SLURM_JOB_GPUS for a job as it does for real GPUs."""
     root.mkdir(parents=True, exist_ok=True)
     for d in ("state", "spool", "munge"):
         (root / d).mkdir(exist_ok=True)
@@ -76,6 +80,18 @@ def start(root: Path, cpus: int = 2) -> Cluster:
     host = socket.gethostname().split(".")[0]
     user = os.environ.get("USER") or __import__("pwd").getpwuid(os.getuid()).pw_name
     mem = int(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**20 * 0.8)
+    gres = ""
+    (root / "dev").mkdir(exist_ok=True)
+    try:
+        for i in range(gpus):  # Slurm wants character devices: /dev/null's numbers (needs CAP_MKNOD)
+            os.mknod(root / "dev" / f"nvidia{i}", stat.S_IFCHR | 0o666, os.makedev(1, 3))
+    except OSError:
+        gpus = 0
+    if gpus:
+        (root / "gres.conf").write_text(
+            f"AutoDetect=off\nNodeName={host} Name=gpu File={root / 'dev'}/nvidia[0-{gpus - 1}]\n"
+        )
+        gres = f" Gres=gpu:{gpus}"
     conf = root / "slurm.conf"
     conf.write_text(
         "\n".join(
@@ -104,6 +120,7 @@ def start(root: Path, cpus: int = 2) -> Cluster:
                 "SchedulerType=sched/backfill",
                 "SchedulerParameters=sched_interval=1",
                 "MpiDefault=none",
+                "GresTypes=gpu",
                 "ReturnToService=2",
                 "JobRequeue=1",
                 "KillWait=10",
@@ -112,13 +129,13 @@ def start(root: Path, cpus: int = 2) -> Cluster:
                 "AccountingStorageType=accounting_storage/none",
                 "JobAcctGatherType=jobacct_gather/none",
                 "JobCompType=jobcomp/none",
-                f"NodeName={host} NodeAddr=127.0.0.1 CPUs={cpus} RealMemory={mem} State=UNKNOWN",
+                f"NodeName={host} NodeAddr=127.0.0.1 CPUs={cpus} RealMemory={mem}{gres} State=UNKNOWN",
                 f"PartitionName=debug Nodes={host} Default=YES MaxTime=INFINITE State=UP",
                 "",
             ]
         )
     )
-    c = Cluster(root, conf)
+    c = Cluster(root, conf, gpus)
     env = c.env
 
     def spawn(argv: list[str], name: str) -> None:

@@ -110,6 +110,11 @@ def test_script_has_the_chain_options_and_resources(tmp_path):
     # flags override the recipe's resources; 0 GPUs asks for none
     text = script_text(tmp_path, "r", "softmax", {"gpus_per_node": "1"}, SlurmOptions(gpus_per_node=0, time="10"))
     assert "--gpus-per-node" not in text and "#SBATCH --time=10" in text
+    # --gpus-per-node is for the stages that ask for GPUs: a data or slim job does not hold one
+    text = script_text(tmp_path, "r", "slim", {}, SlurmOptions(gpus_per_node=4))
+    assert "--gpus-per-node" not in text
+    text = script_text(tmp_path, "r", "softmax", {"gpus_per_node": "0"}, SlurmOptions(gpus_per_node=4))
+    assert "#SBATCH --gpus-per-node=4" in text.splitlines()
 
 
 def test_frozen_tree_is_checked(tmp_path):
@@ -174,6 +179,31 @@ def test_chain_runs_in_order_and_passes(cli, runfx, slurm_env):
     assert re.search(r"run: passed — ", s.out) and "slim       done" in last
     assert (rd / "report.md").read_text().startswith("# Run run: PASSED")
     assert list((rd / "slurm").glob("softmax-*.out"))
+
+
+@needs_slurm
+def test_training_jobs_get_the_gpus_slurm_allocates(cli, runfx, slurm_env):
+    """The node declares two gres/gpu; another job holds GPU 0, so the training jobs get GPU 1: their
+    trainer sees CUDA_VISIBLE_DEVICES=1 (not the recipe's value), the record says why, and the jobs of
+    stages that ask for no GPU hold none."""
+    if not slurm_env.gpus:
+        pytest.skip("the test cluster has no gres/gpu: making its device files needs CAP_MKNOD")
+    hold = slurm_env.run("sbatch", "--parsable", "--gpus-per-node=1", "--wrap", "sleep 120").stdout.strip()
+    try:
+        wait_for(lambda: squeue(slurm_env).get(hold, ("",))[0] == "RUNNING", 30, "the job holding GPU 0")
+        assert submit(cli, runfx, "--gpus-per-node", "1").code == 0
+        rd = runfx.run_dir()
+        s = follow(cli, rd)
+        assert s.code == 0, s.out + s.err
+    finally:
+        slurm_env.run("scancel", hold, check=False)
+    rec = load_record(rd)
+    for name in ("softmax", "arcface"):
+        assert "gpu num: 1" in (rd / "stages" / f"{name}.log").read_text()
+        assert any(n.startswith("CUDA_VISIBLE_DEVICES=1: the GPUs Slurm allocated") for n in rec.stage(name).notes)
+        assert "#SBATCH --gpus-per-node=1" in (rd / rec.stage(name).job["script"]).read_text()
+    for name in ("data", "slim"):
+        assert "--gpus-per-node" not in (rd / rec.stage(name).job["script"]).read_text()
 
 
 @needs_slurm
