@@ -1080,8 +1080,9 @@ def recipe_status(
     as_json: JsonOpt = False,
 ):
     """Show a run: stages, how each ended, checks, metrics — and for a Slurm run each job's state and the
-    progress its stage's log shows. Exit 0 while a run is queued, running or passed; 1 when it failed,
-    was cancelled, or its record is stale (it says running, but Slurm runs no job of it: see docs/slurm.md)."""
+    progress its stage's log shows. Exit 0 while a run is queued, running, passed or incomplete; 1 when it
+    failed, was cancelled or interrupted, or its record is stale (it says running, but Slurm runs no job
+    of it: see docs/slurm.md)."""
     from mfnpatch.runner import live_rows, load_record
 
     CTX.json = as_json
