@@ -188,7 +188,8 @@ def test_training_jobs_get_the_gpus_slurm_allocates(cli, runfx, slurm_env):
     stages that ask for no GPU hold none."""
     if not slurm_env.gpus:
         pytest.skip("the test cluster has no gres/gpu: making its device files needs CAP_MKNOD")
-    hold = slurm_env.run("sbatch", "--parsable", "--gpus-per-node=1", "--wrap", "sleep 120").stdout.strip()
+    hold = slurm_env.run("sbatch", "--parsable", "--gpus-per-node=1", f"--output={slurm_env.root}/hold-%j.out",
+                         "--wrap", "sleep 120").stdout.strip()  # fmt: skip
     try:
         wait_for(lambda: squeue(slurm_env).get(hold, ("",))[0] == "RUNNING", 30, "the job holding GPU 0")
         assert submit(cli, runfx, "--gpus-per-node", "1").code == 0
