@@ -130,7 +130,11 @@ def start(root: Path, cpus: int = 2, gpus: int = 2) -> Cluster:
                 "JobAcctGatherType=jobacct_gather/none",
                 "JobCompType=jobcomp/none",
                 f"NodeName={host} NodeAddr=127.0.0.1 CPUs={cpus} RealMemory={mem}{gres} State=UNKNOWN",
-                f"PartitionName=debug Nodes={host} Default=YES MaxTime=INFINITE State=UP",
+                # jobs in "urgent" preempt jobs in "debug" when the node is full: requeued, as on a real cluster
+                "PreemptType=preempt/partition_prio",
+                "PreemptMode=REQUEUE",
+                f"PartitionName=debug Nodes={host} Default=YES MaxTime=INFINITE State=UP PriorityTier=1",
+                f"PartitionName=urgent Nodes={host} MaxTime=INFINITE State=UP PriorityTier=10",
                 "",
             ]
         )

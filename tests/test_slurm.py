@@ -255,6 +255,28 @@ def test_past_max_requeues_the_stage_fails_and_the_rest_is_cancelled(cli, runfx,
 
 
 @needs_slurm
+def test_preempted_by_a_higher_priority_job_resumes_from_its_checkpoint(cli, runfx, slurm_env, monkeypatch):
+    """Real preemption: a job in the higher-tier partition needs the whole node, so Slurm preempts the
+    training job (PreemptMode=REQUEUE: SIGTERM, requeue); it resumes from its last checkpoint."""
+    monkeypatch.setenv("FAKE_DELAY", "0.05")
+    assert submit(cli, runfx).code == 0
+    rd = runfx.run_dir()
+    log = rd / "stages" / "softmax.log"
+    wait_for(lambda: log.is_file() and "Saved checkpoint" in log.read_text(), what="softmax's first checkpoint")
+    jid = load_record(rd).stage("softmax").job["id"]
+    urgent = slurm_env.run("sbatch", "--parsable", "--partition=urgent", "--cpus-per-task=2",
+                           f"--output={slurm_env.root}/urgent-%j.out", "--wrap", "sleep 2").stdout.strip()  # fmt: skip
+    wait_for(lambda: urgent not in squeue(slurm_env), 60, "the urgent job to run and end")
+    assert "DUE TO PREEMPTION" in next((rd / "slurm").glob("softmax-*.out")).read_text()
+    release_requeued(slurm_env, jid)
+    s = follow(cli, rd)
+    assert s.code == 0, s.out + s.err
+    sm = load_record(rd).stage("softmax")
+    assert [a["restart"] for a in sm.attempts] == [0, 1] and sm.attempts[0]["ended"].startswith("interrupted")
+    assert len(sm.segments) == 1 and sm.status == "done" and sm.passed
+
+
+@needs_slurm
 def test_time_limit_signal_requeues_and_resumes(cli, runfx, slurm_env, monkeypatch):
     """USR1 to the batch shell is what --signal=B:USR1@GRACE sends before the time limit: the job stops
     the trainer, requeues itself, and the next start resumes from the last checkpoint."""
