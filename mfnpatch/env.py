@@ -854,9 +854,34 @@ def _kernel_fix(cc: tuple[int, int] | None) -> str:
     return "use the cu101 environment (sm_30 to sm_75)"
 
 
-def recipe_env_check(plan, prefix: Path | None = None) -> dict:
-    """Called by recipe run: the recipe's environment must be able to run here, else an error with the fix."""
+def _about_this_machines_gpus(f: Finding) -> bool:
+    """A finding about the GPUs (or the CUDA libraries) of the machine the check runs on."""
+    return f.what == "gpu" or (f.what == "mxnet" and ("libcud" in f.detail or "libnccl" in f.detail))
+
+
+def recipe_env_check(plan, prefix: Path | None = None, gpus_checked_by_jobs: bool = False) -> dict:
+    """Called by recipe run: the recipe's environment must be able to run here, else an error with the fix.
+
+    gpus_checked_by_jobs: submitting to Slurm from a login node, whose GPUs (often none) say nothing about
+    the compute nodes: findings about this machine's GPUs do not fail the submission; each job checks its
+    node before its stage starts."""
     doc = check(plan.environment, prefix)
+    failing = [f for f in doc.findings if f.ok is False]
+    if not doc.can_run and gpus_checked_by_jobs and failing and all(map(_about_this_machines_gpus, failing)):
+        return {
+            "name": plan.environment,
+            "lock_sha256": doc.facts.get("lock_sha256"),
+            "check": f"deferred to each job's compute node (on the submitting machine: {doc.verdict})",
+            "gpus": doc.facts.get("gpus"),
+            "features": doc.facts.get("features"),
+        }
+    if not doc.can_run and gpus_checked_by_jobs and failing:  # lead with what the jobs' nodes cannot fix
+        first = next(f for f in failing if not _about_this_machines_gpus(f))
+        raise EnvError(
+            f"environment {plan.environment}: CANNOT RUN: {first.detail}",
+            details=[f.detail for f in failing if f is not first and not _about_this_machines_gpus(f)],
+            hint=(first.fix or doc.fix or "") + " (or skip this check: --no-env-check)",
+        )
     if not doc.can_run:
         raise EnvError(
             f"environment {plan.environment}: {doc.verdict}",

@@ -330,7 +330,12 @@ class Runner:
         tree, sets = self._prepare_tree(plan)
         env_info: dict[str, Any] = {"name": plan.environment, "prefix": str(self._env_prefix())}
         if self.opts.env_check and self.opts.env_checker is not None:
-            env_info.update(self.opts.env_checker(plan, self._env_prefix()))
+            if self.opts.executor == "slurm":
+                env_info.update(self.opts.env_checker(plan, self._env_prefix(), gpus_checked_by_jobs=True))
+                if str(env_info.get("check", "")).startswith("deferred"):
+                    self.obs.note(f"environment {plan.environment}: {env_info['check']}")
+            else:
+                env_info.update(self.opts.env_checker(plan, self._env_prefix()))
         probe_env = {
             **self._base_env(),
             **next((s.env for s in plan.stages if s.kind == "train" and not s.skipped), {}),

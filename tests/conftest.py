@@ -1,9 +1,12 @@
 from __future__ import annotations
 
+import importlib.metadata
+import json
 import os
 import random
 import re
 import shutil
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -334,3 +337,28 @@ def runfx(fake_base: FakeBase, tmp_path, monkeypatch) -> RunFx:
     recipe = root / "fake.yaml"
     recipe.write_text(fake_base.recipe_text)
     return RunFx(root, root / "upstream", fake_base.sha, recipe, root / "tree")
+
+
+@pytest.fixture
+def gpu_envs(tmp_path, monkeypatch):
+    """Environments whose locks hold only what this interpreter has, so the doctor's verdict rests on the GPU."""
+    root = tmp_path / "envs"
+    pytest_version = importlib.metadata.version("pytest")
+    for name, cuda, archs, package in (
+        ("gpu101", "10.1", [30, 50, 60, 70, 75], "mxnet-cu101"),
+        ("cpuish", None, [], "mxnet"),
+    ):
+        d = root / name
+        d.mkdir(parents=True)
+        (d / "pip.in").write_text("pytest\n")
+        (d / "pip.lock").write_text(f"pytest=={pytest_version} \\\n    --hash=sha256:{'0' * 64}\n")
+        mx = {"package": package, "version": "1.9.1", "gpu_archs": archs}
+        if cuda:
+            mx |= {"cuda": cuda, "driver_min": "418.39"}
+        (d / "env.yaml").write_text(json.dumps({
+            "schema": 1, "name": name, "kind": "pip", "description": "test", "platform": "x86_64-manylinux_2_28",
+            "python": f"{sys.version_info.major}.{sys.version_info.minor}", "pip": {"requirements": "pip.in",
+            "lock": "pip.lock"}, "mxnet": mx, "patches": "mfn", "why": "test",
+        }))  # fmt: skip
+    monkeypatch.setenv("MFNPATCH_ENVS", str(root))
+    return root

@@ -236,31 +236,6 @@ def test_nvidia_smi_absent_failing_and_old(tmp_path, monkeypatch):
     assert rep.found and (rep.gpus[0].name, rep.gpus[0].cc, rep.gpus[0].driver) == ("Tesla P40", (6, 1), "410.48")
 
 
-@pytest.fixture
-def gpu_envs(tmp_path, monkeypatch):
-    """Environments whose locks hold only what this interpreter has, so the doctor's verdict rests on the GPU."""
-    root = tmp_path / "envs"
-    pytest_version = importlib.metadata.version("pytest")
-    for name, cuda, archs, package in (
-        ("gpu101", "10.1", [30, 50, 60, 70, 75], "mxnet-cu101"),
-        ("cpuish", None, [], "mxnet"),
-    ):
-        d = root / name
-        d.mkdir(parents=True)
-        (d / "pip.in").write_text("pytest\n")
-        (d / "pip.lock").write_text(f"pytest=={pytest_version} \\\n    --hash=sha256:{'0' * 64}\n")
-        mx = {"package": package, "version": "1.9.1", "gpu_archs": archs}
-        if cuda:
-            mx |= {"cuda": cuda, "driver_min": "418.39"}
-        (d / "env.yaml").write_text(json.dumps({
-            "schema": 1, "name": name, "kind": "pip", "description": "test", "platform": "x86_64-manylinux_2_28",
-            "python": f"{sys.version_info.major}.{sys.version_info.minor}", "pip": {"requirements": "pip.in",
-            "lock": "pip.lock"}, "mxnet": mx, "patches": "mfn", "why": "test",
-        }))  # fmt: skip
-    monkeypatch.setenv("MFNPATCH_ENVS", str(root))
-    return root
-
-
 def test_doctor_h200_with_cu101(tmp_path, gpu_envs, cli):
     smi = fake_smi(tmp_path, (H200 / "nvidia-smi-query.csv").read_text())
     doc = check("gpu101", None, smi)
@@ -435,3 +410,28 @@ def test_create_and_check_the_cpu_environment_for_real(tmp_path, cli):
     d = cli("env", "check", "--prefix", prefix, "--json").json()
     assert d["env"] == "cpu" and d["can_run"] and d["facts"]["mxnet"] == "1.9.1"
     assert d["facts"]["features"]["MKLDNN"] is True and d["facts"]["features"]["CUDA"] is False
+
+
+@needs_mxnet
+def test_submitting_to_slurm_defers_only_this_machines_gpu_findings(tmp_path, gpu_envs, monkeypatch):
+    """A login node without GPUs can submit a GPU recipe: its GPU findings are left to the jobs' nodes.
+    Anything else wrong with the environment (a missing package) still stops the submission."""
+    from types import SimpleNamespace
+
+    from mfnpatch.env import EnvError, recipe_env_check
+
+    spec = gpu_envs / "gpu101" / "env.yaml"  # the build installed here, so only the GPU findings fail
+    spec.write_text(spec.read_text().replace('"mxnet-cu101"', '"mxnet"'))
+    monkeypatch.setenv("MFNPATCH_NVIDIA_SMI", str(tmp_path / "absent" / "nvidia-smi"))
+    plan = SimpleNamespace(environment="gpu101")
+    with pytest.raises(EnvError, match="environment gpu101: CANNOT RUN: nvidia-smi not found"):
+        recipe_env_check(plan, None)
+    got = recipe_env_check(plan, None, gpus_checked_by_jobs=True)
+    assert got["check"] == (
+        "deferred to each job's compute node (on the submitting machine: CANNOT RUN: nvidia-smi not found: "
+        "no NVIDIA driver on this machine)"
+    )
+    lock = gpu_envs / "gpu101" / "pip.lock"
+    lock.write_text(lock.read_text() + f"nosuchpackage==1.0 \\\n    --hash=sha256:{'1' * 64}\n")
+    with pytest.raises(EnvError, match="missing: nosuchpackage==1.0"):
+        recipe_env_check(plan, None, gpus_checked_by_jobs=True)

@@ -208,6 +208,30 @@ def test_training_jobs_get_the_gpus_slurm_allocates(cli, runfx, slurm_env):
 
 
 @needs_slurm
+def test_gpu_environment_is_checked_on_each_jobs_node(cli, runfx, slurm_env, gpu_envs, tmp_path, monkeypatch):
+    """Submitting a GPU recipe from a machine without GPUs (a login node) is allowed: the GPU check is left
+    to the jobs. Here the 'compute node' has no NVIDIA driver either, so the first job fails on it, with
+    the doctor's verdict, before its stage starts, and the chain behind it is cancelled."""
+    pytest.importorskip("mxnet")
+    spec = gpu_envs / "gpu101" / "env.yaml"  # the build installed here, so only the GPU findings fail
+    spec.write_text(spec.read_text().replace('"mxnet-cu101"', '"mxnet"'))
+    monkeypatch.setenv("MFNPATCH_NVIDIA_SMI", str(tmp_path / "absent" / "nvidia-smi"))
+    runfx.recipe.write_text(runfx.recipe.read_text().replace("environment: cpu", "environment: gpu101"))
+    rd = runfx.run_dir()
+    r = cli("recipe", "run", runfx.recipe, "--tree", runfx.tree, "--run-dir", rd, "--executor", "slurm")
+    assert r.code == 0, r.err
+    assert "environment gpu101: deferred to each job's compute node (on the submitting machine: CANNOT RUN: " \
+           "nvidia-smi not found" in r.err  # fmt: skip
+    s = follow(cli, rd)
+    assert s.code == 1
+    rec = load_record(rd)
+    data = rec.stage("data")
+    assert data.status == "failed" and data.ended.startswith("environment gpu101: CANNOT RUN: nvidia-smi not found")
+    assert not (rd / "stages" / "data.log").exists()  # it never started
+    assert [rec.stage(n).status for n in ("softmax", "arcface", "slim")] == ["cancelled"] * 3
+
+
+@needs_slurm
 def test_requeued_mid_stage_resumes_from_its_checkpoint(cli, runfx, slurm_env, monkeypatch):
     """scontrol requeue while softmax trains (as a preemption does): the job restarts, loads its last
     checkpoint as a resumed segment, and the chain goes on from the stage's checkpoint 5."""
