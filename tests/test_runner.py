@@ -371,3 +371,29 @@ def test_runner_killed_hard_takes_its_trainer_along_and_resume_continues(runfx):
     assert r.returncode == 0, r.stderr
     sm = load_record(rd).stage("softmax")
     assert sm.status == "done" and len(sm.segments) == 1 and "resumed from checkpoint" in r.stderr
+
+
+def test_recipe_cancel_stops_a_local_run_started_elsewhere(runfx, cli):
+    """`recipe cancel RUN` from another terminal: the runner gets SIGTERM, stops the trainer, records the
+    stage as interrupted and exits 130; a second cancel has nothing to do (exit 2)."""
+    rd = runfx.run_dir()
+    argv = [sys.executable, "-m", "mfnpatch", "recipe", "run", str(runfx.recipe), "--no-env-check", "--tree",
+            str(runfx.tree), "--set", "verbose=20", "--run-dir", str(rd)]  # fmt: skip
+    proc = subprocess.Popen(argv, env={**os.environ, "FAKE_DELAY": "0.05"}, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, text=True)  # fmt: skip
+    log = rd / "stages/softmax.log"
+    deadline = time.time() + 60
+    while time.time() < deadline and not (log.is_file() and "Saved checkpoint" in log.read_text()):
+        time.sleep(0.02)
+    trainers = _pids_running("train_softmax.py")
+    assert trainers
+    r = cli("recipe", "cancel", rd)
+    assert r.code == 0 and f"sent SIGTERM to the runner (pid {proc.pid})" in r.out, r.out + r.err
+    err = proc.communicate(timeout=60)[1]
+    assert proc.returncode == 130, err
+    assert not set(trainers) & set(_pids_running("train_softmax.py"))
+    rec = load_record(rd)
+    assert rec.status == "interrupted" and rec.stage("softmax").status == "interrupted"
+    assert rec.stage("arcface").status == "pending" and not (rd / "stages/arcface.log").exists()
+    assert f"--resume {rd}" in err  # how to continue
+    assert cli("recipe", "cancel", rd).code == 2
