@@ -384,9 +384,7 @@ class Runner:
             self._restore_signals()
             rec.finished = _now()
             if rec.status == "running":
-                ran = [s for s in rec.stages if s.status != "pending"]
-                ok = all(s.status in ("done", "skipped") and s.passed is not False for s in ran)
-                rec.status = ("passed" if len(ran) == len(rec.stages) else "incomplete") if ok else "failed"
+                rec.status = _verdict(rec.stages)
             self._write(run_dir, rec)
             self._write_report(run_dir, rec)
         if rec.status == "interrupted":
@@ -412,11 +410,10 @@ class Runner:
                         "submitted": _now(), "env_check": self.opts.env_check}  # fmt: skip
         recorded = {s.name: s.job["id"] for s in rec.stages if s.job and s.status in ("queued", "running")}
         if recorded:
-            from mfnpatch.slurm import job_states
+            from mfnpatch.slurm import ACTIVE_JOB_STATES, job_states
 
             states = job_states(list(recorded.values()))
-            busy = {"PENDING", "RUNNING", "CONFIGURING", "COMPLETING", "REQUEUED", "SUSPENDED"}
-            live = [n for n, j in recorded.items() if states.get(j, {}).get("state") in busy]
+            live = [n for n, j in recorded.items() if states.get(j, {}).get("state") in ACTIVE_JOB_STATES]
         else:
             live = []
         if live:
@@ -455,7 +452,7 @@ class Runner:
             ) from None
         rec.status = "queued" if submitted else rec.status
         if not submitted:
-            rec.status = "passed" if all(s.status in ("done", "skipped") for s in rec.stages) else "incomplete"
+            rec.status = _verdict(rec.stages)
         self._write(run_dir, rec)
         self._write_report(run_dir, rec)
         return rec
@@ -528,9 +525,7 @@ class Runner:
             code = 0
             if not any(s.job and s.status in ("queued", "running") for s in later):  # the chain's last job
                 rec.finished = _now()
-                ok = all(s.status in ("done", "skipped") and s.passed is not False for s in rec.stages)
-                ran = all(s.status in ("done", "skipped") for s in rec.stages)
-                rec.status = "passed" if ok and ran else ("incomplete" if ok else "failed")
+                rec.status = _verdict(rec.stages)
         else:
             code = 1
             dependents = [s for s in later if s.job and s.status in ("queued", "running", "interrupted")]
@@ -1127,6 +1122,15 @@ def run_recipe(
     loaded = load_recipe(spec)
     runner = Runner(loaded, profile, overrides, opts, observer)
     return runner.run()
+
+
+def _verdict(stages: list[StageRecord]) -> str:
+    """A run's end: failed if a stage that ran did not pass, incomplete if stages were left out (--only,
+    --from, a stop), else passed."""
+    ran = [s for s in stages if s.status != "pending"]
+    if not all(s.status in ("done", "skipped") and s.passed is not False for s in ran):
+        return "failed"
+    return "passed" if len(ran) == len(stages) else "incomplete"
 
 
 def _remove_new_run_dir(run_dir: Path, keep_dir: bool) -> None:
