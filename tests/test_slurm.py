@@ -55,6 +55,17 @@ def wait_for(cond, timeout=120, what=""):
     raise AssertionError(f"timed out waiting for {what}")
 
 
+def submit_until_softmax_saves(cli, runfx, monkeypatch, *extra: str) -> tuple[Path, str]:
+    """Submit the chain with a slow trainer and wait until softmax has saved its first checkpoint:
+    the run directory and softmax's job id."""
+    monkeypatch.setenv("FAKE_DELAY", "0.05")
+    assert submit(cli, runfx, *extra).code == 0
+    rd = runfx.run_dir()
+    log = rd / "stages" / "softmax.log"
+    wait_for(lambda: log.is_file() and "Saved checkpoint" in log.read_text(), what="softmax's first checkpoint")
+    return rd, load_record(rd).stage("softmax").job["id"]
+
+
 def follow(cli, rd, timeout=240):
     t = time.monotonic()
     r = cli("recipe", "status", rd, "--follow", "--interval", "0.5")
@@ -232,15 +243,20 @@ def test_gpu_environment_is_checked_on_each_jobs_node(cli, runfx, slurm_env, gpu
 
 
 @needs_slurm
+def test_only_one_stage_ends_incomplete_as_a_local_run_does(cli, runfx, slurm_env):
+    assert submit(cli, runfx, "--only", "data").code == 0
+    rd = runfx.run_dir()
+    s = follow(cli, rd)
+    assert s.code == 0, s.out + s.err
+    rec = load_record(rd)
+    assert rec.status == "incomplete" and [x.status for x in rec.stages] == ["done", "pending", "pending", "pending"]
+
+
+@needs_slurm
 def test_requeued_mid_stage_resumes_from_its_checkpoint(cli, runfx, slurm_env, monkeypatch):
     """scontrol requeue while softmax trains (as a preemption does): the job restarts, loads its last
     checkpoint as a resumed segment, and the chain goes on from the stage's checkpoint 5."""
-    monkeypatch.setenv("FAKE_DELAY", "0.05")
-    assert submit(cli, runfx).code == 0
-    rd = runfx.run_dir()
-    log = rd / "stages" / "softmax.log"
-    wait_for(lambda: log.is_file() and "Saved checkpoint" in log.read_text(), what="softmax's first checkpoint")
-    jid = load_record(rd).stage("softmax").job["id"]
+    rd, jid = submit_until_softmax_saves(cli, runfx, monkeypatch)
     slurm_env.run("scontrol", "requeue", jid)
     release_requeued(slurm_env, jid)
     s = follow(cli, rd)
@@ -261,12 +277,7 @@ def test_requeued_mid_stage_resumes_from_its_checkpoint(cli, runfx, slurm_env, m
 
 @needs_slurm
 def test_past_max_requeues_the_stage_fails_and_the_rest_is_cancelled(cli, runfx, slurm_env, monkeypatch):
-    monkeypatch.setenv("FAKE_DELAY", "0.05")
-    assert submit(cli, runfx, "--max-requeues", "0").code == 0
-    rd = runfx.run_dir()
-    log = rd / "stages" / "softmax.log"
-    wait_for(lambda: log.is_file() and "Saved checkpoint" in log.read_text(), what="softmax's first checkpoint")
-    jid = load_record(rd).stage("softmax").job["id"]
+    rd, jid = submit_until_softmax_saves(cli, runfx, monkeypatch, "--max-requeues", "0")
     slurm_env.run("scontrol", "requeue", jid)
     release_requeued(slurm_env, jid)
     s = follow(cli, rd)
@@ -282,12 +293,7 @@ def test_past_max_requeues_the_stage_fails_and_the_rest_is_cancelled(cli, runfx,
 def test_preempted_by_a_higher_priority_job_resumes_from_its_checkpoint(cli, runfx, slurm_env, monkeypatch):
     """Real preemption: a job in the higher-tier partition needs the whole node, so Slurm preempts the
     training job (PreemptMode=REQUEUE: SIGTERM, requeue); it resumes from its last checkpoint."""
-    monkeypatch.setenv("FAKE_DELAY", "0.05")
-    assert submit(cli, runfx).code == 0
-    rd = runfx.run_dir()
-    log = rd / "stages" / "softmax.log"
-    wait_for(lambda: log.is_file() and "Saved checkpoint" in log.read_text(), what="softmax's first checkpoint")
-    jid = load_record(rd).stage("softmax").job["id"]
+    rd, jid = submit_until_softmax_saves(cli, runfx, monkeypatch)
     urgent = slurm_env.run("sbatch", "--parsable", "--partition=urgent", "--cpus-per-task=2",
                            f"--output={slurm_env.root}/urgent-%j.out", "--wrap", "sleep 2").stdout.strip()  # fmt: skip
     wait_for(lambda: urgent not in squeue(slurm_env), 60, "the urgent job to run and end")
@@ -304,12 +310,7 @@ def test_preempted_by_a_higher_priority_job_resumes_from_its_checkpoint(cli, run
 def test_time_limit_signal_requeues_and_resumes(cli, runfx, slurm_env, monkeypatch):
     """USR1 to the batch shell is what --signal=B:USR1@GRACE sends before the time limit: the job stops
     the trainer, requeues itself, and the next start resumes from the last checkpoint."""
-    monkeypatch.setenv("FAKE_DELAY", "0.05")
-    assert submit(cli, runfx).code == 0
-    rd = runfx.run_dir()
-    log = rd / "stages" / "softmax.log"
-    wait_for(lambda: log.is_file() and "Saved checkpoint" in log.read_text(), what="softmax's first checkpoint")
-    jid = load_record(rd).stage("softmax").job["id"]
+    rd, jid = submit_until_softmax_saves(cli, runfx, monkeypatch)
     slurm_env.run("scancel", "--signal=USR1", "--batch", jid)
     release_requeued(slurm_env, jid)
     s = follow(cli, rd)
@@ -325,12 +326,7 @@ def test_a_job_killed_unrecorded_is_stale_and_resubmission_resumes(cli, runfx, s
     """SIGKILL (a node failure, an OOM kill) leaves no chance to record anything: status --follow says the
     record is stale instead of waiting forever, and --executor slurm --resume submits the rest again,
     softmax continuing from its last checkpoint."""
-    monkeypatch.setenv("FAKE_DELAY", "0.05")
-    assert submit(cli, runfx).code == 0
-    rd = runfx.run_dir()
-    log = rd / "stages" / "softmax.log"
-    wait_for(lambda: log.is_file() and "Saved checkpoint" in log.read_text(), what="softmax's first checkpoint")
-    jid = load_record(rd).stage("softmax").job["id"]
+    rd, jid = submit_until_softmax_saves(cli, runfx, monkeypatch)
     job_pids = [
         int(d.name)
         for d in Path("/proc").iterdir()
