@@ -1084,6 +1084,7 @@ def recipe_status(
     failed, was cancelled or interrupted, or its record is stale (it says running, but Slurm runs no job
     of it: see docs/slurm.md)."""
     from mfnpatch.runner import live_rows, load_record
+    from mfnpatch.slurm import ACTIVE_JOB_STATES, SlurmError, job_states
 
     CTX.json = as_json
 
@@ -1092,8 +1093,6 @@ def recipe_status(
         states = {}
         ids = [s.job["id"] for s in rec.stages if s.job]
         if ids and rec.executor.get("kind") == "slurm":
-            from mfnpatch.slurm import SlurmError, job_states
-
             try:
                 states = job_states(ids)
             except SlurmError as e:
@@ -1101,11 +1100,8 @@ def recipe_status(
                 err.print(f"[yellow]note[/]: {escape(e.message)}")
         return rec, live_rows(run, rec, states)
 
-    active_states = ("PENDING", "RUNNING", "CONFIGURING", "COMPLETING", "REQUEUED", "REQUEUE_FED", "RESIZING",
-                     "SUSPENDED", "STAGE_OUT", "SIGNALING")  # fmt: skip
-
     def done(rec, rows) -> bool:
-        queued = any(r.get("job_state", "").split(" ")[0] in active_states for r in rows)
+        queued = any(r.get("job_state", "").split(" ")[0] in ACTIVE_JOB_STATES for r in rows)
         if rec.status in ("passed", "failed", "cancelled", "incomplete", "interrupted"):
             return not queued
         if rec.executor.get("kind") == "slurm" and not queued and any(r.get("job") for r in rows):

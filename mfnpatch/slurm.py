@@ -33,8 +33,9 @@ from mfnpatch.fsutil import atomic_write, atomic_write_json, sha256_file
 FROZEN_TREE = "tree"
 MANIFEST = "tree.manifest.json"
 SCRIPTS = "slurm"
-TERMINAL_JOB_STATES = {"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL", "OUT_OF_MEMORY", "BOOT_FAIL",
-                       "DEADLINE", "PREEMPTED"}  # fmt: skip
+# Job states in which a job is still queued, running or about to run again (squeue's %T)
+ACTIVE_JOB_STATES = frozenset({"PENDING", "RUNNING", "CONFIGURING", "COMPLETING", "REQUEUED", "REQUEUE_FED",
+                               "RESIZING", "SUSPENDED", "STAGE_OUT", "SIGNALING"})  # fmt: skip
 
 
 class SlurmError(MfnError):
