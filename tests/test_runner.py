@@ -116,46 +116,13 @@ def test_resume_reuses_and_refuses_changed_provenance(cli, runfx):
 
 
 def test_from_and_only_need_the_inputs(cli, runfx):
-    r = cli(
-        "recipe",
-        "run",
-        runfx.recipe,
-        "--no-env-check",
-        "--tree",
-        runfx.tree,
-        "--run-dir",
-        runfx.run_dir(),
-        "--from",
-        "arcface",
-    )
+    base = ["recipe", "run", runfx.recipe, "--no-env-check", "--tree", runfx.tree]
+    r = cli(*base, "--run-dir", runfx.run_dir(), "--from", "arcface")
     assert r.code == 1
     assert "stage arcface needs softmax checkpoint 5" in r.err and "--resume" in r.err
-    r = cli(
-        "recipe",
-        "run",
-        runfx.recipe,
-        "--no-env-check",
-        "--tree",
-        runfx.tree,
-        "--run-dir",
-        runfx.run_dir("x"),
-        "--only",
-        "nope",
-    )
+    r = cli(*base, "--run-dir", runfx.run_dir("x"), "--only", "nope")
     assert r.code == 1 and "--only nope: recipe fake has no such stage" in r.err
-    r = cli(
-        "recipe",
-        "run",
-        runfx.recipe,
-        "--no-env-check",
-        "--tree",
-        runfx.tree,
-        "--run-dir",
-        runfx.run_dir("a"),
-        "--only",
-        "data",
-        "--json",
-    )
+    r = cli(*base, "--run-dir", runfx.run_dir("a"), "--only", "data", "--json")
     assert r.code == 0 and r.json()["status"] == "incomplete"
     assert [s["status"] for s in r.json()["stages"]] == ["done", "pending", "pending", "pending"]
 

@@ -19,17 +19,24 @@ TRAINING = ("softmax", "arcface", "finetune")
 TARGETS = ("lfw", "cfp_fp", "agedb_30")
 
 
+SMOKE = ("recipe", "run", "may16", "--profile", "smoke", "--tree", "insightface")
+
+
+def _env(cwd: Path) -> dict[str, str]:
+    return {**os.environ, "MFNPATCH_UPSTREAM": UPSTREAM, "MFNPATCH_CACHE": str(cwd / "cache")}
+
+
 def mfnpatch(*args, cwd: Path, timeout: int = 1800) -> subprocess.CompletedProcess:
-    env = {**os.environ, "MFNPATCH_UPSTREAM": UPSTREAM, "MFNPATCH_CACHE": str(cwd / "cache")}
     return subprocess.run(
-        [sys.executable, "-m", "mfnpatch", *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout
-    )
+        [sys.executable, "-m", "mfnpatch", *args], cwd=cwd, env=_env(cwd), capture_output=True, text=True,
+        timeout=timeout,
+    )  # fmt: skip
 
 
 @pytest.fixture(scope="module")
 def smoke(tmp_path_factory):
     work = tmp_path_factory.mktemp("smoke")
-    p = mfnpatch("recipe", "run", "may16", "--profile", "smoke", "--tree", "insightface", "--run-dir", "run", cwd=work)
+    p = mfnpatch(*SMOKE, "--run-dir", "run", cwd=work)
     return work, work / "run", p
 
 
@@ -124,19 +131,7 @@ def test_log_commands_on_the_real_cpu_logs(smoke):
 
 def test_resume_reuses_every_stage(smoke):
     work, run, _ = smoke
-    p = mfnpatch(
-        "recipe",
-        "run",
-        "may16",
-        "--profile",
-        "smoke",
-        "--tree",
-        "insightface",
-        "--resume",
-        "run",
-        cwd=work,
-        timeout=600,
-    )
+    p = mfnpatch(*SMOKE, "--resume", "run", cwd=work, timeout=600)
     assert p.returncode == 0, p.stdout + p.stderr
     assert p.stderr.count("reused ") == 7 and "PASSED" in p.stdout
 
@@ -147,11 +142,8 @@ def test_an_interrupted_training_stage_resumes_mid_stage_on_the_real_code(tmp_pa
     import signal
     import time
 
-    env = {**os.environ, "MFNPATCH_UPSTREAM": UPSTREAM, "MFNPATCH_CACHE": str(tmp_path / "cache")}
-    argv = [sys.executable, "-m", "mfnpatch", "recipe", "run", "may16", "--profile", "smoke", "--tree",
-            "insightface"]  # fmt: skip
-    p = subprocess.Popen([*argv, "--run-dir", "run"], cwd=tmp_path, env=env, stdout=subprocess.PIPE,
-                         stderr=subprocess.STDOUT, text=True)  # fmt: skip
+    p = subprocess.Popen([sys.executable, "-m", "mfnpatch", *SMOKE, "--run-dir", "run"], cwd=tmp_path,
+                         env=_env(tmp_path), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)  # fmt: skip
     log = tmp_path / "run" / "stages" / "softmax.log"
     deadline = time.monotonic() + 600
     while not (log.is_file() and "Saved checkpoint" in log.read_text(errors="replace")):
@@ -163,8 +155,7 @@ def test_an_interrupted_training_stage_resumes_mid_stage_on_the_real_code(tmp_pa
     rec = json.loads((tmp_path / "run" / "record.json").read_text())
     assert {s["name"]: s["status"] for s in rec["stages"]}["softmax"] == "interrupted"
 
-    r = subprocess.run([*argv, "--resume", "run", "--only", "softmax"], cwd=tmp_path, env=env, capture_output=True,
-                       text=True, timeout=900)  # fmt: skip
+    r = mfnpatch(*SMOKE, "--resume", "run", "--only", "softmax", cwd=tmp_path, timeout=900)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     rec = json.loads((tmp_path / "run" / "record.json").read_text())
     s = {x["name"]: x for x in rec["stages"]}["softmax"]
