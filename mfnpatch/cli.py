@@ -111,6 +111,7 @@ DestOpt = Annotated[
     typer.Option("--dest", "-d", help="The InsightFace tree (created if absent).", show_default=True),
 ]
 DEFAULT_DEST = Path("insightface")
+ProfileOpt = Annotated[str | None, typer.Option("--profile", "-p", help="A profile of the recipe (seed, smoke ...).")]
 DEFAULT_SERIES = "mfn"
 
 
@@ -644,7 +645,22 @@ def verify(
     ] = None,
     tolerance: Annotated[
         float | None,
-        typer.Option("--tolerance", help="Absolute accuracy tolerance; default: the reference's own ± std."),
+        typer.Option("--tolerance", help="Absolute accuracy tolerance against --reference; default: its own ± std."),
+    ] = None,
+    stage: Annotated[
+        str | None,
+        typer.Option("--stage", help="The stage the log ran (softmax, arcface, finetune); default: detected."),
+    ] = None,
+    recipe: Annotated[
+        str | None, typer.Option("--recipe", help="Match against this recipe only (may09 … may16, or a file).")
+    ] = None,
+    profile: ProfileOpt = None,
+    start_step: Annotated[
+        int | None,
+        typer.Option(
+            "--start-step",
+            help="A resumed run: the stage step its step 0 is (default: checkpoint N x --verbose of --pretrained).",
+        ),
     ] = None,
     patches: Annotated[
         str | None, typer.Option("--patches", help="Patch sets the run used (mfn,py3): check what the log reveals.")
@@ -655,11 +671,25 @@ def verify(
     markdown: Annotated[Path | None, typer.Option("--markdown", help="Also write a Markdown report here.")] = None,
     as_json: JsonOpt = False,
 ):
-    """Check a training log against a reference log (and the patch sets that produced it).
+    """Judge a training log the way the seed's author would: by the stage it ran, against the seed's numbers.
 
-    Every reference (target, step) must be within tolerance; each target's best must reach the reference's;
-    a step or target missing from the log is "unmeasured", never a pass. Exit 0 only when every required
-    check passes, 1 otherwise. The rule is written in every report.
+    \b
+    Which stage: read from the log's own arguments (loss type, lr, lr steps, margin_s,
+    pretrained, network, emb size, wd, fc7 wd-mult) and matched against the bundled recipes'
+    stages; every argument that differs is a finding. --stage/--recipe/--profile override.
+    A run resumed from its own stage's checkpoint (--pretrained ...-arcface,40) counts steps
+    from 0: they are mapped to stage steps (checkpoint x --verbose, or --start-step) first.
+
+    \b
+    Rules (each check states its own):
+      at least (以上) / best reached   a floor: the run's best reaches it; better passes
+      about (左右) ± tolerance         passes from value - tolerance up; above the band is a note
+      --reference REF                  each (target, step) of REF within ± its std (or --tolerance)
+                                       at the same stage step; each target's best >= REF's best - tolerance
+      missing                          "unmeasured": never a pass
+
+    \b
+    Exit 0 only when the verdict is pass (every required check passes); 1 on fail or unmeasured.
     """
     from mfnpatch.expect import verify as do_verify
     from mfnpatch.patchset import Catalog, select_sets
@@ -668,7 +698,10 @@ def verify(
 
     CTX.json = as_json
     sets = select_sets(Catalog.scan(data_dir("patches")), patches) if patches else None
-    v = do_verify(log, reference, tolerance=tolerance, sets=sets, checkpoint=checkpoint)
+    v = do_verify(
+        log, reference, tolerance=tolerance, sets=sets, checkpoint=checkpoint, recipe=recipe, profile=profile,
+        stage=stage, start_step=start_step,
+    )  # fmt: skip
     code = EXIT_OK if v.passed else 1
     if markdown:
         write_markdown(markdown, verification_markdown(v))
@@ -676,28 +709,46 @@ def verify(
         emit_json(v.to_dict() | {"exit_code": code})
         return code
     color = {"pass": "green", "fail": "red", "unmeasured": "yellow", "n/a": "dim"}
+    m = v.match
+    if m is not None and m.signature is not None:
+        exact = "exact match" if not m.differences else f"{len(m.differences)} argument(s) differ"
+        out.print(f"stage: [bold]{escape(m.signature.label)}[/] ({exact}; {escape(m.how)})")
+    elif m is not None:
+        out.print(f"stage: [yellow]unknown[/] ({escape(m.how)})")
     t = Table(show_edge=False, box=None, pad_edge=False)
-    for col in ("check", "verdict", "actual", "expected"):
+    for col in ("check", "verdict", "found", "at step", "expected"):
         t.add_column(col)
     for c in v.checks:
         if not c.required and c.verdict in ("unmeasured", "n/a"):
             continue
         t.add_row(
-            escape(c.id), f"[{color[c.verdict]}]{c.verdict}[/]", escape(_show(c.actual)), escape(_show(c.expected))
-        )
+            escape(c.id), f"[{color[c.verdict]}]{c.verdict}[/]", escape(_show(c.actual)),
+            "" if c.step is None else str(c.step), escape(_show(c.expected)),
+        )  # fmt: skip
     out.print(t)
     for c in v.checks:
         if not c.required and c.verdict in ("unmeasured", "n/a"):
             out.print(f"[dim]not checked[/]: {escape(c.message)}")
+    rules: dict[str, list[str]] = {}
+    for c in v.checks:
+        if c.rule and c.verdict != "n/a":
+            rules.setdefault(c.rule, []).append(c.id)
+    for rule, ids in rules.items():
+        out.print(f"[dim]rule[/] ({escape(', '.join(ids))}): {escape(rule)}")
+    for c in v.checks:
+        if "above the band" in c.message:
+            out.print(f"[cyan]note[/]: {escape(c.message)}")
     for f in v.findings:
         out.print(f"[dim]finding[/]: {escape(f)}")
-    out.print(f"rule: {escape(v.rule)}")
     if v.passed:
         out.print(f"[green]PASS[/]: {v.count('pass')} checks passed")
     else:
         bad = v.failures()
+        word = "FAIL" if v.verdict == "fail" else "UNMEASURED"
         err.print(
-            f"[red]FAIL[/]: {len(bad)} required check(s) did not pass" if bad else "[red]FAIL[/]: no required check"
+            f"[red]{word}[/]: {len(bad)} required check(s) did not pass"
+            if bad
+            else f"[red]{word}[/]: no required check"
         )
         for c in bad:
             err.print(f"  {c.verdict}: {escape(c.message)}")
@@ -709,7 +760,6 @@ def verify(
 # --------------------------------------------------------------------------------------------
 # recipe
 
-ProfileOpt = Annotated[str | None, typer.Option("--profile", "-p", help="A profile of the recipe (seed, smoke ...).")]
 SetOpt = Annotated[
     list[str] | None, typer.Option("--set", help="Override a parameter, KEY=VALUE (repeatable).", metavar="KEY=VALUE")
 ]
@@ -813,6 +863,12 @@ def recipe_plan(
             out.print(f"  check {escape(_expectation_text(e))}")
     for h in plan.hazards:
         out.print(f"[yellow]hazard[/]: {escape(h)}")
+    sources = plan.sources()
+    if sources:
+        out.print()
+        out.print("[bold]sources[/] (where each number comes from)")
+        for k, src in sources.items():
+            out.print(f"  {k} = {escape(str(plan.parameters.get(k)))}: {escape(src)}")
     return EXIT_OK
 
 
@@ -825,18 +881,13 @@ def _expectation_text(e) -> str:
         return f"{e.key} in {e.json_file} {e.op} {e.value}"
     if e.metric == "train_acc":
         return "training accuracy rises"
-    op, val, tol = e.op, e.value, e.tolerance
     if e.from_:
-        from mfnpatch.expect import _from_expected, load_expected
+        from mfnpatch.expect import _from_expected, load_expected, seed_rule
 
-        m = _from_expected(e.from_, load_expected())
-        if m.at_least is not None:
-            op, val = ">=", m.at_least
-        else:
-            op, val = "~", m.about if m.about is not None else m.best
-    tol_text = f" ± {tol}" if tol is not None else ""
-    src = f" (expected.yaml {e.from_})" if e.from_ else ""
-    return f"{e.metric} {e.at} {op} {val}{tol_text}{src}"
+        rule = seed_rule(_from_expected(e.from_, load_expected()), e.tolerance, e.from_)[3]
+        return f"{e.metric} {e.at}: {rule}"
+    tol_text = f" ± {e.tolerance}" if e.tolerance is not None else ""
+    return f"{e.metric} {e.at} {e.op} {e.value}{tol_text}"
 
 
 class RichObserver:

@@ -1,13 +1,28 @@
-"""Expected results and verdicts: a log checked against a reference log, and against a patch set.
+"""Expected results and verdicts: a training log judged by the recipe stage it ran, against a reference
+log, and against a patch set.
 
-Every check says ``pass``, ``fail``, ``unmeasured`` (the log does not show it: never a pass) or ``n/a``.
-A verification passes only when every *required* check passes.
+Every check says ``pass``, ``fail``, ``unmeasured`` (the log does not show it: never a pass) or ``n/a``,
+and states its rule. A verification's verdict is ``pass`` only when every *required* check passes, ``fail``
+when a required check fails, else ``unmeasured``.
 
-The rule against a reference log (``mfnpatch verify --log LOG --reference REF``):
+Which stage: read from the log's own arguments and matched against the recipes (mfnpatch.stagematch);
+``--stage``/``--recipe`` override. A log that continues its own stage from a checkpoint (a resumed run)
+has run-relative steps: they are mapped to stage steps before any step-wise comparison, or reported
+unmeasured when the mapping cannot be known.
+
+Rules against the stage's expected results (recipes/expected.yaml, the seed's own words):
+
+* "at least" (以上, 至少) and "best reached": a floor. The run's best must reach the value (minus the
+  recipe's tolerance, when it gives one); doing better passes.
+* "about" (左右): passes from ``value - tolerance`` upward; a best above ``value + tolerance`` is noted
+  ("above the band"), not failed.
+* a logged value (``accuracy`` ± ``std``): within the tolerance on both sides.
+
+The rule against a reference log (``--reference REF``), as before:
 
 * every (target, step) the reference verified is a required check: the log must have verified the same
-  target at the same step, with ``|accuracy - reference| <= tolerance``. The tolerance is the reference's
-  own ``±`` std at that step, or ``--tolerance`` (absolute) when given. Missing: unmeasured.
+  target at the same (stage) step, with ``|accuracy - reference| <= tolerance``. The tolerance is the
+  reference's own ``±`` std at that step, or ``--tolerance`` (absolute) when given. Missing: unmeasured.
 * every target's best accuracy is a required check, one-sided: the log's best must reach the reference's
   best minus the same tolerance (a reproduction may do better, not worse).
 * configuration keys (the ``Namespace``) that differ are findings, listed but not failing; a reference
@@ -20,8 +35,7 @@ The rule against a reference log (``mfnpatch verify --log LOG --reference REF``)
 from __future__ import annotations
 
 import json
-import math
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
 
@@ -32,8 +46,11 @@ from mfnpatch.logs import Summary, summarize
 from mfnpatch.patchset import Evidence, PatchSet
 from mfnpatch.resources import data_dir
 from mfnpatch.schema import Strict, load_model
+from mfnpatch.stagematch import StageMatch, detect_stage
 
 Verdict = Literal["pass", "fail", "unmeasured", "n/a"]
+STEP_RULE = "the reference's (target, step) within ± tolerance (its std, or --tolerance), at the same stage step"
+BEST_RULE = "one-sided: the log's best reaches the reference's best − tolerance; better passes"
 
 # Namespace keys that name where things are, not how the run trains: differences are expected.
 LOCATION_KEYS = {"data_dir", "prefix", "output_dir", "work_dir", "log_dir", "pretrained", "num_gpus", "ctx_num"}
@@ -118,6 +135,12 @@ class Check:
     expected: Any = None
     actual: Any = None
     group: str = "reference"
+    rule: str = ""
+    target: str | None = None
+    step: int | None = None
+
+    def to_dict(self) -> dict:
+        return asdict(self) | {"found": self.actual, "at_step": self.step}
 
 
 @dataclass
@@ -127,11 +150,24 @@ class Verification:
     rule: str
     checks: list[Check] = field(default_factory=list)
     findings: list[str] = field(default_factory=list)
+    match: StageMatch | None = None
 
     @property
     def passed(self) -> bool:
+        return self.verdict == "pass"
+
+    @property
+    def verdict(self) -> Verdict:
         required = [c for c in self.checks if c.required]
-        return bool(required) and all(c.verdict == "pass" for c in required)
+        if any(c.verdict == "fail" for c in required):
+            return "fail"
+        if required and all(c.verdict == "pass" for c in required):
+            return "pass"
+        return "unmeasured"
+
+    @property
+    def stage(self) -> str | None:
+        return self.match.stage if self.match else None
 
     def count(self, verdict: str) -> int:
         return sum(1 for c in self.checks if c.verdict == verdict)
@@ -142,20 +178,23 @@ class Verification:
     def to_dict(self) -> dict:
         return {
             "log": self.log,
+            "stage": self.stage,
+            "verdict": self.verdict,
+            "match": self.match.to_dict() if self.match else None,
             "reference": self.reference,
             "rule": self.rule,
             "passed": self.passed,
             "counts": {v: self.count(v) for v in ("pass", "fail", "unmeasured", "n/a")},
-            "checks": [asdict(c) for c in self.checks],
+            "checks": [c.to_dict() for c in self.checks],
             "findings": self.findings,
         }
 
 
-def _fmt(x: float | None) -> str:
-    return "-" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{x:.5f}"
-
-
-def compare_to_reference(log: Summary, ref: Summary, ref_name: str, tolerance: float | None = None) -> list[Check]:
+def compare_to_reference(
+    log: Summary, ref: Summary, ref_name: str, tolerance: float | None = None, steps_unknown: str | None = None
+) -> list[Check]:
+    """The log (in stage steps) against a reference log. ``steps_unknown``: why the log's steps cannot be
+    mapped to stage steps (a resumed run); its step-wise checks are then unmeasured, never passed."""
     checks: list[Check] = []
     if not ref.verifications:
         raise MfnError(
@@ -166,8 +205,12 @@ def compare_to_reference(log: Summary, ref: Summary, ref_name: str, tolerance: f
         for step, (racc, rstd, _) in sorted(ref.verifications[target].items()):
             tol = tolerance if tolerance is not None else rstd
             expected = f"{racc:.5f} ± {tol:.5f}"
-            got = log.verifications.get(target, {}).get(step)
             cid = f"{target}@{step}"
+            if steps_unknown:
+                checks.append(Check(cid, "unmeasured", f"{target} at step {step}: {steps_unknown}; expected {expected}",
+                                    True, expected, None, rule=STEP_RULE, target=target, step=step))  # fmt: skip
+                continue
+            got = log.verifications.get(target, {}).get(step)
             if got is None:
                 why = "the log never verified " + (target if target not in log.verifications else f"{target} at {step}")
                 checks.append(
@@ -178,6 +221,9 @@ def compare_to_reference(log: Summary, ref: Summary, ref_name: str, tolerance: f
                         True,
                         expected,
                         None,
+                        rule=STEP_RULE,
+                        target=target,
+                        step=step,
                     )
                 )
                 continue
@@ -191,6 +237,9 @@ def compare_to_reference(log: Summary, ref: Summary, ref_name: str, tolerance: f
                     True,
                     expected,
                     round(acc, 6),
+                    rule=STEP_RULE,
+                    target=target,
+                    step=step,
                 )
             )
     rt = ref.targets()
@@ -202,7 +251,15 @@ def compare_to_reference(log: Summary, ref: Summary, ref_name: str, tolerance: f
         cid = f"best {target}"
         if target not in lt:
             checks.append(
-                Check(cid, "unmeasured", f"best {target}: the log never verified {target} ({why})", True, expected)
+                Check(
+                    cid,
+                    "unmeasured",
+                    f"best {target}: the log never verified {target} ({why})",
+                    True,
+                    expected,
+                    rule=BEST_RULE,
+                    target=target,
+                )  # fmt: skip
             )
             continue
         b = lt[target]
@@ -215,9 +272,29 @@ def compare_to_reference(log: Summary, ref: Summary, ref_name: str, tolerance: f
                 True,
                 expected,
                 round(b.best_accuracy, 6),
+                rule=BEST_RULE,
+                target=target,
+                step=b.best_step,
             )
         )
     return checks
+
+
+def shift_summary(s: Summary, offset: int) -> Summary:
+    """A summary in stage steps: every step of a resumed run's log + ``offset``."""
+    if not offset:
+        return s
+    return replace(
+        s,
+        verifications={t: {st + offset: v for st, v in steps.items()} for t, steps in s.verifications.items()},
+        checkpoints={n: {**c, "step": c["step"] + offset if c.get("step") is not None else None}
+                     for n, c in s.checkpoints.items()},
+        train_curve=[(st + offset if st is not None else None, a) for st, a in s.train_curve],
+        lr_changes={st + offset: lr for st, lr in s.lr_changes.items()},
+        lr_points={st + offset: lr for st, lr in s.lr_points.items()},
+        last_step=s.last_step + offset if s.last_step is not None else None,
+        highest=(s.highest[0] + offset, s.highest[1]) if s.highest else None,
+    )  # fmt: skip
 
 
 def config_findings(log: Summary, ref: Summary) -> list[str]:
@@ -383,6 +460,20 @@ def python_finding(log: Summary, sets: list[PatchSet]) -> list[str]:
     return []
 
 
+RULES = (
+    "stage targets: at least / best reached = a floor (better passes); about = passes from value − tolerance "
+    "up, above the band is a note; reference: each (target, step) within ± tolerance at the same stage step, "
+    "best per target at least reference best − tolerance; missing = unmeasured (never a pass)"
+)
+
+
+def _reference_stage(ref_spec: str, ref: Summary) -> str | None:
+    expected = load_expected()
+    if ref_spec in expected.references:
+        return expected.references[ref_spec].stage
+    return detect_stage(ref).stage if ref.config is not None else None
+
+
 def verify(
     log_path: Path,
     reference: str | None,
@@ -390,21 +481,49 @@ def verify(
     tolerance: float | None = None,
     sets: list[PatchSet] | None = None,
     checkpoint: str | None = None,
+    recipe: str | None = None,
+    profile: str | None = None,
+    stage: str | None = None,
+    start_step: int | None = None,
 ) -> Verification:
-    if reference is None and not sets:
-        raise MfnError("nothing to verify against", hint="give --reference REF and/or --patches SETS")
+    """Judge a training log: by the recipe stage it ran (detected from its arguments, or ``stage``), against
+    a reference log when one is given, and against patch sets."""
     log = summarize(log_path)
-    tol = f"±{tolerance:g}" if tolerance is not None else "the reference ± std"
-    rule = (
-        f"each reference (target, step) within {tol}; best per target at least reference best − that tolerance; "
-        "missing = unmeasured (not a pass)"
-    )
-    v = Verification(log=str(log_path), reference=reference, rule=rule)
+    match = detect_stage(log, recipe=recipe, profile=profile, stage=stage, start_step=start_step)
+    if reference is None and not sets and match.signature is None:
+        raise MfnError(
+            f"nothing to verify against: {match.how}",
+            hint="name the stage (--stage arcface [--recipe may16]), or give --reference REF and/or --patches SETS",
+        )
+    v = Verification(log=str(log_path), reference=reference, rule=RULES, match=match)
+    if match.signature is not None:
+        sig = match.signature
+        what = "exactly" if not match.differences else f"with {len(match.differences)} difference(s)"
+        v.findings.append(f"stage: {sig.label} ({sig.title}), {what}: {match.how}")
+        v.findings += [f"differs from {sig.label}: {d}" for d in match.differences]
+        if match.also:
+            v.findings.append(f"just as close: {', '.join(match.also)}")
+    else:
+        v.findings.append(f"stage: unknown: {match.how}")
+    steps_unknown = None
+    if match.resumed is not None:
+        v.findings.append(match.resumed.how)
+        if match.offset is None:
+            steps_unknown = "the log's steps are run-relative (a resumed run) and where they start is unknown"
+    staged = shift_summary(log, match.offset or 0)
+    if match.signature is not None:
+        expectations = [e for e in match.signature.expect if not (reference and e.reference == reference)]
+        v.checks += evaluate_stage(expectations, staged, Path.cwd(), steps_unknown=steps_unknown)
     if reference is not None:
         ref_path, ref_name = resolve_reference(reference)
         ref = summarize(ref_path)
         v.reference = ref_name
-        v.checks += compare_to_reference(log, ref, ref_name, tolerance)
+        rstage = _reference_stage(reference, ref)
+        if rstage and match.stage and rstage != match.stage:
+            v.findings.append(
+                f"the reference is a {rstage} log, this log ran {match.stage}: their steps are different stages' steps"
+            )
+        v.checks += compare_to_reference(staged, ref, ref_name, tolerance, steps_unknown)
         v.findings += config_findings(log, ref)
     if sets:
         v.checks += evidence_checks(log, sets, checkpoint)
@@ -432,6 +551,45 @@ def _from_expected(ref: str, expected: Expected) -> Metric:
     return table[parts[1]].metrics[parts[2]]
 
 
+def seed_rule(m: Metric, tol: float | None, source: str) -> tuple[str, float, float | None, str]:
+    """An expected.yaml metric as (op, value, tolerance, rule in words): one-sided where the seed is."""
+    t = tol or 0.0
+    if m.at_least is not None:
+        floor = m.at_least - t
+        return (
+            ">=",
+            m.at_least,
+            tol,
+            f"at least {m.at_least:g} ({source}: 以上 / +, a floor; better passes)"
+            + (f", with tolerance {t:g}: from {floor:.5g}" if t else ""),
+        )
+    if m.about is not None:
+        if tol is None:
+            raise MfnError(f"expectation from {source} is 'about' a value: give a tolerance")
+        return (
+            "about",
+            m.about,
+            tol,
+            (
+                f"about {m.about:g} ± {t:g} ({source}: 左右): passes from {m.about - t:.5g} up; "
+                f"above {m.about + t:.5g} is noted, not failed"
+            ),
+        )
+    if m.best is not None:
+        return (
+            ">=",
+            m.best,
+            tol,
+            f"the seed's best {m.best:g} ({source}), a floor"
+            + (f" with tolerance {t:g}: from {m.best - t:.5g}" if t else "")
+            + "; better passes",
+        )
+    if m.accuracy is not None:
+        t = tol if tol is not None else (m.std or 0.0)
+        return "~", m.accuracy, t, f"{m.accuracy:g} ± {t:g} ({source}, a logged value): within the band"
+    raise MfnError(f"expectation from {source}: the entry has no value")
+
+
 def _value_at(s: Summary, target: str, at: str) -> tuple[float | None, int | None]:
     steps = s.verifications.get(target) or {}
     if not steps:
@@ -455,8 +613,14 @@ def _json_value(path: Path, key: str | None):
     return len(data) if isinstance(data, list | dict) else data
 
 
-def evaluate_stage(expectations, summary: Summary | None, cwd: Path, expected: Expected | None = None) -> list[Check]:
-    """Each recipe expectation of a stage -> a Check (pass/fail/unmeasured)."""
+def evaluate_stage(
+    expectations,
+    summary: Summary | None,
+    cwd: Path,
+    expected: Expected | None = None,
+    steps_unknown: str | None = None,
+) -> list[Check]:
+    """Each recipe expectation of a stage -> a Check (pass/fail/unmeasured) that states its rule."""
     checks: list[Check] = []
     for e in expectations:
         group = "stage"
@@ -473,6 +637,8 @@ def evaluate_stage(expectations, summary: Summary | None, cwd: Path, expected: E
                         f">= {e.rounds_at_least}",
                         n,
                         group,
+                        rule=f"verified at least {e.rounds_at_least} time(s)",
+                        target=t,
                     )
                 )
             continue
@@ -483,7 +649,7 @@ def evaluate_stage(expectations, summary: Summary | None, cwd: Path, expected: E
                 )
                 continue
             path, name = resolve_reference(e.reference)
-            for c in compare_to_reference(summary, summarize(path), name, e.tolerance):
+            for c in compare_to_reference(summary, summarize(path), name, e.tolerance, steps_unknown):
                 c.required, c.group = e.required, group
                 checks.append(c)
             continue
@@ -523,6 +689,8 @@ def evaluate_stage(expectations, summary: Summary | None, cwd: Path, expected: E
                         f"training accuracy: {len(curve)} Speedometer point(s), need 2",
                         e.required,
                         group=group,
+                        rule="the last quarter's mean training accuracy above the first quarter's",
+                        target="train_acc",
                     )
                 )
                 continue
@@ -538,24 +706,23 @@ def evaluate_stage(expectations, summary: Summary | None, cwd: Path, expected: E
                     f"> {first:.4f}",
                     round(last, 6),
                     group,
+                    rule="the last quarter's mean training accuracy above the first quarter's",
+                    target="train_acc",
                 )
             )
             continue
         if e.metric is None:
             raise MfnError("an expectation needs metric, verified, reference or json")
         op, value, tol = e.op, e.value, e.tolerance
+        rule = None
         if e.from_ is not None:
-            m = _from_expected(e.from_, expected or load_expected())
-            if m.at_least is not None:
-                op, value = ">=", m.at_least
-            elif m.about is not None or m.best is not None:
-                op, value = "~", m.about if m.about is not None else m.best
-                if tol is None:
-                    raise MfnError(f"expectation {e.metric} from {e.from_} is 'about' a value: give a tolerance")
-            elif m.accuracy is not None:
-                op, value, tol = "~", m.accuracy, tol if tol is not None else m.std
-        got, step = _value_at(summary, e.metric, e.at) if summary else (None, None)
+            op, value, tol, rule = seed_rule(_from_expected(e.from_, expected or load_expected()), tol, e.from_)
         cid = f"{e.metric} {e.at}"
+        if steps_unknown and e.at.startswith("step:"):
+            checks.append(Check(cid, "unmeasured", f"{e.metric} at {e.at}: {steps_unknown}", e.required,
+                                _expected_text(op, value, tol), None, group, rule or "", e.metric))  # fmt: skip
+            continue
+        got, step = _value_at(summary, e.metric, e.at) if summary else (None, None)
         if got is None:
             where = f" at step {step}" if step is not None else ""
             checks.append(
@@ -567,35 +734,61 @@ def evaluate_stage(expectations, summary: Summary | None, cwd: Path, expected: E
                     _expected_text(op, value, tol),
                     None,
                     group,
+                    rule or _rule_text(op, value, tol),
+                    e.metric,
+                    step,
                 )
             )
             continue
         label = f"{e.metric} ({e.at}, step {step})"
-        checks.append(_compare(cid, label, got, op, value, tol, e.required, group, e.note))
+        c = _compare(cid, label, got, op, value, tol, e.required, group, e.note)
+        c.target, c.step = e.metric, step
+        if rule:
+            c.rule = rule
+        checks.append(c)
     return checks
 
 
 def _expected_text(op, value, tol) -> str:
     if op == "~":
         return f"{value} ± {tol}"
+    if op == "about":
+        return f">= {float(value) - (tol or 0):.5g} (about {value} ± {tol})"
     if op == "rises":
         return "rises"
+    if op == ">=" and tol:
+        return f">= {float(value) - tol:.5g} ({value} − {tol})"
     return f"{op} {value}"
+
+
+def _rule_text(op, value, tol) -> str:
+    if op == "~":
+        return f"within {value} ± {tol}"
+    if op == "about":
+        return f"about {value}: passes from {float(value) - (tol or 0):.5g} up; above the band is a note"
+    if op in (">=", "<="):
+        return f"{op} {value}" + (f" ({'−' if op == '>=' else '+'} tolerance {tol})" if tol else "")
+    return op
 
 
 def _compare(cid, label, got, op, value, tol, required, group, note="") -> Check:
     v = float(value) if value is not None else float("nan")
     g = float(got)
+    extra = ""
     if op == ">=":
         ok = g >= v - (tol or 0) - 1e-12
     elif op == "<=":
         ok = g <= v + (tol or 0) + 1e-12
     elif op == "~":
         ok = abs(g - v) <= (tol or 0) + 1e-12
+    elif op == "about":
+        ok = g >= v - (tol or 0) - 1e-12
+        if g > v + (tol or 0) + 1e-12:
+            extra = f"; above the band ({v:g} ± {tol:g}): better than the seed says, not a failure"
     else:
         raise MfnError(f"expectation op {op!r} does not apply to {label}")
     shown = f"{got:.7g}" if isinstance(got, float) else got
-    text = f"{label}: {shown}, expected {_expected_text(op, value, tol)}"
+    text = f"{label}: {shown}, expected {_expected_text(op, value, tol)}{extra}"
     return Check(
         cid,
         "pass" if ok else "fail",
@@ -604,4 +797,5 @@ def _compare(cid, label, got, op, value, tol, required, group, note="") -> Check
         _expected_text(op, value, tol),
         got,
         group,
+        _rule_text(op, value, tol),
     )

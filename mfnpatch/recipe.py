@@ -46,6 +46,7 @@ class Param(Strict):
     default: Any = None
     type: Literal["str", "int", "float", "bool", "path"] = "str"
     help: str = ""
+    source: str = Field(default="", description="where the default comes from: FILE:LINE and the quoted text")
 
 
 class FlagArg(Strict):
@@ -61,12 +62,17 @@ class InputRef(Strict):
     step: int | str | None = None
     best: str | None = None
     last: bool = False
+    tie: Literal["earliest", "latest"] = Field(
+        default="earliest", description="with best: which of checkpoints with the same best value"
+    )
 
     @model_validator(mode="after")
     def _one(self):
         n = sum(x is not None for x in (self.checkpoint, self.step, self.best)) + int(self.last)
         if n != 1:
             raise ValueError("give exactly one of checkpoint, step, best, last")
+        if self.tie != "earliest" and self.best is None:
+            raise ValueError("tie applies to best only")
         return self
 
 
@@ -471,8 +477,13 @@ class Plan:
             f"no stage '{name}' in {self.recipe.name}", hint=f"stages: {', '.join(s.name for s in self.stages)}"
         )
 
+    def sources(self) -> dict[str, str]:
+        """parameter -> where its default comes from (the recipe's ``source`` fields)."""
+        return {k: p.source for k, p in _params(self.recipe).items() if p.source}
+
     def to_dict(self) -> dict:
         return {
+            "sources": self.sources(),
             "recipe": self.recipe.name,
             "path": str(self.loaded.path),
             "sha256": self.loaded.sha256,
@@ -668,7 +679,8 @@ def expand(
                 ref = InputRef(stage=ref.stage, step=_int_or_render(ref.step, scope, f"stages.{sname}.inputs.{key}"))
                 value, desc = None, f"{ref.stage}'s checkpoint saved at step {ref.step}, from its log"
             elif ref.best is not None:
-                value, desc = None, f"{ref.stage}'s checkpoint with the best {ref.best}, from its log"
+                tie = ", the latest of ties" if ref.tie == "latest" else ""
+                value, desc = None, f"{ref.stage}'s checkpoint with the best {ref.best}{tie}, from its log"
             else:
                 value, desc = None, f"{ref.stage}'s last checkpoint, from its log"
             inputs[key] = PlannedInput(key, ref, value, desc)

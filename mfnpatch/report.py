@@ -17,18 +17,23 @@ ICON = {"pass": "pass", "fail": "**FAIL**", "unmeasured": "unmeasured", "n/a": "
 
 
 def verification_markdown(v: Verification) -> str:
-    verdict = "PASS" if v.passed else "FAIL"
+    verdict = v.verdict.upper()
+    m = v.match
+    stage = (f"`{m.signature.label}` ({m.how})" if m.signature else f"unknown ({m.how})") if m else "not detected"
     lines = [
         f"# Verification: {verdict}",
         "",
         f"- log: `{v.log}`",
+        f"- stage: {stage}",
         f"- reference: `{v.reference}`" if v.reference else "- reference: none",
         f"- rule: {v.rule}",
         f"- checks: {v.count('pass')} pass, {v.count('fail')} fail, {v.count('unmeasured')} unmeasured, "
         f"{v.count('n/a')} n/a",
         "",
     ]
-    for group, title in (("reference", "Against the reference"), ("patches", "Against the patch sets")):
+    groups = (("stage", "Against the stage's expected results"), ("reference", "Against the reference"),
+              ("patches", "Against the patch sets"))  # fmt: skip
+    for group, title in groups:
         rows = [c for c in v.checks if c.group == group and (c.required or c.verdict in ("pass", "fail"))]
         if not rows:
             continue
@@ -36,6 +41,9 @@ def verification_markdown(v: Verification) -> str:
         for c in rows:
             lines.append(f"| {c.id} | {ICON[c.verdict]} | {_cell(c.expected)} | {_cell(c.actual)} |")
         lines.append("")
+    rules = [f"- {c.id}: {c.rule}" for c in v.checks if c.rule and c.verdict != "n/a"]
+    if rules:
+        lines += ["## Rules", ""] + rules + [""]
     not_checked = [c for c in v.checks if not c.required and c.verdict in ("unmeasured", "n/a")]
     if not_checked:
         lines += ["## Could not be checked", ""] + [f"- {c.message}" for c in not_checked] + [""]

@@ -719,9 +719,13 @@ class Runner:
         target = ref.best
         accs = s.verifications.get(target or "", {})
         best = None
-        for n, c in saved.items():
+        for n, c in sorted(saved.items()):
             st = c.get("step")
-            if st in accs and (best is None or accs[st][0] > accs[best[1]][0]):
+            if st in accs and (
+                best is None
+                or accs[st][0] > accs[best[1]][0]
+                or (ref.tie == "latest" and accs[st][0] == accs[best[1]][0])
+            ):
                 best = (n, st)
         if best is None:
             raise RunError(

@@ -181,6 +181,20 @@ def test_checkpoint_choice_from_the_log(runfx):
         pick(InputRef(stage="a", best="agedb_30"), s, "b")
 
 
+def test_best_checkpoint_ties_earliest_or_latest(runfx):
+    """may14's fine-tune takes the best-LFW ArcFace checkpoint, the latest of ties (the author's 67 of 57, 58, 67)."""
+    runner = Runner(load_recipe(str(runfx.recipe)), None, {}, RunOptions(tree=runfx.tree))
+    log = "".join(
+        f'[lfw][{st}]Accuracy-Flip: {acc:.5f}+-0.01000\nsaving {n}\nINFO:root:Saved checkpoint to "m-{n:04d}.params"\n'
+        for n, st, acc in [(57, 114000, 0.99517), (58, 116000, 0.99517), (59, 118000, 0.994), (67, 134000, 0.99517)]
+    )
+    s = summarize_text(log)
+    assert runner._pick_checkpoint(InputRef(stage="a", best="lfw"), s, "b") == 57
+    assert runner._pick_checkpoint(InputRef(stage="a", best="lfw", tie="latest"), s, "b") == 67
+    with pytest.raises(ValueError, match="tie applies to best only"):
+        InputRef(stage="a", last=True, tie="latest")
+
+
 def test_interrupt_stops_the_stage_and_keeps_the_record(runfx, tmp_path):
     """SIGTERM to `mfnpatch recipe run`: the trainer's process group is stopped, the stage is recorded
     as interrupted, the record is whole, and the exit code is 130."""
