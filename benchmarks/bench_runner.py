@@ -74,6 +74,7 @@ def through_runner(cmd: list[str], tmp: Path, i: int) -> tuple[float, float]:
     )  # fmt: skip
     runner = Runner.__new__(Runner)
     runner._signal = None
+    runner._seed = None  # the pump uses no generator
     runner.parse_cpu = 0.0
     runner.obs = __import__("mfnpatch.runner", fromlist=["Observer"]).Observer()
     runner.opts = RunOptions(tree=tmp)

@@ -697,6 +697,7 @@ def verify(
     from mfnpatch.resources import data_dir
 
     CTX.json = as_json
+    _check_tolerance(tolerance)
     sets = select_sets(Catalog.scan(data_dir("patches")), patches) if patches else None
     v = do_verify(
         log, reference, tolerance=tolerance, sets=sets, checkpoint=checkpoint, recipe=recipe, profile=profile,
@@ -757,11 +758,94 @@ def verify(
     return code
 
 
+@app.command("compare")
+def compare_cmd(
+    a: Annotated[Path, typer.Argument(help="A run directory (runs/NAME) or a training log.", metavar="A")],
+    b: Annotated[Path, typer.Argument(help="Another run directory or training log.", metavar="B")],
+    tolerance: Annotated[
+        float, typer.Option("--tolerance", help="Accuracies within this absolute difference count as equal.")
+    ] = 0.0,
+    stage: Annotated[
+        str | None, typer.Option("--stage", help="The stage a bare log ran (default: detected from its arguments).")
+    ] = None,
+    plot: Annotated[
+        Path | None, typer.Option("--plot", help="Write the overlay of both sides' curves here (PNG).")
+    ] = Path("compare.png"),
+    no_plot: Annotated[bool, typer.Option("--no-plot", help="Do not write the overlay plot.")] = False,
+    as_json: JsonOpt = False,
+):
+    """Two runs side by side: provenance, every verification step, checkpoint hashes, an overlay plot.
+
+    \b
+    A and B are run directories or training logs (a user's own run against a recorded one).
+    Exit 0 when they are identical (every value equal, or within --tolerance; every
+    checkpoint byte-identical; the same recipe, parameters, pin, patch sets, environment
+    lock, seed and commands), 1 otherwise, naming the first difference.
+    """
+    from mfnpatch.compare import compare, plot_overlay
+
+    CTX.json = as_json
+    _check_tolerance(tolerance)
+    c, sa, sb = compare(a, b, tolerance, stage)
+    png = None if no_plot or plot is None else plot_overlay(sa, sb, plot)
+    code = EXIT_OK if c.identical else 1
+    if as_json:
+        emit_json(c.to_dict() | {"plot": str(png) if png else None, "exit_code": code})
+        return code
+    out.print(f"A: {escape(c.a)}\nB: {escape(c.b)}")
+    t = Table(show_edge=False, box=None, pad_edge=False)
+    for col in ("stage", "what", "", "A", "B", "difference"):
+        t.add_column(col)
+    for r in c.rows:
+        mark = "[green]=[/]" if r.same else ("[dim]~[/]" if r.what == "context" else "[red]≠[/]")
+        if r.what == "verification":
+            va = "–" if r.a is None else f"{r.a:.5f}"
+            vb = "–" if r.b is None else f"{r.b:.5f}"
+            diff = "" if r.diff is None else f"{r.diff:+.5f}"
+        elif r.what == "checkpoint":
+            va, vb, diff = str(r.a or "–")[:12], str(r.b or "–")[:12], ""
+        else:
+            va, vb, diff = _compare_cell(r.a), _compare_cell(r.b), r.note
+        t.add_row(escape(r.stage), f"{mark} {r.what}", escape(r.key), escape(va), escape(vb), escape(diff))
+    out.print(t)
+    for n in c.notes:
+        out.print(f"[dim]note[/]: {escape(n)}")
+    if png:
+        out.print(f"plot: {escape(str(png))}")
+    if c.identical:
+        n = sum(1 for r in c.rows if r.what == "verification")
+        k = sum(1 for r in c.rows if r.what == "checkpoint")
+        out.print(f"[green]IDENTICAL[/]: {n} verification values and {k} checkpoint files equal")
+    else:
+        err.print(f"[red]DIFFERENT[/]: {len(c.differences)} difference(s); the first: {escape(c.first_difference())}")
+    return code
+
+
+def _compare_cell(v: Any) -> str:
+    text = v if isinstance(v, str) else json.dumps(v, sort_keys=True, default=str)
+    return text if len(text) <= 48 else text[:45] + "..."
+
+
+def _check_tolerance(tolerance: float | None) -> None:
+    import math
+
+    if tolerance is not None and (not math.isfinite(tolerance) or tolerance < 0):
+        raise UsageError(
+            f"--tolerance {tolerance}: must be a finite number >= 0", hint="e.g. --tolerance 0.002 (accuracy)"
+        )
+
+
 # --------------------------------------------------------------------------------------------
 # recipe
 
 SetOpt = Annotated[
-    list[str] | None, typer.Option("--set", help="Override a parameter, KEY=VALUE (repeatable).", metavar="KEY=VALUE")
+    list[str] | None,
+    typer.Option(
+        "--set",
+        help="Override a parameter, KEY=VALUE (repeatable); seed=N sets the run seed (default 0), "
+        "seed=none runs unseeded.",
+        metavar="KEY=VALUE",
+    ),
 ]
 
 
@@ -822,6 +906,9 @@ def recipe_plan(
         + (f", profile [bold]{profile}[/]" if profile else "")
     )
     out.print(f"pin {r.pin}, patch sets {plan.patches}, environment {plan.environment}")
+    from mfnpatch.determinism import describe
+
+    out.print(f"determinism: {escape(describe(plan.seed)['how'])}")
     for s in plan.stages:
         out.print()
         out.print(

@@ -31,6 +31,7 @@ from mfnpatch.resources import data_dir
 from mfnpatch.schema import SchemaError, Strict, load_yaml, locate, validate
 
 VAR = re.compile(r"\$\{([A-Za-z_][\w.-]*)\}")
+DEFAULT_SEED = 0  # every run is seeded unless --set seed=none
 BUILTINS = ("run_dir", "tree", "cpu_count", "mfnpatch", "python_exe")
 
 
@@ -468,6 +469,7 @@ class Plan:
     patches: str
     stages: list[PlannedStage]
     hazards: list[str]
+    seed: int | None = DEFAULT_SEED  # the run seed (None: unseeded), see mfnpatch/seedhook
 
     def stage(self, name: str) -> PlannedStage:
         for s in self.stages:
@@ -492,6 +494,7 @@ class Plan:
             "patches": self.patches,
             "environment": self.environment,
             "parameters": self.parameters,
+            "seed": self.seed,
             "hazards": self.hazards,
             "stages": [
                 {
@@ -537,6 +540,22 @@ def coerce(value: Any, typ: str, name: str) -> Any:
         return str(value)
     except (TypeError, ValueError):
         raise RecipeError(f"parameter {name}: {value!r} is not a {typ}") from None
+
+
+def parse_seed(value: Any) -> int | None:
+    """``--set seed=N``: the run seed; ``none``/``off`` runs unseeded (as the pinned code alone does)."""
+    text = str(value).strip().lower()
+    if text in ("none", "off", "unseeded"):
+        return None
+    try:
+        n = int(text)
+    except ValueError:
+        raise RecipeError(
+            f"--set seed={value}: not an integer", hint="write --set seed=N (N >= 0), or --set seed=none"
+        ) from None
+    if not 0 <= n < 2**32:
+        raise RecipeError(f"--set seed={value}: out of range", hint="a seed is an integer from 0 to 4294967295")
+    return n
 
 
 def parse_sets(pairs: list[str]) -> dict[str, str]:
@@ -638,10 +657,12 @@ def expand(
         )
     prof = r.profiles.get(profile) if profile else None
     specs = _params(r)
+    overrides = dict(overrides or {})
+    seed = parse_seed(overrides.pop("seed")) if "seed" in overrides and "seed" not in specs else DEFAULT_SEED
     values: dict[str, Any] = {k: p.default for k, p in specs.items()}
     if prof:
         values.update(prof.parameters)
-    for k, v in (overrides or {}).items():
+    for k, v in overrides.items():
         if k not in specs:
             raise RecipeError(
                 f"--set {k}: recipe {r.name} has no parameter '{k}'", hint=f"parameters: {', '.join(specs)}"
@@ -747,6 +768,7 @@ def expand(
         patches=(prof.patches if prof and prof.patches else r.patches),
         stages=stages,
         hazards=[],
+        seed=seed,
     )
     plan.hazards = hazards(plan)
     return plan

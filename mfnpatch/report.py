@@ -187,6 +187,7 @@ def run_markdown(run_dir: Path, rec) -> str:
         + (f" (lock `{env['lock_sha256'][:12]}`)" if env.get("lock_sha256") else ""),
         f"- host: {rec.host.get('hostname')} ({rec.host.get('cpus')} CPUs); "
         f"started {rec.started}, finished {rec.finished}",
+        "- " + _determinism_line(rec),
         "",
         "| stage | status | how it ended | seconds | checks |",
         "| --- | --- | --- | ---: | --- |",
@@ -253,9 +254,21 @@ def run_markdown(run_dir: Path, rec) -> str:
             out = _tail_text(run_dir / s.log, TOOL_OUTPUT_LINES)
             if out:
                 lines += ["```", *out, "```", ""]
+        if s.checkpoints:
+            lines += ["Checkpoints (sha256): " + ", ".join(f"`{k}` `{v[:12]}`" for k, v in s.checkpoints.items()), ""]
         if s.log:
             lines += [f"Log: [{s.log}]({s.log})", ""]
     return "\n".join(lines) + "\n"
+
+
+def _determinism_line(rec) -> str:
+    d = rec.determinism or {}
+    if not d:
+        return "determinism: not recorded (a run from before mfnpatch seeded runs)"
+    if not d.get("deterministic"):
+        return f"determinism: **not deterministic**: {d.get('how')}"
+    varies = "; ".join(d.get("still_varies") or [])
+    return f"determinism: **deterministic**, seed {d['seed']}: {d.get('how')}. Still varies: {varies}"
 
 
 TOOL_OUTPUT_LINES = 30

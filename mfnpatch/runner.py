@@ -27,6 +27,8 @@ from typing import Any, Literal
 from pydantic import Field
 
 from mfnpatch import __version__
+from mfnpatch.determinism import describe as describe_determinism
+from mfnpatch.determinism import seed_env
 from mfnpatch.errors import Interrupted, MfnError
 from mfnpatch.expect import Check, evaluate_stage
 from mfnpatch.fsutil import atomic_write, atomic_write_json, sha256_bytes, sha256_file
@@ -81,6 +83,8 @@ class StageRecord(Strict):
     notes: list[str] = Field(default_factory=list)
     job: dict | None = None  # the Slurm job that runs the stage: {id, script, submitted}
     attempts: list[dict] = Field(default_factory=list)  # each start of that job (requeues included)
+    # sha256 of each checkpoint file the stage's log says it saved (params and symbol), by absolute path
+    checkpoints: dict[str, str] = Field(default_factory=dict)
 
 
 class RunRecord(Strict):
@@ -99,6 +103,8 @@ class RunRecord(Strict):
     host: dict
     stages: list[StageRecord]
     executor: dict = Field(default_factory=dict)  # {kind: local, pid, host} or {kind: slurm, options, python}
+    seed: int | None = None  # the run seed every stage's generators start from (None: unseeded)
+    determinism: dict = Field(default_factory=dict)  # mfnpatch.determinism.describe(seed)
 
     def stage(self, name: str) -> StageRecord:
         for s in self.stages:
@@ -190,6 +196,22 @@ def stage_metrics(s: Summary) -> dict:
         "ended": s.how_it_ended(),
         "unknown_lines": s.unknown_lines,
     }  # fmt: skip
+
+
+def checkpoint_hashes(s: Summary, cwd: Path) -> dict[str, str]:
+    """sha256 of every checkpoint file the log says was saved (``.params`` and its ``-symbol.json``),
+    by absolute path, so two runs can be compared byte for byte (and a file checked later)."""
+    out: dict[str, str] = {}
+    for c in s.checkpoints.values():
+        path = c.get("path")
+        if not path:
+            continue
+        p = Path(os.path.normpath(path if Path(path).is_absolute() else cwd / path))
+        sym = Path(str(p)[: str(p).rfind("-")] + "-symbol.json")
+        for f in (p, sym):
+            if str(f) not in out and f.is_file():
+                out[str(f)] = sha256_file(f)
+    return dict(sorted(out.items()))
 
 
 def stage_summary(run_dir: Path, srec: StageRecord) -> Summary | None:
@@ -292,6 +314,7 @@ class Runner:
             "python_exe": sys.executable,
         }
         plan = expand(self.loaded, self.profile, self.overrides, self._builtins)
+        self._seed = plan.seed
         self._cwd_of = {s.name: s.cwd for s in plan.stages}
         self._outputs = {s.name: s.outputs for s in plan.stages}
         return plan
@@ -356,6 +379,8 @@ class Runner:
             host={"hostname": platform.node(), "platform": platform.platform(), "cpus": os.cpu_count(),
                   "python": platform.python_version()},
             stages=[StageRecord(name=s.name, title=s.title, kind=s.kind) for s in plan.stages],
+            seed=plan.seed,
+            determinism=describe_determinism(plan.seed),
         )  # fmt: skip
         if previous is not None:
             for s in rec.stages:
@@ -648,6 +673,7 @@ class Runner:
             "patches": h(rec.patches),
             "environment": h({k: v for k, v in rec.environment.items() if k in ("name", "lock_sha256")}),
             "inputs": h(ups),
+            "seed": h(plan.seed),
         }
 
     # -- inputs
@@ -775,6 +801,7 @@ class Runner:
         srec.status = "done"
         srec.ended = f"reached checkpoint {ps.stop[1]} before it was interrupted"  # type: ignore[index]
         srec.metrics = stage_metrics(merged) if merged else {}
+        srec.checkpoints = checkpoint_hashes(merged, tree_root / ps.cwd) if merged else {}
         checks = self._checks(ps, srec, merged, tree_root / ps.cwd)
         srec.checks = [c.__dict__ for c in checks]
         srec.passed = all(c.verdict == "pass" for c in checks if c.required)
@@ -857,6 +884,7 @@ class Runner:
         summary = stage_summary(run_dir, srec) if ps.kind == "train" else None
         if summary is not None:
             srec.metrics = stage_metrics(summary)
+            srec.checkpoints = checkpoint_hashes(summary, cwd)
         if self._signal:
             srec.status = "interrupted"
         elif ended.startswith("stopped at") or code == 0:
@@ -912,7 +940,9 @@ class Runner:
     def _spawn(self, ps: PlannedStage, cwd: Path, log_path: Path, total: int | None, offsets: tuple[int, int] = (0, 0)):
         """Run the stage's process; events reach observers in stage steps (``offsets``: the step and save
         number a resumed segment starts from), stop points are checked in the process's own numbering."""
-        env = {**self._base_env(), **ps.env, "PYTHONUNBUFFERED": "1"}
+        env = {**self._base_env(), **ps.env}
+        env.update(seed_env(self._seed, env))
+        env["PYTHONUNBUFFERED"] = "1"
         proc = subprocess.Popen(
             ps.argv,
             cwd=cwd,

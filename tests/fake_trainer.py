@@ -9,14 +9,19 @@ mx.model.save_checkpoint, trains until killed (or --max-steps), and is steered b
   FAKE_RATE       accuracy gained per step (default 0.01); FAKE_CAP caps it (default 0.99)
   FAKE_CRASH_AT   raise an error at this step (only for --loss-type FAKE_CRASH_LOSS, when that is set)
   FAKE_WITH_BIAS  1: the softmax symbol has an fc7_bias node (as without the no-bias patch)
+  FAKE_RANDOM     1: draw from Python's random like the real code (its shuffle): each accuracy loses up to
+                  0.001 and each .params file holds a random word, so an unseeded run differs from the last
 """
 
 import argparse
 import json
 import logging
 import os
+import random
 import sys
 import time
+
+RANDOM = os.environ.get("FAKE_RANDOM") == "1"
 
 
 def parse_args():
@@ -61,7 +66,7 @@ def save_checkpoint(prefix, n, loss_type):
     with open(prefix + "-symbol.json", "w") as f:
         json.dump({"nodes": nodes, "arg_nodes": [0, 1, 2], "heads": [[len(nodes) - 1, 0, 0]]}, f)
     with open("%s-%04d.params" % (prefix, n), "wb") as f:
-        f.write(b"fake params %d" % n)
+        f.write(b"fake params %d" % n + (b" %d" % random.getrandbits(64) if RANDOM else b""))
     logging.info('Saved checkpoint to "%s-%04d.params"', prefix, n)
 
 
@@ -136,7 +141,7 @@ def main():
             if crash_at and step >= crash_at:
                 raise KeyError("CUDA_VISIBLE_DEVICES")
             if step % args.verbose == 0:
-                acc = min(cap, base + rate * step)
+                acc = min(cap, base + rate * step) - (random.random() * 0.001 if RANDOM else 0.0)
                 for t in targets:
                     print("testing verification..")
                     print("(200, 128)")

@@ -1,0 +1,339 @@
+"""`mfnpatch compare A B`: two runs (or a run and a training log, or two logs) side by side.
+
+Per stage: every verification (target, step) of either side with both values and their difference, the
+sha256 of every checkpoint file both runs saved, and — for two run directories — their provenance: recipe
+and its hash, profile, parameters, pin, patch sets and their hashes, environment lock, run seed and each
+stage's command and environment (paths inside the run directory and the tree are compared as ``<run>``
+and ``<tree>``, so two runs of one plan compare equal). The host, the interpreter and MXNet are shown as
+context: they explain a difference, they are not one.
+
+Two sides are *identical* when nothing differs: every value equal (or within ``tolerance``), every
+checkpoint byte-identical, the provenance the same. The first difference, in that order of stages, is
+named.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from mfnpatch.errors import MfnError
+from mfnpatch.logs import Summary, summarize
+
+
+class CompareError(MfnError):
+    pass
+
+
+@dataclass
+class StageSide:
+    name: str
+    summary: Summary | None
+    checkpoints: dict[str, str] = field(default_factory=dict)
+    command: dict[str, Any] | None = None
+    stop_step: int | None = None  # a planned stop point: what the process printed beyond it is not the plan's
+
+
+@dataclass
+class Side:
+    path: str
+    kind: str  # "run" or "log"
+    stages: dict[str, StageSide]
+    provenance: dict[str, Any] = field(default_factory=dict)
+    context: dict[str, Any] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+
+
+@dataclass
+class Row:
+    stage: str
+    what: str  # "provenance", "verification", "checkpoint", "context"
+    key: str
+    a: Any
+    b: Any
+    diff: float | None = None
+    same: bool = True
+    note: str = ""
+    step: int | None = None
+
+    def to_dict(self) -> dict:
+        return self.__dict__.copy()
+
+
+@dataclass
+class Comparison:
+    a: str
+    b: str
+    tolerance: float
+    rows: list[Row]
+    notes: list[str]
+
+    @property
+    def differences(self) -> list[Row]:
+        return [r for r in self.rows if not r.same and r.what != "context"]
+
+    @property
+    def identical(self) -> bool:
+        return not self.differences
+
+    def first_difference(self) -> str | None:
+        d = self.differences
+        return describe(d[0]) if d else None
+
+    def to_dict(self) -> dict:
+        return {
+            "a": self.a,
+            "b": self.b,
+            "tolerance": self.tolerance,
+            "identical": self.identical,
+            "first_difference": self.first_difference(),
+            "differences": len(self.differences),
+            "rows": [r.to_dict() for r in self.rows],
+            "notes": self.notes,
+        }
+
+
+def describe(r: Row) -> str:
+    where = f"{r.stage}: " if r.stage else ""
+    if r.what == "verification":
+        if r.a is None or r.b is None:
+            return f"{where}{r.key}: only in {'B' if r.a is None else 'A'} ({r.a if r.a is not None else r.b})"
+        return f"{where}{r.key}: {r.a:.5f} in A, {r.b:.5f} in B (difference {r.diff:+.5f})"
+    if r.what == "checkpoint":
+        if r.a is None or r.b is None:
+            return f"{where}checkpoint {r.key}: only in {'B' if r.a is None else 'A'}"
+        return f"{where}checkpoint {r.key}: sha256 {str(r.a)[:12]} in A, {str(r.b)[:12]} in B"
+    return f"{where}{r.what} {r.key}: {_short(r.a)} in A, {_short(r.b)} in B"
+
+
+def _short(v: Any) -> str:
+    text = json.dumps(v, sort_keys=True, default=str) if not isinstance(v, str) else v
+    return text if len(text) <= 80 else text[:77] + "..."
+
+
+# --------------------------------------------------------------------------------------------
+# Loading a side
+
+
+def _normalize(obj: Any, subs: list[tuple[str, str]]) -> Any:
+    if isinstance(obj, str):
+        for old, new in subs:
+            if old:
+                obj = obj.replace(old, new)
+        return obj
+    if isinstance(obj, list):
+        return [_normalize(x, subs) for x in obj]
+    if isinstance(obj, dict):
+        return {k: _normalize(v, subs) for k, v in obj.items()}
+    return obj
+
+
+def load_side(spec: Path, stage: str | None = None) -> Side:
+    """A run directory (its record.json) or a training log."""
+    from mfnpatch.runner import RECORD, _verbose, load_record, stage_summary
+
+    p = Path(spec)
+    if p.is_dir():
+        if not (p / RECORD).is_file():
+            raise CompareError(
+                f"{p}: a directory without {RECORD} (not a run directory)",
+                hint="give a run directory (runs/NAME) or a training log file",
+            )
+        run_dir = p.absolute()
+        rec = load_record(run_dir)
+        notes: list[str] = []
+        subs = sorted([(str(run_dir), "<run>"), (rec.tree, "<tree>")], key=lambda x: -len(x[0]))
+        stages = {}
+        for s in rec.stages:
+            if s.status in ("pending", "skipped") and not s.log:
+                continue
+            summary = stage_summary(run_dir, s) if s.kind == "train" else None
+            cmd = _normalize({"argv": s.argv, "env": s.env, "cwd": s.cwd, "segments": len(s.segments)}, subs)
+            stop = None
+            if s.stop and s.status == "done" and "stopped at" in (s.ended or ""):
+                stop = s.stop["value"] * _verbose(s.argv) if s.stop["kind"] == "checkpoint" else s.stop["value"]
+            stages[s.name] = StageSide(s.name, summary, _checkpoints_now(s.checkpoints, subs, notes), cmd, stop)
+        r = rec.recipe
+        prov = {
+            "recipe": r.get("name"),
+            "recipe sha256": r.get("sha256"),
+            "profile": r.get("profile"),
+            "parameters": _normalize(r.get("parameters"), subs),
+            "pin": rec.pin.get("commit"),
+            "patch sets": [f"{x['name']}@{x['version']} {x['sha256']}" for x in rec.patches],
+            "environment": {k: rec.environment.get(k) for k in ("name", "lock_sha256")},
+            "seed": rec.seed if rec.determinism else "(not recorded)",
+        }
+        interp = rec.environment.get("interpreter") or {}
+        ctx = {
+            "host": f"{rec.host.get('hostname')} ({rec.host.get('cpus')} CPUs, {rec.host.get('platform')})",
+            "python / MXNet": f"{interp.get('version')} / {interp.get('mxnet')}",
+            "status": rec.status,
+        }
+        return Side(str(p), "run", stages, prov, ctx, notes)
+    if p.is_file():
+        summary = summarize(p)
+        name = stage
+        if name is None:
+            from mfnpatch.stagematch import detect_stage
+
+            name = detect_stage(summary).stage or "log"
+        return Side(str(p), "log", {name: StageSide(name, summary)})
+    raise CompareError(f"{p}: no such run directory or log file", hint="give runs/NAME or a training log")
+
+
+def _checkpoints_now(recorded: dict[str, str], subs: list[tuple[str, str]], notes: list[str]) -> dict[str, str]:
+    """A run's checkpoint hashes as they are on disk now (a file changed since the run is what is compared,
+    and said); a file that is gone keeps its recorded hash, and is said too."""
+    from mfnpatch.fsutil import sha256_file
+
+    out = {}
+    for path, digest in recorded.items():
+        key = _normalize(path, subs)
+        p = Path(path)
+        if p.is_file():
+            now = sha256_file(p)
+            if now != digest:
+                notes.append(f"{key}: changed on disk since the run recorded it ({digest[:12]} -> {now[:12]})")
+            out[key] = now
+        else:
+            notes.append(f"{key}: no longer on disk; its recorded sha256 is compared")
+            out[key] = digest
+    return out
+
+
+# --------------------------------------------------------------------------------------------
+# Comparing
+
+
+def compare_sides(a: Side, b: Side, tolerance: float = 0.0) -> Comparison:
+    rows: list[Row] = []
+    notes: list[str] = [f"A: {n}" for n in a.notes] + [f"B: {n}" for n in b.notes]
+    if a.kind == "run" and b.kind == "run":
+        for k in a.provenance:
+            va, vb = a.provenance.get(k), b.provenance.get(k)
+            rows.append(Row("", "provenance", k, va, vb, same=va == vb))
+        for k in a.context:
+            va, vb = a.context.get(k), b.context.get(k)
+            rows.append(Row("", "context", k, va, vb, same=va == vb))
+    else:
+        notes.append("a training log has no provenance (recipe, patch sets, seed): only its numbers are compared")
+    names = [n for n in a.stages if n in b.stages]
+    if (a.kind == "log" or b.kind == "log") and not names:
+        raise CompareError(
+            f"nothing to compare: A has stage(s) {', '.join(a.stages)}, B has {', '.join(b.stages)}",
+            hint="name the stage the log ran: --stage NAME",
+        )
+    for only, side in ((set(a.stages) - set(b.stages), "A"), (set(b.stages) - set(a.stages), "B")):
+        for n in sorted(only):
+            if a.kind == "run" and b.kind == "run":
+                rows.append(Row(n, "provenance", "stage", n if side == "A" else None, n if side == "B" else None,
+                                same=False, note=f"only in {side}"))  # fmt: skip
+    for n in names:
+        sa, sb = a.stages[n], b.stages[n]
+        if sa.command is not None and sb.command is not None:
+            rows.append(Row(n, "provenance", "command", sa.command, sb.command, same=sa.command == sb.command))
+        stops = [x for x in (sa.stop_step, sb.stop_step) if x is not None]
+        stop = min(stops) if stops else None
+        vrows = _verification_rows(n, sa.summary, sb.summary, tolerance)
+        beyond = [r for r in vrows if stop is not None and r.step is not None and r.step > stop]
+        rows += [r for r in vrows if r not in beyond]
+        if beyond:
+            notes.append(f"{n}: {len(beyond)} verification value(s) after the planned stop (step {stop}) not compared: "
+                         "the process went on printing until it was stopped")  # fmt: skip
+        if sa.checkpoints or sb.checkpoints:
+            if not sa.checkpoints or not sb.checkpoints:
+                notes.append(f"{n}: checkpoint hashes recorded only in {'A' if sa.checkpoints else 'B'}")
+            else:
+                skipped = 0
+                for f in sorted(set(sa.checkpoints) | set(sb.checkpoints)):
+                    num = re.search(r"-(\d{4})\.params$", f)
+                    if stop is not None and num and int(num.group(1)) * _save_every(sa, sb) > stop:
+                        skipped += 1
+                        continue
+                    ha, hb = sa.checkpoints.get(f), sb.checkpoints.get(f)
+                    rows.append(Row(n, "checkpoint", f, ha, hb, same=ha == hb and ha is not None))
+                if skipped:
+                    notes.append(f"{n}: {skipped} checkpoint file(s) after the planned stop not compared")
+    return Comparison(a.path, b.path, tolerance, rows, notes)
+
+
+def _save_every(a: StageSide, b: StageSide) -> int:
+    """Steps between saves (--verbose) of a stage, from its command."""
+    from mfnpatch.runner import _verbose
+
+    cmd = a.command or b.command or {}
+    return _verbose(cmd.get("argv") or [])
+
+
+def _verification_rows(stage: str, a: Summary | None, b: Summary | None, tol: float) -> list[Row]:
+    rows = []
+    va = a.verifications if a else {}
+    vb = b.verifications if b else {}
+    for target in list(dict.fromkeys([*va, *vb])):
+        steps = sorted(set(va.get(target, {})) | set(vb.get(target, {})))
+        for step in steps:
+            x = va.get(target, {}).get(step)
+            y = vb.get(target, {}).get(step)
+            ax, by = (x[0] if x else None), (y[0] if y else None)
+            if ax is None or by is None:
+                rows.append(Row(stage, "verification", f"{target} at step {step}", ax, by, None, False, step=step))
+                continue
+            d = by - ax
+            rows.append(Row(stage, "verification", f"{target} at step {step}", ax, by, round(d, 6),
+                            abs(d) <= tol + 1e-12, step=step))  # fmt: skip
+    return rows
+
+
+def compare(a: Path, b: Path, tolerance: float = 0.0, stage: str | None = None) -> tuple[Comparison, Side, Side]:
+    sa, sb = load_side(a, stage), load_side(b, stage)
+    return compare_sides(sa, sb, tolerance), sa, sb
+
+
+def plot_overlay(a: Side, b: Side, out: Path) -> Path | None:
+    """Each stage's verification curves, A solid and B dashed, one panel per stage."""
+    import os
+    import tempfile
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = [n for n in a.stages if n in b.stages and (a.stages[n].summary or b.stages[n].summary)]
+    names = [n for n in names if (a.stages[n].summary and a.stages[n].summary.verifications)
+             or (b.stages[n].summary and b.stages[n].summary.verifications)]  # fmt: skip
+    if not names:
+        return None
+    fig, axes = plt.subplots(1, len(names), figsize=(5 * len(names), 3.6), squeeze=False)
+    for ax, n in zip(axes[0], names, strict=True):
+        for side, style, label in ((a, "-", "A"), (b, "--", "B")):
+            s = side.stages[n].summary
+            for i, (t, steps) in enumerate((s.verifications if s else {}).items()):
+                xs = sorted(steps)
+                ax.plot(xs, [steps[x][0] for x in xs], style, color=f"C{i}", marker="o", ms=3,
+                        label=f"{label} {t}")  # fmt: skip
+        ax.set_title(n)
+        ax.set_xlabel("step")
+        ax.set_ylabel("accuracy")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+    fig.suptitle(f"A: {a.path}\nB: {b.path}", fontsize=8)
+    fig.tight_layout()
+    out = Path(out)
+    if out.is_dir():
+        raise CompareError(f"{out}: is a directory", hint="give a file name for the plot: --plot compare.png")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".png", dir=out.parent)
+    os.close(fd)
+    try:
+        fig.savefig(tmp, dpi=100)
+        os.replace(tmp, out)
+    finally:
+        plt.close(fig)
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return out

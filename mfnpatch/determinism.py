@@ -1,0 +1,62 @@
+"""Same inputs, same numbers: what a seeded run sets, and what still varies.
+
+The pinned code seeds nothing: Python's ``random`` drives the shuffle and the mirror augmentation of
+``image_iter.py``, MXNet's generator the initializers. A recipe run is seeded by default (run seed 0;
+``--set seed=N`` changes it, ``--set seed=none`` runs unseeded) without changing a token of the stage
+commands: the runner puts ``mfnpatch/seedhook`` first on the stages' ``PYTHONPATH``, where Python's
+start-up imports its ``sitecustomize``, which seeds ``random``, NumPy and (as it is imported) MXNet from
+``MFNPATCH_SEED``. Why a start-up hook and not a patch set: it needs no edit of the pinned code (the
+``mfn`` set stays the seed's three edits), it reaches every process of every stage (training, slim, the
+tools), and a run that asks for no seed has no trace of it. ``PYTHONHASHSEED`` fixes string hashing and
+``MXNET_ENFORCE_DETERMINISM`` asks MXNet for deterministic kernels (it matters on GPUs: cuDNN).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+HOOK_DIR = Path(__file__).resolve().parent / "seedhook"
+
+# What a seed does not fix, in words (the report and docs/determinism.md say the same, with measurements).
+STILL_VARIES = (
+    "the thread count: MXNet's CPU kernels (MKL-DNN, OpenBLAS) reduce in an order that depends on "
+    "OMP_NUM_THREADS, so a run with another thread count gives other numbers; it is recorded with the run",
+    "the machine: another CPU (instruction set), another MXNet build or a GPU give other numbers",
+    "a mid-stage resume: the pinned code does not save the optimizer's momentum and restarts the data "
+    "iterator, so a resumed segment continues differently from an uninterrupted run",
+    "Speedometer's samples/s and every time: they measure the machine",
+)
+
+
+def seed_env(seed: int | None, env: dict[str, str]) -> dict[str, str]:
+    """The variables a stage's process gets for ``seed`` (none for an unseeded run); ``env`` is the
+    environment they are added to (for its PYTHONPATH)."""
+    if seed is None:
+        return {}
+    path = env.get("PYTHONPATH", "")
+    return {
+        "MFNPATCH_SEED": str(seed),
+        "PYTHONHASHSEED": str(seed),
+        "PYTHONPATH": str(HOOK_DIR) + (os.pathsep + path if path else ""),
+        "MXNET_ENFORCE_DETERMINISM": "1",
+    }
+
+
+def describe(seed: int | None) -> dict:
+    """What the run record says about determinism."""
+    if seed is None:
+        return {
+            "seed": None,
+            "deterministic": False,
+            "how": "unseeded (--set seed=none): Python random, NumPy and MXNet start from the clock, "
+            "as the pinned code alone does",
+            "still_varies": [],
+        }
+    return {
+        "seed": seed,
+        "deterministic": True,
+        "how": f"run seed {seed}: MFNPATCH_SEED={seed} with mfnpatch's start-up hook on PYTHONPATH seeds Python "
+        f"random, NumPy and MXNet; PYTHONHASHSEED={seed}; MXNET_ENFORCE_DETERMINISM=1; commands unchanged",
+        "still_varies": list(STILL_VARIES),
+    }
