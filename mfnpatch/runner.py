@@ -526,24 +526,32 @@ class Runner:
                 rec.status = "cancelled"
                 srec.status, srec.ended = "cancelled", f"{srec.ended}; cancelled (mfnpatch recipe cancel)"
             elif self._signal == "SIGUSR1" and job_id():
+                # The requeue ends this process, maybe before scontrol returns: the attempt's end, the
+                # record and the report are on disk first (_end_job), and only then is Slurm asked.
                 srec.ended = f"{srec.ended}; the time limit is near: requeued to resume"
                 rec.status = "running"
-                self._write(run_dir, rec)
+                code = self._end_job(rec, run_dir, plan, stage, attempt, interrupted_code=EXIT_INTERRUPTED)
                 try:
                     requeue(job_id())  # type: ignore[arg-type]
                 except SlurmError as e:
                     srec.status, srec.ended = "failed", f"{srec.ended}, but the requeue failed: {e.message}"
+                    return self._end_job(rec, run_dir, plan, stage, attempt)
+                return code
             else:
                 rec.status = "interrupted"  # preempted or requeued: the next start resumes it
         return self._end_job(rec, run_dir, plan, stage, attempt, interrupted_code=EXIT_INTERRUPTED)
 
     def _end_job(self, rec, run_dir, plan, stage, attempt, interrupted_code: int = 1) -> int:
+        """The end of a Slurm job's stage: the attempt's end, the record and the report are written, and only
+        then are other jobs cancelled (a failed stage's dependents): whatever this process knows is on disk
+        before it asks Slurm for anything that may end it."""
         from mfnpatch.slurm import scancel
 
         srec = rec.stage(stage)
         attempt["finished"], attempt["ended"] = _now(), srec.ended
         names = [s.name for s in plan.stages]
         later = [rec.stage(n) for n in names[names.index(stage) + 1 :]]
+        dependents: list[StageRecord] = []
         if srec.status in ("interrupted", "cancelled"):
             code = interrupted_code if srec.status == "interrupted" else 1
         elif srec.status in ("done", "skipped") and srec.passed is not False:
@@ -554,13 +562,17 @@ class Runner:
         else:
             code = 1
             dependents = [s for s in later if s.job and s.status in ("queued", "running", "interrupted")]
-            scancel([s.job["id"] for s in dependents])  # type: ignore[index]
             for s in dependents:
                 s.status, s.ended = "cancelled", f"cancelled: stage {stage} did not pass"
                 self._touched.add(s.name)
             rec.status, rec.finished = "failed", _now()
         self._write(run_dir, rec)
         self._write_report(run_dir, rec)
+        if dependents:
+            try:
+                scancel([s.job["id"] for s in dependents])  # type: ignore[index]
+            except SlurmError as e:  # they wait on afterok of a failed job: they never start
+                self.obs.note(f"scancel of the dependent jobs failed ({e.message}); they cannot start (afterok)")
         return code
 
     def _write(self, run_dir: Path, rec: RunRecord) -> None:

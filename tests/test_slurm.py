@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import signal
 import time
 from pathlib import Path
@@ -306,19 +307,61 @@ def test_preempted_by_a_higher_priority_job_resumes_from_its_checkpoint(cli, run
     assert len(sm.segments) == 1 and sm.status == "done" and sm.passed
 
 
-@needs_slurm
-def test_time_limit_signal_requeues_and_resumes(cli, runfx, slurm_env, monkeypatch):
-    """USR1 to the batch shell is what --signal=B:USR1@GRACE sends before the time limit: the job stops
-    the trainer, requeues itself, and the next start resumes from the last checkpoint."""
+def instant_requeue(tmp_path: Path, monkeypatch) -> Path:
+    """An `scontrol` first on the jobs' PATH that, after the real `scontrol requeue`, kills the process that
+    asked at once (SIGKILL): Slurm at its quickest, ending the job before scontrol even returns. Every
+    other use of scontrol passes through. Returns the file each kill is logged to."""
+    real = shutil.which("scontrol")
+    assert real
+    bindir = tmp_path / "instant-bin"
+    bindir.mkdir()
+    killed = tmp_path / "instant-kills.log"
+    wrapper = bindir / "scontrol"
+    wrapper.write_text(
+        "#!/bin/sh\n"
+        f'if [ "$1" = requeue ]; then "{real}" "$@"; rc=$?; echo "killed $PPID" >> "{killed}"; '
+        "kill -9 $PPID; exit $rc; fi\n"
+        f'exec "{real}" "$@"\n'
+    )
+    wrapper.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bindir}{os.pathsep}{os.environ['PATH']}")
+    return killed
+
+
+def time_limit_requeue(cli, runfx, slurm_env, monkeypatch, tmp_path) -> None:
+    killed = instant_requeue(tmp_path, monkeypatch)
     rd, jid = submit_until_softmax_saves(cli, runfx, monkeypatch)
     slurm_env.run("scancel", "--signal=USR1", "--batch", jid)
+    wait_for(lambda: killed.is_file(), 60, "the requeue (and the instant kill of the job that asked)")
+    # what the job knew before it asked for the requeue is on disk, though it was killed at once
+    sm = load_record(rd).stage("softmax")
+    assert sm.attempts[0]["ended"] and "the time limit is near: requeued to resume" in sm.attempts[0]["ended"]
+    assert sm.attempts[0]["finished"] and sm.status == "interrupted"
+    assert "| softmax | interrupted |" in (rd / "report.md").read_text()
     release_requeued(slurm_env, jid)
     s = follow(cli, rd)
     assert s.code == 0, s.out + s.err
     sm = load_record(rd).stage("softmax")
     assert [a["restart"] for a in sm.attempts] == [0, 1]
+    assert all("ended" in a and "finished" in a for a in sm.attempts)
     assert "the time limit is near: requeued to resume" in sm.attempts[0]["ended"]
     assert len(sm.segments) == 1 and sm.status == "done" and sm.passed
+
+
+@needs_slurm
+def test_time_limit_signal_requeues_and_resumes(cli, runfx, slurm_env, monkeypatch, tmp_path):
+    """USR1 to the batch shell is what --signal=B:USR1@GRACE sends before the time limit: the job stops
+    the trainer, writes the attempt's end and the report, requeues itself (here Slurm kills it the moment
+    it asks), and the next start resumes from the last checkpoint."""
+    time_limit_requeue(cli, runfx, slurm_env, monkeypatch, tmp_path)
+
+
+@needs_slurm
+@pytest.mark.slow
+@pytest.mark.parametrize("i", range(10))
+def test_time_limit_requeue_stress(cli, runfx, slurm_env, monkeypatch, tmp_path, i):
+    """The requeue path ten times in one session: no attempt ever lacks its end."""
+    time_limit_requeue(cli, runfx, slurm_env, monkeypatch, tmp_path)
 
 
 @needs_slurm
@@ -395,6 +438,8 @@ def test_bad_partition_is_one_clear_error_and_nothing_queued(cli, runfx, slurm_e
     assert not Path(runfx.run_dir("run")).exists()  # nothing half-made: the same command works once fixed
     r = submit(cli, runfx, "--partition", "debug")
     assert r.code == 0, r.err
-    assert len(squeue(slurm_env)) == len(load_record(runfx.run_dir("run")).stages)
+    rec = load_record(runfx.run_dir("run"))
+    ids = {s.job["id"] for s in rec.stages if s.job}
+    assert len(ids) == len(rec.stages) and ids <= set(squeue(slurm_env))  # this run's jobs, whatever else is queued
     assert cli("recipe", "cancel", runfx.run_dir("run")).code == 0
-    assert not squeue(slurm_env)
+    wait_for(lambda: not ids & set(squeue(slurm_env)), 30, "this run's jobs to leave the queue")
