@@ -7,9 +7,11 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import sys
 import time
 import traceback
+from contextlib import contextmanager
 from dataclasses import asdict
 from pathlib import Path
 from typing import Annotated, Any
@@ -20,7 +22,15 @@ from rich.markup import escape
 from rich.table import Table
 
 from mfnpatch import __version__
-from mfnpatch.errors import EXIT_INTERRUPTED, EXIT_NOTHING_TO_DO, EXIT_OK, EXIT_USAGE, MfnError, UsageError
+from mfnpatch.errors import (
+    EXIT_INTERRUPTED,
+    EXIT_NOTHING_TO_DO,
+    EXIT_OK,
+    EXIT_USAGE,
+    MfnError,
+    UsageError,
+    from_os_error,
+)
 
 out = Console(highlight=False, soft_wrap=True)
 err = Console(stderr=True, highlight=False, soft_wrap=True)
@@ -159,24 +169,28 @@ def apply(
     from mfnpatch.pin import resolve_pin
     from mfnpatch.resources import data_dir
     from mfnpatch.worktree import apply as do_apply
-    from mfnpatch.worktree import prepare_tree
+    from mfnpatch.worktree import prepare_tree, tree_lock
 
     CTX.json = as_json
     resolve_pin(commit)  # a wrong --commit is reported before anything else
     catalog = Catalog.scan(data_dir("patches"))
     sets = select_sets(catalog, series) if series else None  # bad --series fails before any fetch
-    if as_json:
-        prepared = prepare_tree(commit, dest, source)
-    else:
-        with err.status(f"fetching {commit} …") as st:
-            prepared = prepare_tree(
-                commit, dest, source, on_progress=lambda line: st.update(f"fetching {commit}: {line}")
-            )
-    tree = prepared.tree
-    if sets is None:
-        state = tree.load_state()
-        sets = select_sets(catalog, ",".join(state.labels()) if state else DEFAULT_SERIES)
-    outcome = do_apply(tree, sets, fuzz=fuzz, force=force, check=check, source=prepared.source)
+    if check and not Path(dest).exists():
+        return _check_without_tree(commit, dest, source, catalog, sets, fuzz, as_json)
+    with tree_lock(dest, on_wait=_say):
+        if as_json:
+            prepared = prepare_tree(commit, dest, source)
+        else:
+            with err.status(f"fetching {commit} …") as st:
+                prepared = prepare_tree(
+                    commit, dest, source, on_progress=lambda line: st.update(f"fetching {commit}: {line}")
+                )
+        tree = prepared.tree
+        _said_recovered(tree)
+        if sets is None:
+            state = tree.load_state()
+            sets = select_sets(catalog, ",".join(state.labels()) if state else DEFAULT_SERIES)
+        outcome = do_apply(tree, sets, fuzz=fuzz, force=force, check=check, source=prepared.source)
     code = EXIT_NOTHING_TO_DO if outcome.action in ("nothing", "adopted") else EXIT_OK
     if as_json:
         emit_json(
@@ -239,16 +253,55 @@ def apply(
     return code
 
 
+def _say(text: str) -> None:
+    err.print(f"[yellow]note[/]: {escape(text)}")
+
+
+def _said_recovered(tree) -> None:
+    if tree.recovered:
+        _say(f"{tree.root}: {tree.recovered}")
+
+
+@contextmanager
 def _open(dest: Path):
-    from mfnpatch.pin import open_tree
-    from mfnpatch.worktree import Tree
+    """An existing tree, under its lock, rolled back first if a write phase was interrupted (and said)."""
+    from mfnpatch.worktree import open_existing, tree_lock
 
     if not Path(dest).exists():
         raise MfnError(
             f"{dest}: no such tree", hint="create one with: mfnpatch apply --commit 4bc8132 --dest " + str(dest)
         )
-    repo, pin = open_tree(dest)
-    return Tree(Path(dest).absolute(), repo, pin)
+    with tree_lock(dest, on_wait=_say):
+        tree = open_existing(dest)
+        _said_recovered(tree)
+        yield tree
+
+
+def _check_without_tree(commit, dest, source, catalog, sets, fuzz, as_json) -> int:
+    """apply --check where no tree exists yet: the series is applied in memory to the pinned files (from the
+    cache, fetched into it if needed); no tree is created and nothing is written outside the cache."""
+    from mfnpatch.patchset import apply_series, select_sets, series_paths
+    from mfnpatch.pin import Cache, pristine_blob, resolve_pin, resolve_source
+
+    pin = resolve_pin(commit)
+    sets = sets or select_sets(catalog, DEFAULT_SERIES)
+    cache = Cache()
+    url, _ = resolve_source(source, pin)
+    fetched = cache.fetch(pin, url)
+    repo = cache.repo()
+    paths = series_paths(sets)
+    result = apply_series(sets, {p: pristine_blob(repo, pin, p) for p in paths}, fuzz=fuzz)
+    changed = sorted(p for p in paths if result.files.get(p) is not None)
+    labels = [s.label for s in sets]
+    if as_json:
+        emit_json({"action": "checked", "tree": str(Path(dest).absolute()), "created": False, "sets": labels,
+                   "changed": changed, "from_cache": fetched.from_cache, "exit_code": EXIT_OK})  # fmt: skip
+        return EXIT_OK
+    out.print(
+        f"check: {', '.join(labels)} apply cleanly to {pin.short}; {len(changed)} file(s) would change "
+        f"({escape(str(dest))} does not exist and was not created)"
+    )
+    return EXIT_OK
 
 
 @app.command()
@@ -263,8 +316,8 @@ def unapply(
     from mfnpatch.worktree import unapply as do_unapply
 
     CTX.json = as_json
-    tree = _open(dest)
-    o = do_unapply(tree, force=force)
+    with _open(dest) as tree:
+        o = do_unapply(tree, force=force)
     code = EXIT_NOTHING_TO_DO if o.action == "nothing" else EXIT_OK
     if as_json:
         emit_json(
@@ -295,7 +348,8 @@ def status(dest: DestOpt = DEFAULT_DEST, as_json: JsonOpt = False):
     from mfnpatch.worktree import status as do_status
 
     CTX.json = as_json
-    st = do_status(_open(dest))
+    with _open(dest) as tree:
+        st = do_status(tree)
     code = EXIT_OK if st.clean else 1
     if as_json:
         emit_json(st.to_dict() | {"exit_code": code})
@@ -348,8 +402,8 @@ def diff(dest: DestOpt = DEFAULT_DEST):
     """Print what the applied patches changed (pin -> tree) as a unified diff."""
     from mfnpatch.worktree import diff as do_diff
 
-    tree = _open(dest)
-    text = do_diff(tree)
+    with _open(dest) as tree:
+        text = do_diff(tree)
     if not text:
         err.print(f"no patches applied in {escape(str(tree.root))} (nothing to show)")
         return EXIT_NOTHING_TO_DO
@@ -514,30 +568,10 @@ def pin_record(
     name: Annotated[str, typer.Option("--name")] = "insightface",
 ):
     """(Maintainers) Fetch a commit and write its pin manifest (tree id, blob id and sha256 of every file)."""
-    import re
-
     from mfnpatch.fsutil import atomic_write
-    from mfnpatch.pin import Cache, Pin, PinManifest, manifest_yaml, record_manifest, resolve_source
+    from mfnpatch.pin import manifest_yaml, record_pin
 
-    if not re.fullmatch(r"[0-9a-f]{40}", commit):
-        raise MfnError(f"--commit {commit}: give the full 40-digit SHA", hint="git rev-parse <ref> prints it")
-    placeholder = Pin(
-        PinManifest(
-            schema=1, name=name, upstream=upstream, commit=commit, date="", subject="", tree="0" * 40, files={}
-        ),
-        output,
-    )
-    url, _ = resolve_source(source, placeholder)
-    cache = Cache()
-    repo = cache.repo()
-    if not cache.has_commit(commit):
-        from mfnpatch.pin import GIT_NET_OPTS, GitFailed, _classify_fetch_error, _run_git
-
-        try:
-            _run_git(repo, [*GIT_NET_OPTS, "fetch", "--depth", "1", "--no-tags", url, commit])
-        except GitFailed as e:
-            raise _classify_fetch_error(url, commit, e.stderr) from None
-    m = record_manifest(repo, commit, name, upstream)
+    m = record_pin(commit, source, name, upstream)
     atomic_write(output, manifest_yaml(m))
     out.print(f"wrote {escape(str(output))}: {m.commit[:7]} tree {m.tree[:12]}, {len(m.files)} files")
     return EXIT_OK
@@ -1161,6 +1195,11 @@ def recipe_run(
     )  # fmt: skip
     if executor not in ("local", "slurm"):
         raise UsageError(f"--executor {executor}: use local or slurm")
+    if resume is not None and run_dir is not None:
+        raise UsageError(
+            f"--resume {resume} and --run-dir {run_dir}: --resume continues a run in its own directory",
+            hint="give one: --resume RUN to continue a run, --run-dir DIR to start a new one there",
+        )
     if executor == "local" and (partition or account or time_limit or gpus_per_node is not None or sbatch_args):
         raise UsageError("--partition, --account, --time, --gpus-per-node and --sbatch-arg need --executor slurm")
     opts = RunOptions(
@@ -1636,7 +1675,14 @@ def _print_error(e: MfnError) -> None:
         err.print(f"[yellow]hint[/]: {escape(e.hint)}")
 
 
+def _sigterm_as_interrupt(signum, frame):
+    raise KeyboardInterrupt
+
+
 def main(argv: list[str] | None = None) -> None:
+    # SIGTERM (kill, a service manager, `recipe cancel`) is handled like Ctrl-C: every transaction rolls
+    # back and every temporary file goes (a recipe run installs its own handler while it runs stages)
+    signal.signal(signal.SIGTERM, _sigterm_as_interrupt)
     code = run(argv)
     sys.exit(code)
 
@@ -1669,9 +1715,27 @@ def run(argv: list[str] | None = None) -> int:
         return EXIT_INTERRUPTED
     except BrokenPipeError:
         return EXIT_OK
+    except OSError as e:  # permissions, a read-only or full disk ...: ordinary, not a bug
+        if CTX.debug:
+            traceback.print_exc()
+        me = from_os_error(e)
+        if CTX.json:
+            emit_json(me.to_dict())
+        _print_error(me)
+        return me.exit_code
     except Exception as e:  # a bug: say so plainly, with the traceback only under --debug
         if CTX.debug:
             traceback.print_exc()
+        if type(e).__name__ == "GitCommandError":  # git itself failed (a corrupt repository, a full disk ...)
+            stderr = (getattr(e, "stderr", "") or "").strip().splitlines()
+            me = MfnError(
+                f"git failed: {stderr[-1] if stderr else e}",
+                hint="run with --debug for git's output; a corrupt tree or cache can be removed and made again",
+            )
+            if CTX.json:
+                emit_json(me.to_dict())
+            _print_error(me)
+            return me.exit_code
         err.print(f"[bold red]internal error[/]: {escape(type(e).__name__)}: {escape(str(e))}")
         err.print("[yellow]hint[/]: rerun with --debug for the traceback and report it")
         return 70

@@ -55,3 +55,28 @@ class UsageError(MfnError):
 
 class Interrupted(MfnError):
     exit_code = EXIT_INTERRUPTED
+
+
+_OS_HINTS = {
+    "EACCES": "check the permissions of {path} (ls -l), or work in a directory you own",
+    "EPERM": "the file may be immutable or owned by another user (lsattr, ls -l {path})",
+    "EROFS": "{path} is on a read-only file system: choose a writable location",
+    "ENOSPC": "the disk is full: free some space and run the command again",
+    "EDQUOT": "the disk quota is exhausted: free some space and run the command again",
+    "EISDIR": "{path} is a directory: give a file path",
+    "ENOTDIR": "a component of {path} is a file, not a directory",
+    "ENOENT": "{path} does not exist: check the path",
+    "ENAMETOOLONG": "the path is too long: choose a shorter one",
+    "EMFILE": "too many open files: raise the limit (ulimit -n) and run again",
+}
+
+
+def from_os_error(e: OSError) -> MfnError:
+    """An ordinary failure of the file system (permissions, a read-only or full disk...) as a clear error."""
+    import errno
+
+    name = errno.errorcode.get(e.errno or 0, "")
+    path = e.filename if e.filename is not None else "the file"
+    where = f": {e.filename}" + (f" -> {e.filename2}" if e.filename2 else "") if e.filename is not None else ""
+    hint = _OS_HINTS.get(name, "run with --debug for the details").format(path=path)
+    return MfnError(f"{e.strerror or e}{where}", hint=hint)

@@ -230,7 +230,9 @@ class Summary:
 # Patterns (on latin-1 text: one char per byte, so any input decodes and offsets match bytes)
 
 _TS = r"(?:\[(?P<ts>\d{4}-\d\d-\d\d \d\d:\d\d:\d\d)\][ \t]*)?"
-_NUM = r"[-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?|nan|inf"
+# unambiguous (\d+(?:\.\d*)? rather than \d+\.?\d*): a digit run is split one way only, so a long one
+# cannot make the regex backtrack over every split
+_NUM = r"[-+]?(?:\d+(?:\.\d*)?|\.\d+)(?:[eE][-+]?\d+)?|nan|inf"
 _RARE = re.compile(
     _TS
     + r"(?:INFO:root:)?(?:"
@@ -270,7 +272,7 @@ _RARE = re.compile(
     + r"|(?P<end>Task is force ended by user)"
     + r"|(?P<kbd>KeyboardInterrupt)"
     + r"|(?P<exc>(?P<exc_t>(?:[A-Za-z_]\w*\.)*[A-Za-z_]\w*(?:Error|Exception|Exit|Interrupt)): ?(?P<exc_m>.*))"
-    + r"|(?P<warn>.*\w+Warning: .*)"
+    + r"|(?P<warn>.*?(?<=\w)Warning: .*)"  # lazy scan + one-char look-behind: linear in line length
     + r"|(?P<dmlc>\[\d\d:\d\d:\d\d\] \S+:\d+: .*)"
     + r"|(?P<known>loading bin \d+|call reset\(\)|ver \S+|gpu num: \d+|use cpu|num_layers \d+|image_size \[.*\]"
     + r"|num_classes \d+|init \w+ \d+|header0 label .*|rand_mirror \S+|loading recordio .*|testing verification\.\."

@@ -25,7 +25,7 @@ import unidiff
 from pydantic import Field, field_validator
 
 from mfnpatch.errors import MfnError
-from mfnpatch.fsutil import sha256_bytes
+from mfnpatch.fsutil import UnsafePath, confined, sha256_bytes
 from mfnpatch.schema import Strict, load_model
 
 SET_FILE = "set.yaml"
@@ -337,6 +337,15 @@ def _diff_path(raw: str, where: str) -> str | None:
             kind="unsafe-path",
             path=raw,
         )
+    try:
+        confined(raw, "path")
+    except UnsafePath as e:  # .git/ or .mfnpatch/, a control character: never, --force or not
+        raise ApplyFailure(
+            f"{where}: {e.message}",
+            hint="a patch set changes the upstream's files only, never the repository's metadata or mfnpatch's state",
+            kind="unsafe-path",
+            path=raw,
+        ) from None
     return str(p)
 
 
@@ -426,9 +435,22 @@ def read_patch(path: Path, label: str) -> Patch:
     return parse_patch(text, Path(path).name, label, sha256_bytes(data))
 
 
+def _text_lines(path: Path, shown: str) -> list[str]:
+    """The lines of a small text file of a set (series, SHA256SUMS): UTF-8, or a clear error naming the byte."""
+    data = Path(path).read_bytes()
+    try:
+        return data.decode("utf-8").splitlines()
+    except UnicodeDecodeError as e:
+        line = data[: e.start].count(b"\n") + 1
+        raise PatchSetError(
+            f"{shown}:{line}: not UTF-8 text (byte {e.start}: {data[e.start : e.start + 1]!r})",
+            hint="save the file as UTF-8 (it names patch files and their sha256)",
+        ) from None
+
+
 def parse_series(path: Path, label: str) -> list[str]:
     names: list[str] = []
-    for i, raw in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+    for i, raw in enumerate(_text_lines(path, f"{label}/series"), start=1):
         line = raw.split("#", 1)[0].strip()
         if not line:
             continue
@@ -450,7 +472,7 @@ def parse_series(path: Path, label: str) -> list[str]:
 
 def parse_sums(path: Path, label: str) -> dict[str, str]:
     sums: dict[str, str] = {}
-    for i, raw in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+    for i, raw in enumerate(_text_lines(path, f"{label}/{SUMS_FILE}"), start=1):
         if not raw.strip():
             continue
         m = re.match(r"^([0-9a-f]{64})\s+\*?(\S+)$", raw.strip())

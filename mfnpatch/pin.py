@@ -14,6 +14,7 @@ from __future__ import annotations
 import os
 import re
 import shutil
+import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -24,7 +25,7 @@ import git
 from pydantic import Field
 
 from mfnpatch.errors import MfnError
-from mfnpatch.fsutil import atomic_write, git_blob_id, sha256_bytes
+from mfnpatch.fsutil import atomic_write, git_blob_id, locked, not_an_option, sha256_bytes
 from mfnpatch.resources import cache_dir, data_dir
 from mfnpatch.schema import Strict, load_model
 
@@ -41,6 +42,10 @@ class PinError(MfnError):
 
 class NetworkError(PinError):
     pass
+
+
+class CorruptCache(PinError):
+    """The cache's copy of a commit does not verify (or git cannot read it)."""
 
 
 class PinnedFile(Strict):
@@ -123,15 +128,21 @@ def pin_for_commit(sha: str, pins: list[Pin] | None = None) -> Pin | None:
 # Sources
 
 
-def resolve_source(source: str | None, pin: Pin) -> tuple[str, str]:
-    """(git URL, where it came from). --source beats MFNPATCH_UPSTREAM beats the manifest's URL."""
+def resolve_source(source: str | None, pin: Pin | None = None, default: str | None = None) -> tuple[str, str]:
+    """(git URL, where it came from). --source beats MFNPATCH_UPSTREAM beats the manifest's URL (or
+    ``default``). No value may start with '-': git would read it as an option (--upload-pack=...)."""
     if source:
         origin = "--source"
     elif os.environ.get("MFNPATCH_UPSTREAM"):
         source, origin = os.environ["MFNPATCH_UPSTREAM"], "MFNPATCH_UPSTREAM"
     else:
-        return pin.manifest.upstream, "pin manifest"
+        url = pin.manifest.upstream if pin is not None else default
+        where = f"the pin manifest {pin.path.name}: upstream" if pin is not None else "upstream"
+        if not url:
+            raise PinError("no source to fetch from", hint="give --source PATH|URL")
+        return not_an_option(url, where), "pin manifest"
     assert source is not None
+    not_an_option(source, origin)
     if "://" in source or re.match(r"^[\w.-]+@[\w.-]+:", source):
         return source, origin
     p = Path(source).expanduser()
@@ -239,16 +250,21 @@ class Cache:
         self.root = Path(root) if root else cache_dir()
         self.git_dir = self.root / "git"
 
+    def lock(self) -> locked:
+        """Fetches into one cache take turns (``git.lock`` beside the repository)."""
+        return locked(self.root / "git.lock", f"the cache {self.root}")
+
     def repo(self) -> git.Repo:
         if not (self.git_dir / "HEAD").is_file():
             self.git_dir.parent.mkdir(parents=True, exist_ok=True)
-            tmp = self.git_dir.with_name(f".git-init-{os.getpid()}")
-            shutil.rmtree(tmp, ignore_errors=True)
-            git.Repo.init(tmp, bare=True)
+            tmp = tempfile.mkdtemp(prefix=".git-init-", dir=self.git_dir.parent)  # exclusive, never a planted link
             try:
+                git.Repo.init(tmp, bare=True)
                 os.rename(tmp, self.git_dir)
             except OSError:
                 shutil.rmtree(tmp, ignore_errors=True)  # another process won the race
+                if not (self.git_dir / "HEAD").is_file():
+                    raise
         return git.Repo(self.git_dir)
 
     def has_commit(self, sha: str) -> bool:
@@ -263,34 +279,61 @@ class Cache:
     def url(self) -> str:
         return self.git_dir.resolve().as_uri()
 
-    def fetch(self, pin: Pin, url: str, on_progress: Callable[[str], None] | None = None) -> FetchResult:
-        """Make sure the cache holds the pinned commit, fetching only that commit (depth 1)."""
-        t0 = time.perf_counter()
-        if self.has_commit(pin.commit):
-            verify_commit(self.repo(), pin)
-            return FetchResult(pin.commit, url, True, time.perf_counter() - t0)
+    def fetch_commit(self, sha: str, url: str, on_progress: Callable[[str], None] | None = None) -> git.Repo:
+        """Fetch one commit (depth 1) into the cache; ``url`` is never read as an option (``--``)."""
+        not_an_option(url, "source")
         repo = self.repo()
-        args = [*GIT_NET_OPTS, "fetch", "--depth", "1", "--no-tags", "--progress", url, pin.commit]
+        args = [*GIT_NET_OPTS, "fetch", "--depth", "1", "--no-tags", "--progress", "--", url, sha]
         try:
             _run_git(repo, args, on_progress)
         except GitFailed as e:
-            raise _classify_fetch_error(url, pin.commit, e.stderr) from None
-        verify_commit(repo, pin)
-        repo.git.update_ref(PIN_REF + pin.commit, pin.commit)
-        return FetchResult(pin.commit, url, False, time.perf_counter() - t0)
+            raise _classify_fetch_error(url, sha, e.stderr) from None
+        return repo
+
+    def fetch(self, pin: Pin, url: str, on_progress: Callable[[str], None] | None = None) -> FetchResult:
+        """Make sure the cache holds the pinned commit, fetching only that commit (depth 1). A cache whose
+        copy does not verify (a truncated pack, a tampered object) is set aside and fetched again, once."""
+        t0 = time.perf_counter()
+        with self.lock():
+            for attempt in (1, 2):
+                try:
+                    if self.has_commit(pin.commit):
+                        verify_commit(self.repo(), pin)
+                        return FetchResult(pin.commit, url, True, time.perf_counter() - t0)
+                    repo = self.fetch_commit(pin.commit, url, on_progress)
+                    verify_commit(repo, pin)
+                    repo.git.update_ref(PIN_REF + pin.commit, pin.commit)
+                    return FetchResult(pin.commit, url, False, time.perf_counter() - t0)
+                except (CorruptCache, git.GitCommandError, ValueError, OSError) as e:
+                    if attempt == 2:
+                        raise CorruptCache(
+                            f"the cache {self.git_dir} is corrupt and fetching again did not help: {e}",
+                            hint=f"remove it (rm -r {self.git_dir}) and apply again",
+                        ) from None
+                    self.set_aside()
+        raise AssertionError("unreachable")
+
+    def set_aside(self) -> Path | None:
+        """Move a corrupt cache out of the way (kept for inspection as git.corrupt-<time>)."""
+        if not self.git_dir.exists():
+            return None
+        dest = self.git_dir.with_name(f"git.corrupt-{time.strftime('%Y%m%dT%H%M%S')}-{os.getpid()}")
+        os.rename(self.git_dir, dest)
+        return dest
 
 
 def verify_commit(repo: git.Repo, pin: Pin) -> None:
     """The commit exists and its tree id is the manifest's (refuse when SHA and tree disagree)."""
     try:
         commit = repo.commit(pin.commit)
-    except (ValueError, git.BadName):
-        raise PinError(f"commit {pin.commit} is missing from {repo.git_dir}") from None
+        tree = commit.tree.hexsha
+    except (ValueError, git.BadName, git.GitCommandError, OSError) as e:
+        raise CorruptCache(f"commit {pin.commit} is missing or unreadable in {repo.git_dir} ({e})") from None
     if commit.hexsha != pin.commit:
         raise PinError(f"{repo.git_dir}: {pin.short} resolved to {commit.hexsha}")
-    if commit.tree.hexsha != pin.manifest.tree:
+    if tree != pin.manifest.tree:
         raise PinError(
-            f"commit {pin.short} has tree {commit.tree.hexsha}, but {pin.path.name} pins tree {pin.manifest.tree}",
+            f"commit {pin.short} has tree {tree}, but {pin.path.name} pins tree {pin.manifest.tree}",
             hint="the pin manifest or the fetched object store is corrupt; refetch with an empty MFNPATCH_CACHE",
         )
 
@@ -381,6 +424,18 @@ def file_matches_pin(data: bytes | None, pin: Pin, path: str) -> bool:
 
 # --------------------------------------------------------------------------------------------
 # Recording a pin (maintainers)
+
+
+def record_pin(commit: str, source: str, name: str, upstream: str, cache: Cache | None = None) -> PinManifest:
+    """Fetch ``commit`` from ``source`` into the cache (like apply does) and describe it as a pin manifest."""
+    if not re.fullmatch(r"[0-9a-f]{40}", commit):
+        raise PinError(f"--commit {commit}: give the full 40-digit SHA", hint="git rev-parse <ref> prints it")
+    not_an_option(upstream, "--upstream")
+    url, _ = resolve_source(source, default=upstream)
+    cache = cache or Cache()
+    with cache.lock():
+        repo = cache.repo() if cache.has_commit(commit) else cache.fetch_commit(commit, url)
+        return record_manifest(repo, commit, name, upstream)
 
 
 def record_manifest(repo: git.Repo, sha: str, name: str, upstream: str) -> PinManifest:

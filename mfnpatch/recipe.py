@@ -26,7 +26,7 @@ import yaml
 from pydantic import Field, model_validator
 
 from mfnpatch.errors import MfnError
-from mfnpatch.fsutil import sha256_bytes
+from mfnpatch.fsutil import UnsafePath, confined, sha256_bytes
 from mfnpatch.resources import data_dir
 from mfnpatch.schema import SchemaError, Strict, load_yaml, locate, validate
 
@@ -289,6 +289,7 @@ def check_references(lr: LoadedRecipe) -> None:
     r = lr.recipe
     params = _params(r)
     names = list(r.stages)
+    check_confinement(lr)
     for si, (sname, stage) in enumerate(r.stages.items()):
         earlier = set(names[:si])
         for key, ref in stage.inputs.items():
@@ -327,6 +328,61 @@ def check_references(lr: LoadedRecipe) -> None:
                     hint=f"stages: {', '.join(names)}",
                 )
     _params_acyclic(lr, params)
+
+
+STAGE_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_-]{0,63}$")  # a file name: its log is stages/<name>.log
+ENV_KEY = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+RESOURCE_VALUE = re.compile(r"^[A-Za-z0-9_.:,=@/+%-]*$")  # Slurm values: 3-00:00:00, 16G, 1, gpu:a100:2
+
+
+def check_resource(value: str, what: str) -> str:
+    """A value that goes into an sbatch script line: one token, no whitespace, newline or shell character."""
+    if not RESOURCE_VALUE.match(value) or value.startswith("-"):
+        raise RecipeError(
+            f"{what}: {value!r} is not a Slurm value (letters, digits and . : , = @ / + % - only, no spaces "
+            "or newlines)",
+            hint="e.g. time 3-00:00:00, mem 32G, gpus_per_node 1",
+        )
+    return value
+
+
+def check_confinement(lr: LoadedRecipe) -> None:
+    """What a recipe names stays where it belongs: stage names are file names (their logs go to the run's
+    stages/), cwds are relative paths inside the tree, env keys are variable names, and resource values are
+    single Slurm tokens (they are written into sbatch scripts)."""
+    r = lr.recipe
+    for sname, stage in r.stages.items():
+        if not STAGE_NAME.match(sname):
+            raise RecipeError(
+                f"{lr.where(('stages', sname))}: stage name {sname!r} is not a plain name",
+                hint="letters, digits, _ and - (it names the stage's log file, stages/<name>.log)",
+            )
+        try:
+            confined(stage.cwd, "cwd")
+        except UnsafePath as e:
+            raise RecipeError(
+                f"{lr.where(('stages', sname, 'cwd'))}: stage {sname}: {e.message}",
+                hint="a cwd is a directory inside the patched tree, relative to it (src, deploy)",
+            ) from None
+        envs = [(("stages", sname, "env"), stage.env)]
+        envs += [(("profiles", p, "stages", sname, "env"), prof.stages[sname].env)
+                 for p, prof in r.profiles.items() if sname in prof.stages]  # fmt: skip
+        for loc, env in envs:
+            for key in env:
+                if not ENV_KEY.match(key):
+                    raise RecipeError(
+                        f"{lr.where((*loc, key))}: env key {key!r} is not a variable name",
+                        hint="letters, digits and _, not starting with a digit (e.g. OMP_NUM_THREADS)",
+                    )
+        for loc, res in [(("stages", sname, "resources"), stage.resources)] + [
+            (("profiles", p, "stages", sname, "resources"), prof.stages[sname].resources)
+            for p, prof in r.profiles.items()
+            if sname in prof.stages
+        ]:
+            for k, v in (res.model_dump(exclude_none=True) if res else {}).items():
+                if isinstance(v, str) and VAR.search(v):
+                    continue  # checked once rendered (expand)
+                check_resource(str(v), f"{lr.where((*loc, k))}: resource {k}")
 
 
 def _check_var(lr, params, sname, stage, earlier, var, loc) -> None:
@@ -577,11 +633,22 @@ class Scope:
         self.rendered: dict[str, Any] = {}
         self.outputs: dict[str, dict[str, str]] = {}
         self.inputs: dict[str, str] = {}
+        self._rendering: list[str] = []  # parameters being rendered (a cycle is an error, not a recursion)
 
     def param(self, name: str) -> Any:
         if name not in self.rendered:
+            if name in self._rendering:
+                chain = " -> ".join([*self._rendering[self._rendering.index(name) :], name])
+                raise RecipeError(
+                    f"parameter {name} refers to itself: {chain}",
+                    hint="a value may use other parameters, never itself (directly or through others)",
+                )
             v = self.raw[name]
-            self.rendered[name] = self.render(v) if isinstance(v, str) else v
+            self._rendering.append(name)
+            try:
+                self.rendered[name] = self.render(v) if isinstance(v, str) else v
+            finally:
+                self._rendering.pop()
         return self.rendered[name]
 
     def lookup(self, var: str) -> Any:
@@ -721,7 +788,7 @@ def expand(
         res: dict[str, str] = {}
         for src in (st.resources, pst.resources if pst else None):
             for k, v in (src.model_dump(exclude_none=True) if src else {}).items():
-                res[k] = scope.render(str(v))
+                res[k] = check_resource(scope.render(str(v)), f"stage {sname}: resource {k}")
         argv = render_argv(st, scope)
         copies = [(scope.render(c.checkpoint), scope.render(c.to)) for c in st.copy_]
         scope.inputs = {}

@@ -41,6 +41,7 @@ from mfnpatch.slurm import SlurmError, SlurmOptions
 RECORD = "record.json"
 Status = Literal["pending", "queued", "running", "done", "failed", "interrupted", "skipped", "cancelled"]
 TERM_GRACE = 15.0  # seconds between SIGTERM and SIGKILL
+SAVE_GRACE = 30.0  # at most this long, a stop waits for a save in progress to finish
 PARSE_HZ = 10  # how often a running stage's new output is parsed
 
 
@@ -319,14 +320,14 @@ class Runner:
         self._outputs = {s.name: s.outputs for s in plan.stages}
         return plan
 
-    def _prepare_tree(self, plan: Plan):
-        from mfnpatch.patchset import Catalog, select_sets
-        from mfnpatch.resources import data_dir
-        from mfnpatch.worktree import apply, prepare_tree
+    def _prepare_tree(self, plan: Plan, sets):
+        from mfnpatch.worktree import apply, prepare_tree, tree_lock
 
-        sets = select_sets(Catalog.scan(data_dir("patches")), plan.patches)
-        prepared = prepare_tree(plan.recipe.pin, self.opts.tree, self.opts.source)
-        outcome = apply(prepared.tree, sets, source=prepared.source)
+        with tree_lock(self.opts.tree, on_wait=self.obs.note):
+            prepared = prepare_tree(plan.recipe.pin, self.opts.tree, self.opts.source)
+            if prepared.tree.recovered:
+                self.obs.note(f"tree {prepared.tree.root}: {prepared.tree.recovered}")
+            outcome = apply(prepared.tree, sets, source=prepared.source)
         self.obs.note(
             f"tree {prepared.tree.root}: {', '.join(outcome.sets)} at {prepared.tree.pin.short} "
             f"({'already applied' if outcome.action in ('nothing', 'adopted') else outcome.action})"
@@ -349,8 +350,19 @@ class Runner:
             raise RunError(
                 f"{run_dir} exists and is not empty", hint="use --resume to continue it, or another --run-dir"
             )
+        if previous is not None and previous.recipe.get("name") != plan.recipe.name:
+            raise RunError(
+                f"{run_dir} is a run of recipe {previous.recipe.get('name')}, not {plan.recipe.name}; nothing changed",
+                hint=f"continue it with its own recipe: mfnpatch recipe run {previous.recipe.get('name')} --resume "
+                f"{run_dir}",
+            )
         fresh_dir = None if previous is not None else run_dir.exists()  # existed (empty) or not; None: resume
-        tree, sets = self._prepare_tree(plan)
+        from mfnpatch.patchset import Catalog, select_sets
+        from mfnpatch.pin import resolve_pin
+        from mfnpatch.resources import data_dir
+
+        sets = select_sets(Catalog.scan(data_dir("patches")), plan.patches)
+        pin = resolve_pin(plan.recipe.pin)
         env_info: dict[str, Any] = {"name": plan.environment, "prefix": str(self._env_prefix())}
         if self.opts.env_check and self.opts.env_checker is not None:
             if self.opts.executor == "slurm":
@@ -364,7 +376,6 @@ class Runner:
             **next((s.env for s in plan.stages if s.kind == "train" and not s.skipped), {}),
         }
         env_info["interpreter"] = probe_python(plan.parameters.get("python", "python"), probe_env)
-        (run_dir / "stages").mkdir(parents=True, exist_ok=True)
         rec = RunRecord(
             schema=1,
             run_id=run_dir.name,
@@ -372,8 +383,8 @@ class Runner:
             started=_now(),
             recipe={"name": plan.recipe.name, "path": str(self.loaded.path), "sha256": self.loaded.sha256,
                     "profile": self.profile, "parameters": plan.parameters, "seed_update": plan.recipe.seed_update},
-            pin={"commit": tree.pin.commit, "tree": tree.pin.manifest.tree},
-            tree=str(tree.root),
+            pin={"commit": pin.commit, "tree": pin.manifest.tree},
+            tree=str(Path(self.opts.tree).absolute()),
             patches=[{"name": s.name, "version": s.version, "sha256": s.sha256} for s in sets],
             environment=env_info,
             host={"hostname": platform.node(), "platform": platform.platform(), "cpus": os.cpu_count(),
@@ -391,6 +402,11 @@ class Runner:
                 rec.stages[rec.stages.index(s)] = old
             rec.started = previous.started
             rec.executor = previous.executor
+            # refused or not, decided here: a refused --resume writes nothing (record, tree, run directory)
+            self._check_resumable(plan, rec, run_dir, Path(self.opts.tree).absolute())
+        tree, _ = self._prepare_tree(plan, sets)
+        rec.tree = str(tree.root)
+        (run_dir / "stages").mkdir(parents=True, exist_ok=True)
         rec.recipe["overrides"] = dict(self.overrides)
         if self.opts.executor == "slurm":
             try:
@@ -658,6 +674,41 @@ class Runner:
                 if not self.opts.keep_going:
                     rec.status = "failed"
                     return
+
+    def _check_resumable(self, plan: Plan, rec: RunRecord, run_dir: Path, tree_root: Path) -> None:
+        """--resume: every stage it would reuse or continue still has the provenance it was run with (or
+        --force); checked before anything is written, so a refusal changes nothing."""
+        if self.opts.force:
+            return
+        for ps in self._selected(plan):
+            srec = rec.stage(ps.name)
+            if not srec.provenance or ps.skipped:
+                continue
+            if srec.status != "done":  # continued from its checkpoints only if it is training and saved some
+                merged = stage_summary(run_dir, srec) if ps.kind == "train" and srec.log else None
+                if srec.status not in ("interrupted", "failed", "running", "cancelled", "queued") or not (
+                    merged and merged.checkpoints
+                ):
+                    continue
+            try:
+                inputs = self._resolve_inputs(ps, rec, run_dir, tree_root)
+            except RunError:
+                continue  # an input is missing: the stage cannot run anyway, and says so when it is reached
+            parts = self._provenance(plan, rec, self._with_inputs(plan, ps, inputs), inputs)
+            key = sha256_bytes(json.dumps(parts, sort_keys=True).encode())
+            if srec.provenance == key:
+                continue
+            changed = [
+                f"{k}: {srec.provenance_parts.get(k, '(absent)')[:12]} -> {v[:12]}"
+                for k, v in parts.items()
+                if srec.provenance_parts.get(k) != v
+            ]
+            how = "completed" if srec.status == "done" else "stopped part way"
+            raise RunError(
+                f"stage {ps.name} was {how} with a different provenance; refusing to reuse or redo it; nothing changed",
+                details=changed,
+                hint="rerun it anyway with --force, or start a new run without --resume",
+            )
 
     def _with_inputs(self, plan: Plan, ps: PlannedStage, inputs: dict[str, str]) -> PlannedStage:
         """Render the stage's command again with its inputs resolved from the logs."""
@@ -965,6 +1016,7 @@ class Runner:
             preexec_fn=_child_setup,
         )
         parser = LogParser(events=True, path=str(log_path))
+        self._symbols: set[Path] = set()  # the symbol files the trainer writes (rewritten at every save)
         live = LiveState(total=total)
         stop_reason: str | None = None
         fd = proc.stdout.fileno()  # type: ignore[union-attr]
@@ -985,6 +1037,8 @@ class Runner:
             events = parser.feed_bytes(data)
             self.parse_cpu += time.process_time() - t
             for ev in events:
+                if isinstance(ev, CheckpointWritten):
+                    self._symbols.add(checkpoint_files(ev.path.rsplit("-", 1)[0], 0, cwd)[0])
                 if stop_reason is None:
                     stop_reason = self._reached_stop(ps, ev, cwd)
                 if offsets != (0, 0):
@@ -1076,12 +1130,22 @@ class Runner:
         if isinstance(lr, float):
             live.lr = lr
 
-    @staticmethod
-    def _terminate(proc: subprocess.Popen) -> None:
+    def _terminate(self, proc: subprocess.Popen) -> None:
+        """Stop the stage's process group between two saves: frozen (SIGSTOP) at a moment no symbol file is
+        half rewritten (the pinned code rewrites PREFIX-symbol.json in place at every save), then SIGTERM,
+        which it meets before it can write again; SIGKILL after TERM_GRACE."""
         if proc.poll() is not None:
             return
         try:
+            deadline = time.monotonic() + SAVE_GRACE
+            while True:
+                os.killpg(proc.pid, signal.SIGSTOP)
+                if time.monotonic() > deadline or all(_whole_json(p) for p in getattr(self, "_symbols", ())):
+                    break
+                os.killpg(proc.pid, signal.SIGCONT)  # in the middle of a save: let it finish
+                time.sleep(0.02)
             os.killpg(proc.pid, signal.SIGTERM)
+            os.killpg(proc.pid, signal.SIGCONT)
         except ProcessLookupError:
             return
         try:
@@ -1120,6 +1184,16 @@ class Runner:
             atomic_write(run_dir / "report.md", run_markdown(run_dir, rec))
         except Exception as e:  # the record is what matters; a report failure must not hide it
             self.obs.note(f"report.md not written: {e}")
+
+
+def _whole_json(path: Path) -> bool:
+    try:
+        json.loads(path.read_bytes())
+        return True
+    except FileNotFoundError:
+        return True  # nothing there to be half written
+    except (OSError, ValueError):
+        return False
 
 
 def _child_setup() -> None:

@@ -169,11 +169,17 @@ def check_frozen_tree(run_dir: Path) -> None:
 
 
 def script_text(run_dir: Path, run_id: str, stage: str, resources: dict[str, str], opts: SlurmOptions) -> str:
+    from mfnpatch.recipe import check_resource
+
     res = dict(resources)
     for key in ("time", "gpus_per_node", "cpus_per_task", "mem"):
         v = getattr(opts, key)
         if v is not None and (key != "gpus_per_node" or key in res):  # GPUs only for stages that ask for them
             res[key] = str(v)
+    # every value written into the script is one Slurm token: a newline cannot add a line to the script
+    for key, v in [*res.items(), ("partition", opts.partition), ("account", opts.account)]:
+        if v is not None:
+            check_resource(str(v), f"--{key.replace('_', '-')}")
     lines = [
         "#!/bin/bash",
         f"# mfnpatch run {run_id}, stage {stage}: written by `mfnpatch recipe run --executor slurm`.",
@@ -201,6 +207,11 @@ def script_text(run_dir: Path, run_id: str, stage: str, resources: dict[str, str
     if res.get("mem"):
         lines.append(f"#SBATCH --mem={res['mem']}")
     for a in opts.sbatch_args:
+        if not a.startswith("-") or any(ord(c) < 32 for c in a):
+            raise SlurmError(
+                f"--sbatch-arg {a!r}: one sbatch option on one line (it starts with '-', no newline)",
+                hint="e.g. --sbatch-arg=--qos=long",
+            )
         lines.append(f"#SBATCH {a}")
     cmd = [sys.executable, "-m", "mfnpatch", "recipe", "job", str(run_dir), stage]
     lines += ["", f"exec {shlex.join(cmd)}", ""]

@@ -14,18 +14,29 @@ from __future__ import annotations
 import difflib
 import json
 import os
+import shutil
 import stat
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
 import git
-from pydantic import Field
+from pydantic import AfterValidator, Field
 
 from mfnpatch import __version__
 from mfnpatch.errors import MfnError
-from mfnpatch.fsutil import atomic_write, atomic_write_json, git_blob_id, sha256_bytes, sha256_file
+from mfnpatch.fsutil import (
+    UnsafePath,
+    atomic_write,
+    atomic_write_json,
+    confined,
+    git_blob_id,
+    locked,
+    mkstemp_beside,
+    sha256_bytes,
+    sha256_file,
+)
 from mfnpatch.patchset import ApplyFailure, HunkResult, PatchSet, apply_patch, apply_series, series_paths
 from mfnpatch.pin import (
     STATE_DIRNAME,
@@ -43,6 +54,7 @@ from mfnpatch.pin import (
 from mfnpatch.schema import Strict, validate
 
 STATE_FILE = "state.json"
+TMP_TAG = "mfnpatch-new"  # suffix of the temporary file beside each file being written
 
 
 class DriftError(MfnError):
@@ -66,8 +78,19 @@ class AppliedSet(Strict):
     sha256: str
 
 
+def _tree_path(v: str) -> str:
+    """A path inside the tree, as state.json names it (a hand-edited state cannot reach outside)."""
+    try:
+        return confined(v, "path")
+    except UnsafePath as e:
+        raise ValueError(e.message) from None
+
+
+TreePath = Annotated[str, AfterValidator(_tree_path)]
+
+
 class AppliedHunk(Strict):
-    path: str
+    path: TreePath
     hunk: int
     expected_line: int
     applied_line: int
@@ -97,7 +120,7 @@ class TreeState(Strict):
     fuzz: int = 0
     sets: list[AppliedSet]
     patches: list[AppliedPatch]
-    files: dict[str, FileState]
+    files: dict[TreePath, FileState]
 
     def labels(self) -> list[str]:
         return [f"{s.name}@{s.version}" for s in self.sets]
@@ -112,10 +135,19 @@ class Tree:
     root: Path
     repo: git.Repo
     pin: Pin
+    recovered: str | None = None  # what `recover` did when the tree was opened (an interrupted write phase)
 
     @property
     def state_dir(self) -> Path:
-        return self.root / STATE_DIRNAME
+        """``<tree>/.mfnpatch``: a real directory of the tree, never a symlink to elsewhere."""
+        d = self.root / STATE_DIRNAME
+        if d.is_symlink() or (d.exists() and not d.is_dir()):
+            raise UnsafePath(
+                f"{d} is {'a symlink' if d.is_symlink() else 'not a directory'}: mfnpatch keeps its state in a real "
+                "directory of the tree and does not write through links",
+                hint=f"remove it (rm {d}) and apply again; the tree's files are checked against the pin",
+            )
+        return d
 
     @property
     def state_path(self) -> Path:
@@ -137,7 +169,12 @@ class Tree:
         return state
 
     def safe_path(self, rel: str) -> Path:
-        """The on-disk path of ``rel``; refuse any component that is a symlink (no writes through links)."""
+        """The on-disk path of ``rel``; refuse a path that leaves the tree or names .git/ or .mfnpatch/, and
+        any component that is a symlink (no writes through links)."""
+        try:
+            confined(rel, "path")
+        except UnsafePath as e:
+            raise ApplyFailure(e.message, hint=e.hint, kind="unsafe-path", path=rel) from None
         cur = self.root
         parts = rel.split("/")
         for i, part in enumerate(parts):
@@ -195,6 +232,26 @@ def _now() -> str:
 # Getting a tree
 
 
+def tree_lock(dest: Path, on_wait=None) -> locked:
+    """The lock every command that creates, changes or reads a tree holds: ``.<name>.mfnpatch-lock`` beside
+    it (so a tree being created is covered too). A second command waits for the first, saying so."""
+    dest = Path(dest).absolute()
+    return locked(dest.parent / f".{dest.name}.mfnpatch-lock", f"the tree {dest}", on_wait=on_wait)
+
+
+def open_existing(dest: Path) -> Tree:
+    """An existing tree (under its lock): opened, verified, and rolled back if a write phase was interrupted."""
+    dest = Path(dest)
+    if not dest.exists():
+        raise MfnError(
+            f"{dest}: no such tree", hint="create one with: mfnpatch apply --commit 4bc8132 --dest " + str(dest)
+        )
+    repo, pin = open_tree(dest)
+    tree = Tree(dest.absolute(), repo, pin)
+    tree.recovered = recover(tree)
+    return tree
+
+
 @dataclass
 class Prepared:
     tree: Tree
@@ -221,7 +278,9 @@ def prepare_tree(
                 f"{dest} is a tree of {tpin.short}, but --commit {commit} is {pin.short}",
                 hint="use another --dest for a different pin",
             )
-        return Prepared(Tree(dest, repo, pin), False, None, None)
+        tree = Tree(dest, repo, pin)
+        tree.recovered = recover(tree)
+        return Prepared(tree, False, None, None)
     if dest.exists() and not dest.is_dir():
         raise PinError(f"--dest {dest} is a file", hint="choose a directory path")
     cache = cache or Cache()
@@ -356,11 +415,122 @@ def _save_copies(tree: Tree, paths: list[str], current: dict[str, bytes | None])
     return dest
 
 
+# --------------------------------------------------------------------------------------------
+# The journal: a write phase killed at any instant (kill -9, power loss) is rolled back by the next command
+
+
+JOURNAL_DIR = "journal"  # <tree>/.mfnpatch/journal/: journal.json and the backups it names
+
+
+class Journal(Strict):
+    """What a write phase is about to change, written (with a backup of every file) before it starts."""
+
+    schema_: Literal[1] = Field(alias="schema", default=1)
+    txid: str = Field(pattern=r"^[0-9a-f]{16}$")
+    started: str
+    pid: int
+    files: dict[TreePath, str | None]  # path -> its backup (journal/NNNN), None: the file did not exist
+    dirs: list[TreePath]  # directories the write phase creates
+    state: str | None  # the state.json before (journal/state.json), None: there was none
+
+
+def _journal_dir(tree: Tree) -> Path:
+    return tree.state_dir / JOURNAL_DIR
+
+
+def _begin(tree: Tree, changes: dict[str, bytes | None], current: dict[str, bytes | None]) -> Journal:
+    jd = _journal_dir(tree)
+    if jd.exists():
+        recover(tree)
+    jd.mkdir(parents=True)
+    try:
+        return _write_journal(tree, jd, changes, current)
+    except BaseException:
+        shutil.rmtree(jd, ignore_errors=True)  # nothing was changed yet: no journal, no trace
+        raise
+
+
+def _write_journal(tree: Tree, jd: Path, changes: dict[str, bytes | None], current: dict[str, bytes | None]):
+    files: dict[str, str | None] = {}
+    for i, rel in enumerate(changes):
+        if current[rel] is None:
+            files[rel] = None
+        else:
+            files[rel] = f"{i:04d}"
+            atomic_write(jd / files[rel], current[rel])  # type: ignore[operator, arg-type]
+    dirs = []
+    for rel in changes:
+        parent = (tree.root / rel).parent
+        while parent != tree.root and not parent.exists():
+            d = str(parent.relative_to(tree.root))
+            if d not in dirs:
+                dirs.append(d)
+            parent = parent.parent
+    state = None
+    if tree.state_path.is_file():
+        state = "state.json"
+        atomic_write(jd / state, tree.state_path.read_bytes())
+    j = Journal(schema=1, txid=os.urandom(8).hex(), started=_now(), pid=os.getpid(), files=files,
+                dirs=sorted(dirs, key=lambda d: d.count("/")), state=state)  # fmt: skip
+    atomic_write_json(jd / "journal.json", j.model_dump(by_alias=True))  # the commit point of "begun"
+    return j
+
+
+def _end(tree: Tree) -> None:
+    """The write phase is complete: forget the journal (the commit point)."""
+    shutil.rmtree(_journal_dir(tree))
+
+
+def recover(tree: Tree) -> str | None:
+    """Roll back a write phase that did not finish (its journal is still there); say what was done."""
+    jd = tree.root / STATE_DIRNAME / JOURNAL_DIR
+    if not jd.exists() and not jd.is_symlink():
+        return None
+    jpath = _journal_dir(tree) / "journal.json"
+    if not jpath.is_file():  # killed while the journal itself was written: nothing had been changed yet
+        shutil.rmtree(jd)
+        return "removed an incomplete journal (nothing had been changed)"
+    try:
+        j = validate(Journal, json.loads(jpath.read_text()), jpath)
+    except ValueError as e:
+        raise MfnError(f"{jpath}: unreadable journal ({e})", hint=f"inspect it, then remove {jd}") from None
+    restored = 0
+    for rel, backup in j.files.items():
+        target = tree.safe_path(rel)
+        if backup is None:
+            if target.exists():
+                target.unlink()
+        else:
+            data = (jd / confined(backup, "backup")).read_bytes()
+            if not target.is_file() or target.read_bytes() != data:
+                mode = os.stat(target).st_mode & 0o7777 if target.exists() else _pinned_mode(tree, rel)
+                atomic_write(target, data, mode)
+            restored += 1
+        for stray in target.parent.glob(f".{target.name}.*.{TMP_TAG}-{j.txid}"):
+            stray.unlink()
+    for d in reversed(j.dirs):
+        try:
+            (tree.root / d).rmdir()
+        except OSError:
+            pass
+    if j.state is None:
+        tree.state_path.unlink(missing_ok=True)
+    else:
+        atomic_write(tree.state_path, (jd / confined(j.state, "backup")).read_bytes())
+    shutil.rmtree(jd)
+    return (
+        f"rolled back a write phase interrupted at {j.started} (pid {j.pid}): {len(j.files)} file(s) put back as "
+        f"they were ({restored} restored, {len(j.files) - restored} removed), the state as it was"
+    )
+
+
 def _write_all(tree: Tree, changes: dict[str, bytes | None], current: dict[str, bytes | None], state: TreeState | None):
-    """Write every change, then the state; on any error put every file back as it was."""
+    """Write every change, then the state, under a journal; on any error put every file back as it was (and
+    if the process dies instead, the next command's ``recover`` does)."""
     staged: list[tuple[str, str | None]] = []
     done: list[str] = []
     created_dirs: list[Path] = []
+    journal = _begin(tree, changes, current)
     try:
         for rel, data in changes.items():
             if data is None:
@@ -376,13 +546,14 @@ def _write_all(tree: Tree, changes: dict[str, bytes | None], current: dict[str, 
                 d.mkdir()
                 created_dirs.append(d)
             mode = os.stat(target).st_mode & 0o7777 if target.exists() else _pinned_mode(tree, rel)
-            tmp = target.with_name(f".{target.name}.mfnpatch-new")
-            with open(tmp, "wb") as f:
+            # created exclusively (never a planted name or link), named for this write phase
+            fd, tmp = mkstemp_beside(target, f"{TMP_TAG}-{journal.txid}")
+            staged.append((rel, tmp))
+            with os.fdopen(fd, "wb") as f:
                 f.write(data)
                 f.flush()
                 os.fsync(f.fileno())
             os.chmod(tmp, mode)
-            staged.append((rel, str(tmp)))
         for rel, tmp in staged:
             target = tree.root / rel
             if tmp is None:
@@ -396,6 +567,7 @@ def _write_all(tree: Tree, changes: dict[str, bytes | None], current: dict[str, 
                 tree.state_path.unlink()
         else:
             atomic_write_json(tree.state_path, state.model_dump(by_alias=True))
+        _end(tree)
     except BaseException:
         for rel in done:
             target = tree.root / rel
@@ -412,6 +584,11 @@ def _write_all(tree: Tree, changes: dict[str, bytes | None], current: dict[str, 
                 d.rmdir()
             except OSError:
                 pass
+        if journal.state is None:
+            tree.state_path.unlink(missing_ok=True)
+        else:
+            atomic_write(tree.state_path, (_journal_dir(tree) / journal.state).read_bytes())
+        _end(tree)
         raise
     for rel, data in changes.items():
         if data is None:

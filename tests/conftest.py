@@ -148,9 +148,9 @@ class Fx:
         return apply(prepared.tree, sets, **kw)
 
     def tree(self, dest: Path | None = None):
-        from mfnpatch.cli import _open
+        from mfnpatch.worktree import open_existing
 
-        return _open(dest or self.dest)
+        return open_existing(dest or self.dest)
 
 
 @pytest.fixture

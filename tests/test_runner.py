@@ -210,7 +210,7 @@ def test_interrupt_stops_the_stage_and_keeps_the_record(runfx, tmp_path):
     while time.time() < deadline and not (log.is_file() and "saving 1" in log.read_text()):
         time.sleep(0.05)
     assert log.is_file(), proc.communicate()
-    trainer_pids = _pids_running("train_softmax.py")
+    trainer_pids = _pids_running("train_softmax.py", runfx.tree)
     assert trainer_pids
     proc.send_signal(signal.SIGTERM)
     out, err = proc.communicate(timeout=60)
@@ -221,7 +221,7 @@ def test_interrupt_stops_the_stage_and_keeps_the_record(runfx, tmp_path):
     assert rec.status == "interrupted" and st["softmax"].status == "interrupted"
     assert st["arcface"].status == "pending"
     time.sleep(0.2)
-    assert not (set(trainer_pids) & set(_pids_running("train_softmax.py")))
+    assert not (set(trainer_pids) & set(_pids_running("train_softmax.py", runfx.tree)))
     # and it can be continued
     r = subprocess.run(
         [
@@ -247,13 +247,18 @@ def test_interrupt_stops_the_stage_and_keeps_the_record(runfx, tmp_path):
     assert load_record(rd).status == "passed"
 
 
-def _pids_running(needle: str) -> list[int]:
+def _pids_running(needle: str, under: Path) -> list[int]:
+    """Processes whose command line has ``needle`` and whose working directory is under ``under`` (this
+    test's tree): a training run elsewhere on the machine is not this test's business."""
+    root = Path(under).resolve()
     out = []
     for d in Path("/proc").iterdir():
         if d.name.isdigit():
             try:
                 if needle.encode() in (d / "cmdline").read_bytes():
-                    out.append(int(d.name))
+                    cwd = Path(os.readlink(d / "cwd"))
+                    if cwd == root or root in cwd.parents:
+                        out.append(int(d.name))
             except OSError:
                 pass
     return out
@@ -339,14 +344,14 @@ def test_runner_killed_hard_takes_its_trainer_along_and_resume_continues(runfx):
     deadline = time.time() + 60
     while time.time() < deadline and not (log.is_file() and "Saved checkpoint" in log.read_text()):
         time.sleep(0.02)
-    trainers = _pids_running("train_softmax.py")
+    trainers = _pids_running("train_softmax.py", runfx.tree)
     assert trainers
     proc.kill()
     proc.wait()
     deadline = time.time() + 20
-    while time.time() < deadline and set(trainers) & set(_pids_running("train_softmax.py")):
+    while time.time() < deadline and set(trainers) & set(_pids_running("train_softmax.py", runfx.tree)):
         time.sleep(0.1)
-    assert not set(trainers) & set(_pids_running("train_softmax.py"))
+    assert not set(trainers) & set(_pids_running("train_softmax.py", runfx.tree))
     assert load_record(rd).stage("softmax").status == "running"  # nothing could record the end
     r = subprocess.run([*base, "--resume", str(rd)], capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, r.stderr
@@ -366,13 +371,13 @@ def test_recipe_cancel_stops_a_local_run_started_elsewhere(runfx, cli):
     deadline = time.time() + 60
     while time.time() < deadline and not (log.is_file() and "Saved checkpoint" in log.read_text()):
         time.sleep(0.02)
-    trainers = _pids_running("train_softmax.py")
+    trainers = _pids_running("train_softmax.py", runfx.tree)
     assert trainers
     r = cli("recipe", "cancel", rd)
     assert r.code == 0 and f"sent SIGTERM to the runner (pid {proc.pid})" in r.out, r.out + r.err
     err = proc.communicate(timeout=60)[1]
     assert proc.returncode == 130, err
-    assert not set(trainers) & set(_pids_running("train_softmax.py"))
+    assert not set(trainers) & set(_pids_running("train_softmax.py", runfx.tree))
     rec = load_record(rd)
     assert rec.status == "interrupted" and rec.stage("softmax").status == "interrupted"
     assert rec.stage("arcface").status == "pending" and not (rd / "stages/arcface.log").exists()
