@@ -204,6 +204,7 @@ def apply(
                     "url": prepared.fetch.url,
                     "from_cache": prepared.fetch.from_cache,
                     "seconds": round(prepared.fetch.seconds, 3),
+                    "note": prepared.fetch.note,
                 },
                 "pin": {"commit": tree.pin.commit, "tree": tree.pin.manifest.tree},
                 "sets": outcome.sets,
@@ -219,6 +220,8 @@ def apply(
     pin = tree.pin
     if prepared.fetch is not None:
         f = prepared.fetch
+        if f.note:
+            _say(f.note)
         how = "from the cache" if f.from_cache else f"from {f.url} in {f.seconds:.1f} s"
         out.print(f"fetched {pin.short} {escape(how)}; verified commit and tree {pin.manifest.tree[:12]}")
     if prepared.created:
@@ -1675,14 +1678,19 @@ def _print_error(e: MfnError) -> None:
         err.print(f"[yellow]hint[/]: {escape(e.hint)}")
 
 
-def _sigterm_as_interrupt(signum, frame):
+_SIGNALLED: list[str] = []  # the signal that interrupted this command (the CLI says which)
+
+
+def _interrupt(signum, frame):
+    _SIGNALLED.append(signal.Signals(signum).name)
     raise KeyboardInterrupt
 
 
 def main(argv: list[str] | None = None) -> None:
     # SIGTERM (kill, a service manager, `recipe cancel`) is handled like Ctrl-C: every transaction rolls
-    # back and every temporary file goes (a recipe run installs its own handler while it runs stages)
-    signal.signal(signal.SIGTERM, _sigterm_as_interrupt)
+    # back and every temporary file goes (a recipe run installs its own handlers while it runs stages)
+    signal.signal(signal.SIGTERM, _interrupt)
+    signal.signal(signal.SIGINT, _interrupt)
     code = run(argv)
     sys.exit(code)
 
@@ -1692,6 +1700,8 @@ def run(argv: list[str] | None = None) -> int:
     CTX.json = False
     try:
         rv = app(args=argv, prog_name="mfnpatch", standalone_mode=False)
+        if _SIGNALLED:  # click turns KeyboardInterrupt into an exit code of its own, silently
+            raise KeyboardInterrupt
         return rv if isinstance(rv, int) else EXIT_OK
     except MfnError as e:
         if CTX.debug:
@@ -1711,7 +1721,8 @@ def run(argv: list[str] | None = None) -> int:
         err.print(f"[yellow]hint[/]: see: {escape(ctx.command_path if ctx else 'mfnpatch')} --help")
         return EXIT_USAGE if getattr(e, "exit_code", 1) == 2 else e.exit_code
     except (KeyboardInterrupt, typer.Abort):
-        err.print("[bold red]interrupted[/]")
+        how = f" by {_SIGNALLED[0]}" if _SIGNALLED else ""
+        err.print(f"[bold red]interrupted{how}[/]")
         return EXIT_INTERRUPTED
     except BrokenPipeError:
         return EXIT_OK

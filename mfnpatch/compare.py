@@ -295,9 +295,9 @@ def compare(a: Path, b: Path, tolerance: float = 0.0, stage: str | None = None) 
 
 def plot_overlay(a: Side, b: Side, out: Path) -> Path | None:
     """Each stage's verification curves, A solid and B dashed, one panel per stage."""
-    import os
-    import tempfile
+    from mfnpatch.fsutil import check_replaceable, replacing
 
+    check_replaceable(Path(out), "--plot")
     import matplotlib
 
     matplotlib.use("Agg")
@@ -324,16 +324,9 @@ def plot_overlay(a: Side, b: Side, out: Path) -> Path | None:
     fig.suptitle(f"A: {a.path}\nB: {b.path}", fontsize=8)
     fig.tight_layout()
     out = Path(out)
-    if out.is_dir():
-        raise CompareError(f"{out}: is a directory", hint="give a file name for the plot: --plot compare.png")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".png", dir=out.parent)
-    os.close(fd)
     try:
-        fig.savefig(tmp, dpi=100)
-        os.replace(tmp, out)
+        with replacing(out, ".png") as tmp:
+            fig.savefig(tmp, dpi=100, format="png")
     finally:
         plt.close(fig)
-        if os.path.exists(tmp):
-            os.unlink(tmp)
     return out

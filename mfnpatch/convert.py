@@ -29,7 +29,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from mfnpatch.errors import MfnError
-from mfnpatch.fsutil import atomic_write, atomic_write_json
+from mfnpatch.fsutil import atomic_write, atomic_write_json, replacing
 
 # MXNet's MKLDNN subgraph backend breaks asnumpy() on the slim model ("We can't generate TBlob for MKLDNN
 # data"): inference here runs without it.
@@ -126,9 +126,8 @@ def slim(spec: str, out_prefix: str | None = None) -> tuple[Path, Path]:
     ssym, sarg = slim_symbol(sym, arg)
     Path(out_prefix).parent.mkdir(parents=True, exist_ok=True)
     sym_path, params_path = Path(f"{out_prefix}-symbol.json"), Path(f"{out_prefix}-0000.params")
-    tmp = Path(f"{out_prefix}.mfnpatch-tmp")
-    mx.nd.save(str(tmp), {**{f"arg:{k}": v for k, v in sarg.items()}, **{f"aux:{k}": v for k, v in aux.items()}})
-    os.replace(tmp, params_path)
+    with replacing(params_path) as tmp:
+        mx.nd.save(str(tmp), {**{f"arg:{k}": v for k, v in sarg.items()}, **{f"aux:{k}": v for k, v in aux.items()}})
     atomic_write(sym_path, ssym.tojson())
     return sym_path, params_path
 
@@ -182,32 +181,31 @@ def export_onnx(sym, arg, aux, path: Path, *, fixes=("flatten", "fix_gamma", "pr
             f"onnx is needed ({e})", hint="pip install 'onnx<1.16' (the cpu environment has it)"
         ) from None
     sym, arg, aux, applied = prepare_for_onnx(sym, arg, aux, fixes=fixes)
-    tmp = Path(f"{path}.mfnpatch-tmp.onnx")
-    try:
-        mx.onnx.export_model(
-            sym, {**arg, **aux}, in_shapes=[INPUT_SHAPE], in_types=["float32"], onnx_file_path=str(tmp)
-        )
-    except Exception as e:
-        raise ConvertError(
-            f"MXNet's ONNX exporter failed: {type(e).__name__}: {str(e).splitlines()[0][:300]}"
-        ) from None
-    m = onnx.load(str(tmp))
-    inits = {i.name: i for i in m.graph.initializer}
-    if "prelu" in fixes:
-        for node in m.graph.node:
-            if node.op_type == "PRelu" and node.input[1] in inits:
-                t = inits[node.input[1]]
-                a = numpy_helper.to_array(t)
-                if a.ndim == 1:
-                    t.CopyFrom(numpy_helper.from_array(a.reshape(-1, 1, 1), t.name))
-                    applied.append(f"{node.input[1]}: PReLU slope [C] -> [C,1,1]")
-    # the exporter also lists every weight as a graph input; onnxruntime then cannot fold constants
-    keep = [i for i in m.graph.input if i.name not in inits]
-    del m.graph.input[:]
-    m.graph.input.extend(keep)
-    onnx.checker.check_model(m)
-    onnx.save(m, str(tmp))
-    os.replace(tmp, path)
+    with replacing(Path(path), ".onnx") as tmp:
+        try:
+            mx.onnx.export_model(
+                sym, {**arg, **aux}, in_shapes=[INPUT_SHAPE], in_types=["float32"], onnx_file_path=str(tmp)
+            )
+        except Exception as e:
+            raise ConvertError(
+                f"MXNet's ONNX exporter failed: {type(e).__name__}: {str(e).splitlines()[0][:300]}"
+            ) from None
+        m = onnx.load(str(tmp))
+        inits = {i.name: i for i in m.graph.initializer}
+        if "prelu" in fixes:
+            for node in m.graph.node:
+                if node.op_type == "PRelu" and node.input[1] in inits:
+                    t = inits[node.input[1]]
+                    a = numpy_helper.to_array(t)
+                    if a.ndim == 1:
+                        t.CopyFrom(numpy_helper.from_array(a.reshape(-1, 1, 1), t.name))
+                        applied.append(f"{node.input[1]}: PReLU slope [C] -> [C,1,1]")
+        # the exporter also lists every weight as a graph input; onnxruntime then cannot fold constants
+        keep = [i for i in m.graph.input if i.name not in inits]
+        del m.graph.input[:]
+        m.graph.input.extend(keep)
+        onnx.checker.check_model(m)
+        onnx.save(m, str(tmp))
     return applied
 
 
@@ -529,9 +527,8 @@ def _convert_into(spec: str, out_dir: Path, *, verify_after: bool, on_step) -> C
     sym, arg = slim_symbol(sym, arg)
     check_input_shape(sym, arg)
     say("saving the slim MXNet model")
-    tmp = out_dir / ".mxnet-0000.params.tmp"
-    mx.nd.save(str(tmp), {**{f"arg:{k}": v for k, v in arg.items()}, **{f"aux:{k}": v for k, v in aux.items()}})
-    os.replace(tmp, out_dir / "mxnet-0000.params")
+    with replacing(out_dir / "mxnet-0000.params") as tmp:
+        mx.nd.save(str(tmp), {**{f"arg:{k}": v for k, v in arg.items()}, **{f"aux:{k}": v for k, v in aux.items()}})
     atomic_write(out_dir / "mxnet-symbol.json", sym.tojson())
     say("writing the unfolded ncnn model (one layer per MXNet op)")
     uparam, ubin = write_unfolded(sym, arg, aux, out_dir / "unfolded")

@@ -20,6 +20,8 @@ import os
 import re
 import stat
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path, PurePosixPath
 
 from mfnpatch.errors import MfnError
@@ -121,6 +123,30 @@ def mkstemp_beside(path: Path, tag: str = "tmp") -> tuple[int, str]:
     return tempfile.mkstemp(prefix=f".{path.name}.", suffix=f".{tag}", dir=path.parent)
 
 
+@contextmanager
+def replacing(path: Path, suffix: str = ".tmp") -> Iterator[Path]:
+    """For writers that need a file name (savefig, mx.nd.save, onnx.save): a temporary file beside ``path``,
+    created exclusively, renamed over ``path`` when the block ends without error, removed otherwise.
+    ``path`` must be new or a regular file (``check_replaceable``)."""
+    path = Path(path)
+    check_replaceable(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        mode = stat.S_IMODE(os.stat(path).st_mode)
+    except FileNotFoundError:
+        mode = 0o666 & ~_umask()
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix, dir=path.parent)
+    os.close(fd)
+    try:
+        yield Path(tmp)
+        check_replaceable(path)  # not turned into something else meanwhile
+        os.chmod(tmp, mode)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
 def atomic_write(path: Path, data: bytes | str, mode: int | None = None) -> None:
     """Write ``data`` to ``path`` so that readers see the old file or the new one, never half.
 
@@ -195,6 +221,7 @@ class locked:
     def __enter__(self):
         import filelock
 
+        os.close(os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644))  # cannot be made (read-only ...): say so now
         try:
             self.lock.acquire(timeout=0)
         except filelock.Timeout:

@@ -175,6 +175,8 @@ def _classify_fetch_error(url: str, sha: str, stderr: str) -> PinError:
         (ln for ln in reversed(text.splitlines()) if ln.startswith("fatal:")), text.splitlines()[-1] if text else ""
     )
     low = text.lower()
+    if any(s in low for s in ("is corrupt", "inflate", "bad object", "unable to read sha1 file", "missing blob")):
+        return CorruptCache(f"git fetch from {url} found damaged objects", details=[last])
     if any(s in low for s in ("not our ref", "couldn't find remote ref", "no such remote ref", "unadvertised object")):
         return PinError(
             f"{url} does not have commit {sha}",
@@ -243,6 +245,7 @@ class FetchResult:
     url: str
     from_cache: bool
     seconds: float
+    note: str | None = None  # e.g. a corrupt cache that was set aside and fetched again
 
 
 class Cache:
@@ -294,23 +297,28 @@ class Cache:
         """Make sure the cache holds the pinned commit, fetching only that commit (depth 1). A cache whose
         copy does not verify (a truncated pack, a tampered object) is set aside and fetched again, once."""
         t0 = time.perf_counter()
+        note = None
         with self.lock():
             for attempt in (1, 2):
                 try:
                     if self.has_commit(pin.commit):
                         verify_commit(self.repo(), pin)
-                        return FetchResult(pin.commit, url, True, time.perf_counter() - t0)
+                        return FetchResult(pin.commit, url, True, time.perf_counter() - t0, note)
                     repo = self.fetch_commit(pin.commit, url, on_progress)
                     verify_commit(repo, pin)
                     repo.git.update_ref(PIN_REF + pin.commit, pin.commit)
-                    return FetchResult(pin.commit, url, False, time.perf_counter() - t0)
+                    return FetchResult(pin.commit, url, False, time.perf_counter() - t0, note)
                 except (CorruptCache, git.GitCommandError, ValueError, OSError) as e:
                     if attempt == 2:
                         raise CorruptCache(
                             f"the cache {self.git_dir} is corrupt and fetching again did not help: {e}",
                             hint=f"remove it (rm -r {self.git_dir}) and apply again",
                         ) from None
-                    self.set_aside()
+                    why = e.message if isinstance(e, MfnError) else f"{type(e).__name__}: {e}"
+                    aside = self.set_aside()
+                    note = (
+                        f"the cache was corrupt ({why.splitlines()[0][:160]}); set aside as {aside} and fetched again"
+                    )
         raise AssertionError("unreachable")
 
     def set_aside(self) -> Path | None:
@@ -354,8 +362,7 @@ def create_tree(pin: Pin, cache: Cache, dest: Path) -> None:
     """Check the pinned commit out of the cache into ``dest`` (created whole, or not at all)."""
     dest = Path(dest)
     dest.parent.mkdir(parents=True, exist_ok=True)
-    tmp = dest.parent / f".{dest.name}.mfnpatch-tmp-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.mfnpatch-tmp-", dir=dest.parent))  # exclusive: never a link
     try:
         repo = git.Repo.init(tmp)
         repo.git.fetch("--depth", "1", "--no-tags", "--quiet", cache.url(), pin.commit)

@@ -10,7 +10,7 @@ from pathlib import Path
 
 from mfnpatch.errors import MfnError
 from mfnpatch.expect import Verification
-from mfnpatch.fsutil import atomic_write
+from mfnpatch.fsutil import atomic_write, check_replaceable, replacing
 from mfnpatch.logs import Summary
 
 ICON = {"pass": "pass", "fail": "**FAIL**", "unmeasured": "unmeasured", "n/a": "n/a"}
@@ -106,6 +106,7 @@ def plot_curves(s: Summary, out: Path, reference: Summary | None = None, title: 
         raise MfnError(
             "plotting needs matplotlib", hint="pip install matplotlib (it is in the cpu environment)"
         ) from None
+    check_replaceable(Path(out))  # before the work, not after
     if not s.verifications and not s.train_curve:
         raise MfnError(f"{s.path}: nothing to plot (no verification or Speedometer lines)")
     fig, (ax1, ax2) = plt.subplots(2, 1, figsize=(9, 7), sharex=True, gridspec_kw={"height_ratios": [3, 2]})
@@ -146,16 +147,11 @@ def plot_curves(s: Summary, out: Path, reference: Summary | None = None, title: 
         ax3.set_ylabel("learning rate", color="tab:red")
     fig.tight_layout()
     out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".png", dir=out.parent)
-    os.close(fd)
     try:
-        fig.savefig(tmp, dpi=110)
-        os.replace(tmp, out)
+        with replacing(out, ".png") as tmp:
+            fig.savefig(tmp, dpi=110, format="png")
     finally:
         plt.close(fig)
-        if os.path.exists(tmp):
-            os.unlink(tmp)
     return out
 
 

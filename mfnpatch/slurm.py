@@ -22,6 +22,7 @@ import shlex
 import shutil
 import subprocess
 import sys
+import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
@@ -130,8 +131,8 @@ def freeze_tree(src: Path, run_dir: Path) -> dict[str, str]:
     dst = run_dir / FROZEN_TREE
     if dst.exists():
         raise SlurmError(f"{dst} exists: the run already has a frozen tree")
-    tmp = run_dir / f".{FROZEN_TREE}.tmp"
-    shutil.rmtree(tmp, ignore_errors=True)
+    parent = Path(tempfile.mkdtemp(prefix=f".{FROZEN_TREE}.", dir=run_dir))  # exclusive: never a planted link
+    tmp = parent / FROZEN_TREE
     shutil.copytree(src, tmp, symlinks=True, ignore=shutil.ignore_patterns(".git"))
     manifest = {
         str(p.relative_to(tmp)): sha256_file(p)
@@ -139,6 +140,7 @@ def freeze_tree(src: Path, run_dir: Path) -> dict[str, str]:
         if p.is_file() and not p.is_symlink() and ".mfnpatch" not in p.relative_to(tmp).parts
     }
     os.replace(tmp, dst)
+    parent.rmdir()
     atomic_write_json(run_dir / MANIFEST, manifest)
     return manifest
 

@@ -20,13 +20,12 @@ from __future__ import annotations
 
 import colorsys
 import io
-import os
 import struct
 from dataclasses import dataclass
 from pathlib import Path
 
 from mfnpatch.errors import MfnError
-from mfnpatch.fsutil import atomic_write
+from mfnpatch.fsutil import atomic_write, replacing
 
 TARGETS = ("lfw", "cfp_fp", "agedb_30")
 SIZE = 112
@@ -171,28 +170,27 @@ def synth(out: Path, ids: int = 20, per_id: int = 20, pairs: int = 100, seed: in
     (out / "property").unlink(missing_ok=True)
     people = [_identity(i, ids, seed) for i in range(ids)]
     n = ids * per_id
-    rec_tmp, idx_tmp = out / ".train.rec.tmp", out / ".train.idx.tmp"
     say(f"writing {n} images of {ids} identities to train.rec")
-    writer = recordio.MXIndexedRecordIO(str(idx_tmp), str(rec_tmp), "w")
-    try:
-        header0 = recordio.IRHeader(2, [float(n + 1), float(n + 1 + ids)], 0, 0)
-        writer.write_idx(0, recordio.pack(header0, b""))
-        k = 1
-        ranges = []
-        for i, person in enumerate(people):
-            rng = np.random.default_rng([seed, i, 104729])
-            first = k
-            for _ in range(per_id):
-                h = recordio.IRHeader(2, [float(i), 1.0], k, 0)
-                writer.write_idx(k, recordio.pack(h, _jpeg(_draw(person, rng))))
-                k += 1
-            ranges.append((first, k))
-        for i, (a, b) in enumerate(ranges):
-            writer.write_idx(n + 1 + i, recordio.pack(recordio.IRHeader(2, [float(a), float(b)], n + 1 + i, 0), b""))
-    finally:
-        writer.close()
-    os.replace(rec_tmp, out / "train.rec")
-    os.replace(idx_tmp, out / "train.idx")
+    with replacing(out / "train.rec") as rec_tmp, replacing(out / "train.idx") as idx_tmp:
+        writer = recordio.MXIndexedRecordIO(str(idx_tmp), str(rec_tmp), "w")
+        try:
+            header0 = recordio.IRHeader(2, [float(n + 1), float(n + 1 + ids)], 0, 0)
+            writer.write_idx(0, recordio.pack(header0, b""))
+            k = 1
+            ranges = []
+            for i, person in enumerate(people):
+                rng = np.random.default_rng([seed, i, 104729])
+                first = k
+                for _ in range(per_id):
+                    h = recordio.IRHeader(2, [float(i), 1.0], k, 0)
+                    writer.write_idx(k, recordio.pack(h, _jpeg(_draw(person, rng))))
+                    k += 1
+                ranges.append((first, k))
+            for i, (a, b) in enumerate(ranges):
+                rec = recordio.pack(recordio.IRHeader(2, [float(a), float(b)], n + 1 + i, 0), b"")
+                writer.write_idx(n + 1 + i, rec)
+        finally:
+            writer.close()
     for t, target in enumerate(TARGETS):
         say(f"writing {target}.bin ({pairs} pairs)")
         rng = np.random.default_rng([seed, 1000 + t])

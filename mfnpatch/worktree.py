@@ -525,26 +525,17 @@ def recover(tree: Tree) -> str | None:
 
 
 def _write_all(tree: Tree, changes: dict[str, bytes | None], current: dict[str, bytes | None], state: TreeState | None):
-    """Write every change, then the state, under a journal; on any error put every file back as it was (and
-    if the process dies instead, the next command's ``recover`` does)."""
-    staged: list[tuple[str, str | None]] = []
-    done: list[str] = []
-    created_dirs: list[Path] = []
+    """Write every change, then the state, under a journal. On any error or signal the journal rolls the tree
+    back at once (``recover``); if the process dies instead, the next command's ``recover`` does the same."""
     journal = _begin(tree, changes, current)
     try:
+        staged: list[tuple[str, str | None]] = []
         for rel, data in changes.items():
             if data is None:
                 staged.append((rel, None))
                 continue
             target = tree.safe_path(rel)
-            parent = target.parent
-            missing = []
-            while not parent.exists():
-                missing.append(parent)
-                parent = parent.parent
-            for d in reversed(missing):
-                d.mkdir()
-                created_dirs.append(d)
+            target.parent.mkdir(parents=True, exist_ok=True)  # the journal lists the directories it creates
             mode = os.stat(target).st_mode & 0o7777 if target.exists() else _pinned_mode(tree, rel)
             # created exclusively (never a planted name or link), named for this write phase
             fd, tmp = mkstemp_beside(target, f"{TMP_TAG}-{journal.txid}")
@@ -557,38 +548,16 @@ def _write_all(tree: Tree, changes: dict[str, bytes | None], current: dict[str, 
         for rel, tmp in staged:
             target = tree.root / rel
             if tmp is None:
-                if target.exists():
-                    target.unlink()
+                target.unlink(missing_ok=True)
             else:
                 os.replace(tmp, target)
-            done.append(rel)
         if state is None:
-            if tree.state_path.exists():
-                tree.state_path.unlink()
+            tree.state_path.unlink(missing_ok=True)
         else:
             atomic_write_json(tree.state_path, state.model_dump(by_alias=True))
         _end(tree)
     except BaseException:
-        for rel in done:
-            target = tree.root / rel
-            if current[rel] is None:
-                if target.exists():
-                    target.unlink()
-            else:
-                atomic_write(target, current[rel])
-        for _, tmp in staged:
-            if tmp and os.path.exists(tmp):
-                os.unlink(tmp)
-        for d in reversed(created_dirs):
-            try:
-                d.rmdir()
-            except OSError:
-                pass
-        if journal.state is None:
-            tree.state_path.unlink(missing_ok=True)
-        else:
-            atomic_write(tree.state_path, (_journal_dir(tree) / journal.state).read_bytes())
-        _end(tree)
+        recover(tree)
         raise
     for rel, data in changes.items():
         if data is None:
