@@ -184,7 +184,10 @@ def _recipe_with(tmp_path: Path, old: str, new: str) -> Path:
     return p
 
 
-SOFTMAX_SEED = "    seed_command: >-\n      CUDA_VISIBLE_DEVICES='0' python -u train_softmax.py --network y1 --ckpt 2 --loss-type 0"
+SOFTMAX_SEED = (
+    "    seed_command: >-\n      CUDA_VISIBLE_DEVICES='0' python -u train_softmax.py --network y1 --ckpt 2 "
+    "--loss-type 0"
+)
 SLIM_SEED = "    seed_command: python models_slim"
 
 
