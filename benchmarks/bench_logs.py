@@ -33,6 +33,16 @@ print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, s.lines)
 """
 
 
+# The lines that made the parser quadratic before: a run of word characters (the `...Warning: ` branch
+# backtracked over every split), a digit run after a verification prefix (an ambiguous number pattern), and
+# a dotted name that almost ends like an exception.
+LONG_LINES = {
+    "word characters": lambda n: "a" * n,
+    "[lfw][2000]Accuracy-Flip: 999...": lambda n: "[lfw][2000]Accuracy-Flip: " + "9" * n,
+    "a.a.a....Error (no ': ')": lambda n: "a." * (n // 2) + "Error",
+}
+
+
 def build(src: Path, mb: int, out: Path) -> int:
     data = src.read_bytes()
     n = mb * 1024 * 1024 // len(data) + 1
@@ -105,6 +115,16 @@ def main() -> int:
         print(f"{label:34s} {size_mb:8.0f} {r:8.1f}")
     speed = mb / rows[1][1]
     grow = rss["full size"][0] - rss["1/10 size"][0]
+    print()
+    print("one long line (no newline for its whole length), parsed whole: linear means MB/s stays flat")
+    print(f"{'line':34s} {'KB':>8s} {'seconds':>8s} {'MB/s':>8s}")
+    worst = {}
+    for kind, make in LONG_LINES.items():
+        for kb in (25, 250, 2500):
+            text = make(kb * 1024) + "\n"
+            t = best_of(lambda text=text: LogParser(events=True).feed(text))
+            worst[kind] = max(worst.get(kind, 0.0), t / kb)
+            print(f"{kind:34s} {kb:8d} {t:8.3f} {len(text) / 1e6 / t:8.1f}")
     print(f"target: summarize >= 100 MB/s on one core: {'met' if speed >= 100 else 'NOT met'} ({speed:.1f} MB/s)")
     print(
         f"target: memory does not grow with the log: {'met' if grow < 10 else 'NOT met'} "

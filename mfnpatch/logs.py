@@ -271,7 +271,8 @@ _RARE = re.compile(
     + r"|(?P<tb>Traceback \(most recent call last\):)"
     + r"|(?P<end>Task is force ended by user)"
     + r"|(?P<kbd>KeyboardInterrupt)"
-    + r"|(?P<exc>(?P<exc_t>(?:[A-Za-z_]\w*\.)*[A-Za-z_]\w*(?:Error|Exception|Exit|Interrupt)): ?(?P<exc_m>.*))"
+    # a (dotted) name ending in Error/Exception/Exit/Interrupt, found by a lazy forward scan: linear
+    + r"|(?P<exc>(?P<exc_t>[A-Za-z_][\w.]*?(?:Error|Exception|Exit|Interrupt)): ?(?P<exc_m>.*))"
     + r"|(?P<warn>.*?(?<=\w)Warning: .*)"  # lazy scan + one-char look-behind: linear in line length
     + r"|(?P<dmlc>\[\d\d:\d\d:\d\d\] \S+:\d+: .*)"
     + r"|(?P<known>loading bin \d+|call reset\(\)|ver \S+|gpu num: \d+|use cpu|num_layers \d+|image_size \[.*\]"

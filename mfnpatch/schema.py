@@ -214,7 +214,7 @@ def validation_message(path: Path, err: ValidationError, node: yaml.Node | None,
         line, col, _ = locate(node, loc[:-1])
         return f"{path}:{line}:{col}: missing key '{dotted}'"
     line, col, _ = locate(node, loc)
-    msg = e["msg"]
+    msg = e["msg"].removeprefix("Value error, ")  # our validators' messages speak for themselves
     value = e.get("input")
     shown = "" if isinstance(value, dict | list) else f" (got {value!r})"
     return f"{path}:{line}:{col}: {dotted}: {msg}{shown}"

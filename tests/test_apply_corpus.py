@@ -177,3 +177,28 @@ def test_network_failure(fx, cli, golden):
     assert r.code == EXIT_FAILURE
     golden("apply/network", r.err, fx)
     assert not fx.dest.exists()
+
+
+def test_git_metadata(fx, cli, golden):
+    diff = "--- /dev/null\n+++ b/.git/config\n@@ -0,0 +1,2 @@\n+[core]\n+\tfsmonitor = touch pwned\n"
+    write_set(fx.patches, "case", 1, fx.sha, [("0001-evil.patch", header(fx.sha) + diff)])
+    r = run_apply(fx, cli, "case", "--force")
+    assert r.code == EXIT_FAILURE
+    golden("apply/git-metadata", r.err, fx)
+
+
+def test_option_like_source(fx, cli, golden, tmp_path):
+    r = cli("apply", "-c", fx.short, "--source", "--upload-pack=touch pwned;://x", "--dest", fx.dest)
+    assert r.code == EXIT_FAILURE
+    golden("apply/option-like-source", r.err, fx)
+
+
+def test_state_escape(fx, cli, golden):
+    fx.apply("demo")
+    path = fx.dest / ".mfnpatch/state.json"
+    state = json.loads(path.read_text())
+    state["files"] = {"../outside.py": next(iter(state["files"].values()))}
+    path.write_text(json.dumps(state, indent=2))
+    r = cli("unapply", "--dest", fx.dest)
+    assert r.code == EXIT_FAILURE
+    golden("apply/state-escape", r.err, fx)
