@@ -14,6 +14,7 @@ tools), and a run that asks for no seed has no trace of it. ``PYTHONHASHSEED`` f
 from __future__ import annotations
 
 import os
+import time
 from pathlib import Path
 
 HOOK_DIR = Path(__file__).resolve().parent / "seedhook"
@@ -60,3 +61,26 @@ def describe(seed: int | None) -> dict:
         f"random, NumPy and MXNet; PYTHONHASHSEED={seed}; MXNET_ENFORCE_DETERMINISM=1; commands unchanged",
         "still_varies": list(STILL_VARIES),
     }
+
+
+def free_cpus(sample: float = 0.5) -> int:
+    """Cores not busy with other work right now (at least 1): /proc/stat sampled over ``sample`` seconds,
+    a core counted busy when other processes use more than half of it. Elsewhere: the core count."""
+    n = os.cpu_count() or 1
+
+    def read() -> tuple[int, int] | None:
+        try:
+            with open("/proc/stat") as f:
+                fields = [int(x) for x in f.readline().split()[1:]]
+        except (OSError, ValueError):
+            return None
+        idle = fields[3] + (fields[4] if len(fields) > 4 else 0)  # idle + iowait
+        return sum(fields[:8]), idle
+
+    a = read()
+    time.sleep(sample)
+    b = read()
+    if a is None or b is None or b[0] <= a[0]:
+        return n
+    busy = (1 - (b[1] - a[1]) / (b[0] - a[0])) * n
+    return max(1, n - round(busy))

@@ -5,7 +5,8 @@ is a command (an argument list, templated), a cwd inside the patched tree, env, 
 earlier stages, resolved from their logs at run time), outputs, a stop point and expectations.
 Profiles (e.g. ``smoke``) are data: parameter values and per-stage stop points and expectations.
 
-Templates: ``${name}`` is a parameter or a built-in (``run_dir``, ``tree``, ``cpu_count``, ``mfnpatch``),
+Templates: ``${name}`` is a parameter or a built-in (``run_dir``, ``tree``, ``cpu_count``, ``cpu_free`` (the
+cores not busy with other work when the run starts), ``mfnpatch``),
 ``${inputs.NAME}`` an input of the stage, ``${stages.STAGE.outputs.NAME}`` an output of an earlier stage.
 A command item ``{flag: --verbose, value: "${verbose}"}`` is left out when its value is empty or null,
 so a recipe can offer options the seed's commands do not pass. An env value that renders empty is
@@ -32,7 +33,7 @@ from mfnpatch.schema import SchemaError, Strict, load_yaml, locate, validate
 
 VAR = re.compile(r"\$\{([A-Za-z_][\w.-]*)\}")
 DEFAULT_SEED = 0  # every run is seeded unless --set seed=none
-BUILTINS = ("run_dir", "tree", "cpu_count", "mfnpatch", "python_exe")
+BUILTINS = ("run_dir", "tree", "cpu_count", "cpu_free", "mfnpatch", "python_exe")
 
 
 class RecipeError(MfnError):
@@ -739,7 +740,7 @@ def expand(
         k: (coerce(v, specs[k].type, k) if not (isinstance(v, str) and VAR.search(v)) else v) for k, v in values.items()
     }
     scope = Scope(values, {
-        "run_dir": "<run_dir>", "tree": "<tree>", "cpu_count": "<cpu_count>",
+        "run_dir": "<run_dir>", "tree": "<tree>", "cpu_count": "<cpu_count>", "cpu_free": "<cpu_free>",
         "mfnpatch": ["mfnpatch"], "python_exe": "python", **(builtins or {}),
     })  # fmt: skip
     resolved_params = {k: scope.param(k) for k in values}

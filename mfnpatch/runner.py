@@ -28,7 +28,7 @@ from pydantic import Field
 
 from mfnpatch import __version__
 from mfnpatch.determinism import describe as describe_determinism
-from mfnpatch.determinism import seed_env
+from mfnpatch.determinism import free_cpus, seed_env
 from mfnpatch.errors import Interrupted, MfnError
 from mfnpatch.expect import Check, evaluate_stage
 from mfnpatch.fsutil import atomic_write, atomic_write_json, sha256_bytes, sha256_file
@@ -306,11 +306,25 @@ class Runner:
             d, n = base.with_name(f"{base.name}.{n}"), n + 1
         return d.absolute()
 
+    def _cpu_free(self, run_dir: Path) -> str:
+        """${cpu_free}: sampled once when a run starts and recorded; a resumed run (or a Slurm job of the run)
+        uses the recorded value, so its provenance does not change with the machine's load."""
+        if getattr(self, "_free", None) is None:
+            recorded = None
+            if (Path(run_dir) / RECORD).is_file():
+                try:
+                    recorded = load_record(run_dir).recipe.get("cpu_free")
+                except MfnError:
+                    recorded = None
+            self._free = str(recorded) if recorded else str(free_cpus())
+        return self._free
+
     def plan(self, run_dir: Path) -> Plan:
         self._builtins = {
             "run_dir": str(run_dir),
             "tree": str(run_dir / "tree" if self.opts.executor == "slurm" else Path(self.opts.tree).absolute()),
             "cpu_count": str(os.cpu_count() or 1),
+            "cpu_free": self._cpu_free(run_dir),
             "mfnpatch": [sys.executable, "-m", "mfnpatch"],
             "python_exe": sys.executable,
         }
@@ -408,6 +422,7 @@ class Runner:
         rec.tree = str(tree.root)
         (run_dir / "stages").mkdir(parents=True, exist_ok=True)
         rec.recipe["overrides"] = dict(self.overrides)
+        rec.recipe["cpu_free"] = int(self._builtins["cpu_free"])
         if self.opts.executor == "slurm":
             try:
                 return run_dir, self._submit(plan, rec, run_dir, tree.root, previous)

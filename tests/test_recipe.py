@@ -62,7 +62,7 @@ def test_overrides_are_typed_and_checked():
 
 
 def test_smoke_profile_is_data():
-    plan = expand(load_recipe("may16"), "smoke", builtins={"run_dir": "/r", "cpu_count": "2"})
+    plan = expand(load_recipe("may16"), "smoke", builtins={"run_dir": "/r", "cpu_count": "2", "cpu_free": "2"})
     assert plan.environment == "cpu" and plan.patches == "mfn,py3"
     sm = plan.stage("softmax")
     assert sm.env == {"CUDA_VISIBLE_DEVICES": "", "OMP_NUM_THREADS": "2"}
