@@ -29,7 +29,7 @@ def interleaved(d: Path, threads: int, runs: int) -> dict[str, list[float]]:
     import ncnn
     import numpy as np
 
-    from mfnpatch.convert import FOLDED, ncnn_net, param_io, test_inputs
+    from mfnpatch.deploy.convert import FOLDED, ncnn_net, param_io, test_inputs
 
     x = np.ascontiguousarray(test_inputs(1, seed=3)[0])
     nets = {}
@@ -59,8 +59,8 @@ def main() -> int:
     args = ap.parse_args()
     import mxnet as mx
 
-    from mfnpatch.bench import MODEL_GFLOP, bench
-    from mfnpatch.convert import convert_ncnn
+    from mfnpatch.deploy.bench import MODEL_GFLOP, bench
+    from mfnpatch.deploy.convert import convert_ncnn
 
     counts = [int(t) for t in args.threads.split(",")]
     with tempfile.TemporaryDirectory() as tmp:

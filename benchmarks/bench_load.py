@@ -47,7 +47,7 @@ def main() -> int:
     data = work / "data"
     subprocess.run([*py, "data", "synth", "-o", str(data), "--ids", "21", "--per-id", "16", "--pairs", "100"],
                    env=env, check=True, capture_output=True)  # fmt: skip
-    from mfnpatch.determinism import free_cpus, seed_env
+    from mfnpatch.runs.determinism import free_cpus, seed_env
 
     cores = os.cpu_count() or 1
     settings = {

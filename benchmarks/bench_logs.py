@@ -4,7 +4,7 @@
 
 The real log defaults to the blog's ArcFace log (../shared/reference/blog-arcface_loss_test2.log). Timed
 side by side in one run (best of 3): a single-regex scan for Accuracy-Flip lines (the floor any parser
-pays), ``mfnpatch.logs.summarize`` (what ``log summary`` and ``verify`` use) and the event stream (what the
+pays), ``mfnpatch.logs.parser.summarize`` (what ``log summary`` and ``verify`` use) and the event stream (what the
 recipe runner uses live). Peak RSS is measured in fresh processes at 1/10 and full size.
 
 Target (issue 3): >= 100 MB/s on one core; memory does not grow with the log.
@@ -27,7 +27,7 @@ DEFAULT_LOG = ROOT.parent / "shared" / "reference" / "blog-arcface_loss_test2.lo
 RSS_CODE = """
 import resource, sys
 sys.path.insert(0, {root!r})
-from mfnpatch.logs import summarize
+from mfnpatch.logs.parser import summarize
 s = summarize({path!r})
 print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, s.lines)
 """
@@ -69,7 +69,7 @@ def main() -> int:
     if not args.log.is_file():
         print(f"no log at {args.log}; give --log PATH (a real training log)", file=sys.stderr)
         return 2
-    from mfnpatch.logs import LogParser, summarize
+    from mfnpatch.logs.parser import LogParser, summarize
 
     with tempfile.TemporaryDirectory() as tmp:
         big = Path(tmp) / "big.log"

@@ -64,8 +64,8 @@ def bare(cmd: list[str], out: Path) -> float:
 
 
 def through_runner(cmd: list[str], tmp: Path, i: int) -> tuple[float, float]:
-    from mfnpatch.recipe import PlannedStage
-    from mfnpatch.runner import Runner, RunOptions
+    from mfnpatch.runs.recipe import PlannedStage
+    from mfnpatch.runs.runner import Runner, RunOptions
 
     ps = PlannedStage(
         name="pump", title="line pump", kind="train", skipped=None, cwd=".", argv=cmd, env={}, inputs={},
@@ -76,7 +76,7 @@ def through_runner(cmd: list[str], tmp: Path, i: int) -> tuple[float, float]:
     runner._signal = None
     runner._seed = None  # the pump uses no generator
     runner.parse_cpu = 0.0
-    runner.obs = __import__("mfnpatch.runner", fromlist=["Observer"]).Observer()
+    runner.obs = __import__("mfnpatch.runs.runner", fromlist=["Observer"]).Observer()
     runner.opts = RunOptions(tree=tmp)
     log = tmp / f"stage{i}.log"
     r0 = resource.getrusage(resource.RUSAGE_SELF)

@@ -135,20 +135,20 @@ class Fx:
         return PatchMaker(self.upstream, self.sha, self.root / f"maker-{random.random():.9f}")
 
     def prepare(self, dest: Path | None = None, source: str | None = None):
-        from mfnpatch.worktree import prepare_tree
+        from mfnpatch.source.worktree import prepare_tree
 
         return prepare_tree(self.short, dest or self.dest, source or str(self.upstream))
 
     def apply(self, series: str = "demo", dest: Path | None = None, **kw):
-        from mfnpatch.patchset import Catalog, select_sets
-        from mfnpatch.worktree import apply
+        from mfnpatch.source.patchset import Catalog, select_sets
+        from mfnpatch.source.worktree import apply
 
         prepared = self.prepare(dest)
         sets = select_sets(Catalog.scan(self.patches), series)
         return apply(prepared.tree, sets, **kw)
 
     def tree(self, dest: Path | None = None):
-        from mfnpatch.worktree import open_existing
+        from mfnpatch.source.worktree import open_existing
 
         return open_existing(dest or self.dest)
 

@@ -8,8 +8,8 @@ import subprocess
 from pathlib import Path
 
 from mfnpatch.fsutil import atomic_write
-from mfnpatch.patchset import sums_text
-from mfnpatch.pin import manifest_yaml, record_manifest
+from mfnpatch.source.patchset import sums_text
+from mfnpatch.source.pin import manifest_yaml, record_manifest
 
 GIT_ENV = {
     "GIT_AUTHOR_NAME": "Fixture",

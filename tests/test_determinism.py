@@ -12,9 +12,9 @@ from pathlib import Path
 import pytest
 from test_runner import run
 
-from mfnpatch.determinism import HOOK_DIR, seed_env
 from mfnpatch.errors import EXIT_FAILURE, EXIT_OK, EXIT_USAGE
-from mfnpatch.recipe import RecipeError, expand, load_recipe
+from mfnpatch.runs.determinism import HOOK_DIR, seed_env
+from mfnpatch.runs.recipe import RecipeError, expand, load_recipe
 
 
 def _py(code: str, env: dict[str, str]) -> str:

@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 import tomllib
 
-from mfnpatch.env import (
+from mfnpatch.environments.env import (
     EnvError,
     check,
     covered,
@@ -418,7 +418,7 @@ def test_submitting_to_slurm_defers_only_this_machines_gpu_findings(tmp_path, gp
     Anything else wrong with the environment (a missing package) still stops the submission."""
     from types import SimpleNamespace
 
-    from mfnpatch.env import EnvError, recipe_env_check
+    from mfnpatch.environments.env import EnvError, recipe_env_check
 
     spec = gpu_envs / "gpu101" / "env.yaml"  # the build installed here, so only the GPU findings fail
     spec.write_text(spec.read_text().replace('"mxnet-cu101"', '"mxnet"'))

@@ -19,8 +19,8 @@ from test_runner import run as run_fake
 
 from mfnpatch.errors import EXIT_FAILURE, EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE
 from mfnpatch.fsutil import UnsafePath, atomic_write, confined
-from mfnpatch.logs import summarize_text
-from mfnpatch.recipe import RecipeError, expand, load_recipe
+from mfnpatch.logs.parser import summarize_text
+from mfnpatch.runs.recipe import RecipeError, expand, load_recipe
 
 
 def apply_cli(fx, cli, series="demo", *extra, dest=None):
@@ -215,7 +215,7 @@ def test_a_recipe_that_names_outside_is_refused_at_load(tmp_path, cli, old, new,
 def test_a_resource_value_set_on_the_command_line_cannot_add_a_script_line(tmp_path):
     with pytest.raises(RecipeError, match="is not a Slurm value"):
         expand(load_recipe("may16"), None, {"slurm_time": "1\n#SBATCH --wrap=id"})
-    from mfnpatch.slurm import SlurmError, SlurmOptions, script_text
+    from mfnpatch.cluster.slurm import SlurmError, SlurmOptions, script_text
 
     with pytest.raises(RecipeError, match="--partition: 'gpu\\\\nid' is not a Slurm value"):
         script_text(tmp_path, "r", "softmax", {}, SlurmOptions(partition="gpu\nid"))
@@ -237,7 +237,7 @@ NAMES = st.text(st.characters(codec="utf-8", exclude_categories=("Cs",)), min_si
 @given(name=NAMES, cwd=NAMES, key=NAMES, path=NAMES)
 def test_random_names_cwds_env_keys_and_set_paths_never_escape(tmp_path, name, cwd, key, path):
     """Whatever a recipe or a patch set says, what is accepted stays inside its root."""
-    from mfnpatch.recipe import ENV_KEY, STAGE_NAME
+    from mfnpatch.runs.recipe import ENV_KEY, STAGE_NAME
 
     root = tmp_path / "root"
     if STAGE_NAME.match(name):

@@ -11,7 +11,7 @@ from conftest import REFERENCE
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from mfnpatch.logs import (
+from mfnpatch.logs.parser import (
     CheckpointSaved,
     CheckpointWritten,
     Config,

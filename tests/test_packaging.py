@@ -11,9 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from mfnpatch.patchset import Catalog
-from mfnpatch.pin import load_pins
 from mfnpatch.resources import data_dir
+from mfnpatch.source.patchset import Catalog
+from mfnpatch.source.pin import load_pins
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -57,7 +57,8 @@ def test_wheel_contains_the_data(wheel):
         "mfnpatch/_data/patches/mfn/1/SHA256SUMS",
         "mfnpatch/_data/patches/py3/1/0004-load-bin-py2-pickles.patch",
         "mfnpatch/_data/insightface_pin/4bc8132.yaml",
-        "mfnpatch/cli.py",
+        "mfnpatch/cli/__init__.py",
+        "mfnpatch/runs/seedhook/sitecustomize.py",  # the run seed's start-up hook ships with the package
     ):
         assert rel in names, rel
     assert not any(n.startswith("tests/") for n in names)

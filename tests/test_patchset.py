@@ -11,7 +11,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from mfnpatch.errors import MfnError
-from mfnpatch.patchset import (
+from mfnpatch.source.patchset import (
     ApplyFailure,
     Catalog,
     PatchSetError,
@@ -133,7 +133,7 @@ def test_reverse_and_already_applied_are_told_apart(tmp_path):
 
 
 def _set(*patches):
-    from mfnpatch.patchset import PatchSet, SetManifest
+    from mfnpatch.source.patchset import PatchSet, SetManifest
 
     m = SetManifest(schema=1, name="s", version=1, applies_to=SHA, description="d")
     return PatchSet(manifest=m, directory=Path("."), patches=list(patches))
@@ -234,7 +234,7 @@ def test_selection_and_order():
 
 
 def _named(name, after=()):
-    from mfnpatch.patchset import PatchSet, SetManifest
+    from mfnpatch.source.patchset import PatchSet, SetManifest
 
     m = SetManifest(schema=1, name=name, version=1, applies_to=SHA, description="d", after=list(after))
     return PatchSet(manifest=m, directory=Path("."), patches=[])

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from mfnpatch.logs import summarize_text
-from mfnpatch.resume import NEVER, ResumeError, Segment, get_opt, lr_at, merge, plan_resume, set_opt
+from mfnpatch.logs.parser import summarize_text
+from mfnpatch.runs.resume import NEVER, ResumeError, Segment, get_opt, lr_at, merge, plan_resume, set_opt
 
 SEED_ARCFACE = (
     "python -u train_softmax.py --network y1 --ckpt 2 --loss-type 4 --lr-steps 120000,160000,180000,200000 "

@@ -13,10 +13,10 @@ from pathlib import Path
 import pytest
 
 from mfnpatch.errors import EXIT_INTERRUPTED
-from mfnpatch.logs import summarize_text
-from mfnpatch.recipe import InputRef, load_recipe
-from mfnpatch.resume import NEVER
-from mfnpatch.runner import RunError, Runner, RunOptions, load_record
+from mfnpatch.logs.parser import summarize_text
+from mfnpatch.runs.recipe import InputRef, load_recipe
+from mfnpatch.runs.resume import NEVER
+from mfnpatch.runs.runner import RunError, Runner, RunOptions, load_record
 
 
 def run(cli, rf, *extra, name="run"):
@@ -319,7 +319,7 @@ def test_interrupted_stage_continues_from_its_last_checkpoint(runfx):
     cks = sm.metrics["checkpoints"]
     assert all(cks[str(k)]["step"] == 20 * k for k in range(1, 6))
     assert sm.ended.startswith("stopped at checkpoint 5 (planned), by mfnpatch")
-    from mfnpatch.runner import stage_summary
+    from mfnpatch.runs.runner import stage_summary
 
     merged = stage_summary(rd, sm)
     assert sorted(merged.lr_changes) == [20, 25]

@@ -15,8 +15,8 @@ from pathlib import Path
 import pytest
 import slurm_cluster
 
-from mfnpatch.runner import load_record
-from mfnpatch.slurm import MANIFEST, SlurmOptions, check_frozen_tree, freeze_tree, script_text
+from mfnpatch.cluster.slurm import MANIFEST, SlurmOptions, check_frozen_tree, freeze_tree, script_text
+from mfnpatch.runs.runner import load_record
 
 MISSING = slurm_cluster.missing_binaries()
 needs_slurm = pytest.mark.skipif(

@@ -173,3 +173,37 @@ def test_an_interrupted_training_stage_resumes_mid_stage_on_the_real_code(tmp_pa
     assert (ck["2"]["step"], ck["2"]["path"]) == (42, str(models / "model-y1-softmax-r1-0001.params"))
     assert all(Path(c["path"]).is_file() for c in ck.values())  # segment 0's save is not overwritten
     assert s["metrics"]["targets"]["lfw"]["rounds"] == 2 and s["metrics"]["last_step"] == 42
+
+
+def test_two_smoke_runs_are_identical_to_the_byte(smoke, tmp_path):
+    """The same seed, the same machine, from scratch: identical verification lines at every step and
+    byte-identical checkpoints, and `mfnpatch compare` says so; one flipped byte in a checkpoint it names."""
+    work, run, p = smoke
+    assert p.returncode == 0, p.stderr[-2000:]
+    # the same thread count as the first run (${cpu_free} follows the machine's load when a run starts)
+    threads = json.loads((run / "record.json").read_text())["recipe"]["parameters"]["omp_threads"]
+    second = mfnpatch(*SMOKE, "--run-dir", "run2", "--set", f"omp_threads={threads}", cwd=work)
+    assert second.returncode == 0, second.stdout[-3000:] + second.stderr[-3000:]
+    run2 = work / "run2"
+    a, b = (json.loads((d / "record.json").read_text()) for d in (run, run2))
+    assert a["seed"] == b["seed"] == 0 and a["determinism"]["deterministic"]
+    for name in TRAINING:
+        lines = [
+            [ln for ln in (d / "stages" / f"{name}.log").read_text().splitlines() if "]Accuracy-Flip: " in ln]
+            for d in (run, run2)
+        ]
+        assert lines[0] == lines[1] and len(lines[0]) == 6, name
+    ha = {Path(k).name: v for s in a["stages"] for k, v in s["checkpoints"].items()}
+    hb = {Path(k).name: v for s in b["stages"] for k, v in s["checkpoints"].items()}
+    assert ha == hb and "model-y1-finetune-0002.params" in ha
+    c = mfnpatch("compare", "run", "run2", "--json", "--plot", str(tmp_path / "cmp.png"), cwd=work)
+    assert c.returncode == 0, c.stdout[-3000:] + c.stderr[-3000:]
+    d = json.loads(c.stdout)
+    assert d["identical"] and sum(r["what"] == "checkpoint" for r in d["rows"]) >= 6
+    victim = run2 / "models" / "model-y1-arcface-0002.params"
+    data = bytearray(victim.read_bytes())
+    data[len(data) // 2] ^= 0x01
+    victim.write_bytes(bytes(data))
+    c = mfnpatch("compare", "run", "run2", "--no-plot", cwd=work)
+    assert c.returncode == 1
+    assert "the first: arcface: checkpoint <run>/models/model-y1-arcface-0002.params: sha256" in c.stderr

@@ -11,7 +11,7 @@ import pytest
 pytest.importorskip("mxnet")
 
 from mfnpatch.cli import run  # noqa: E402
-from mfnpatch.synth import MARKER, SynthError, py2_pickle, read_back, synth  # noqa: E402
+from mfnpatch.datasets.synth import MARKER, SynthError, py2_pickle, read_back, synth  # noqa: E402
 
 
 def test_py2_pickle_reads_like_a_python2_pickle():

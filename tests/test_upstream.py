@@ -16,10 +16,10 @@ import pytest
 from helpers import git, snapshot
 
 from mfnpatch.fsutil import git_blob_id
-from mfnpatch.patchset import Catalog, select_sets
-from mfnpatch.pin import resolve_pin
 from mfnpatch.resources import data_dir
-from mfnpatch.worktree import apply, prepare_tree, status, unapply
+from mfnpatch.source.patchset import Catalog, select_sets
+from mfnpatch.source.pin import resolve_pin
+from mfnpatch.source.worktree import apply, prepare_tree, status, unapply
 
 pytestmark = pytest.mark.upstream
 

@@ -11,10 +11,10 @@ import pytest
 from conftest import REFERENCE
 
 from mfnpatch.errors import EXIT_FAILURE, EXIT_OK
-from mfnpatch.expect import verify
-from mfnpatch.logs import summarize
-from mfnpatch.recipe import expand, load_recipe
-from mfnpatch.stagematch import detect_stage
+from mfnpatch.logs.parser import summarize
+from mfnpatch.logs.stagematch import detect_stage
+from mfnpatch.logs.verdicts import verify
+from mfnpatch.runs.recipe import expand, load_recipe
 
 SEED_POST = REFERENCE.parent / "seed" / "000_73caa59ccc6a3554.txt"
 ARCFACE = REFERENCE / "blog-arcface_loss_test2.log"

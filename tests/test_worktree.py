@@ -11,9 +11,9 @@ import pytest
 from helpers import git, relock, snapshot
 
 from mfnpatch.fsutil import git_blob_id
-from mfnpatch.patchset import ApplyFailure, Catalog, select_sets
-from mfnpatch.pin import resolve_pin
-from mfnpatch.worktree import DriftError, diff, status, unapply
+from mfnpatch.source.patchset import ApplyFailure, Catalog, select_sets
+from mfnpatch.source.pin import resolve_pin
+from mfnpatch.source.worktree import DriftError, diff, status, unapply
 
 
 def _pinned(fx, rel: str) -> bytes:
@@ -224,7 +224,7 @@ def test_patch_set_for_another_commit_is_refused(fx):
     other = "1" * 40
     text = (fx.patches / "demo/1/0002-init.patch").read_text().replace(fx.sha, other)
     write_set(fx.patches, "alien", 1, other, [("0001-x.patch", text)])
-    from mfnpatch.pin import PinError
+    from mfnpatch.source.pin import PinError
 
     with pytest.raises(PinError, match=f"alien@1 is made for 1111111, but the tree is at {fx.short}"):
         fx.apply("alien")

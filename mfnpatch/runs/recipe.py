@@ -95,7 +95,7 @@ class CopySpec(Strict):
 
 
 class Expectation(Strict):
-    """One check at the end of a stage (evaluated by mfnpatch.expect)."""
+    """One check at the end of a stage (evaluated by mfnpatch.logs.verdicts)."""
 
     metric: str | None = Field(default=None, description="a verification target (lfw ...) or train_acc")
     at: str = Field(default="best", description="best | last | step:N")

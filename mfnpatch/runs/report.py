@@ -9,9 +9,9 @@ import tempfile
 from pathlib import Path
 
 from mfnpatch.errors import MfnError
-from mfnpatch.expect import Verification
 from mfnpatch.fsutil import atomic_write, check_replaceable, replacing
-from mfnpatch.logs import Summary
+from mfnpatch.logs.parser import Summary
+from mfnpatch.logs.verdicts import Verification
 
 ICON = {"pass": "pass", "fail": "**FAIL**", "unmeasured": "unmeasured", "n/a": "n/a"}
 
@@ -165,7 +165,7 @@ def write_markdown(path: Path, text: str) -> None:
 
 def run_markdown(run_dir: Path, rec) -> str:
     """The Markdown report of a recipe run, with one accuracy plot per training stage (written beside it)."""
-    from mfnpatch.logs import summarize
+    from mfnpatch.logs.parser import summarize
 
     r = rec.recipe
     env = rec.environment
@@ -237,7 +237,7 @@ def run_markdown(run_dir: Path, rec) -> str:
         if s.kind == "train" and s.log and (run_dir / s.log).is_file():
             png = run_dir / f"curves-{s.name}.png"
             try:
-                from mfnpatch.runner import stage_summary
+                from mfnpatch.runs.runner import stage_summary
 
                 summ = stage_summary(run_dir, s) or summarize(run_dir / s.log)
                 if summ.verifications or summ.train_curve:

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from mfnpatch.errors import MfnError
-from mfnpatch.logs import Summary, summarize
+from mfnpatch.logs.parser import Summary, summarize
 
 
 class CompareError(MfnError):
@@ -133,7 +133,7 @@ def _normalize(obj: Any, subs: list[tuple[str, str]]) -> Any:
 
 def load_side(spec: Path, stage: str | None = None) -> Side:
     """A run directory (its record.json) or a training log."""
-    from mfnpatch.runner import RECORD, _verbose, load_record, stage_summary
+    from mfnpatch.runs.runner import RECORD, _verbose, load_record, stage_summary
 
     p = Path(spec)
     if p.is_dir():
@@ -178,7 +178,7 @@ def load_side(spec: Path, stage: str | None = None) -> Side:
         summary = summarize(p)
         name = stage
         if name is None:
-            from mfnpatch.stagematch import detect_stage
+            from mfnpatch.logs.stagematch import detect_stage
 
             name = detect_stage(summary).stage or "log"
         return Side(str(p), "log", {name: StageSide(name, summary)})
@@ -263,7 +263,7 @@ def compare_sides(a: Side, b: Side, tolerance: float = 0.0) -> Comparison:
 
 def _save_every(a: StageSide, b: StageSide) -> int:
     """Steps between saves (--verbose) of a stage, from its command."""
-    from mfnpatch.runner import _verbose
+    from mfnpatch.runs.runner import _verbose
 
     cmd = a.command or b.command or {}
     return _verbose(cmd.get("argv") or [])

@@ -165,11 +165,11 @@ def apply(
     Only that one commit is fetched (depth 1) into a cache, so a second apply needs no network.
     Applying again is a no-op (exit 2); a tree changed outside mfnpatch is refused unless --force.
     """
-    from mfnpatch.patchset import Catalog, select_sets
-    from mfnpatch.pin import resolve_pin
     from mfnpatch.resources import data_dir
-    from mfnpatch.worktree import apply as do_apply
-    from mfnpatch.worktree import prepare_tree, tree_lock
+    from mfnpatch.source.patchset import Catalog, select_sets
+    from mfnpatch.source.pin import resolve_pin
+    from mfnpatch.source.worktree import apply as do_apply
+    from mfnpatch.source.worktree import prepare_tree, tree_lock
 
     CTX.json = as_json
     resolve_pin(commit)  # a wrong --commit is reported before anything else
@@ -268,7 +268,7 @@ def _said_recovered(tree) -> None:
 @contextmanager
 def _open(dest: Path):
     """An existing tree, under its lock, rolled back first if a write phase was interrupted (and said)."""
-    from mfnpatch.worktree import open_existing, tree_lock
+    from mfnpatch.source.worktree import open_existing, tree_lock
 
     if not Path(dest).exists():
         raise MfnError(
@@ -283,8 +283,8 @@ def _open(dest: Path):
 def _check_without_tree(commit, dest, source, catalog, sets, fuzz, as_json) -> int:
     """apply --check where no tree exists yet: the series is applied in memory to the pinned files (from the
     cache, fetched into it if needed); no tree is created and nothing is written outside the cache."""
-    from mfnpatch.patchset import apply_series, select_sets, series_paths
-    from mfnpatch.pin import Cache, pristine_blob, resolve_pin, resolve_source
+    from mfnpatch.source.patchset import apply_series, select_sets, series_paths
+    from mfnpatch.source.pin import Cache, pristine_blob, resolve_pin, resolve_source
 
     pin = resolve_pin(commit)
     sets = sets or select_sets(catalog, DEFAULT_SERIES)
@@ -316,7 +316,7 @@ def unapply(
     as_json: JsonOpt = False,
 ):
     """Restore every patched file to the pinned content, byte for byte."""
-    from mfnpatch.worktree import unapply as do_unapply
+    from mfnpatch.source.worktree import unapply as do_unapply
 
     CTX.json = as_json
     with _open(dest) as tree:
@@ -348,7 +348,7 @@ def unapply(
 @app.command()
 def status(dest: DestOpt = DEFAULT_DEST, as_json: JsonOpt = False):
     """Show the pin, applied sets and patches, and drift. Exit 1 when files changed outside mfnpatch."""
-    from mfnpatch.worktree import status as do_status
+    from mfnpatch.source.worktree import status as do_status
 
     CTX.json = as_json
     with _open(dest) as tree:
@@ -403,7 +403,7 @@ def status(dest: DestOpt = DEFAULT_DEST, as_json: JsonOpt = False):
 @app.command()
 def diff(dest: DestOpt = DEFAULT_DEST):
     """Print what the applied patches changed (pin -> tree) as a unified diff."""
-    from mfnpatch.worktree import diff as do_diff
+    from mfnpatch.source.worktree import diff as do_diff
 
     with _open(dest) as tree:
         text = do_diff(tree)
@@ -421,8 +421,8 @@ def diff(dest: DestOpt = DEFAULT_DEST):
 @patches_app.command("list")
 def patches_list(as_json: JsonOpt = False):
     """Show the patch sets, their versions and patches."""
-    from mfnpatch.patchset import Catalog
     from mfnpatch.resources import data_dir
+    from mfnpatch.source.patchset import Catalog
 
     CTX.json = as_json
     cat = Catalog.scan(data_dir("patches"))
@@ -472,8 +472,8 @@ def patches_show(
     as_json: JsonOpt = False,
 ):
     """Print a set's patches with their DEP-3 headers and the files and hunks they touch."""
-    from mfnpatch.patchset import Catalog, parse_selection
     from mfnpatch.resources import data_dir
+    from mfnpatch.source.patchset import Catalog, parse_selection
 
     CTX.json = as_json
     (name, version), *rest = parse_selection(spec)
@@ -516,7 +516,7 @@ def patches_lock(
 ):
     """(Maintainers) Write SHA256SUMS for a new set version after validating it."""
     from mfnpatch.fsutil import atomic_write
-    from mfnpatch.patchset import SERIES_FILE, SUMS_FILE, load_set, parse_series, sums_text
+    from mfnpatch.source.patchset import SERIES_FILE, SUMS_FILE, load_set, parse_series, sums_text
 
     s = load_set(directory, check_sums=False)
     names = parse_series(Path(directory) / SERIES_FILE, s.label)
@@ -532,7 +532,7 @@ def patches_lock(
 @pin_app.command("list")
 def pin_list(as_json: JsonOpt = False):
     """Show the pinned upstream commits."""
-    from mfnpatch.pin import load_pins
+    from mfnpatch.source.pin import load_pins
 
     CTX.json = as_json
     pins = load_pins()
@@ -572,7 +572,7 @@ def pin_record(
 ):
     """(Maintainers) Fetch a commit and write its pin manifest (tree id, blob id and sha256 of every file)."""
     from mfnpatch.fsutil import atomic_write
-    from mfnpatch.pin import manifest_yaml, record_pin
+    from mfnpatch.source.pin import manifest_yaml, record_pin
 
     m = record_pin(commit, source, name, upstream)
     atomic_write(output, manifest_yaml(m))
@@ -590,7 +590,7 @@ def log_summary(
     as_json: JsonOpt = False,
 ):
     """What happened in a run: configuration, best and last accuracy per target, speed, checkpoints, ending."""
-    from mfnpatch.logs import summarize
+    from mfnpatch.logs.parser import summarize
 
     CTX.json = as_json
     s = summarize(log)
@@ -657,9 +657,9 @@ def log_plot(
     ] = None,
 ):
     """Plot verification accuracy per target against step (reference overlaid), training accuracy and lr."""
-    from mfnpatch.expect import resolve_reference
-    from mfnpatch.logs import summarize
-    from mfnpatch.report import plot_curves
+    from mfnpatch.logs.parser import summarize
+    from mfnpatch.logs.verdicts import resolve_reference
+    from mfnpatch.runs.report import plot_curves
 
     s = summarize(log)
     ref = None
@@ -728,10 +728,10 @@ def verify(
     \b
     Exit 0 only when the verdict is pass (every required check passes); 1 on fail or unmeasured.
     """
-    from mfnpatch.expect import verify as do_verify
-    from mfnpatch.patchset import Catalog, select_sets
-    from mfnpatch.report import verification_markdown, write_markdown
+    from mfnpatch.logs.verdicts import verify as do_verify
     from mfnpatch.resources import data_dir
+    from mfnpatch.runs.report import verification_markdown, write_markdown
+    from mfnpatch.source.patchset import Catalog, select_sets
 
     CTX.json = as_json
     _check_tolerance(tolerance)
@@ -819,7 +819,7 @@ def compare_cmd(
     checkpoint byte-identical; the same recipe, parameters, pin, patch sets, environment
     lock, seed and commands), 1 otherwise, naming the first difference.
     """
-    from mfnpatch.compare import compare, plot_overlay
+    from mfnpatch.runs.compare import compare, plot_overlay
 
     CTX.json = as_json
     _check_tolerance(tolerance)
@@ -889,7 +889,7 @@ SetOpt = Annotated[
 @recipe_app.command("list")
 def recipe_list(as_json: JsonOpt = False):
     """The bundled recipes, one per dated version of the seed's plan."""
-    from mfnpatch.recipe import list_recipes
+    from mfnpatch.runs.recipe import list_recipes
 
     CTX.json = as_json
     rows = []
@@ -915,7 +915,7 @@ def recipe_list(as_json: JsonOpt = False):
 @recipe_app.command("show")
 def recipe_show(recipe: Annotated[str, typer.Argument(help="A recipe name (may16) or file.")]):
     """Print a recipe file as it is."""
-    from mfnpatch.recipe import find_recipe, load_recipe
+    from mfnpatch.runs.recipe import find_recipe, load_recipe
 
     load_recipe(recipe)  # validate first: a bad recipe is an error, not a listing
     sys.stdout.write(find_recipe(recipe).read_text())
@@ -930,7 +930,7 @@ def recipe_plan(
     as_json: JsonOpt = False,
 ):
     """Print each stage's exact command, cwd, env, inputs and stop point, without running anything."""
-    from mfnpatch.recipe import expand, load_recipe, parse_sets, seed_tokens
+    from mfnpatch.runs.recipe import expand, load_recipe, parse_sets, seed_tokens
 
     CTX.json = as_json
     plan = expand(load_recipe(recipe), profile, parse_sets(sets or []))
@@ -943,7 +943,7 @@ def recipe_plan(
         + (f", profile [bold]{profile}[/]" if profile else "")
     )
     out.print(f"pin {r.pin}, patch sets {plan.patches}, environment {plan.environment}")
-    from mfnpatch.determinism import describe
+    from mfnpatch.runs.determinism import describe
 
     out.print(f"determinism: {escape(describe(plan.seed)['how'])}")
     for s in plan.stages:
@@ -972,7 +972,7 @@ def recipe_plan(
         if s.note:
             out.print(f"  note  {escape(s.note)}")
         if s.stop:
-            from mfnpatch.runner import total_steps
+            from mfnpatch.runs.runner import total_steps
 
             steps = total_steps(s)
             out.print(
@@ -1006,7 +1006,7 @@ def _expectation_text(e) -> str:
     if e.metric == "train_acc":
         return "training accuracy rises"
     if e.from_:
-        from mfnpatch.expect import _from_expected, load_expected, seed_rule
+        from mfnpatch.logs.verdicts import _from_expected, load_expected, seed_rule
 
         rule = seed_rule(_from_expected(e.from_, load_expected()), e.tolerance, e.from_)[3]
         return f"{e.metric} {e.at}: {rule}"
@@ -1043,7 +1043,7 @@ class RichObserver:
         self.task = self.progress.add_task("", total=total, stage=ps.name, steps="", info=escape(ps.title))
 
     def stage_event(self, ps, ev, live):
-        from mfnpatch.logs import Highest
+        from mfnpatch.logs.parser import Highest
 
         if not self.live:
             if isinstance(ev, Highest):  # the pinned code prints it once per verification round, after all targets
@@ -1186,9 +1186,9 @@ def recipe_run(
     compute node; a preempted or timed-out stage is requeued and resumes from its last checkpoint. Follow
     it with `mfnpatch recipe status RUN --follow`, stop it with `mfnpatch recipe cancel RUN`.
     """
-    from mfnpatch.recipe import parse_sets
-    from mfnpatch.runner import Observer, RunOptions, run_recipe
-    from mfnpatch.slurm import SlurmOptions
+    from mfnpatch.cluster.slurm import SlurmOptions
+    from mfnpatch.runs.recipe import parse_sets
+    from mfnpatch.runs.runner import Observer, RunOptions, run_recipe
 
     CTX.json = as_json
     sopts = SlurmOptions(
@@ -1244,7 +1244,7 @@ def recipe_run(
 
 def _env_checker():
     try:
-        from mfnpatch.env import recipe_env_check
+        from mfnpatch.environments.env import recipe_env_check
     except ImportError:
         return None
     return recipe_env_check
@@ -1263,8 +1263,8 @@ def recipe_status(
     progress its stage's log shows. Exit 0 while a run is queued, running, passed or incomplete; 1 when it
     failed, was cancelled or interrupted, or its record is stale (it says running, but Slurm runs no job
     of it: see docs/slurm.md)."""
-    from mfnpatch.runner import live_rows, load_record
-    from mfnpatch.slurm import ACTIVE_JOB_STATES, SlurmError, job_states
+    from mfnpatch.cluster.slurm import ACTIVE_JOB_STATES, SlurmError, job_states
+    from mfnpatch.runs.runner import live_rows, load_record
 
     CTX.json = as_json
 
@@ -1366,7 +1366,7 @@ def recipe_cancel(
 ):
     """Cancel what a run has queued or running: its Slurm jobs (scancel), or the local runner (SIGTERM).
     A running stage is stopped and recorded; exit 2 when nothing was queued or running."""
-    from mfnpatch.runner import cancel_run
+    from mfnpatch.runs.runner import cancel_run
 
     CTX.json = as_json
     r = cancel_run(run)
@@ -1384,7 +1384,7 @@ def recipe_job(
     stage: Annotated[str, typer.Argument(help="The stage this job runs.")],
 ):
     """What each Slurm job of `recipe run --executor slurm` runs: one stage, with the local runner."""
-    from mfnpatch.runner import run_job
+    from mfnpatch.runs.runner import run_job
 
     obs = RichObserver()
     try:
@@ -1400,7 +1400,7 @@ def recipe_job(
 @env_app.command("list")
 def env_list(as_json: JsonOpt = False):
     """The environments, their Python, MXNet build and lock state."""
-    from mfnpatch.env import list_envs
+    from mfnpatch.environments.env import list_envs
 
     CTX.json = as_json
     rows = []
@@ -1431,7 +1431,7 @@ def env_lock(name: Annotated[str, typer.Argument(help="cpu, cu101 or cu112.")]):
 
     A lock is replaced only when its resolver succeeds; what could not be locked is said, with why.
     """
-    from mfnpatch.env import lock_env
+    from mfnpatch.environments.env import lock_env
 
     with err.status(f"locking {name} …"):
         rep = lock_env(name)
@@ -1455,7 +1455,7 @@ def env_create(
     force: Annotated[bool, typer.Option("--force", help="Replace an existing directory at --prefix.")] = False,
 ):
     """Make an environment from its lock (pip install --require-hashes); whole, or nothing left behind."""
-    from mfnpatch.env import check, create_env
+    from mfnpatch.environments.env import check, create_env
 
     n = {"packages": 0}
 
@@ -1486,7 +1486,7 @@ def env_check(
     as_json: JsonOpt = False,
 ):
     """The doctor: can this machine run the recipes with this environment? Exit 1 when it cannot, with the fix."""
-    from mfnpatch.env import check
+    from mfnpatch.environments.env import check
 
     CTX.json = as_json
     doc = check(name, prefix, nvidia_smi)
@@ -1515,7 +1515,7 @@ def convert_slim(
     output: Annotated[str | None, typer.Option("--output", "-o", help="New prefix (default PREFIX-slim).")] = None,
 ):
     """Keep fc1_output, drop fc7*: write PREFIX-slim-symbol.json and -0000.params (the training symbol stays)."""
-    from mfnpatch.convert import slim
+    from mfnpatch.deploy.convert import slim
 
     sym, params = slim(checkpoint, output)
     out.print(f"wrote {escape(str(sym))} and {escape(str(params))}")
@@ -1532,7 +1532,7 @@ def convert_ncnn_cmd(
     as_json: JsonOpt = False,
 ):
     """MXNet -> ONNX -> ncnn (pnnx, BatchNorm folded), plus the unfolded ncnn model the seed's mxnet2ncnn made."""
-    from mfnpatch.convert import convert_ncnn
+    from mfnpatch.deploy.convert import convert_ncnn
 
     CTX.json = as_json
     if as_json:
@@ -1582,7 +1582,7 @@ def convert_verify(
     """Embeddings of MXNet, onnxruntime and both ncnn models on the same inputs: cosine >= 0.9999 each."""
     from dataclasses import asdict
 
-    from mfnpatch.convert import verify as do_verify
+    from mfnpatch.deploy.convert import verify as do_verify
 
     CTX.json = as_json
     v = asdict(do_verify(model_dir, inputs))
@@ -1608,7 +1608,7 @@ def bench_cmd(
     """
     from dataclasses import asdict
 
-    from mfnpatch.bench import bench, table
+    from mfnpatch.deploy.bench import bench, table
 
     CTX.json = as_json
     try:
@@ -1646,7 +1646,7 @@ def data_synth(
     into a directory that holds a dataset it did not make.
 
     Example: mfnpatch data synth -o /tmp/faces --ids 21 --per-id 16"""
-    from mfnpatch.synth import synth
+    from mfnpatch.datasets.synth import synth
 
     with err.status("writing the dataset …") as st:
         r = synth(output, ids, per_id, pairs, seed, on_step=lambda s: st.update(escape(s)))

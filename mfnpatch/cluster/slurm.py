@@ -2,7 +2,7 @@
 
 Generated sbatch scripts, not submitit: the stages are shell commands (the pinned train_softmax.py), which
 submitit does not requeue on a time limit (its CommandFunction is not checkpointable), and resuming one
-needs a *different* command (mfnpatch.resume). So each job runs ``mfnpatch recipe job RUN STAGE``, the same
+needs a *different* command (mfnpatch.runs.resume). So each job runs ``mfnpatch recipe job RUN STAGE``, the same
 runner code as a local run — the stage's log tee, live parser, stop points, checks and run record — on the
 compute node. The scripts are plain files in RUN/slurm/, readable and resubmittable by hand.
 
@@ -171,7 +171,7 @@ def check_frozen_tree(run_dir: Path) -> None:
 
 
 def script_text(run_dir: Path, run_id: str, stage: str, resources: dict[str, str], opts: SlurmOptions) -> str:
-    from mfnpatch.recipe import check_resource
+    from mfnpatch.runs.recipe import check_resource
 
     res = dict(resources)
     for key in ("time", "gpus_per_node", "cpus_per_task", "mem"):

@@ -5,7 +5,7 @@ Every check says ``pass``, ``fail``, ``unmeasured`` (the log does not show it: n
 and states its rule. A verification's verdict is ``pass`` only when every *required* check passes, ``fail``
 when a required check fails, else ``unmeasured``.
 
-Which stage: read from the log's own arguments and matched against the recipes (mfnpatch.stagematch);
+Which stage: read from the log's own arguments and matched against the recipes (mfnpatch.logs.stagematch);
 ``--stage``/``--recipe`` override. A log that continues its own stage from a checkpoint (a resumed run)
 has run-relative steps: they are mapped to stage steps before any step-wise comparison, or reported
 unmeasured when the mapping cannot be known.
@@ -42,11 +42,11 @@ from typing import Any, Literal
 from pydantic import Field
 
 from mfnpatch.errors import MfnError
-from mfnpatch.logs import Summary, summarize
-from mfnpatch.patchset import Evidence, PatchSet
+from mfnpatch.logs.parser import Summary, summarize
+from mfnpatch.logs.stagematch import StageMatch, detect_stage
 from mfnpatch.resources import data_dir
 from mfnpatch.schema import Strict, load_model
-from mfnpatch.stagematch import StageMatch, detect_stage
+from mfnpatch.source.patchset import Evidence, PatchSet
 
 Verdict = Literal["pass", "fail", "unmeasured", "n/a"]
 STEP_RULE = "the reference's (target, step) within ± tolerance (its std, or --tolerance), at the same stage step"

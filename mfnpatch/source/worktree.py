@@ -37,8 +37,9 @@ from mfnpatch.fsutil import (
     sha256_bytes,
     sha256_file,
 )
-from mfnpatch.patchset import ApplyFailure, HunkResult, PatchSet, apply_patch, apply_series, series_paths
-from mfnpatch.pin import (
+from mfnpatch.schema import Strict, validate
+from mfnpatch.source.patchset import ApplyFailure, HunkResult, PatchSet, apply_patch, apply_series, series_paths
+from mfnpatch.source.pin import (
     STATE_DIRNAME,
     Cache,
     FetchResult,
@@ -51,7 +52,6 @@ from mfnpatch.pin import (
     resolve_pin,
     resolve_source,
 )
-from mfnpatch.schema import Strict, validate
 
 STATE_FILE = "state.json"
 TMP_TAG = "mfnpatch-new"  # suffix of the temporary file beside each file being written

@@ -27,16 +27,25 @@ from typing import Any, Literal
 from pydantic import Field
 
 from mfnpatch import __version__
-from mfnpatch.determinism import describe as describe_determinism
-from mfnpatch.determinism import free_cpus, seed_env
+from mfnpatch.cluster.slurm import SlurmError, SlurmOptions
 from mfnpatch.errors import Interrupted, MfnError
-from mfnpatch.expect import Check, evaluate_stage
 from mfnpatch.fsutil import atomic_write, atomic_write_json, sha256_bytes, sha256_file
-from mfnpatch.logs import CheckpointSaved, CheckpointWritten, Event, LogParser, Speed, Summary, Verification, summarize
-from mfnpatch.recipe import LoadedRecipe, Plan, PlannedStage, expand, render_argv
-from mfnpatch.resume import DIFFERENCES, ResumeError, ResumePlan, Segment, merge, plan_resume, usable_checkpoints
+from mfnpatch.logs.parser import (
+    CheckpointSaved,
+    CheckpointWritten,
+    Event,
+    LogParser,
+    Speed,
+    Summary,
+    Verification,
+    summarize,
+)
+from mfnpatch.logs.verdicts import Check, evaluate_stage
+from mfnpatch.runs.determinism import describe as describe_determinism
+from mfnpatch.runs.determinism import free_cpus, seed_env
+from mfnpatch.runs.recipe import LoadedRecipe, Plan, PlannedStage, expand, render_argv
+from mfnpatch.runs.resume import DIFFERENCES, ResumeError, ResumePlan, Segment, merge, plan_resume, usable_checkpoints
 from mfnpatch.schema import Strict, validate
-from mfnpatch.slurm import SlurmError, SlurmOptions
 
 RECORD = "record.json"
 Status = Literal["pending", "queued", "running", "done", "failed", "interrupted", "skipped", "cancelled"]
@@ -79,7 +88,7 @@ class StageRecord(Strict):
     provenance: str | None = None
     provenance_parts: dict[str, str] = Field(default_factory=dict)
     # resumed segments (1, 2, ...) of a training stage after an interruption: each continues from the last
-    # saved checkpoint with its own log and prefix (mfnpatch.resume); argv and log above are segment 0's
+    # saved checkpoint with its own log and prefix (mfnpatch.runs.resume); argv and log above are segment 0's
     segments: list[dict] = Field(default_factory=list)
     notes: list[str] = Field(default_factory=list)
     job: dict | None = None  # the Slurm job that runs the stage: {id, script, submitted}
@@ -105,7 +114,7 @@ class RunRecord(Strict):
     stages: list[StageRecord]
     executor: dict = Field(default_factory=dict)  # {kind: local, pid, host} or {kind: slurm, options, python}
     seed: int | None = None  # the run seed every stage's generators start from (None: unseeded)
-    determinism: dict = Field(default_factory=dict)  # mfnpatch.determinism.describe(seed)
+    determinism: dict = Field(default_factory=dict)  # mfnpatch.runs.determinism.describe(seed)
 
     def stage(self, name: str) -> StageRecord:
         for s in self.stages:
@@ -335,7 +344,7 @@ class Runner:
         return plan
 
     def _prepare_tree(self, plan: Plan, sets):
-        from mfnpatch.worktree import apply, prepare_tree, tree_lock
+        from mfnpatch.source.worktree import apply, prepare_tree, tree_lock
 
         with tree_lock(self.opts.tree, on_wait=self.obs.note):
             prepared = prepare_tree(plan.recipe.pin, self.opts.tree, self.opts.source)
@@ -371,9 +380,9 @@ class Runner:
                 f"{run_dir}",
             )
         fresh_dir = None if previous is not None else run_dir.exists()  # existed (empty) or not; None: resume
-        from mfnpatch.patchset import Catalog, select_sets
-        from mfnpatch.pin import resolve_pin
         from mfnpatch.resources import data_dir
+        from mfnpatch.source.patchset import Catalog, select_sets
+        from mfnpatch.source.pin import resolve_pin
 
         sets = select_sets(Catalog.scan(data_dir("patches")), plan.patches)
         pin = resolve_pin(plan.recipe.pin)
@@ -453,7 +462,7 @@ class Runner:
     # -- Slurm: submission (here) and one stage per job (job)
 
     def _submit(self, plan: Plan, rec: RunRecord, run_dir: Path, tree_root: Path, previous) -> RunRecord:
-        from mfnpatch.slurm import FROZEN_TREE, check_frozen_tree, freeze_tree, sbatch, scancel, write_script
+        from mfnpatch.cluster.slurm import FROZEN_TREE, check_frozen_tree, freeze_tree, sbatch, scancel, write_script
 
         sopts = self.opts.slurm or SlurmOptions()
         if previous is not None and (run_dir / FROZEN_TREE).is_dir():
@@ -466,7 +475,7 @@ class Runner:
                         "submitted": _now(), "env_check": self.opts.env_check}  # fmt: skip
         recorded = {s.name: s.job["id"] for s in rec.stages if s.job and s.status in ("queued", "running")}
         if recorded:
-            from mfnpatch.slurm import ACTIVE_JOB_STATES, job_states
+            from mfnpatch.cluster.slurm import ACTIVE_JOB_STATES, job_states
 
             states = job_states(list(recorded.values()))
             live = [n for n, j in recorded.items() if states.get(j, {}).get("state") in ACTIVE_JOB_STATES]
@@ -515,8 +524,8 @@ class Runner:
 
     def job(self, stage: str) -> int:
         """Inside a Slurm job: run one stage of the run, with the same runner as a local run."""
+        from mfnpatch.cluster.slurm import check_frozen_tree, job_id, requeue, restart_count
         from mfnpatch.errors import EXIT_INTERRUPTED
-        from mfnpatch.slurm import check_frozen_tree, job_id, requeue, restart_count
 
         run_dir = Path(self.opts.resume).absolute()  # type: ignore[arg-type]
         self._job_stage = stage
@@ -576,7 +585,7 @@ class Runner:
         """The end of a Slurm job's stage: the attempt's end, the record and the report are written, and only
         then are other jobs cancelled (a failed stage's dependents): whatever this process knows is on disk
         before it asks Slurm for anything that may end it."""
-        from mfnpatch.slurm import scancel
+        from mfnpatch.cluster.slurm import scancel
 
         srec = rec.stage(stage)
         attempt["finished"], attempt["ended"] = _now(), srec.ended
@@ -612,7 +621,7 @@ class Runner:
         if self._job_stage is None:
             write_record(run_dir, rec)
             return
-        from mfnpatch.slurm import record_lock
+        from mfnpatch.cluster.slurm import record_lock
 
         with record_lock(run_dir):
             cur = load_record(run_dir)
@@ -729,7 +738,7 @@ class Runner:
         """Render the stage's command again with its inputs resolved from the logs."""
         if not inputs:
             return ps
-        from mfnpatch.recipe import Scope
+        from mfnpatch.runs.recipe import Scope
 
         scope = Scope(dict(plan.parameters), self._builtins)
         scope.outputs = dict(self._outputs)
@@ -923,7 +932,7 @@ class Runner:
             offsets = (resume.from_step, resume.from_save)
             self.obs.note(f"{ps.name}: {resume.describe()}")
         if self._job_stage is not None and "CUDA_VISIBLE_DEVICES" in run_ps.env:
-            from mfnpatch.slurm import allocated_gpus
+            from mfnpatch.cluster.slurm import allocated_gpus
 
             gpus = allocated_gpus()
             if gpus is not None and gpus != run_ps.env["CUDA_VISIBLE_DEVICES"]:
@@ -1193,7 +1202,7 @@ class Runner:
     # -- report
 
     def _write_report(self, run_dir: Path, rec: RunRecord) -> None:
-        from mfnpatch.report import run_markdown
+        from mfnpatch.runs.report import run_markdown
 
         try:
             atomic_write(run_dir / "report.md", run_markdown(run_dir, rec))
@@ -1252,7 +1261,7 @@ def _ranges(nums: list[int]) -> str:
 def run_recipe(
     spec: str, profile: str | None, overrides: dict[str, str], opts: RunOptions, observer: Observer | None = None
 ) -> tuple[Path, RunRecord]:
-    from mfnpatch.recipe import load_recipe
+    from mfnpatch.runs.recipe import load_recipe
 
     loaded = load_recipe(spec)
     runner = Runner(loaded, profile, overrides, opts, observer)
@@ -1281,7 +1290,7 @@ def _remove_new_run_dir(run_dir: Path, keep_dir: bool) -> None:
 
 def run_job(run_dir: Path, stage: str, observer: Observer | None = None, env_checker=None) -> int:
     """`mfnpatch recipe job RUN STAGE`: what each Slurm job runs."""
-    from mfnpatch.recipe import load_recipe
+    from mfnpatch.runs.recipe import load_recipe
 
     run_dir = Path(run_dir).absolute()
     rec = load_record(run_dir)
@@ -1315,7 +1324,7 @@ class CancelResult:
 
 def cancel_run(run_dir: Path) -> CancelResult:
     """`mfnpatch recipe cancel RUN`: cancel what is queued or running (Slurm jobs, or a local runner)."""
-    from mfnpatch.slurm import record_lock, scancel
+    from mfnpatch.cluster.slurm import record_lock, scancel
 
     run_dir = Path(run_dir).absolute()
     with record_lock(run_dir):

@@ -16,7 +16,7 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from mfnpatch.convert import FOLDED, ConvertError, ncnn_net, param_io, test_inputs
+from mfnpatch.deploy.convert import FOLDED, ConvertError, ncnn_net, param_io, test_inputs
 from mfnpatch.fsutil import atomic_write_json
 
 # MobileFaceNet: 221 M multiply-adds (the paper, Table 2's model), so about 0.44 GFLOP per 112x112 image.
@@ -184,7 +184,7 @@ def bench(model_dir: Path, threads: list[int], loops: int = 20, warmup: int = 3,
         if "ncnn folded" in by and "onnxruntime" in by:
             res.ncnn_vs_onnxruntime[t] = round(by["ncnn folded"].avg / by["onnxruntime"].avg, 3)
     try:
-        from mfnpatch.expect import load_expected
+        from mfnpatch.logs.verdicts import load_expected
 
         b = load_expected().bench
         res.reference = {"source": b.source, "device": b.device, "model": b.model,
