@@ -135,7 +135,7 @@ class Fx:
         return PatchMaker(self.upstream, self.sha, self.root / f"maker-{random.random():.9f}")
 
     def prepare(self, dest: Path | None = None, source: str | None = None):
-        from mfnpatch.source.worktree import prepare_tree
+        from mfnpatch.source.tree import prepare_tree
 
         return prepare_tree(self.short, dest or self.dest, source or str(self.upstream))
 
@@ -148,7 +148,7 @@ class Fx:
         return apply(prepared.tree, sets, **kw)
 
     def tree(self, dest: Path | None = None):
-        from mfnpatch.source.worktree import open_existing
+        from mfnpatch.source.tree import open_existing
 
         return open_existing(dest or self.dest)
 

@@ -11,18 +11,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from mfnpatch.errors import MfnError
-from mfnpatch.source.patchset import (
-    ApplyFailure,
-    Catalog,
-    PatchSetError,
-    apply_patch,
-    apply_series,
-    order_sets,
-    parse_dep3,
-    parse_patch,
-    parse_selection,
-    split_lines,
-)
+from mfnpatch.source.diff import ApplyFailure, PatchSetError, parse_dep3, parse_patch, split_lines
+from mfnpatch.source.hunks import apply_patch
+from mfnpatch.source.patchset import Catalog, apply_series, order_sets, parse_selection
 
 SHA = "4bc813215a4603474c840c85fa2113f5354c7180"
 

@@ -115,7 +115,7 @@ def _leftovers(parent: Path) -> list[str]:
 
 
 def test_network_failure_says_so_and_leaves_nothing(fx, tmp_path):
-    from mfnpatch.source.worktree import prepare_tree
+    from mfnpatch.source.tree import prepare_tree
 
     with pytest.raises(NetworkError) as e:
         prepare_tree(fx.short, fx.dest, "http://127.0.0.1:9/insightface.git")
@@ -125,7 +125,7 @@ def test_network_failure_says_so_and_leaves_nothing(fx, tmp_path):
 
 
 def test_source_without_the_commit(fx, tmp_path):
-    from mfnpatch.source.worktree import prepare_tree
+    from mfnpatch.source.tree import prepare_tree
 
     other = tmp_path / "other"
     other.mkdir()
@@ -143,7 +143,7 @@ def test_source_without_the_commit(fx, tmp_path):
 
 
 def test_commit_and_tree_must_agree(fx):
-    from mfnpatch.source.worktree import prepare_tree
+    from mfnpatch.source.tree import prepare_tree
 
     path = next(fx.pins.glob("*.yaml"))
     text = path.read_text()
@@ -155,7 +155,7 @@ def test_commit_and_tree_must_agree(fx):
 
 
 def test_dest_must_be_a_pinned_checkout(fx, tmp_path):
-    from mfnpatch.source.worktree import prepare_tree
+    from mfnpatch.source.tree import prepare_tree
 
     plain = tmp_path / "plain"
     plain.mkdir()

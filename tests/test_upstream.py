@@ -19,7 +19,8 @@ from mfnpatch.fsutil import git_blob_id
 from mfnpatch.resources import data_dir
 from mfnpatch.source.patchset import Catalog, select_sets
 from mfnpatch.source.pin import resolve_pin
-from mfnpatch.source.worktree import apply, prepare_tree, status, unapply
+from mfnpatch.source.tree import prepare_tree
+from mfnpatch.source.worktree import apply, status, unapply
 
 pytestmark = pytest.mark.upstream
 

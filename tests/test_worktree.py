@@ -11,7 +11,8 @@ import pytest
 from helpers import git, relock, snapshot
 
 from mfnpatch.fsutil import git_blob_id
-from mfnpatch.source.patchset import ApplyFailure, Catalog, select_sets
+from mfnpatch.source.diff import ApplyFailure
+from mfnpatch.source.patchset import Catalog, select_sets
 from mfnpatch.source.pin import resolve_pin
 from mfnpatch.source.worktree import DriftError, diff, status, unapply
 

@@ -168,8 +168,8 @@ def apply(
     from mfnpatch.resources import data_dir
     from mfnpatch.source.patchset import Catalog, select_sets
     from mfnpatch.source.pin import resolve_pin
+    from mfnpatch.source.tree import prepare_tree, tree_lock
     from mfnpatch.source.worktree import apply as do_apply
-    from mfnpatch.source.worktree import prepare_tree, tree_lock
 
     CTX.json = as_json
     resolve_pin(commit)  # a wrong --commit is reported before anything else
@@ -268,7 +268,7 @@ def _said_recovered(tree) -> None:
 @contextmanager
 def _open(dest: Path):
     """An existing tree, under its lock, rolled back first if a write phase was interrupted (and said)."""
-    from mfnpatch.source.worktree import open_existing, tree_lock
+    from mfnpatch.source.tree import open_existing, tree_lock
 
     if not Path(dest).exists():
         raise MfnError(

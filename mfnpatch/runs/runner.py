@@ -344,7 +344,8 @@ class Runner:
         return plan
 
     def _prepare_tree(self, plan: Plan, sets):
-        from mfnpatch.source.worktree import apply, prepare_tree, tree_lock
+        from mfnpatch.source.tree import prepare_tree, tree_lock
+        from mfnpatch.source.worktree import apply
 
         with tree_lock(self.opts.tree, on_wait=self.obs.note):
             prepared = prepare_tree(plan.recipe.pin, self.opts.tree, self.opts.source)
