@@ -63,30 +63,21 @@ def bare(cmd: list[str], out: Path) -> float:
     return time.perf_counter() - t0
 
 
-def through_runner(cmd: list[str], tmp: Path, i: int) -> tuple[float, float]:
-    from mfnpatch.runs.recipe import PlannedStage
-    from mfnpatch.runs.runner import Runner, RunOptions
+def through_runner(cmd: list[str], tmp: Path, i: int) -> tuple[float, float, float]:
+    """The same command through the runner's process control (spawn, tee, live parse): run_process."""
+    import os
 
-    ps = PlannedStage(
-        name="pump", title="line pump", kind="train", skipped=None, cwd=".", argv=cmd, env={}, inputs={},
-        outputs={}, copies=[], stop=None, stop_why="", expect=[], seed_command=None, stands_in=None, note=None,
-        depends=[],
-    )  # fmt: skip
-    runner = Runner.__new__(Runner)
-    runner._signal = None
-    runner._seed = None  # the pump uses no generator
-    runner.parse_cpu = 0.0
-    runner.obs = __import__("mfnpatch.runs.runner", fromlist=["Observer"]).Observer()
-    runner.opts = RunOptions(tree=tmp)
+    from mfnpatch.runs.process import run_process
+
     log = tmp / f"stage{i}.log"
     r0 = resource.getrusage(resource.RUSAGE_SELF)
     t0 = time.perf_counter()
-    code, ended, _ = runner._spawn(ps, tmp, log, None)
+    res = run_process(cmd, tmp, dict(os.environ), log, None, lambda events: None)
     wall = time.perf_counter() - t0
     r1 = resource.getrusage(resource.RUSAGE_SELF)
-    assert code == 0, ended
+    assert res.code == 0, res.ended
     cpu = (r1.ru_utime - r0.ru_utime) + (r1.ru_stime - r0.ru_stime)
-    return wall, cpu, runner.parse_cpu
+    return wall, cpu, res.parse_cpu
 
 
 def main() -> int:

@@ -72,7 +72,8 @@ def test_convert_both_ways_and_verify(converted):
 
 
 def _export_without(fix: str, checkpoint: str, path: Path):
-    from mfnpatch.deploy.convert import export_onnx, load_checkpoint, slim_symbol
+    from mfnpatch.deploy.export import export_onnx
+    from mfnpatch.deploy.mxnet import load_checkpoint, slim_symbol
 
     sym, arg, aux = load_checkpoint(checkpoint)
     sym, arg = slim_symbol(sym, arg)
@@ -84,7 +85,7 @@ def _ort_cosine(path: Path, d: Path) -> float:
     import mxnet as mx
     import numpy as np
 
-    from mfnpatch.deploy.convert import embeddings_mxnet, embeddings_onnx, test_inputs
+    from mfnpatch.deploy.verify import embeddings_mxnet, embeddings_onnx, test_inputs
 
     sym, arg, aux = mx.model.load_checkpoint(str(d / "mxnet"), 0)
     x = test_inputs(3)
@@ -126,7 +127,9 @@ def test_a_broken_conversion_fails_verification(checkpoint, converted, tmp_path,
 
 
 def test_unsupported_op_and_bad_inputs(checkpoint, mx, tmp_path):
-    from mfnpatch.deploy.convert import ConvertError, NcnnWriter, graph, load_checkpoint, slim
+    from mfnpatch.deploy.export import graph
+    from mfnpatch.deploy.mxnet import ConvertError, load_checkpoint, slim
+    from mfnpatch.deploy.ncnn import NcnnWriter
 
     sym, arg, aux = load_checkpoint(checkpoint)
     with pytest.raises(ConvertError, match=r"unsupported op (BlockGrad|SoftmaxOutput) \(node \w+\)") as e:
@@ -140,7 +143,8 @@ def test_unsupported_op_and_bad_inputs(checkpoint, mx, tmp_path):
 
 
 def test_wrong_input_shape_is_named(mx, tmp_path):
-    from mfnpatch.deploy.convert import ConvertError, convert_ncnn
+    from mfnpatch.deploy.convert import convert_ncnn
+    from mfnpatch.deploy.mxnet import ConvertError
 
     data = mx.sym.Variable("data")
     x = mx.sym.Convolution(data, num_filter=8, kernel=(3, 3), stride=(2, 2), name="conv0")
@@ -191,7 +195,7 @@ def test_relative_output_and_a_failed_conversion_leaves_the_old_one(checkpoint, 
     bad.parent.mkdir()
     bad.write_text("#!/bin/sh\necho 'pnnx: cannot read model' >&2\nexit 1\n")
     bad.chmod(0o755)
-    monkeypatch.setattr("mfnpatch.deploy.convert.pnnx_binary", lambda: str(bad))
+    monkeypatch.setattr("mfnpatch.deploy.ncnn.pnnx_binary", lambda: str(bad))
     r = cli("convert", "ncnn", checkpoint, "-o", "out")
     assert r.code == 1 and "pnnx failed" in r.err
     assert {p.name: _sha(p) for p in (tmp_path / "out").iterdir() if p.is_file()} == before

@@ -18,20 +18,11 @@ from pathlib import Path
 import pytest
 import tomllib
 
-from mfnpatch.environments.env import (
-    EnvError,
-    check,
-    covered,
-    create_env,
-    fatbin_archs,
-    list_envs,
-    load_env,
-    lock_env,
-    normalize,
-    parse_lock,
-    parse_query_csv,
-    query_gpus,
-)
+from mfnpatch.environments.create import create_env
+from mfnpatch.environments.doctor import check
+from mfnpatch.environments.gpu import covered, fatbin_archs, parse_query_csv, query_gpus
+from mfnpatch.environments.lock import lock_env
+from mfnpatch.environments.spec import EnvError, list_envs, load_env, normalize, parse_lock
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = Path(__file__).parent / "data"
@@ -416,17 +407,15 @@ def test_create_and_check_the_cpu_environment_for_real(tmp_path, cli):
 def test_submitting_to_slurm_defers_only_this_machines_gpu_findings(tmp_path, gpu_envs, monkeypatch):
     """A login node without GPUs can submit a GPU recipe: its GPU findings are left to the jobs' nodes.
     Anything else wrong with the environment (a missing package) still stops the submission."""
-    from types import SimpleNamespace
-
-    from mfnpatch.environments.env import EnvError, recipe_env_check
+    from mfnpatch.environments.doctor import recipe_env_check
+    from mfnpatch.environments.spec import EnvError
 
     spec = gpu_envs / "gpu101" / "env.yaml"  # the build installed here, so only the GPU findings fail
     spec.write_text(spec.read_text().replace('"mxnet-cu101"', '"mxnet"'))
     monkeypatch.setenv("MFNPATCH_NVIDIA_SMI", str(tmp_path / "absent" / "nvidia-smi"))
-    plan = SimpleNamespace(environment="gpu101")
     with pytest.raises(EnvError, match="environment gpu101: CANNOT RUN: nvidia-smi not found"):
-        recipe_env_check(plan, None)
-    got = recipe_env_check(plan, None, gpus_checked_by_jobs=True)
+        recipe_env_check("gpu101", None)
+    got = recipe_env_check("gpu101", None, gpus_checked_by_jobs=True)
     assert got["check"] == (
         "deferred to each job's compute node (on the submitting machine: CANNOT RUN: nvidia-smi not found: "
         "no NVIDIA driver on this machine)"
@@ -434,4 +423,4 @@ def test_submitting_to_slurm_defers_only_this_machines_gpu_findings(tmp_path, gp
     lock = gpu_envs / "gpu101" / "pip.lock"
     lock.write_text(lock.read_text() + f"nosuchpackage==1.0 \\\n    --hash=sha256:{'1' * 64}\n")
     with pytest.raises(EnvError, match="missing: nosuchpackage==1.0"):
-        recipe_env_check(plan, None, gpus_checked_by_jobs=True)
+        recipe_env_check("gpu101", None, gpus_checked_by_jobs=True)

@@ -10,9 +10,10 @@ from conftest import REFERENCE
 from test_logs import PY3_RUN
 
 from mfnpatch.errors import EXIT_FAILURE, EXIT_OK, MfnError
+from mfnpatch.logs.expected import load_expected, resolve_reference
 from mfnpatch.logs.parser import summarize
-from mfnpatch.logs.verdicts import load_expected, resolve_reference, verify
 from mfnpatch.resources import data_dir
+from mfnpatch.runs.verify import verify
 from mfnpatch.source.patchset import Catalog, select_sets
 
 ARCFACE = REFERENCE / "blog-arcface_loss_test2.log"

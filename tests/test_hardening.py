@@ -20,7 +20,8 @@ from test_runner import run as run_fake
 from mfnpatch.errors import EXIT_FAILURE, EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE
 from mfnpatch.fsutil import UnsafePath, atomic_write, confined
 from mfnpatch.logs.parser import summarize_text
-from mfnpatch.runs.recipe import RecipeError, expand, load_recipe
+from mfnpatch.runs.expand import expand
+from mfnpatch.runs.recipe import RecipeError, load_recipe
 
 
 def apply_cli(fx, cli, series="demo", *extra, dest=None):

@@ -11,22 +11,18 @@ from conftest import REFERENCE
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from mfnpatch.logs.parser import (
+from mfnpatch.logs.events import (
     CheckpointSaved,
     CheckpointWritten,
     Config,
     Dataset,
-    LogParser,
     LrBatchEpoch,
     LrChange,
     RunEnded,
     Speed,
     Verification,
-    parse_namespace,
-    parse_text,
-    summarize,
-    summarize_text,
 )
+from mfnpatch.logs.parser import LogParser, parse_namespace, parse_text, summarize, summarize_text
 
 SOFTMAX = REFERENCE / "blog-softmax_loss_test2.log"
 ARCFACE = REFERENCE / "blog-arcface_loss_test2.log"

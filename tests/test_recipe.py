@@ -8,7 +8,8 @@ from pathlib import Path
 import pytest
 
 from mfnpatch.errors import MfnError
-from mfnpatch.runs.recipe import expand, load_recipe, parse_input, seed_tokens
+from mfnpatch.runs.expand import expand
+from mfnpatch.runs.recipe import load_recipe, parse_input, seed_tokens
 
 MAY16_TRAINING = ("softmax", "arcface", "finetune")
 

@@ -14,9 +14,10 @@ import pytest
 
 from mfnpatch.errors import EXIT_INTERRUPTED
 from mfnpatch.logs.parser import summarize_text
-from mfnpatch.runs.recipe import InputRef, load_recipe
+from mfnpatch.runs.handover import pick_checkpoint
+from mfnpatch.runs.recipe import InputRef
+from mfnpatch.runs.record import RunError, load_record
 from mfnpatch.runs.resume import NEVER
-from mfnpatch.runs.runner import RunError, Runner, RunOptions, load_record
 
 
 def run(cli, rf, *extra, name="run"):
@@ -160,15 +161,14 @@ def test_existing_run_dir_is_not_overwritten(cli, runfx):
     assert r.code == 1 and "exists and is not empty" in r.err and (rd / "mine.txt").read_text() == "keep"
 
 
-def test_checkpoint_choice_from_the_log(runfx):
-    loaded = load_recipe(str(runfx.recipe))
-    runner = Runner(loaded, None, {}, RunOptions(tree=runfx.tree))
+def test_checkpoint_choice_from_the_log():
+    """Hand-over is a pure function of the source stage's log (no runner needed)."""
     log = "".join(
         f'[lfw][{st}]Accuracy-Flip: {acc:.5f}+-0.01000\nsaving {n}\nINFO:root:Saved checkpoint to "m-{n:04d}.params"\n'
         for n, st, acc in [(1, 10, 0.7), (2, 20, 0.9), (3, 30, 0.8)]
     )
     s = summarize_text(log)
-    pick = runner._pick_checkpoint
+    pick = pick_checkpoint
     assert pick(InputRef(stage="a", checkpoint=2), s, "b") == 2
     assert pick(InputRef(stage="a", step=30), s, "b") == 3
     assert pick(InputRef(stage="a", best="lfw"), s, "b") == 2
@@ -181,16 +181,15 @@ def test_checkpoint_choice_from_the_log(runfx):
         pick(InputRef(stage="a", best="agedb_30"), s, "b")
 
 
-def test_best_checkpoint_ties_earliest_or_latest(runfx):
+def test_best_checkpoint_ties_earliest_or_latest():
     """may14's fine-tune takes the best-LFW ArcFace checkpoint, the latest of ties (the author's 67 of 57, 58, 67)."""
-    runner = Runner(load_recipe(str(runfx.recipe)), None, {}, RunOptions(tree=runfx.tree))
     log = "".join(
         f'[lfw][{st}]Accuracy-Flip: {acc:.5f}+-0.01000\nsaving {n}\nINFO:root:Saved checkpoint to "m-{n:04d}.params"\n'
         for n, st, acc in [(57, 114000, 0.99517), (58, 116000, 0.99517), (59, 118000, 0.994), (67, 134000, 0.99517)]
     )
     s = summarize_text(log)
-    assert runner._pick_checkpoint(InputRef(stage="a", best="lfw"), s, "b") == 57
-    assert runner._pick_checkpoint(InputRef(stage="a", best="lfw", tie="latest"), s, "b") == 67
+    assert pick_checkpoint(InputRef(stage="a", best="lfw"), s, "b") == 57
+    assert pick_checkpoint(InputRef(stage="a", best="lfw", tie="latest"), s, "b") == 67
     with pytest.raises(ValueError, match="tie applies to best only"):
         InputRef(stage="a", last=True, tie="latest")
 
@@ -308,23 +307,21 @@ def test_interrupted_stage_continues_from_its_last_checkpoint(runfx):
     assert sm.status == "done" and sm.passed and len(sm.segments) == 1
     seg = sm.segments[0]
     models = rd / "models"
-    assert seg["pretrained"] == f"{models}/model-y1-softmax,{n}" and seg["prefix"] == f"{models}/model-y1-softmax-r1"
+    assert seg.pretrained == f"{models}/model-y1-softmax,{n}" and seg.prefix == f"{models}/model-y1-softmax-r1"
     lr = 0.1 * 0.1 ** sum(1 for s in (20, 25) if s <= 20 * n)
-    assert seg["lr"] == pytest.approx(lr) and seg["lr_steps"] == (
-        [s - 20 * n for s in (20, 25) if s > 20 * n] or [NEVER]
-    )
-    assert seg["start_step"] == 20 * n and seg["start_save"] == n and seg["log"] == "stages/softmax.r1.log"
+    assert seg.lr == pytest.approx(lr) and seg.lr_steps == ([s - 20 * n for s in (20, 25) if s > 20 * n] or [NEVER])
+    assert seg.start_step == 20 * n and seg.start_save == n and seg.log == "stages/softmax.r1.log"
     assert sm.argv[sm.argv.index("--prefix") + 1] == f"{models}/model-y1-softmax"  # segment 0's, as planned
     # merged: checkpoints 1..5 at steps 10..50, lr changes where an uninterrupted run has them
-    cks = sm.metrics["checkpoints"]
-    assert all(cks[str(k)]["step"] == 20 * k for k in range(1, 6))
+    cks = sm.metrics.checkpoints
+    assert all(cks[str(k)].step == 20 * k for k in range(1, 6))
     assert sm.ended.startswith("stopped at checkpoint 5 (planned), by mfnpatch")
-    from mfnpatch.runs.runner import stage_summary
+    from mfnpatch.runs.execute import stage_summary
 
     merged = stage_summary(rd, sm)
     assert sorted(merged.lr_changes) == [20, 25]
     assert merged.lr_changes[20] == pytest.approx(0.01) and merged.lr_changes[25] == pytest.approx(0.001)
-    assert {c["id"] for c in sm.checks if c["verdict"] == "pass"} >= {"lfw verified", "train_acc rises"}
+    assert {c.id for c in sm.checks if c.verdict == "pass"} >= {"lfw verified", "train_acc rises"}
     # no checkpoint of segment 0 was overwritten; arcface got checkpoint 5 from the segment that wrote it
     assert not (models / f"model-y1-softmax-{5:04d}.params").exists() or n == 5
     assert rec.stage("arcface").inputs["pretrained"] == f"{models}/model-y1-softmax-r1,{5 - n}"

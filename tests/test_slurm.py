@@ -16,7 +16,7 @@ import pytest
 import slurm_cluster
 
 from mfnpatch.cluster.slurm import MANIFEST, SlurmOptions, check_frozen_tree, freeze_tree, script_text
-from mfnpatch.runs.runner import load_record
+from mfnpatch.runs.record import load_record
 
 MISSING = slurm_cluster.missing_binaries()
 needs_slurm = pytest.mark.skipif(
@@ -64,7 +64,7 @@ def submit_until_softmax_saves(cli, runfx, monkeypatch, *extra: str) -> tuple[Pa
     rd = runfx.run_dir()
     log = rd / "stages" / "softmax.log"
     wait_for(lambda: log.is_file() and "Saved checkpoint" in log.read_text(), what="softmax's first checkpoint")
-    return rd, load_record(rd).stage("softmax").job["id"]
+    return rd, load_record(rd).stage("softmax").job.id
 
 
 def follow(cli, rd, timeout=240):
@@ -167,9 +167,9 @@ def test_chain_runs_in_order_and_passes(cli, runfx, slurm_env):
     rd = runfx.run_dir()
     assert f"QUEUED: {rd}" in r.out and f"mfnpatch recipe status {rd} --follow" in r.out
     rec = load_record(rd)
-    jobs = {s.name: s.job["id"] for s in rec.stages if s.job}
+    jobs = {s.name: s.job.id for s in rec.stages if s.job}
     assert list(jobs) == ["data", "softmax", "arcface", "slim"] and rec.status == "queued"
-    assert rec.stage("arcface").job["after"] == jobs["softmax"]
+    assert rec.stage("arcface").job.after == jobs["softmax"]
     q = squeue(slurm_env)
     assert q[jobs["slim"]] == ("PENDING", "Dependency")  # waits for arcface, which waits for softmax
     scripts = sorted(p.name for p in (rd / "slurm").glob("*.sbatch"))
@@ -181,11 +181,11 @@ def test_chain_runs_in_order_and_passes(cli, runfx, slurm_env):
     assert rec.status == "passed" and [x.status for x in rec.stages] == ["done"] * 4
     st = {x.name: x for x in rec.stages}
     for a, b in (("data", "softmax"), ("softmax", "arcface"), ("arcface", "slim")):
-        assert st[b].attempts[0]["started"] >= st[a].attempts[0]["finished"], (a, b)  # afterok honoured
-    assert all(st[n].attempts[0]["job_id"] == jobs[n] for n in jobs)
+        assert st[b].attempts[0].started >= st[a].attempts[0].finished, (a, b)  # afterok honoured
+    assert all(st[n].attempts[0].job_id == jobs[n] for n in jobs)
     assert st["softmax"].ended.startswith("stopped at checkpoint 5 (planned)")
     assert st["arcface"].inputs["pretrained"] == f"{rd}/models/model-y1-softmax,5"
-    assert {c["id"] for c in st["softmax"].checks} >= {"lfw verified", "train_acc rises"}
+    assert {c.id for c in st["softmax"].checks} >= {"lfw verified", "train_acc rises"}
     assert (rd / "stages" / "softmax.log").read_text().count("Accuracy-Flip") >= 15
     last = s.out.split("—")[-1] if "—" in s.out else s.out  # the final snapshot
     assert re.search(r"run: passed — ", s.out) and "slim       done" in last
@@ -214,9 +214,9 @@ def test_training_jobs_get_the_gpus_slurm_allocates(cli, runfx, slurm_env):
     for name in ("softmax", "arcface"):
         assert "gpu num: 1" in (rd / "stages" / f"{name}.log").read_text()
         assert any(n.startswith("CUDA_VISIBLE_DEVICES=1: the GPUs Slurm allocated") for n in rec.stage(name).notes)
-        assert "#SBATCH --gpus-per-node=1" in (rd / rec.stage(name).job["script"]).read_text()
+        assert "#SBATCH --gpus-per-node=1" in (rd / rec.stage(name).job.script).read_text()
     for name in ("data", "slim"):
-        assert "--gpus-per-node" not in (rd / rec.stage(name).job["script"]).read_text()
+        assert "--gpus-per-node" not in (rd / rec.stage(name).job.script).read_text()
 
 
 @needs_slurm
@@ -265,10 +265,10 @@ def test_requeued_mid_stage_resumes_from_its_checkpoint(cli, runfx, slurm_env, m
     rec = load_record(rd)
     sm = rec.stage("softmax")
     assert rec.status == "passed" and sm.status == "done" and sm.passed
-    assert [a["restart"] for a in sm.attempts] == [0, 1] and {a["job_id"] for a in sm.attempts} == {jid}
+    assert [a.restart for a in sm.attempts] == [0, 1] and {a.job_id for a in sm.attempts} == {jid}
     assert len(sm.segments) == 1
-    n = sm.segments[0]["start_save"]
-    assert 1 <= n < 5 and sm.segments[0]["prefix"] == f"{rd}/models/model-y1-softmax-r1"
+    n = sm.segments[0].start_save
+    assert 1 <= n < 5 and sm.segments[0].prefix == f"{rd}/models/model-y1-softmax-r1"
     assert sm.ended.startswith("stopped at checkpoint 5 (planned)")
     assert rec.stage("arcface").inputs["pretrained"] == f"{rd}/models/model-y1-softmax-r1,{5 - n}"
     assert "momentum restarts" in (rd / "report.md").read_text()
@@ -303,7 +303,7 @@ def test_preempted_by_a_higher_priority_job_resumes_from_its_checkpoint(cli, run
     s = follow(cli, rd)
     assert s.code == 0, s.out + s.err
     sm = load_record(rd).stage("softmax")
-    assert [a["restart"] for a in sm.attempts] == [0, 1] and sm.attempts[0]["ended"].startswith("interrupted")
+    assert [a.restart for a in sm.attempts] == [0, 1] and sm.attempts[0].ended.startswith("interrupted")
     assert len(sm.segments) == 1 and sm.status == "done" and sm.passed
 
 
@@ -335,16 +335,16 @@ def time_limit_requeue(cli, runfx, slurm_env, monkeypatch, tmp_path) -> None:
     wait_for(lambda: killed.is_file(), 60, "the requeue (and the instant kill of the job that asked)")
     # what the job knew before it asked for the requeue is on disk, though it was killed at once
     sm = load_record(rd).stage("softmax")
-    assert sm.attempts[0]["ended"] and "the time limit is near: requeued to resume" in sm.attempts[0]["ended"]
-    assert sm.attempts[0]["finished"] and sm.status == "interrupted"
+    assert sm.attempts[0].ended and "the time limit is near: requeued to resume" in sm.attempts[0].ended
+    assert sm.attempts[0].finished and sm.status == "interrupted"
     assert "| softmax | interrupted |" in (rd / "report.md").read_text()
     release_requeued(slurm_env, jid)
     s = follow(cli, rd)
     assert s.code == 0, s.out + s.err
     sm = load_record(rd).stage("softmax")
-    assert [a["restart"] for a in sm.attempts] == [0, 1]
-    assert all("ended" in a and "finished" in a for a in sm.attempts)
-    assert "the time limit is near: requeued to resume" in sm.attempts[0]["ended"]
+    assert [a.restart for a in sm.attempts] == [0, 1]
+    assert all(a.ended and a.finished for a in sm.attempts)
+    assert "the time limit is near: requeued to resume" in sm.attempts[0].ended
     assert len(sm.segments) == 1 and sm.status == "done" and sm.passed
 
 
@@ -388,7 +388,7 @@ def test_a_job_killed_unrecorded_is_stale_and_resubmission_resumes(cli, runfx, s
     s = follow(cli, rd)
     assert s.code == 0, s.out + s.err
     sm = load_record(rd).stage("softmax")
-    assert sm.status == "done" and len(sm.segments) == 1 and sm.job["id"] != jid
+    assert sm.status == "done" and len(sm.segments) == 1 and sm.job.id != jid
 
 
 @needs_slurm
@@ -405,7 +405,7 @@ def test_failed_expectation_cancels_the_rest(cli, runfx, slurm_env, monkeypatch)
     assert st["arcface"].ended == "cancelled: stage softmax did not pass"
     assert not st["arcface"].attempts and not st["slim"].attempts  # they never started
     assert not (rd / "stages" / "arcface.log").exists()
-    wait_for(lambda: not set(squeue(slurm_env)) & {st["arcface"].job["id"], st["slim"].job["id"]}, 30,
+    wait_for(lambda: not set(squeue(slurm_env)) & {st["arcface"].job.id, st["slim"].job.id}, 30,
              "the dependents to leave the queue")  # fmt: skip
 
 
@@ -439,7 +439,7 @@ def test_bad_partition_is_one_clear_error_and_nothing_queued(cli, runfx, slurm_e
     r = submit(cli, runfx, "--partition", "debug")
     assert r.code == 0, r.err
     rec = load_record(runfx.run_dir("run"))
-    ids = {s.job["id"] for s in rec.stages if s.job}
+    ids = {s.job.id for s in rec.stages if s.job}
     assert len(ids) == len(rec.stages) and ids <= set(squeue(slurm_env))  # this run's jobs, whatever else is queued
     assert cli("recipe", "cancel", runfx.run_dir("run")).code == 0
     wait_for(lambda: not ids & set(squeue(slurm_env)), 30, "this run's jobs to leave the queue")

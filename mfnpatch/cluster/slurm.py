@@ -15,7 +15,6 @@ checks it before it starts, so a job that starts days later runs the code that w
 
 from __future__ import annotations
 
-import fcntl
 import json
 import os
 import shlex
@@ -23,8 +22,6 @@ import shutil
 import subprocess
 import sys
 import tempfile
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -231,17 +228,6 @@ def write_script(run_dir: Path, index: int, run_id: str, stage: str, resources: 
 
 # --------------------------------------------------------------------------------------------
 # The run record lock (jobs, `recipe cancel` and `recipe status` touch one record.json)
-
-
-@contextmanager
-def record_lock(run_dir: Path) -> Iterator[None]:
-    p = Path(run_dir) / ".record.lock"
-    with open(p, "a") as f:
-        fcntl.lockf(f, fcntl.LOCK_EX)  # POSIX locks: also across NFS clients
-        try:
-            yield
-        finally:
-            fcntl.lockf(f, fcntl.LOCK_UN)
 
 
 def job_id() -> str | None:

@@ -16,7 +16,9 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from mfnpatch.deploy.convert import FOLDED, ConvertError, ncnn_net, param_io, test_inputs
+from mfnpatch.deploy.mxnet import FOLDED, ConvertError
+from mfnpatch.deploy.ncnn import param_io
+from mfnpatch.deploy.verify import ncnn_net, test_inputs
 from mfnpatch.fsutil import atomic_write_json
 
 # MobileFaceNet: 221 M multiply-adds (the paper, Table 2's model), so about 0.44 GFLOP per 112x112 image.
@@ -118,7 +120,10 @@ def _time(fn, loops: int, warmup: int) -> list[float]:
     return out
 
 
-def bench(model_dir: Path, threads: list[int], loops: int = 20, warmup: int = 3, engines=None) -> BenchResult:
+def bench(
+    model_dir: Path, threads: list[int], loops: int = 20, warmup: int = 3, engines=None, reference: dict | None = None
+) -> BenchResult:
+    """Time the converted models; ``reference``: the seed's own numbers, written beside as context."""
     import numpy as np
 
     d = Path(model_dir)
@@ -183,15 +188,7 @@ def bench(model_dir: Path, threads: list[int], loops: int = 20, warmup: int = 3,
             res.folded_gain[t] = round(1 - by["ncnn folded"].avg / by["ncnn unfolded"].avg, 4)
         if "ncnn folded" in by and "onnxruntime" in by:
             res.ncnn_vs_onnxruntime[t] = round(by["ncnn folded"].avg / by["onnxruntime"].avg, 3)
-    try:
-        from mfnpatch.logs.verdicts import load_expected
-
-        b = load_expected().bench
-        res.reference = {"source": b.source, "device": b.device, "model": b.model,
-                         "threads": {t: r.model_dump() for t, r in b.threads.items()},
-                         "folding_gain_estimate": b.folding_gain_estimate}  # fmt: skip
-    except Exception:  # the reference is context, not a requirement
-        res.reference = {}
+    res.reference = reference or {}
     atomic_write_json(d / "bench.json", asdict(res))
     return res
 

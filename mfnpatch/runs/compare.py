@@ -21,7 +21,8 @@ from pathlib import Path
 from typing import Any
 
 from mfnpatch.errors import MfnError
-from mfnpatch.logs.parser import Summary, summarize
+from mfnpatch.logs.events import Summary
+from mfnpatch.logs.parser import summarize
 
 
 class CompareError(MfnError):
@@ -133,7 +134,9 @@ def _normalize(obj: Any, subs: list[tuple[str, str]]) -> Any:
 
 def load_side(spec: Path, stage: str | None = None) -> Side:
     """A run directory (its record.json) or a training log."""
-    from mfnpatch.runs.runner import RECORD, _verbose, load_record, stage_summary
+    from mfnpatch.runs.execute import stage_summary
+    from mfnpatch.runs.handover import verbose_of
+    from mfnpatch.runs.record import RECORD, load_record
 
     p = Path(spec)
     if p.is_dir():
@@ -154,23 +157,23 @@ def load_side(spec: Path, stage: str | None = None) -> Side:
             cmd = _normalize({"argv": s.argv, "env": s.env, "cwd": s.cwd, "segments": len(s.segments)}, subs)
             stop = None
             if s.stop and s.status == "done" and "stopped at" in (s.ended or ""):
-                stop = s.stop["value"] * _verbose(s.argv) if s.stop["kind"] == "checkpoint" else s.stop["value"]
+                stop = s.stop.value * verbose_of(s.argv) if s.stop.kind == "checkpoint" else s.stop.value
             stages[s.name] = StageSide(s.name, summary, _checkpoints_now(s.checkpoints, subs, notes), cmd, stop)
         r = rec.recipe
         prov = {
-            "recipe": r.get("name"),
-            "recipe sha256": r.get("sha256"),
-            "profile": r.get("profile"),
-            "parameters": _normalize(r.get("parameters"), subs),
-            "pin": rec.pin.get("commit"),
-            "patch sets": [f"{x['name']}@{x['version']} {x['sha256']}" for x in rec.patches],
-            "environment": {k: rec.environment.get(k) for k in ("name", "lock_sha256")},
+            "recipe": r.name,
+            "recipe sha256": r.sha256,
+            "profile": r.profile,
+            "parameters": _normalize(r.parameters, subs),
+            "pin": rec.pin.commit,
+            "patch sets": [f"{x.name}@{x.version} {x.sha256}" for x in rec.patches],
+            "environment": {"name": rec.environment.name, "lock_sha256": rec.environment.lock_sha256},
             "seed": rec.seed if rec.determinism else "(not recorded)",
         }
-        interp = rec.environment.get("interpreter") or {}
+        interp = rec.environment.interpreter
         ctx = {
-            "host": f"{rec.host.get('hostname')} ({rec.host.get('cpus')} CPUs, {rec.host.get('platform')})",
-            "python / MXNet": f"{interp.get('version')} / {interp.get('mxnet')}",
+            "host": f"{rec.host.hostname} ({rec.host.cpus} CPUs, {rec.host.platform})",
+            "python / MXNet": f"{interp.version if interp else None} / {interp.mxnet if interp else None}",
             "status": rec.status,
         }
         return Side(str(p), "run", stages, prov, ctx, notes)
@@ -178,7 +181,7 @@ def load_side(spec: Path, stage: str | None = None) -> Side:
         summary = summarize(p)
         name = stage
         if name is None:
-            from mfnpatch.logs.stagematch import detect_stage
+            from mfnpatch.runs.stagematch import detect_stage
 
             name = detect_stage(summary).stage or "log"
         return Side(str(p), "log", {name: StageSide(name, summary)})
@@ -263,10 +266,10 @@ def compare_sides(a: Side, b: Side, tolerance: float = 0.0) -> Comparison:
 
 def _save_every(a: StageSide, b: StageSide) -> int:
     """Steps between saves (--verbose) of a stage, from its command."""
-    from mfnpatch.runs.runner import _verbose
+    from mfnpatch.runs.handover import verbose_of
 
     cmd = a.command or b.command or {}
-    return _verbose(cmd.get("argv") or [])
+    return verbose_of(cmd.get("argv") or [])
 
 
 def _verification_rows(stage: str, a: Summary | None, b: Summary | None, tol: float) -> list[Row]:

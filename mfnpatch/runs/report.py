@@ -1,19 +1,25 @@
-"""Reports: Markdown and JSON for verifications and log summaries, and the accuracy plot (PNG)."""
+"""Reports in Markdown: a verification (``verification_markdown``) and a recipe run (``run_markdown``).
+
+Rendering is text from values: what a run's report shows of the disk (its accuracy plots, the end of each
+tool stage's output) is gathered first (``gather``), by the caller.
+"""
 
 from __future__ import annotations
 
-import os
 import re
 import shlex
-import tempfile
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from mfnpatch.errors import MfnError
-from mfnpatch.fsutil import atomic_write, check_replaceable, replacing
-from mfnpatch.logs.parser import Summary
-from mfnpatch.logs.verdicts import Verification
+from mfnpatch.logs.plot import plot_curves
+from mfnpatch.runs.execute import stage_summary
+from mfnpatch.runs.record import RunRecord
+from mfnpatch.runs.verify import Verification
 
 ICON = {"pass": "pass", "fail": "**FAIL**", "unmeasured": "unmeasured", "n/a": "n/a"}
+TOOL_OUTPUT_LINES = 30
+_ENGINE_CHATTER = re.compile(r"\[\d\d:\d\d:\d\d\] \S+:\d+: ")
 
 
 def verification_markdown(v: Verification) -> str:
@@ -61,128 +67,53 @@ def _cell(x) -> str:
     return str(x).replace("|", "\\|")
 
 
-def summary_markdown(s: Summary) -> str:
-    lines = [f"# Log summary: `{s.path}`", ""]
-    if s.highlights:
-        lines += ["| setting | value |", "| --- | --- |"] + [f"| {k} | {v} |" for k, v in s.highlights.items()] + [""]
-    t = s.targets()
-    if t:
-        lines += ["| target | rounds | best | at step | last | at step |", "| --- | ---: | ---: | ---: | ---: | ---: |"]
-        for x in t.values():
-            lines.append(
-                f"| {x.target} | {x.rounds} | {x.best_accuracy:.5f} ± {x.best_std:.5f} | {x.best_step} "
-                f"| {x.last_accuracy:.5f} | {x.last_step} |"
-            )
-        lines.append("")
-    lines.append(f"- samples/s (median of {s.speed_lines} Speedometer lines): {s.median_samples_per_sec}")
-    lines.append(f"- checkpoints: {len(s.checkpoints)}; ended: {s.how_it_ended()}")
-    return "\n".join(lines) + "\n"
+@dataclass
+class ReportInputs:
+    """What a run's report shows of the disk: each training stage's plot (its file name, or why there is
+    none) and the end of each finished tool stage's output."""
+
+    plots: dict[str, str] = field(default_factory=dict)
+    no_plot: dict[str, str] = field(default_factory=dict)
+    tails: dict[str, list[str]] = field(default_factory=dict)
 
 
-# --------------------------------------------------------------------------------------------
-# Plot
+def gather(run_dir: Path, rec: RunRecord) -> ReportInputs:
+    """Write each training stage's accuracy plot beside the record; read the end of each tool stage's log."""
+    got = ReportInputs()
+    for s in rec.stages:
+        if not s.log or not (run_dir / s.log).is_file():
+            continue
+        if s.kind == "train" and s.status not in ("pending", "skipped", "queued"):
+            png = run_dir / f"curves-{s.name}.png"
+            try:
+                summ = stage_summary(run_dir, s)
+                if summ is not None and (summ.verifications or summ.train_curve):
+                    plot_curves(summ, png, title=f"{rec.run_id}: {s.name}")
+                    got.plots[s.name] = png.name
+            except MfnError as e:
+                got.no_plot[s.name] = e.message
+        if s.kind == "tool" and s.status == "done":
+            got.tails[s.name] = _tail_text(run_dir / s.log, TOOL_OUTPUT_LINES)
+    return got
 
 
-def lr_schedule(s: Summary) -> list[tuple[int, float]]:
-    """Learning rate against step: the configured lr, then each change at its --lr-steps entry."""
-    pts: list[tuple[int, float]] = []
-    lr0 = (s.config or {}).get("lr")
-    if isinstance(lr0, int | float):
-        pts.append((0, float(lr0)))
-    pts += list(s.lr_changes.items()) + list(s.lr_points.items())
-    pts.sort()
-    return pts
-
-
-def plot_curves(s: Summary, out: Path, reference: Summary | None = None, title: str | None = None) -> Path:
-    """Accuracy per target against step (reference overlaid); training accuracy and lr below."""
-    os.environ.setdefault("MPLCONFIGDIR", tempfile.gettempdir())
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        raise MfnError(
-            "plotting needs matplotlib", hint="pip install matplotlib (it is in the cpu environment)"
-        ) from None
-    check_replaceable(Path(out))  # before the work, not after
-    if not s.verifications and not s.train_curve:
-        raise MfnError(f"{s.path}: nothing to plot (no verification or Speedometer lines)")
-    fig, (ax1, ax2) = plt.subplots(2, 1, figsize=(9, 7), sharex=True, gridspec_kw={"height_ratios": [3, 2]})
-    colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
-    targets = list(dict.fromkeys([*s.verifications, *(reference.verifications if reference else {})]))
-    for i, t in enumerate(targets):
-        c = colors[i % len(colors)]
-        pts = sorted((s.verifications.get(t) or {}).items())
-        if pts:
-            ax1.plot([p for p, _ in pts], [v[0] for _, v in pts], "-o", ms=3, color=c, label=t)
-        if reference is not None and t in reference.verifications:
-            rp = sorted(reference.verifications[t].items())
-            ax1.errorbar(
-                [p for p, _ in rp], [v[0] for _, v in rp], yerr=[v[1] for _, v in rp], fmt="s", ms=6,
-                mfc="none", color=c, capsize=3, linestyle="--" if len(rp) > 1 else "none",
-                label=f"{t} (reference)",
-            )  # fmt: skip
-    ax1.set_ylabel("verification accuracy")
-    ax1.grid(alpha=0.3)
-    if targets:
-        ax1.legend(fontsize=8, loc="lower right")
-    ax1.set_title(title or Path(s.path).name)
-    curve = [(st, a) for st, a in s.train_curve if st is not None]
-    if curve:
-        ax2.plot([p for p, _ in curve], [a for _, a in curve], ".", ms=2, color="tab:gray", label="training accuracy")
-    ax2.set_ylabel("training accuracy")
-    ax2.set_xlabel("step")
-    ax2.grid(alpha=0.3)
-    sched = lr_schedule(s)
-    if sched:
-        last = max([sched[-1][0]] + [p for p, _ in curve] + [s.last_step or 0])
-        xs = [p for p, _ in sched] + [last]
-        ys = [v for _, v in sched] + [sched[-1][1]]
-        ax3 = ax2.twinx()
-        ax3.step(xs, ys, where="post", color="tab:red", label="learning rate")
-        if all(v > 0 for v in ys) and max(ys) / min(ys) > 5:
-            ax3.set_yscale("log")
-        ax3.set_ylabel("learning rate", color="tab:red")
-    fig.tight_layout()
-    out = Path(out)
-    try:
-        with replacing(out, ".png") as tmp:
-            fig.savefig(tmp, dpi=110, format="png")
-    finally:
-        plt.close(fig)
-    return out
-
-
-def write_markdown(path: Path, text: str) -> None:
-    atomic_write(Path(path), text)
-
-
-# --------------------------------------------------------------------------------------------
-# Run report
-
-
-def run_markdown(run_dir: Path, rec) -> str:
-    """The Markdown report of a recipe run, with one accuracy plot per training stage (written beside it)."""
-    from mfnpatch.logs.parser import summarize
-
+def run_markdown(rec: RunRecord, inputs: ReportInputs) -> str:
+    """The Markdown report of a recipe run."""
     r = rec.recipe
     env = rec.environment
-    interp = env.get("interpreter", {})
+    interp = env.interpreter
     lines = [
         f"# Run {rec.run_id}: {rec.status.upper()}",
         "",
-        f"- recipe: `{r['name']}`"
-        + (f", profile `{r['profile']}`" if r.get("profile") else "")
-        + f" (seed update {r.get('seed_update')}), sha256 `{r['sha256'][:12]}`",
-        f"- pin: `{rec.pin['commit'][:7]}` (tree `{rec.pin['tree'][:12]}`), patched tree `{rec.tree}`",
-        "- patch sets: " + ", ".join(f"{p['name']}@{p['version']} (`{p['sha256'][:12]}`)" for p in rec.patches),
-        f"- environment: `{env.get('name')}`; python {interp.get('version', '?')}"
-        + (f", MXNet {interp['mxnet']}" if interp.get("mxnet") else "")
-        + (f" (lock `{env['lock_sha256'][:12]}`)" if env.get("lock_sha256") else ""),
-        f"- host: {rec.host.get('hostname')} ({rec.host.get('cpus')} CPUs); "
-        f"started {rec.started}, finished {rec.finished}",
+        f"- recipe: `{r.name}`"
+        + (f", profile `{r.profile}`" if r.profile else "")
+        + f" (seed update {r.seed_update}), sha256 `{r.sha256[:12]}`",
+        f"- pin: `{rec.pin.commit[:7]}` (tree `{rec.pin.tree[:12]}`), patched tree `{rec.tree}`",
+        "- patch sets: " + ", ".join(f"{p.name}@{p.version} (`{p.sha256[:12]}`)" for p in rec.patches),
+        f"- environment: `{env.name}`; python {(interp.version if interp else None) or '?'}"
+        + (f", MXNet {interp.mxnet}" if interp and interp.mxnet else "")
+        + (f" (lock `{env.lock_sha256[:12]}`)" if env.lock_sha256 else ""),
+        f"- host: {rec.host.hostname} ({rec.host.cpus} CPUs); started {rec.started}, finished {rec.finished}",
         "- " + _determinism_line(rec),
         "",
         "| stage | status | how it ended | seconds | checks |",
@@ -191,7 +122,7 @@ def run_markdown(run_dir: Path, rec) -> str:
     for s in rec.stages:
         checks = s.checks
         if checks:
-            n_ok = sum(1 for c in checks if c["verdict"] == "pass")
+            n_ok = sum(1 for c in checks if c.verdict == "pass")
             verdict = f"{n_ok}/{len(checks)} pass" + ("" if s.passed else " — **FAIL**")
         else:
             verdict = "–"
@@ -210,12 +141,12 @@ def run_markdown(run_dir: Path, rec) -> str:
             lines += [f"Stands in for the seed's step: {s.stands_in}", ""]
         for seg in s.segments:
             lines += [
-                f"Segment {seg['index']}: resumed from checkpoint {seg['start_save']} (step {seg['start_step']}) "
-                f"at lr {seg['lr']:g}, lr steps shifted by {seg['start_step']}; its save k is the stage's "
-                f"{seg['start_save']} + k. {seg.get('ended') or 'running'}. Log: [{seg['log']}]({seg['log']})",
+                f"Segment {seg.index}: resumed from checkpoint {seg.start_save} (step {seg.start_step}) "
+                f"at lr {seg.lr or 0:g}, lr steps shifted by {seg.start_step}; its save k is the stage's "
+                f"{seg.start_save} + k. {seg.ended or 'running'}. Log: [{seg.log}]({seg.log})",
                 "",
                 "```",
-                f"cd {s.cwd} && {shlex.join(seg['argv'])}",
+                f"cd {s.cwd} && {shlex.join(seg.argv)}",
                 "```",
                 "",
             ]
@@ -223,33 +154,24 @@ def run_markdown(run_dir: Path, rec) -> str:
             lines += [f"Note: {note}.", ""]
         if s.inputs:
             lines += ["Inputs: " + ", ".join(f"{k} = `{v}`" for k, v in s.inputs.items()), ""]
-        t = (s.metrics or {}).get("targets") or {}
+        t = s.metrics.targets
         if t:
             lines += ["| target | best | at step | last | at step |", "| --- | ---: | ---: | ---: | ---: |"]
             for name, m in t.items():
-                lines.append(f"| {name} | {m['best']:.5f} | {m['best_step']} | {m['last']:.5f} | {m['last_step']} |")
+                lines.append(f"| {name} | {m.best:.5f} | {m.best_step} | {m.last:.5f} | {m.last_step} |")
             lines.append("")
         if s.checks:
             lines += ["| check | verdict | detail |", "| --- | --- | --- |"]
             for c in s.checks:
-                lines.append(f"| {c['id']} | {ICON.get(c['verdict'], c['verdict'])} | {_cell(c['message'])} |")
+                lines.append(f"| {c.id} | {ICON.get(c.verdict, c.verdict)} | {_cell(c.message)} |")
             lines.append("")
-        if s.kind == "train" and s.log and (run_dir / s.log).is_file():
-            png = run_dir / f"curves-{s.name}.png"
-            try:
-                from mfnpatch.runs.runner import stage_summary
-
-                summ = stage_summary(run_dir, s) or summarize(run_dir / s.log)
-                if summ.verifications or summ.train_curve:
-                    plot_curves(summ, png, title=f"{rec.run_id}: {s.name}")
-                    lines += [f"![{s.name} accuracy]({png.name})", ""]
-            except MfnError as e:
-                lines += [f"(no plot: {e.message})", ""]
-        if s.kind == "tool" and s.status == "done" and s.log and (run_dir / s.log).is_file():
+        if s.name in inputs.plots:
+            lines += [f"![{s.name} accuracy]({inputs.plots[s.name]})", ""]
+        elif s.name in inputs.no_plot:
+            lines += [f"(no plot: {inputs.no_plot[s.name]})", ""]
+        if inputs.tails.get(s.name):
             # a tool stage's output is its result (the bench table, the conversion summary): show its end
-            out = _tail_text(run_dir / s.log, TOOL_OUTPUT_LINES)
-            if out:
-                lines += ["```", *out, "```", ""]
+            lines += ["```", *inputs.tails[s.name], "```", ""]
         if s.checkpoints:
             lines += ["Checkpoints (sha256): " + ", ".join(f"`{k}` `{v[:12]}`" for k, v in s.checkpoints.items()), ""]
         if s.log:
@@ -257,18 +179,13 @@ def run_markdown(run_dir: Path, rec) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _determinism_line(rec) -> str:
-    d = rec.determinism or {}
-    if not d:
+def _determinism_line(rec: RunRecord) -> str:
+    d = rec.determinism
+    if d is None:
         return "determinism: not recorded (a run from before mfnpatch seeded runs)"
-    if not d.get("deterministic"):
-        return f"determinism: **not deterministic**: {d.get('how')}"
-    varies = "; ".join(d.get("still_varies") or [])
-    return f"determinism: **deterministic**, seed {d['seed']}: {d.get('how')}. Still varies: {varies}"
-
-
-TOOL_OUTPUT_LINES = 30
-_ENGINE_CHATTER = re.compile(r"\[\d\d:\d\d:\d\d\] \S+:\d+: ")
+    if not d.deterministic:
+        return f"determinism: **not deterministic**: {d.how}"
+    return f"determinism: **deterministic**, seed {d.seed}: {d.how}. Still varies: {'; '.join(d.still_varies)}"
 
 
 def _tail_text(path: Path, n: int) -> list[str]:

@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from mfnpatch.errors import MfnError
-from mfnpatch.logs.parser import Summary
+from mfnpatch.logs.events import Summary
 
 NEVER = 1_000_000_000  # an lr step no run reaches (the schedule has ended)
 DIFFERENCES = (

@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from mfnpatch.logs.parser import Summary
+from mfnpatch.logs.events import Summary
 
 # argparse defaults of src/train_softmax.py at the pin (lines 48-85), for the flags a recipe leaves out.
 TRAIN_DEFAULTS: dict[str, Any] = {
@@ -145,7 +145,8 @@ def _basename(prefix: str | None) -> str | None:
 
 def signatures(recipes: list[str] | None = None, profiles: bool = True) -> list[Signature]:
     """Every training stage of the bundled recipes (or the named ones), default profile first."""
-    from mfnpatch.runs.recipe import expand, find_recipe, list_recipes, load_recipe
+    from mfnpatch.runs.expand import expand
+    from mfnpatch.runs.recipe import find_recipe, list_recipes, load_recipe
 
     if recipes is None:
         loaded = [load_recipe(str(p)) for p, r, _ in list_recipes() if r is not None]

@@ -1,0 +1,148 @@
+"""The command line's shared parts: the Typer apps, the consoles, --json output, shared options, errors."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.markup import escape
+
+from mfnpatch import __version__
+from mfnpatch.errors import (
+    EXIT_OK,
+    MfnError,
+    UsageError,
+)
+
+out = Console(highlight=False, soft_wrap=True)
+err = Console(stderr=True, highlight=False, soft_wrap=True)
+
+
+class _Ctx:
+    debug = False
+    json = False
+
+
+CTX = _Ctx()
+
+HELP = """\
+Reproduce MobileFaceNet on a pinned, patched InsightFace — each step one checked command.
+
+\b
+Start here:
+  mfnpatch apply --commit 4bc8132                 fetch the pin, apply the recipe's patch set
+  mfnpatch apply --commit 4bc8132 --series mfn,py3 --source ~/src/insightface
+  mfnpatch status                                 what is applied, and what drifted
+  mfnpatch recipe run may16 --profile smoke       the whole plan on the CPU, in minutes
+  mfnpatch recipe plan may16                      the exact commands of the seed's final plan
+  mfnpatch log summary train.log                  what a training log says
+  mfnpatch verify --log train.log --reference seed-2018-05-09-arcface-test2
+  mfnpatch env check cu101                        the doctor: can this machine run that environment
+  mfnpatch convert ncnn PREFIX,EPOCH -o out --verify   a checkpoint to ncnn, checked against MXNet
+
+\b
+Exit codes: 0 done, 1 failed, 2 nothing to do (already so), 64 bad usage, 130 interrupted.
+"""
+
+app = typer.Typer(
+    help=HELP,
+    no_args_is_help=True,
+    rich_markup_mode=None,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100},
+)
+patches_app = typer.Typer(help="List, show and lock the versioned patch sets.", no_args_is_help=True)
+pin_app = typer.Typer(help="The pinned upstream commits (list; record a new pin).", no_args_is_help=True)
+log_app = typer.Typer(help="Read training logs: summary and plots.", no_args_is_help=True)
+recipe_app = typer.Typer(
+    help="Dated training plans from the seed: list, show, plan (print exact commands), run, status.",
+    no_args_is_help=True,
+)
+app.add_typer(recipe_app, name="recipe")
+env_app = typer.Typer(
+    help="Locked environments (cpu, cu101, cu112) and a doctor for this machine.", no_args_is_help=True
+)
+app.add_typer(env_app, name="env")
+convert_app = typer.Typer(
+    help="Slim a checkpoint, convert it to ncnn (BatchNorm folded and unfolded), verify the conversion.",
+    no_args_is_help=True,
+)
+app.add_typer(convert_app, name="convert")
+data_app = typer.Typer(help="Datasets in the format the pinned code reads.", no_args_is_help=True)
+app.add_typer(data_app, name="data")
+app.add_typer(patches_app, name="patches")
+app.add_typer(pin_app, name="pin")
+app.add_typer(log_app, name="log")
+
+
+def _version(value: bool):
+    if value:
+        out.print(f"mfnpatch {__version__}")
+        raise typer.Exit(EXIT_OK)
+
+
+@app.callback()
+def _root(
+    debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks and git's own output on errors.")] = False,
+    version: Annotated[
+        bool, typer.Option("--version", callback=_version, is_eager=True, help="Print the version and exit.")
+    ] = False,
+):
+    CTX.debug = debug or bool(os.environ.get("MFNPATCH_DEBUG"))
+
+
+def emit_json(obj: Any) -> None:
+    sys.stdout.write(json.dumps(obj, indent=2, default=str) + "\n")
+    sys.stdout.flush()
+
+
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print the result as JSON (for scripts).")]
+DestOpt = Annotated[
+    Path,
+    typer.Option("--dest", "-d", help="The InsightFace tree (created if absent).", show_default=True),
+]
+DEFAULT_DEST = Path("insightface")
+ProfileOpt = Annotated[str | None, typer.Option("--profile", "-p", help="A profile of the recipe (seed, smoke ...).")]
+DEFAULT_SERIES = "mfn"
+
+
+def _say(text: str) -> None:
+    err.print(f"[yellow]note[/]: {escape(text)}")
+
+
+def _check_tolerance(tolerance: float | None) -> None:
+    import math
+
+    if tolerance is not None and (not math.isfinite(tolerance) or tolerance < 0):
+        raise UsageError(
+            f"--tolerance {tolerance}: must be a finite number >= 0", hint="e.g. --tolerance 0.002 (accuracy)"
+        )
+
+
+def _show(x) -> str:
+    if x is None:
+        return "–"
+    if isinstance(x, dict):
+        return ", ".join(f"{k}={v!r}" for k, v in x.items())
+    return str(x)
+
+
+# --------------------------------------------------------------------------------------------
+# Entry point
+
+
+def _print_error(e: MfnError) -> None:
+    err.print(f"[bold red]error[/]: {escape(e.message)}")
+    for d in e.details:
+        err.print(f"  {escape(d)}")
+    if e.hint:
+        err.print(f"[yellow]hint[/]: {escape(e.hint)}")
+
+
+_SIGNALLED: list[str] = []  # the signal that interrupted this command (the CLI says which)

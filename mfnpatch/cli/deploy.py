@@ -1,0 +1,189 @@
+"""Commands for deployment and data: convert slim, ncnn, verify; bench; data synth."""
+
+from __future__ import annotations
+
+import sys
+from dataclasses import asdict
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.markup import escape
+
+from mfnpatch.cli.app import (
+    CTX,
+    JsonOpt,
+    app,
+    convert_app,
+    data_app,
+    emit_json,
+    err,
+    out,
+)
+from mfnpatch.errors import (
+    EXIT_OK,
+    MfnError,
+)
+
+# --------------------------------------------------------------------------------------------
+# convert / bench
+
+
+@convert_app.command("slim")
+def convert_slim(
+    checkpoint: Annotated[str, typer.Argument(help="PREFIX,EPOCH of a training checkpoint.")],
+    output: Annotated[str | None, typer.Option("--output", "-o", help="New prefix (default PREFIX-slim).")] = None,
+):
+    """Keep fc1_output, drop fc7*: write PREFIX-slim-symbol.json and -0000.params (the training symbol stays)."""
+    from mfnpatch.deploy.mxnet import slim
+
+    sym, params = slim(checkpoint, output)
+    out.print(f"wrote {escape(str(sym))} and {escape(str(params))}")
+    return EXIT_OK
+
+
+@convert_app.command("ncnn")
+def convert_ncnn_cmd(
+    checkpoint: Annotated[str, typer.Argument(help="PREFIX,EPOCH (a training or slim checkpoint).")],
+    output: Annotated[Path, typer.Option("--output", "-o", help="Directory for the converted models.")],
+    verify_after: Annotated[
+        bool, typer.Option("--verify", help="Then verify all engines (writes verify.json).")
+    ] = False,
+    as_json: JsonOpt = False,
+):
+    """MXNet -> ONNX -> ncnn (pnnx, BatchNorm folded), plus the unfolded ncnn model the seed's mxnet2ncnn made."""
+    from mfnpatch.deploy.convert import convert_ncnn
+
+    CTX.json = as_json
+    if as_json:
+        r = convert_ncnn(checkpoint, output, verify_after=verify_after)
+    else:
+        with err.status("converting …") as st:
+            r = convert_ncnn(checkpoint, output, verify_after=verify_after, on_step=lambda s: st.update(escape(s)))
+    code = EXIT_OK if not r.verify or r.verify["passed"] else 1
+    if as_json:
+        from dataclasses import asdict
+
+        emit_json(asdict(r) | {"exit_code": code})
+        return code
+    out.print(f"[green]converted[/] {escape(checkpoint)} -> {escape(str(output))} in {r.seconds:.1f} s")
+    out.print(
+        f"  ONNX      {escape(r.onnx)} (fixes: {len(r.fixes)}; onnxruntime vs MXNet cosine "
+        f"{r.onnx_check['min_cosine']:.7f})"
+    )
+    for label, m in (("folded", r.folded), ("unfolded", r.unfolded)):
+        layers = sum(m["layers"].values())
+        out.print(f"  ncnn {label:8s} {escape(m['param'])}: {layers} layers, {m['batchnorm']} BatchNorm")
+    if r.verify:
+        _print_verify(r.verify)
+    return code
+
+
+def _print_verify(v: dict) -> None:
+    for engine, c in v["engines"].items():
+        ok = c["min_cosine"] >= v["threshold"]
+        out.print(
+            f"  {'[green]ok[/]  ' if ok else '[red]FAIL[/]'} {engine:14s} cosine min {c['min_cosine']:.7f}, "
+            f"max |diff| {c['max_abs_diff']:.3g} (values up to {c['max_abs_value']:.3g})"
+        )
+    verdict = "[green]PASS[/]" if v["passed"] else "[red]FAIL[/]"
+    out.print(
+        f"{verdict}: {v['inputs']} inputs ({v['face_like']} face-like, {v['inputs'] - v['face_like']} noise), "
+        f"every engine cosine >= {v['threshold']}: min {v['min_cosine']:.7f}"
+    )
+
+
+@convert_app.command("verify")
+def convert_verify(
+    model_dir: Annotated[Path, typer.Argument(help="A directory made by mfnpatch convert ncnn.")],
+    inputs: Annotated[int, typer.Option("--inputs", min=8, help="How many inputs (face-like and noise).")] = 10,
+    as_json: JsonOpt = False,
+):
+    """Embeddings of MXNet, onnxruntime and both ncnn models on the same inputs: cosine >= 0.9999 each."""
+
+    from mfnpatch.deploy.verify import verify as do_verify
+
+    CTX.json = as_json
+    v = asdict(do_verify(model_dir, inputs))
+    code = EXIT_OK if v["passed"] else 1
+    if as_json:
+        emit_json(v | {"exit_code": code})
+        return code
+    _print_verify(v)
+    return code
+
+
+@app.command("bench")
+def bench_cmd(
+    model_dir: Annotated[Path, typer.Argument(help="A directory made by mfnpatch convert ncnn.")],
+    threads: Annotated[str, typer.Option("--threads", help="Thread counts, comma separated.")] = "1,2",
+    loops: Annotated[int, typer.Option("--loops", min=1, help="Timed runs per engine and thread count.")] = 20,
+    warmup: Annotated[int, typer.Option("--warmup", min=0, help="Untimed runs first.")] = 3,
+    as_json: JsonOpt = False,
+):
+    """benchncnn-style latency (min/max/avg ms, batch 1): ncnn folded and unfolded, onnxruntime, MXNet.
+
+    Writes MODEL_DIR/bench.json; shows the seed's Snapdragon 625 numbers and this machine's FLOP bound.
+    """
+
+    from mfnpatch.deploy.bench import bench, table
+
+    CTX.json = as_json
+    try:
+        counts = [int(t) for t in threads.split(",") if t.strip()]
+    except ValueError:
+        raise MfnError(f"--threads {threads!r}: write thread counts like 1,2") from None
+    with err.status("benchmarking …"):
+        res = bench(model_dir, counts, loops, warmup, reference=_bench_reference())
+    if as_json:
+        emit_json(asdict(res))
+        return EXIT_OK
+    sys.stdout.write(table(res) + "\n")
+    return EXIT_OK
+
+
+# --------------------------------------------------------------------------------------------
+# data
+
+
+@data_app.command("synth")
+def data_synth(
+    output: Annotated[
+        Path, typer.Option("--output", "-o", help="Directory to write (property, train.rec/.idx, *.bin).")
+    ],
+    ids: Annotated[int, typer.Option("--ids", min=2, help="Identities.")] = 20,
+    per_id: Annotated[int, typer.Option("--per-id", min=2, help="Training images per identity.")] = 20,
+    pairs: Annotated[int, typer.Option("--pairs", min=10, help="Pairs in each verification set.")] = 100,
+    seed: Annotated[int, typer.Option("--seed", help="Everything is deterministic for a seed.")] = 0,
+):
+    """A synthetic face dataset in the exact format train_softmax.py reads: property, train.rec/.idx with
+    header and identity records, and lfw/cfp_fp/agedb_30.bin as Python 2 pickles.
+
+    Identities are drawn to be learnable in tens of steps, so a CPU smoke run shows accuracy rising.
+    Deterministic for a seed; rerunning with the same parameters reuses the dataset. It never writes
+    into a directory that holds a dataset it did not make.
+
+    Example: mfnpatch data synth -o /tmp/faces --ids 21 --per-id 16"""
+    from mfnpatch.datasets.synth import synth
+
+    with err.status("writing the dataset …") as st:
+        r = synth(output, ids, per_id, pairs, seed, on_step=lambda s: st.update(escape(s)))
+    verb = "already there" if r.reused else "wrote"
+    out.print(
+        f"{verb}: {escape(r.dir)}: {r.images} images of {r.identities} identities; "
+        f"{', '.join(r.targets)} with {r.pairs} pairs each (seed {r.seed})"
+    )
+    return EXIT_OK
+
+
+def _bench_reference() -> dict:
+    """The seed's benchncnn numbers (recipes/expected.yaml), printed beside this machine's as context."""
+    from mfnpatch.logs.expected import load_expected
+
+    try:
+        b = load_expected().bench
+    except MfnError:
+        return {}
+    return {"source": b.source, "device": b.device, "model": b.model,
+            "threads": {t: r.model_dump() for t, r in b.threads.items()},
+            "folding_gain_estimate": b.folding_gain_estimate}  # fmt: skip

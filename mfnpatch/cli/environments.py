@@ -1,0 +1,134 @@
+"""Commands on the locked environments: env list, lock, create, check (doctor)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.markup import escape
+
+from mfnpatch.cli.app import (
+    CTX,
+    JsonOpt,
+    emit_json,
+    env_app,
+    err,
+    out,
+)
+from mfnpatch.errors import (
+    EXIT_OK,
+    MfnError,
+)
+
+# --------------------------------------------------------------------------------------------
+# env
+
+
+@env_app.command("list")
+def env_list(as_json: JsonOpt = False):
+    """The environments, their Python, MXNet build and lock state."""
+    from mfnpatch.environments.spec import list_envs
+
+    CTX.json = as_json
+    rows = []
+    for e in list_envs():
+        m = e.spec.mxnet
+        rows.append({
+            "name": e.name, "kind": e.spec.kind, "python": e.spec.python, "mxnet": f"{m.package} {m.version}",
+            "cuda": m.cuda, "gpu_archs": m.gpu_archs, "lock_sha256": e.lock_sha256(),
+            "locks": {str(p.name): p.is_file() for p, _ in e.locks()}
+            | ({e.spec.conda.lock: e.path(e.spec.conda.lock).is_file()} if e.spec.conda else {}),
+            "description": e.spec.description,
+        })  # fmt: skip
+    if as_json:
+        emit_json(rows)
+        return EXIT_OK
+    for r in rows:
+        locks = ", ".join(f"{k} {'ok' if v else '[yellow]missing[/]'}" for k, v in r["locks"].items())
+        cuda = f", CUDA {r['cuda']}, SASS {', '.join(f'sm_{a}' for a in r['gpu_archs'])}" if r["cuda"] else ""
+        out.print(f"[bold]{r['name']}[/] ({r['kind']}): Python {r['python']}, {r['mxnet']}{cuda}")
+        out.print(f"  {escape(r['description'])}")
+        out.print(f"  locks: {locks}")
+    return EXIT_OK
+
+
+@env_app.command("lock")
+def env_lock(name: Annotated[str, typer.Argument(help="cpu, cu101 or cu112.")]):
+    """Resolve an environment with the real resolvers (uv for pip, conda-lock for conda) into hash-pinned locks.
+
+    A lock is replaced only when its resolver succeeds; what could not be locked is said, with why.
+    """
+    from mfnpatch.environments.lock import lock_env
+
+    with err.status(f"locking {name} …"):
+        rep = lock_env(name)
+    for line in rep.locked:
+        out.print(f"[green]locked[/] {escape(line)}")
+    for c in rep.changes:
+        out.print(f"  {escape(c)}")
+    for line in rep.not_locked:
+        err.print(f"[yellow]not locked[/]: {escape(line)}")
+    if rep.complete:
+        return EXIT_OK
+    raise MfnError(f"environment {name} is only partly locked", hint="see 'not locked' above")
+
+
+@env_app.command("create")
+def env_create(
+    name: Annotated[str, typer.Argument(help="cpu (or a conda environment where conda-lock.yml exists).")],
+    prefix: Annotated[Path, typer.Option("--prefix", help="Where to make it.")],
+    find_links: Annotated[Path | None, typer.Option("--find-links", help="A directory of wheels to use.")] = None,
+    offline: Annotated[bool, typer.Option("--offline", help="Use --find-links only, no index.")] = False,
+    force: Annotated[bool, typer.Option("--force", help="Replace an existing directory at --prefix.")] = False,
+):
+    """Make an environment from its lock (pip install --require-hashes); whole, or nothing left behind."""
+    from mfnpatch.environments.create import create_env
+    from mfnpatch.environments.doctor import check
+
+    n = {"packages": 0}
+
+    def line(text: str) -> None:
+        if text.startswith(("Collecting", "Installing collected", "Successfully installed")):
+            n["packages"] += text.startswith("Collecting")
+            st.update(f"creating {name} at {prefix}: {escape(text[:100])}")
+
+    with err.status(f"creating {name} at {prefix} …") as st:
+        path = create_env(name, prefix, find_links=find_links, offline=offline, force=force, on_line=line)
+    out.print(f"[green]created[/] {escape(str(path))} from the {name} lock")
+    doc = check(name, path)
+    out.print(escape(doc.verdict))
+    return EXIT_OK if doc.can_run else 1
+
+
+@env_app.command("doctor", hidden=True)  # the same command under the name users reach for
+@env_app.command("check")
+def env_check(
+    name: Annotated[
+        str | None,
+        typer.Argument(help="The environment to check against (default: the one the prefix was made as, else cpu)."),
+    ] = None,
+    prefix: Annotated[
+        Path | None, typer.Option("--prefix", help="A created environment; default: this interpreter.")
+    ] = None,
+    nvidia_smi: Annotated[str | None, typer.Option("--nvidia-smi", help="The nvidia-smi to ask.")] = None,
+    as_json: JsonOpt = False,
+):
+    """The doctor: can this machine run the recipes with this environment? Exit 1 when it cannot, with the fix."""
+    from mfnpatch.environments.doctor import check
+
+    CTX.json = as_json
+    doc = check(name, prefix, nvidia_smi)
+    code = EXIT_OK if doc.can_run else 1
+    if as_json:
+        emit_json(doc.to_dict() | {"exit_code": code})
+        return code
+    out.print(f"environment [bold]{doc.env}[/], interpreter {escape(doc.interpreter)}")
+    mark = {True: "[green]ok[/]  ", False: "[red]FAIL[/]", None: "[dim]info[/]"}
+    for f in doc.findings:
+        out.print(f"  {mark[f.ok]} {f.what:8s} {escape(f.detail)}")
+    color = "green" if doc.can_run else "red"
+    out.print(f"[{color}]{escape(doc.verdict)}[/]")
+    if doc.fix:
+        out.print(f"[yellow]fix[/]: {escape(doc.fix)}")
+    return code

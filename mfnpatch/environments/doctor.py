@@ -1,0 +1,340 @@
+"""The doctor (`mfnpatch env check`): an interpreter (the current one, or a created environment) probed, then
+diagnosed. ``gather`` runs the probe (packages, Python, MXNet's import and build features, the library's GPU
+code, nvidia-smi); ``diagnose`` decides from those facts alone: each locked package at its locked version,
+the Python version, whether the MXNet library has kernels for the GPUs and whether the driver is new enough
+for the CUDA runtime. It ends with one verdict line, the most fundamental blocker first."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from mfnpatch.environments.gpu import FatbinInfo, GpuReport, covered, fatbin_archs, query_gpus, version_tuple
+from mfnpatch.environments.spec import INCOMPLETE, MARKER, Env, EnvError, load_env, normalize, parse_lock
+
+# --------------------------------------------------------------------------------------------
+# The doctor
+
+
+PROBE = r"""
+import json, sys, importlib.metadata as md, importlib.util
+out = {"python": sys.version.split()[0], "executable": sys.executable, "prefix": sys.prefix,
+       "packages": {d.metadata["Name"]: d.version for d in md.distributions() if d.metadata["Name"]}}
+spec = importlib.util.find_spec("mxnet")
+if spec and spec.submodule_search_locations:
+    out["mxnet_dir"] = list(spec.submodule_search_locations)[0]
+try:
+    import mxnet as mx
+    out["mxnet"] = mx.__version__
+    out["features"] = {f.name: f.enabled for f in mx.runtime.Features().values()}
+except Exception as e:
+    out["mxnet_error"] = f"{type(e).__name__}: {e}"[:400]
+print(json.dumps(out))
+"""
+
+
+@dataclass
+class Finding:
+    what: str
+    ok: bool | None  # None: information
+    detail: str
+    fix: str | None = None
+
+
+@dataclass
+class Doctor:
+    env: str
+    interpreter: str
+    findings: list[Finding] = field(default_factory=list)
+    verdict: str = ""
+    can_run: bool = False
+    fix: str | None = None
+    facts: dict = field(default_factory=dict)
+
+    def to_dict(self) -> dict:
+        return {
+            "env": self.env,
+            "interpreter": self.interpreter,
+            "can_run": self.can_run,
+            "verdict": self.verdict,
+            "fix": self.fix,
+            "findings": [asdict(f) for f in self.findings],
+            "facts": self.facts,
+        }
+
+
+def probe(python: str) -> dict:
+    try:
+        r = subprocess.run([python, "-c", PROBE], capture_output=True, text=True, timeout=300)
+    except OSError as e:
+        raise EnvError(f"cannot run {python}: {e}") from None
+    if r.returncode != 0:
+        raise EnvError(f"{python} could not be probed", details=r.stderr.strip().splitlines()[-5:])
+    return json.loads(r.stdout.strip().splitlines()[-1])
+
+
+def interpreter_for(prefix: Path | None) -> str:
+    if prefix is None:
+        return sys.executable
+    p = Path(prefix)
+    if (p / INCOMPLETE).exists():
+        raise EnvError(
+            f"{p} is an environment whose creation did not finish",
+            hint="recreate it: mfnpatch env create NAME --prefix " + str(p),
+        )
+    py = p / "bin" / "python"
+    if not py.exists():
+        raise EnvError(
+            f"{p} is not an environment (no bin/python)", hint="create one: mfnpatch env create cpu --prefix DIR"
+        )
+    return str(py)
+
+
+def env_of_prefix(prefix: Path | None) -> str | None:
+    if prefix is None:
+        prefix = Path(sys.prefix)
+    m = Path(prefix) / MARKER
+    if m.is_file():
+        try:
+            return json.loads(m.read_text()).get("name")
+        except ValueError:
+            return None
+    return None
+
+
+@dataclass
+class Facts:
+    """What the probe found, and what diagnosing it needs from disk (locks, the library's GPU code, GPUs)."""
+
+    name: str
+    interpreter: str
+    info: dict  # the interpreter's own report (PROBE)
+    locked: dict[str, str]  # package -> locked version, every lock of the environment
+    lock_sha256: str | None
+    library: str | None  # libmxnet.so of the installed build, when it is the environment's build
+    fatbin: FatbinInfo | None  # its GPU code
+    gpu: GpuReport
+
+
+def gather(name: str | None = None, prefix: Path | None = None, nvidia_smi: str | None = None) -> tuple[Env, Facts]:
+    """Probe the interpreter of ``prefix`` (or this one) and the machine."""
+    name = name or env_of_prefix(prefix) or "cpu"
+    env = load_env(name)
+    python = interpreter_for(prefix)
+    info = probe(python)
+    locked: dict[str, str] = {}
+    for lock, _ in env.locks():
+        locked.update({pkg: entry["version"] for pkg, entry in parse_lock(lock).items()})
+    installed = {normalize(k) for k in info["packages"]}
+    installed_build = next((k for k in installed if k.startswith("mxnet")), None)
+    lib = Path(info["mxnet_dir"]) / "libmxnet.so" if info.get("mxnet_dir") else None
+    if installed_build and installed_build != normalize(env.spec.mxnet.package):
+        lib = None  # its library says nothing about the environment's build
+    fat = fatbin_archs(lib) if lib is not None and lib.is_file() else None
+    return env, Facts(name, python, info, locked, env.lock_sha256(), str(lib) if fat else None, fat,
+                      query_gpus(nvidia_smi))  # fmt: skip
+
+
+def check(name: str | None = None, prefix: Path | None = None, nvidia_smi: str | None = None) -> Doctor:
+    return diagnose(*gather(name, prefix, nvidia_smi))
+
+
+def diagnose(env: Env, facts: Facts) -> Doctor:
+    """The verdict from the facts alone: no process, no file."""
+    name, info = facts.name, facts.info
+    doc = Doctor(env=name, interpreter=facts.interpreter)
+    doc.facts.update(
+        {
+            "python": info["python"],
+            "mxnet": info.get("mxnet"),
+            "prefix": info["prefix"],
+            "lock_sha256": facts.lock_sha256,
+        }
+    )
+    create_fix = f"mfnpatch env create {name} --prefix DIR (then use --env-prefix DIR)"
+    # Python
+    want = env.spec.python
+    got = ".".join(info["python"].split(".")[:2])
+    doc.findings.append(
+        Finding(
+            "python",
+            got == want,
+            f"Python {info['python']} (the {name} environment: {want})",
+            None if got == want else create_fix,
+        )
+    )
+    # Locked packages
+    installed = {normalize(k): v for k, v in info["packages"].items()}
+    missing, wrong = [], []
+    for pkg, version in facts.locked.items():
+        have = installed.get(pkg)
+        if have is None:
+            missing.append(f"{pkg}=={version}")
+        elif have != version:
+            wrong.append(f"{pkg} {have} (locked {version})")
+    n = len(facts.locked)
+    detail = f"{n - len(missing) - len(wrong)}/{n} locked packages at their locked versions"
+    if wrong:
+        detail += "; different: " + ", ".join(wrong[:8]) + (" …" if len(wrong) > 8 else "")
+    if missing:
+        detail += "; missing: " + ", ".join(missing[:8]) + (" …" if len(missing) > 8 else "")
+    doc.findings.append(
+        Finding("lock", not missing and not wrong, detail, None if not (missing or wrong) else create_fix)
+    )
+    # MXNet
+    if "mxnet" in info:
+        feats = info.get("features", {})
+        on = [k for k, v in feats.items() if v and k in ("CUDA", "CUDNN", "NCCL", "MKLDNN", "OPENMP", "BLAS_OPEN")]
+        doc.findings.append(Finding("mxnet", True, f"MXNet {info['mxnet']} imports; features: {', '.join(on)}"))
+        doc.facts["features"] = feats
+    else:
+        err = info.get("mxnet_error", "not installed")
+        fix = create_fix
+        if "np.bool" in err or "'bool'" in err:
+            fix = "numpy >= 1.24 breaks MXNet 1.9 (np.bool): pin numpy<1.24, as the lock does; " + create_fix
+        elif "libcud" in err or "libnccl" in err:
+            fix = f"the CUDA {env.spec.mxnet.cuda} runtime is missing: the {name} environment brings it with conda"
+        doc.findings.append(Finding("mxnet", False, f"import mxnet failed: {err}", fix))
+    # The library's GPU code
+    build = env.spec.mxnet.package
+    installed_build = next((k for k in installed if k.startswith("mxnet")), None)
+    if installed_build and installed_build != normalize(build):
+        doc.findings.append(
+            Finding(
+                "mxnet",
+                False,
+                f"the installed MXNet build is {installed_build}, the {name} environment's is {build}",
+                create_fix,
+            )
+        )
+    if facts.fatbin is not None:
+        doc.findings.append(Finding("kernels", None, f"{facts.library}: {facts.fatbin.describe()}"))
+        sass, ptx = sorted(facts.fatbin.sass), sorted(facts.fatbin.ptx)
+        source = "libmxnet.so"
+    else:
+        sass, ptx = env.spec.mxnet.gpu_archs, env.spec.mxnet.ptx
+        source = f"the {name} manifest ({env.spec.mxnet.package} {env.spec.mxnet.version} is not installed here)"
+    doc.facts["sass"], doc.facts["ptx"] = sass, ptx
+    # GPUs and driver
+    gpu = facts.gpu
+    doc.facts["gpus"] = [asdict(g) for g in gpu.gpus]
+    needs_gpu = env.spec.mxnet.cuda is not None
+    if not gpu.found:
+        doc.findings.append(
+            Finding(
+                "gpu",
+                False if needs_gpu else None,
+                gpu.problem or "no GPU",
+                "the cu environments need an NVIDIA GPU; on this machine use the cpu environment "
+                "(mfnpatch recipe run may16 --profile smoke)"
+                if needs_gpu
+                else None,
+            )
+        )
+    for g in gpu.gpus:
+        cc = f"sm_{g.cc[0]}{g.cc[1]}" if g.cc else "unknown compute capability"
+        if not needs_gpu:
+            doc.findings.append(
+                Finding(
+                    "gpu",
+                    None,
+                    f"GPU {g.index} {g.name} ({cc}): the {name} environment runs on the CPU and does not use it",
+                )
+            )
+            continue
+        how = covered(g.cc, sass, ptx) if g.cc else None
+        if how:
+            doc.findings.append(Finding("gpu", True, f"GPU {g.index} {g.name} ({cc}): kernels from {how} ({source})"))
+        else:
+            doc.findings.append(
+                Finding(
+                    "gpu",
+                    False,
+                    f"GPU {g.index} {g.name} ({cc}): no kernels for it in "
+                    f"{env.spec.mxnet.package} {env.spec.mxnet.version} (SASS "
+                    f"{', '.join(f'sm_{a}' for a in sass) or 'none'}; "
+                    f"{'PTX ' + ', '.join(str(a) for a in ptx) if ptx else 'no PTX'}; from {source})",
+                    _kernel_fix(g.cc),
+                )
+            )
+        if env.spec.mxnet.driver_min:
+            ok = version_tuple(g.driver) >= version_tuple(env.spec.mxnet.driver_min)
+            doc.findings.append(
+                Finding(
+                    "driver",
+                    ok,
+                    f"driver {g.driver} (CUDA {env.spec.mxnet.cuda} needs >= {env.spec.mxnet.driver_min})",
+                    None if ok else f"update the NVIDIA driver to {env.spec.mxnet.driver_min} or newer",
+                )
+            )
+    # the verdict names the most fundamental blocker first: hardware cannot be fixed by reinstalling
+    order = {"gpu": 0, "driver": 1, "python": 2, "mxnet": 3, "lock": 4}
+    bad = sorted((f for f in doc.findings if f.ok is False), key=lambda f: order.get(f.what, 9))
+    doc.can_run = not bad
+    if doc.can_run:
+        where = "on the CPU" if not needs_gpu else f"on {len(gpu.gpus)} GPU(s)"
+        doc.verdict = f"OK: the {name} environment can run the recipes here, {where}"
+    else:
+        first = bad[0]
+        doc.verdict = f"CANNOT RUN: {first.detail}"
+        doc.fix = first.fix
+    return doc
+
+
+def _kernel_fix(cc: tuple[int, int] | None) -> str:
+    if cc is None:
+        return "find the GPU's compute capability; then choose the environment whose MXNet build has kernels for it"
+    if cc >= (9, 0):
+        return (
+            "no official MXNet build has kernels for sm_90 or newer: run the CPU smoke profile "
+            "(mfnpatch recipe run may16 --profile smoke), or build MXNet from source with CUDA >= 11.8 for sm_90"
+        )
+    if cc >= (8, 0):
+        return "use the cu112 environment (mxnet-cu112 1.9.1 has sm_80 and sm_86 kernels)"
+    return "use the cu101 environment (sm_30 to sm_75)"
+
+
+def _about_this_machines_gpus(f: Finding) -> bool:
+    """A finding about the GPUs (or the CUDA libraries) of the machine the check runs on."""
+    return f.what == "gpu" or (f.what == "mxnet" and ("libcud" in f.detail or "libnccl" in f.detail))
+
+
+def recipe_env_check(name: str, prefix: Path | None = None, gpus_checked_by_jobs: bool = False) -> dict:
+    """Called by recipe run: the recipe's environment must be able to run here, else an error with the fix.
+
+    gpus_checked_by_jobs: submitting to Slurm from a login node, whose GPUs (often none) say nothing about
+    the compute nodes: findings about this machine's GPUs do not fail the submission; each job checks its
+    node before its stage starts."""
+    doc = check(name, prefix)
+    failing = [f for f in doc.findings if f.ok is False]
+    if not doc.can_run and gpus_checked_by_jobs and failing and all(map(_about_this_machines_gpus, failing)):
+        return {
+            "name": name,
+            "lock_sha256": doc.facts.get("lock_sha256"),
+            "check": f"deferred to each job's compute node (on the submitting machine: {doc.verdict})",
+            "gpus": doc.facts.get("gpus"),
+            "features": doc.facts.get("features"),
+        }
+    if not doc.can_run and gpus_checked_by_jobs and failing:  # lead with what the jobs' nodes cannot fix
+        first = next(f for f in failing if not _about_this_machines_gpus(f))
+        raise EnvError(
+            f"environment {name}: CANNOT RUN: {first.detail}",
+            details=[f.detail for f in failing if f is not first and not _about_this_machines_gpus(f)],
+            hint=(first.fix or doc.fix or "") + " (or skip this check: --no-env-check)",
+        )
+    if not doc.can_run:
+        raise EnvError(
+            f"environment {name}: {doc.verdict}",
+            details=[f.detail for f in doc.findings if f.ok is False][1:],
+            hint=(doc.fix or "") + " (or skip this check: --no-env-check)",
+        )
+    return {
+        "name": name,
+        "lock_sha256": doc.facts.get("lock_sha256"),
+        "check": doc.verdict,
+        "gpus": doc.facts.get("gpus"),
+        "features": doc.facts.get("features"),
+    }

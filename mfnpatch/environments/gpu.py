@@ -1,0 +1,196 @@
+"""What the machine's GPUs are (nvidia-smi) and what GPU code a library has: SASS/PTX architectures read from
+``libmxnet.so``'s ``.nv_fatbin`` section."""
+
+from __future__ import annotations
+
+import csv
+import io
+import mmap
+import os
+import re
+import shutil
+import struct
+import subprocess
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from mfnpatch.environments.spec import EnvError
+
+# --------------------------------------------------------------------------------------------
+# ELF and fatbin: which GPU architectures a library carries code for
+
+
+FATBIN_MAGIC = 0xBA55ED50
+
+
+@dataclass
+class FatbinInfo:
+    path: str
+    has_section: bool
+    containers: int = 0
+    sass: dict[int, int] = field(default_factory=dict)  # sm -> number of containers with SASS for it
+    ptx: dict[int, int] = field(default_factory=dict)
+
+    def describe(self) -> str:
+        if not self.has_section:
+            return "no .nv_fatbin section: a CPU build, no GPU code"
+        s = ", ".join(f"sm_{a}" for a in sorted(self.sass)) or "none"
+        p = ", ".join(f"compute_{a}" for a in sorted(self.ptx)) or "no PTX"
+        return f"{self.containers} fatbins; SASS {s}; {p}"
+
+
+def elf_sections(mm) -> dict[str, tuple[int, int]]:
+    """Section name -> (file offset, size), for a little-endian ELF64 file."""
+    if mm[:4] != b"\x7fELF":
+        raise EnvError("not an ELF file")
+    if mm[4] != 2 or mm[5] != 1:
+        raise EnvError("only little-endian ELF64 files are read")
+    shoff = struct.unpack_from("<Q", mm, 0x28)[0]
+    shentsize, shnum, shstrndx = struct.unpack_from("<HHH", mm, 0x3A)
+    if shoff == 0 or shnum == 0:
+        return {}
+    headers = [struct.unpack_from("<IIQQQQIIQQ", mm, shoff + i * shentsize) for i in range(shnum)]
+    str_off, str_size = headers[shstrndx][4], headers[shstrndx][5]
+    names = mm[str_off : str_off + str_size]
+    out = {}
+    for h in headers:
+        end = names.find(b"\0", h[0])
+        out[names[h[0] : end].decode("ascii", "replace")] = (h[4], h[5])
+    return out
+
+
+def fatbin_archs(path: Path) -> FatbinInfo:
+    """Read the SASS and PTX architectures of every fatbin container in a library's .nv_fatbin section."""
+    path = Path(path)
+    with open(path, "rb") as f:
+        if os.fstat(f.fileno()).st_size == 0:
+            raise EnvError(f"{path}: empty file")
+        with mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as mm:
+            try:
+                sections = elf_sections(mm)
+            except EnvError as e:
+                raise EnvError(f"{path}: {e.message}") from None
+            if ".nv_fatbin" not in sections:
+                return FatbinInfo(str(path), False)
+            off, size = sections[".nv_fatbin"]
+            info = FatbinInfo(str(path), True)
+            sass: Counter = Counter()
+            ptx: Counter = Counter()
+            pos, end = off, off + size
+            while pos + 16 <= end:
+                magic, _version, header_size, fat_size = struct.unpack_from("<IHHQ", mm, pos)
+                if magic != FATBIN_MAGIC:
+                    pos += 8  # containers are 8-byte aligned; skip padding
+                    continue
+                info.containers += 1
+                seen_sass, seen_ptx = set(), set()
+                e, cend = pos + header_size, min(pos + header_size + fat_size, end)
+                while e + 32 <= cend:
+                    kind, _, entry_size, payload = struct.unpack_from("<HHIQ", mm, e)
+                    arch = struct.unpack_from("<I", mm, e + 28)[0]
+                    if entry_size == 0:
+                        break
+                    (seen_ptx if kind == 1 else seen_sass).add(arch)
+                    e += entry_size + payload
+                sass.update(seen_sass)
+                ptx.update(seen_ptx)
+                pos = max(cend, pos + 16)
+            info.sass, info.ptx = dict(sorted(sass.items())), dict(sorted(ptx.items()))
+            return info
+
+
+def covered(cc: tuple[int, int], sass: list[int], ptx: list[int]) -> str | None:
+    """How code for compute capability cc is available: SASS of the same major and a minor <= cc's runs
+    as is; PTX for an architecture <= cc is compiled by the driver. None: no kernel can run."""
+    major, minor = cc
+    same = [a for a in sass if a // 10 == major and a % 10 <= minor]
+    if same:
+        return f"SASS sm_{max(same)}"
+    jit = [a for a in ptx if (a // 10, a % 10) <= cc]
+    if jit:
+        return f"PTX compute_{max(jit)} (compiled by the driver at first use)"
+    return None
+
+
+# --------------------------------------------------------------------------------------------
+# GPUs
+
+
+# For drivers too old to report compute_cap: the GPUs this recipe meets.
+KNOWN_CC = {
+    "P40": (6, 1), "P100": (6, 0), "P4": (6, 1), "V100": (7, 0), "T4": (7, 5), "A100": (8, 0), "A30": (8, 0),
+    "A10": (8, 6), "A40": (8, 6), "RTX 30": (8, 6), "RTX 20": (7, 5), "TITAN V": (7, 0), "TITAN X": (6, 1),
+    "GTX 10": (6, 1), "L4": (8, 9), "L40": (8, 9), "RTX 40": (8, 9), "H100": (9, 0), "H200": (9, 0),
+    "H800": (9, 0), "GH200": (9, 0), "B200": (10, 0),
+}  # fmt: skip
+
+
+@dataclass
+class Gpu:
+    index: int
+    name: str
+    cc: tuple[int, int] | None
+    driver: str
+
+
+@dataclass
+class GpuReport:
+    found: bool
+    gpus: list[Gpu]
+    problem: str | None = None  # nvidia-smi absent or failing
+
+
+def _cc_from_name(name: str) -> tuple[int, int] | None:
+    for key, cc in sorted(KNOWN_CC.items(), key=lambda kv: -len(kv[0])):
+        if key.lower() in name.lower():
+            return cc
+    return None
+
+
+def parse_query_csv(text: str) -> list[Gpu]:
+    rows = list(csv.reader(io.StringIO(text.strip()), skipinitialspace=True))
+    if not rows:
+        return []
+    header = [h.strip().split(" ")[0] for h in rows[0]]
+    if "name" not in header:  # --format=csv,noheader
+        header = ["index", "name", "compute_cap", "driver_version"][: len(rows[0])]
+    else:
+        rows = rows[1:]
+    gpus = []
+    for r in rows:
+        d = dict(zip(header, (c.strip() for c in r), strict=False))
+        cc = None
+        cap = d.get("compute_cap", "")
+        if re.fullmatch(r"\d+\.\d+", cap):
+            a, b = cap.split(".")
+            cc = (int(a), int(b))
+        else:
+            cc = _cc_from_name(d.get("name", ""))
+        gpus.append(Gpu(int(d.get("index", len(gpus))), d.get("name", "?"), cc, d.get("driver_version", "?")))
+    return gpus
+
+
+def query_gpus(nvidia_smi: str | None = None) -> GpuReport:
+    exe = nvidia_smi or os.environ.get("MFNPATCH_NVIDIA_SMI") or shutil.which("nvidia-smi")
+    if not exe or not (Path(exe).exists() or shutil.which(exe)):
+        return GpuReport(False, [], "nvidia-smi not found: no NVIDIA driver on this machine")
+    fields = "index,name,compute_cap,driver_version"
+    for attempt in (fields, "index,name,driver_version"):  # old drivers do not know compute_cap
+        try:
+            r = subprocess.run(
+                [exe, f"--query-gpu={attempt}", "--format=csv"], capture_output=True, text=True, timeout=60
+            )
+        except (OSError, subprocess.TimeoutExpired) as e:
+            return GpuReport(False, [], f"nvidia-smi failed: {e}")
+        if r.returncode == 0:
+            return GpuReport(True, parse_query_csv(r.stdout))
+        msg = (r.stdout + r.stderr).strip().splitlines()
+        if attempt == fields and any("compute_cap" in m for m in msg):
+            continue
+        return GpuReport(False, [], f"nvidia-smi failed (exit {r.returncode}): {msg[-1] if msg else ''}")
+    return GpuReport(False, [], "nvidia-smi failed")
+
+
+def version_tuple(v: str) -> tuple[int, ...]:
+    return tuple(int(x) for x in re.findall(r"\d+", v))

@@ -1,0 +1,150 @@
+"""Locked environments as data: ``envs/<name>/env.yaml`` (what it is and why), its pip requirements and their
+hash-pinned lock (made by uv), an optional no-deps part (packages whose declared dependencies are not needed,
+e.g. pnnx's torch), and for conda environments the conda spec, a conda-lock virtual-packages file and, when
+the channels could be reached, ``conda-lock.yml``."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field
+
+from mfnpatch.errors import MfnError
+from mfnpatch.fsutil import sha256_bytes
+from mfnpatch.resources import data_dir
+from mfnpatch.schema import Strict, load_model
+
+MARKER = "mfnpatch-env.json"  # written into a created environment when it is complete
+INCOMPLETE = ".mfnpatch-incomplete"  # present while an environment is being created
+
+
+class EnvError(MfnError):
+    pass
+
+
+# --------------------------------------------------------------------------------------------
+# Manifests
+
+
+class LockPart(Strict):
+    requirements: str
+    lock: str
+
+
+class CondaPart(Strict):
+    environment: str
+    virtual_packages: str
+    lock: str = "conda-lock.yml"
+    platform: str = "linux-64"
+
+
+class MXNetBuild(Strict):
+    package: str
+    version: str
+    cuda: str | None = None
+    driver_min: str | None = None
+    gpu_archs: list[int] = Field(default_factory=list, description="SASS architectures in libmxnet.so")
+    ptx: list[int] = Field(default_factory=list, description="PTX architectures in libmxnet.so")
+
+
+class EnvSpec(Strict):
+    schema_: Literal[1] = Field(alias="schema")
+    name: str
+    kind: Literal["pip", "conda"]
+    description: str
+    python: str
+    platform: str = Field(description="uv's --python-platform for the pip lock")
+    pip: LockPart
+    no_deps: LockPart | None = None
+    conda: CondaPart | None = None
+    mxnet: MXNetBuild
+    patches: str
+    why: str
+
+
+@dataclass
+class Env:
+    spec: EnvSpec
+    dir: Path
+
+    @property
+    def name(self) -> str:
+        return self.spec.name
+
+    def path(self, rel: str) -> Path:
+        return self.dir / rel
+
+    def locks(self) -> list[tuple[Path, bool]]:
+        """(lock file, install without dependencies)."""
+        out = [(self.path(self.spec.pip.lock), False)]
+        if self.spec.no_deps:
+            out.append((self.path(self.spec.no_deps.lock), True))
+        return out
+
+    def lock_sha256(self) -> str | None:
+        parts = []
+        for p, _ in self.locks():
+            if not p.is_file():
+                return None
+            parts.append(p.read_bytes())
+        if self.spec.conda and self.path(self.spec.conda.lock).is_file():
+            parts.append(self.path(self.spec.conda.lock).read_bytes())
+        return sha256_bytes(b"\0".join(parts))
+
+
+def list_envs() -> list[Env]:
+    root = data_dir("envs")
+    return [load_env(d.name) for d in sorted(root.iterdir()) if (d / "env.yaml").is_file()]
+
+
+def load_env(name: str) -> Env:
+    root = data_dir("envs")
+    d = root / name
+    if not (d / "env.yaml").is_file():
+        names = ", ".join(sorted(p.name for p in root.iterdir() if (p / "env.yaml").is_file())) or "none"
+        raise EnvError(f"unknown environment '{name}'", hint=f"environments: {names} (see: mfnpatch env list)")
+    spec = load_model(d / "env.yaml", EnvSpec)
+    if spec.name != name:
+        raise EnvError(f"{d / 'env.yaml'}: declares '{spec.name}' but lives in envs/{name}/")
+    return Env(spec, d)
+
+
+# --------------------------------------------------------------------------------------------
+# Lock files (pip's requirements format with --hash)
+
+
+_REQ = re.compile(r"^([A-Za-z0-9][A-Za-z0-9._-]*)(?:\[[^\]]*\])?==([^\s;\\]+)")
+
+
+def normalize(name: str) -> str:
+    return re.sub(r"[-_.]+", "-", name).lower()
+
+
+def parse_lock(path: Path) -> dict[str, dict]:
+    """name -> {version, hashes, line}; raises when a pin has no hash (a lock must be --require-hashes)."""
+    if not path.is_file():
+        raise EnvError(f"{path}: no lock file", hint=f"make it with: mfnpatch env lock {path.parent.name}")
+    out: dict[str, dict] = {}
+    current = None
+    for i, raw in enumerate(path.read_text().splitlines(), start=1):
+        line = raw.strip()
+        if not line or line.startswith("#"):
+            continue
+        m = _REQ.match(line)
+        if m:
+            current = normalize(m.group(1))
+            out[current] = {"version": m.group(2), "hashes": [], "line": i}
+        for h in re.findall(r"--hash=sha256:([0-9a-f]{64})", line):
+            if current is None:
+                raise EnvError(f"{path}:{i}: a hash before any requirement")
+            out[current]["hashes"].append(h)
+    for name, entry in out.items():
+        if not entry["hashes"]:
+            raise EnvError(
+                f"{path}:{entry['line']}: {name}=={entry['version']} has no --hash",
+                hint=f"regenerate the lock: mfnpatch env lock {path.parent.name}",
+            )
+    return out

@@ -1,0 +1,264 @@
+"""One stage, run: its command (or a resumed segment of it) through ``run_process``, its log, its end decided
+(``outcome.stage_outcome``), its checks, and what it saved (metrics, checkpoint hashes) into its record.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from mfnpatch.checkpoint import Checkpoint
+from mfnpatch.fsutil import atomic_write, sha256_file
+from mfnpatch.logs.events import (
+    CheckpointSaved,
+    CheckpointWritten,
+    Event,
+    Speed,
+    Summary,
+    Verification,
+)
+from mfnpatch.logs.parser import summarize
+from mfnpatch.runs.expand import PlannedStage
+from mfnpatch.runs.outcome import gather_facts, stage_checks, stage_outcome
+from mfnpatch.runs.process import ProcessResult, run_process
+from mfnpatch.runs.record import (
+    CheckpointSeen,
+    CheckRecord,
+    Metrics,
+    RunError,
+    SegmentRecord,
+    StageRecord,
+    StopPoint,
+    TargetMetrics,
+    now,
+)
+from mfnpatch.runs.resume import DIFFERENCES, ResumePlan, Segment, merge
+
+# --------------------------------------------------------------------------------------------
+# Progress (the CLI renders it; tests record it)
+
+
+@dataclass
+class LiveState:
+    step: int | None = None
+    total: int | None = None
+    lr: float | None = None
+    accuracy: dict[str, float] = field(default_factory=dict)
+    samples_per_sec: float | None = None
+    checkpoint: int | None = None
+
+    def update(self, ev: Event) -> None:
+        step = getattr(ev, "step", None)
+        if isinstance(step, int):
+            self.step = max(self.step or 0, step)
+        if isinstance(ev, Speed):
+            self.samples_per_sec = ev.samples_per_sec
+        elif isinstance(ev, Verification):
+            self.accuracy[ev.target] = ev.accuracy
+        elif isinstance(ev, CheckpointWritten):
+            self.checkpoint = ev.number
+        lr = getattr(ev, "lr", None)
+        if isinstance(lr, float):
+            self.lr = lr
+
+
+class Observer:
+    def run_started(self, run_dir: Path, plan: Any) -> None: ...
+    def stage_started(self, ps: PlannedStage, total_steps: int | None) -> None: ...
+    def stage_event(self, ps: PlannedStage, ev: Event, live: LiveState) -> None: ...
+    def stage_output(self, ps: PlannedStage, text: str) -> None: ...
+    def stage_finished(self, ps: PlannedStage, rec: StageRecord) -> None: ...
+    def stage_reused(self, ps: PlannedStage, rec: StageRecord) -> None: ...
+    def note(self, text: str) -> None: ...
+
+
+# --------------------------------------------------------------------------------------------
+# Reading a stage back
+
+
+def stage_summary(run_dir: Path, srec: StageRecord) -> Summary | None:
+    """The stage's log summary, its resumed segments merged in (stage steps and save numbers)."""
+    if not srec.log or not (Path(run_dir) / srec.log).is_file():
+        return None
+    parts = [(summarize(Path(run_dir) / srec.log), Segment(0, srec.log))]
+    for seg in srec.segments:
+        p = Path(run_dir) / seg.log
+        if p.is_file():
+            parts.append((summarize(p), Segment(seg.index, seg.log, seg.prefix, seg.start_step, seg.start_save)))
+    return merge(parts)
+
+
+def stage_metrics(s: Summary) -> Metrics:
+    return Metrics(
+        targets={t: TargetMetrics(best=x.best_accuracy, best_step=x.best_step, last=x.last_accuracy,
+                                  last_step=x.last_step, rounds=x.rounds) for t, x in s.targets().items()},
+        median_samples_per_sec=s.median_samples_per_sec,
+        checkpoints={str(k): CheckpointSeen(**v) for k, v in sorted(s.checkpoints.items())},
+        last_step=s.last_step,
+        python=s.python,
+        ended=s.how_it_ended(),
+        unknown_lines=s.unknown_lines,
+    )  # fmt: skip
+
+
+def checkpoint_hashes(s: Summary, cwd: Path) -> dict[str, str]:
+    """sha256 of every checkpoint file the log says was saved (``.params`` and its ``-symbol.json``),
+    by absolute path, so two runs can be compared byte for byte (and a file checked later)."""
+    out: dict[str, str] = {}
+    for c in s.checkpoints.values():
+        ck = Checkpoint.from_params(c.get("path") or "")
+        if ck is None:
+            continue
+        for f in ck.files(cwd):
+            key = os.path.normpath(f)
+            if key not in out and f.is_file():
+                out[key] = sha256_file(f)
+    return dict(sorted(out.items()))
+
+
+def shift(ev: Event, step_off: int, save_off: int) -> Event:
+    """An event of a resumed segment in its stage's steps and save numbers."""
+    changes: dict[str, Any] = {}
+    if isinstance(getattr(ev, "step", None), int):
+        changes["step"] = ev.step + step_off  # type: ignore[attr-defined]
+    if isinstance(ev, CheckpointWritten | CheckpointSaved) and isinstance(ev.number, int):
+        changes["number"] = ev.number + save_off
+    return dataclasses.replace(ev, **changes) if changes else ev  # type: ignore[type-var]
+
+
+def copy_checkpoint(src: str, dst: str, cwd: Path) -> None:
+    """A stage's ``copy``: the symbol and params of ``src`` (PREFIX,N) under the prefix ``dst``."""
+    ck = Checkpoint.parse(src, "copy:")
+    target = Checkpoint(dst, ck.number)
+    for a, b in zip(ck.files(cwd), target.files(cwd), strict=True):
+        if not a.is_file():
+            raise RunError(f"copy: {a} does not exist", hint="the stage that writes it did not complete")
+        atomic_write(b, a.read_bytes())
+
+
+# --------------------------------------------------------------------------------------------
+# Running one stage
+
+
+@dataclass
+class StageRun:
+    """What running a stage needs from its runner."""
+
+    observer: Observer
+    env: Callable[[PlannedStage], dict[str, str]]  # the stage process's whole environment
+    interrupted: Callable[[], str | None]  # the signal the runner got, if any
+    write: Callable[[], None]  # write the record now
+    adjust: Callable[[PlannedStage, StageRecord], PlannedStage] = lambda ps, srec: ps  # e.g. Slurm's GPUs
+    parse_cpu: float = 0.0
+
+    def execute(self, ps: PlannedStage, srec: StageRecord, run_dir: Path, tree_root: Path, inputs: dict[str, str],
+                resume: ResumePlan | None, provenance: tuple[str, dict[str, str]]) -> StageRecord:  # fmt: skip
+        cwd = tree_root / ps.cwd
+        srec.provenance, srec.provenance_parts = provenance
+        if resume is None:
+            log_rel = f"stages/{ps.name}.log"
+            srec.status, srec.argv, srec.cwd, srec.env = "running", ps.argv, ps.cwd, ps.env
+            srec.seed_command, srec.stands_in, srec.inputs = ps.seed_command, ps.stands_in, inputs
+            srec.stop = StopPoint(kind=ps.stop[0], value=ps.stop[1], why=ps.stop_why) if ps.stop else None  # type: ignore[arg-type]
+            srec.started, srec.log, srec.exit_code, srec.ended, srec.checks, srec.passed = (
+                now(), log_rel, None, None, [], None,
+            )  # fmt: skip
+            srec.seconds, srec.segments, srec.notes = None, [], []
+            run_ps, offsets = ps, (0, 0)
+        else:
+            log_rel = f"stages/{ps.name}.r{resume.segment}.log"
+            srec.status, srec.exit_code, srec.ended, srec.checks, srec.passed = "running", None, None, [], None
+            srec.segments.append(SegmentRecord(
+                index=resume.segment, log=log_rel, prefix=resume.prefix, argv=resume.argv,
+                start_step=resume.from_step, start_save=resume.from_save, pretrained=resume.pretrained,
+                lr=resume.lr, lr_steps=resume.lr_steps, started=now(), notes=resume.notes,
+            ))  # fmt: skip
+            if not srec.notes:
+                srec.notes = [f"a resumed segment differs from an uninterrupted run: {d}" for d in DIFFERENCES]
+            run_ps = PlannedStage(**{**ps.__dict__, "argv": resume.argv, "stop": resume.stop})
+            offsets = (resume.from_step, resume.from_save)
+            self.observer.note(f"{ps.name}: {resume.describe()}")
+        run_ps = self.adjust(run_ps, srec)
+        log_path = run_dir / log_rel
+        self.write()
+        from mfnpatch.runs.handover import total_steps
+
+        total = total_steps(ps)
+        self.observer.stage_started(ps, total)
+        t0 = time.monotonic()
+        if log_path.exists():  # a rerun of the stage (--resume): keep the old log beside the new one
+            log_path.rename(log_path.with_name(f"{log_path.stem}.{time.strftime('%Y%m%d-%H%M%S')}.log"))
+        result = self._run(ps, run_ps, cwd, log_path, total, offsets)
+        seconds = round(time.monotonic() - t0, 3)
+        srec.seconds = round((srec.seconds or 0.0) + seconds, 3) if resume else seconds
+        srec.finished = now()
+        srec.exit_code = result.code
+        ended = result.ended
+        if resume is None and log_path.exists():
+            srec.log_sha256 = sha256_file(log_path)
+        if resume is not None:
+            seg = srec.segments[-1]
+            seg.finished, seg.seconds, seg.exit_code, seg.ended = srec.finished, seconds, result.code, ended
+            if log_path.exists():
+                seg.log_sha256 = sha256_file(log_path)
+            ended = f"{ended} (segment {resume.segment}, resumed from checkpoint {resume.from_save})"
+        summary = stage_summary(run_dir, srec) if ps.kind == "train" else None
+        if summary is not None:
+            srec.metrics = stage_metrics(summary)
+            srec.checkpoints = checkpoint_hashes(summary, cwd)
+        o = stage_outcome(ps.kind, result.code, ended, self.interrupted() is not None, ps.stop,
+                          set(summary.checkpoints) if summary else set())  # fmt: skip
+        srec.status, srec.ended = o.status, o.ended  # type: ignore[assignment]
+        if srec.status == "done":
+            self.judge(ps, srec, summary, cwd)
+        self.observer.stage_finished(ps, srec)
+        return srec
+
+    def judge(self, ps: PlannedStage, srec: StageRecord, summary: Summary | None, cwd: Path) -> None:
+        checks = stage_checks(ps.name, srec.ended or "", ps.expect, gather_facts(ps.expect, summary, cwd))
+        srec.checks = [CheckRecord(**c.__dict__) for c in checks]
+        srec.passed = all(c.verdict == "pass" for c in checks if c.required)
+
+    def _run(self, ps: PlannedStage, run_ps: PlannedStage, cwd: Path, log_path: Path, total: int | None,
+             offsets: tuple[int, int]) -> ProcessResult | _NotStarted:  # fmt: skip
+        live = LiveState(total=total)
+
+        def on_events(events: list[Event]) -> None:
+            for ev in events:
+                if offsets != (0, 0):
+                    ev = shift(ev, *offsets)
+                live.update(ev)
+                self.observer.stage_event(ps, ev, live)
+
+        def on_output(data: bytes) -> None:
+            if ps.kind != "train":
+                self.observer.stage_output(ps, data.decode("utf-8", "replace"))
+
+        try:
+            cwd.mkdir(parents=True, exist_ok=True)
+            for src, dst in run_ps.copies:
+                copy_checkpoint(src, dst, cwd)
+            result = run_process(run_ps.argv, cwd, self.env(run_ps), log_path, run_ps.stop, on_events,
+                                 interrupted=self.interrupted, on_output=on_output)  # fmt: skip
+        except OSError as e:
+            return _NotStarted(f"could not start: {e}")
+        self.parse_cpu += result.parse_cpu
+        if result.stopped_at and run_ps.stop:
+            kind, n = run_ps.stop
+            off = offsets[1] if kind == "checkpoint" else offsets[0]  # in the stage's numbering
+            result.ended = f"stopped at {kind} {n + off} (planned), by mfnpatch"
+            s = result.summary
+            beyond = max(s.checkpoints, default=0) if kind == "checkpoint" else (s.last_step or 0)
+            if beyond > n:
+                result.ended += f"; it had written up to {kind} {beyond + off} when it ended"
+        return result
+
+
+class _NotStarted(ProcessResult):
+    def __init__(self, why: str):
+        super().__init__(None, why, Summary())

@@ -1,0 +1,423 @@
+"""A recipe expanded into a plan: every stage's exact argv, cwd, env, inputs, outputs, copies, stop point and
+expectations, for a profile and parameter overrides (``--set KEY=VALUE``; ``seed`` is the run seed).
+
+Templates are rendered here (``Scope``); inputs that name a checkpoint by number become ``PREFIX,N`` now,
+the others (by step, best, last) are resolved from logs at run time. Stop points a stage does not declare
+are derived from what later stages need. Pure: no processes, no files written.
+"""
+
+from __future__ import annotations
+
+import shlex
+from dataclasses import dataclass, field
+from typing import Any
+
+from mfnpatch.logs.expected import Expectation
+from mfnpatch.runs.recipe import (
+    DEFAULT_SEED,
+    VAR,
+    FlagArg,
+    InputRef,
+    LoadedRecipe,
+    Recipe,
+    RecipeError,
+    Stage,
+    _deps,
+    _params,
+    check_resource,
+    parse_input,
+)
+
+# --------------------------------------------------------------------------------------------
+# Expansion
+
+
+@dataclass
+class PlannedInput:
+    name: str
+    ref: InputRef
+    value: str | None  # "PREFIX,N" when the checkpoint number is known before running
+    describe: str
+
+
+@dataclass
+class PlannedStage:
+    name: str
+    title: str
+    kind: str
+    skipped: str | None  # why, when the stage does not run
+    cwd: str  # relative to the tree
+    argv: list[str]
+    env: dict[str, str]
+    inputs: dict[str, PlannedInput]
+    outputs: dict[str, str]
+    copies: list[tuple[str, str]]
+    stop: tuple[str, int] | None  # ("checkpoint", 60) or ("step", 120000)
+    stop_why: str
+    expect: list[Expectation]
+    seed_command: str | None
+    stands_in: str | None
+    note: str | None
+    depends: list[str]
+    template: Stage = field(repr=False, default=None)  # type: ignore[assignment]
+    resources: dict[str, str] = field(default_factory=dict)  # rendered; only what is set
+
+    def shell(self) -> str:
+        env = " ".join(f"{k}={shlex.quote(v)}" for k, v in self.env.items())
+        return (env + " " if env else "") + " ".join(shlex.quote(a) for a in self.argv)
+
+    def tokens(self) -> list[str]:
+        """The command as tokens, env assignments first (to compare with a seed command)."""
+        return [f"{k}={v}" for k, v in self.env.items()] + list(self.argv)
+
+
+@dataclass
+class Plan:
+    recipe: Recipe
+    loaded: LoadedRecipe
+    profile: str | None
+    parameters: dict[str, Any]
+    environment: str
+    patches: str
+    stages: list[PlannedStage]
+    hazards: list[str]
+    seed: int | None = DEFAULT_SEED  # the run seed (None: unseeded), see mfnpatch/seedhook
+
+    def stage(self, name: str) -> PlannedStage:
+        for s in self.stages:
+            if s.name == name:
+                return s
+        raise RecipeError(
+            f"no stage '{name}' in {self.recipe.name}", hint=f"stages: {', '.join(s.name for s in self.stages)}"
+        )
+
+    def sources(self) -> dict[str, str]:
+        """parameter -> where its default comes from (the recipe's ``source`` fields)."""
+        return {k: p.source for k, p in _params(self.recipe).items() if p.source}
+
+    def to_dict(self) -> dict:
+        return {
+            "sources": self.sources(),
+            "recipe": self.recipe.name,
+            "path": str(self.loaded.path),
+            "sha256": self.loaded.sha256,
+            "profile": self.profile,
+            "pin": self.recipe.pin,
+            "patches": self.patches,
+            "environment": self.environment,
+            "parameters": self.parameters,
+            "seed": self.seed,
+            "hazards": self.hazards,
+            "stages": [
+                {
+                    "name": s.name,
+                    "title": s.title,
+                    "skipped": s.skipped,
+                    "cwd": s.cwd,
+                    "argv": s.argv,
+                    "env": s.env,
+                    "shell": s.shell(),
+                    "inputs": {k: {"value": i.value, "from": i.describe} for k, i in s.inputs.items()},
+                    "outputs": s.outputs,
+                    "copy": [{"checkpoint": a, "to": b} for a, b in s.copies],
+                    "stop": {"kind": s.stop[0], "value": s.stop[1], "why": s.stop_why} if s.stop else None,
+                    "seed_command": s.seed_command,
+                    "stands_in": s.stands_in,
+                    "resources": s.resources,
+                    "note": s.note,
+                    "depends": s.depends,
+                }
+                for s in self.stages
+            ],
+        }
+
+
+def coerce(value: Any, typ: str, name: str) -> Any:
+    if value is None:
+        return None
+    try:
+        if typ == "int":
+            return int(value)
+        if typ == "float":
+            return float(value)
+        if typ == "bool":
+            if isinstance(value, bool):
+                return value
+            s = str(value).strip().lower()
+            if s in ("1", "true", "yes", "on"):
+                return True
+            if s in ("0", "false", "no", "off", ""):
+                return False
+            raise ValueError(value)
+        return str(value)
+    except (TypeError, ValueError):
+        raise RecipeError(f"parameter {name}: {value!r} is not a {typ}") from None
+
+
+def parse_seed(value: Any) -> int | None:
+    """``--set seed=N``: the run seed; ``none``/``off`` runs unseeded (as the pinned code alone does)."""
+    text = str(value).strip().lower()
+    if text in ("none", "off", "unseeded"):
+        return None
+    try:
+        n = int(text)
+    except ValueError:
+        raise RecipeError(
+            f"--set seed={value}: not an integer", hint="write --set seed=N (N >= 0), or --set seed=none"
+        ) from None
+    if not 0 <= n < 2**32:
+        raise RecipeError(f"--set seed={value}: out of range", hint="a seed is an integer from 0 to 4294967295")
+    return n
+
+
+def parse_sets(pairs: list[str]) -> dict[str, str]:
+    out = {}
+    for p in pairs:
+        if "=" not in p:
+            raise RecipeError(f"--set {p!r}: write KEY=VALUE", hint="e.g. --set data_dir=/data/faces_ms1m_112x112")
+        k, v = p.split("=", 1)
+        out[k.strip()] = v
+    return out
+
+
+class Scope:
+    """Values for ${...}: parameters (rendered recursively), built-ins, inputs, earlier stages' outputs."""
+
+    def __init__(self, params: dict[str, Any], builtins: dict[str, Any]):
+        self.raw = params
+        self.builtins = builtins
+        self.rendered: dict[str, Any] = {}
+        self.outputs: dict[str, dict[str, str]] = {}
+        self.inputs: dict[str, str] = {}
+        self._rendering: list[str] = []  # parameters being rendered (a cycle is an error, not a recursion)
+
+    def param(self, name: str) -> Any:
+        if name not in self.rendered:
+            if name in self._rendering:
+                chain = " -> ".join([*self._rendering[self._rendering.index(name) :], name])
+                raise RecipeError(
+                    f"parameter {name} refers to itself: {chain}",
+                    hint="a value may use other parameters, never itself (directly or through others)",
+                )
+            v = self.raw[name]
+            self._rendering.append(name)
+            try:
+                self.rendered[name] = self.render(v) if isinstance(v, str) else v
+            finally:
+                self._rendering.pop()
+        return self.rendered[name]
+
+    def lookup(self, var: str) -> Any:
+        if var in self.raw:
+            return self.param(var)
+        if var in self.builtins:
+            return self.builtins[var]
+        parts = var.split(".")
+        if parts[0] == "inputs":
+            return self.inputs.get(parts[1], f"<{parts[1]}: resolved at run time>")
+        if parts[0] == "stages":
+            return self.outputs.get(parts[1], {}).get(parts[3], f"<{var}>")
+        raise RecipeError(f"unknown parameter '${{{var}}}'")
+
+    def render(self, text: str) -> str:
+        def sub(m):
+            v = self.lookup(m.group(1))
+            if isinstance(v, list):
+                return " ".join(v)
+            return "" if v is None else str(v)
+
+        return VAR.sub(sub, text)
+
+    def is_null(self, text: str) -> bool:
+        """A template that is exactly one variable whose value is null/empty."""
+        m = VAR.fullmatch(text.strip())
+        return bool(m) and self.lookup(m.group(1)) in (None, "")
+
+
+def render_argv(stage: Stage, scope: Scope) -> list[str]:
+    argv: list[str] = []
+    for item in stage.command:
+        if isinstance(item, FlagArg):
+            if scope.is_null(item.value):
+                continue
+            argv += [item.flag, scope.render(item.value)]
+        elif VAR.fullmatch(item) and isinstance(scope.lookup(VAR.fullmatch(item).group(1)), list):
+            argv += list(scope.lookup(VAR.fullmatch(item).group(1)))
+        else:
+            argv.append(scope.render(item))
+    return argv
+
+
+def render_env(env: dict[str, str | None], scope: Scope) -> dict[str, str]:
+    out = {}
+    for k, v in env.items():
+        if v is None or (VAR.fullmatch(v.strip()) and scope.lookup(VAR.fullmatch(v.strip()).group(1)) is None):
+            continue
+        out[k] = scope.render(v)
+    return out
+
+
+def _int_or_render(v: int | str | None, scope: Scope, what: str) -> int | None:
+    if v is None or isinstance(v, int):
+        return v
+    text = scope.render(v)
+    try:
+        return int(text)
+    except ValueError:
+        raise RecipeError(f"{what}: {text!r} is not a number") from None
+
+
+def expand(
+    loaded: LoadedRecipe,
+    profile: str | None = None,
+    overrides: dict[str, str] | None = None,
+    builtins: dict[str, Any] | None = None,
+) -> Plan:
+    r = loaded.recipe
+    if profile is not None and profile not in r.profiles:
+        raise RecipeError(
+            f"recipe {r.name} has no profile '{profile}'", hint=f"profiles: {', '.join(r.profiles) or 'none'}"
+        )
+    prof = r.profiles.get(profile) if profile else None
+    specs = _params(r)
+    overrides = dict(overrides or {})
+    seed = parse_seed(overrides.pop("seed")) if "seed" in overrides and "seed" not in specs else DEFAULT_SEED
+    values: dict[str, Any] = {k: p.default for k, p in specs.items()}
+    if prof:
+        values.update(prof.parameters)
+    for k, v in overrides.items():
+        if k not in specs:
+            raise RecipeError(
+                f"--set {k}: recipe {r.name} has no parameter '{k}'", hint=f"parameters: {', '.join(specs)}"
+            )
+        values[k] = v
+    values = {
+        k: (coerce(v, specs[k].type, k) if not (isinstance(v, str) and VAR.search(v)) else v) for k, v in values.items()
+    }
+    scope = Scope(values, {
+        "run_dir": "<run_dir>", "tree": "<tree>", "cpu_count": "<cpu_count>", "cpu_free": "<cpu_free>",
+        "mfnpatch": ["mfnpatch"], "python_exe": "python", **(builtins or {}),
+    })  # fmt: skip
+    resolved_params = {k: scope.param(k) for k in values}
+    stages: list[PlannedStage] = []
+    consumers: dict[str, list[tuple[str, int]]] = {}
+    for sname, st in r.stages.items():
+        pst = prof.stages.get(sname) if prof else None
+        skipped = None
+        if st.when is not None:
+            on = coerce(scope.render(st.when), "bool", f"stages.{sname}.when")
+            if not on:
+                skipped = f"when: {st.when} is false"
+        inputs: dict[str, PlannedInput] = {}
+        for key, raw in st.inputs.items():
+            ref = parse_input(raw)
+            out = r.stages[ref.stage].outputs.get("checkpoint")
+            prefix = scope.outputs.get(ref.stage, {}).get("checkpoint") or (scope.render(out) if out else None)
+            if ref.checkpoint is not None:
+                n = _int_or_render(ref.checkpoint, scope, f"stages.{sname}.inputs.{key}")
+                ref = InputRef(stage=ref.stage, checkpoint=n)
+                value = f"{prefix},{n}" if prefix else None
+                desc = f"{ref.stage} checkpoint {n} (checked in {ref.stage}'s log)"
+                consumers.setdefault(ref.stage, []).append((sname, n))
+            elif ref.step is not None:
+                ref = InputRef(stage=ref.stage, step=_int_or_render(ref.step, scope, f"stages.{sname}.inputs.{key}"))
+                value, desc = None, f"{ref.stage}'s checkpoint saved at step {ref.step}, from its log"
+            elif ref.best is not None:
+                tie = ", the latest of ties" if ref.tie == "latest" else ""
+                value, desc = None, f"{ref.stage}'s checkpoint with the best {ref.best}{tie}, from its log"
+            else:
+                value, desc = None, f"{ref.stage}'s last checkpoint, from its log"
+            inputs[key] = PlannedInput(key, ref, value, desc)
+            scope.inputs[key] = value if value is not None else f"<{key}: {desc}>"
+        outputs = {k: scope.render(v) for k, v in st.outputs.items()}
+        scope.outputs[sname] = outputs
+        stop_src = (pst.stop if pst and pst.stop else None) or st.stop
+        stop = None
+        stop_why = ""
+        if stop_src is not None:
+            if stop_src.checkpoint is not None:
+                stop = ("checkpoint", _int_or_render(stop_src.checkpoint, scope, f"stages.{sname}.stop"))
+            else:
+                stop = ("step", _int_or_render(stop_src.step, scope, f"stages.{sname}.stop"))
+            stop_why = "the recipe's stop point" + (f" (profile {profile})" if pst and pst.stop else "")
+        env = render_env({**st.env, **(pst.env if pst else {})}, scope)
+        res: dict[str, str] = {}
+        for src in (st.resources, pst.resources if pst else None):
+            for k, v in (src.model_dump(exclude_none=True) if src else {}).items():
+                res[k] = check_resource(scope.render(str(v)), f"stage {sname}: resource {k}")
+        argv = render_argv(st, scope)
+        copies = [(scope.render(c.checkpoint), scope.render(c.to)) for c in st.copy_]
+        scope.inputs = {}
+        stages.append(
+            PlannedStage(
+                name=sname,
+                title=scope.render(st.title),
+                kind=st.kind,
+                skipped=skipped,
+                cwd=st.cwd,
+                argv=argv,
+                env=env,
+                inputs=inputs,
+                outputs=outputs,
+                copies=copies,
+                stop=stop,
+                stop_why=stop_why,
+                expect=[
+                    e.model_copy(update={"json_file": scope.render(e.json_file)}) if e.json_file else e
+                    for e in (pst.expect if pst and pst.expect is not None else st.expect)
+                ],
+                seed_command=st.seed_command,
+                stands_in=st.stands_in,
+                note=st.note,
+                depends=sorted(_deps(st)),
+                template=st,
+                resources={k: v for k, v in res.items() if v != ""},  # "0" GPUs is kept: it asks for none
+            )
+        )
+    # stop points derived from what later stages need
+    for s in stages:
+        needs = consumers.get(s.name, [])
+        if s.stop is None and needs and s.kind == "train":
+            n = max(x for _, x in needs)
+            users = ", ".join(f"{u} uses checkpoint {x}" for u, x in needs)
+            s.stop = ("checkpoint", n)
+            s.stop_why = f"derived: {users}"
+    plan = Plan(
+        recipe=r,
+        loaded=loaded,
+        profile=profile,
+        parameters=resolved_params,
+        environment=(prof.environment if prof and prof.environment else r.environment),
+        patches=(prof.patches if prof and prof.patches else r.patches),
+        stages=stages,
+        hazards=[],
+        seed=seed,
+    )
+    plan.hazards = hazards(plan)
+    return plan
+
+
+def hazards(plan: Plan) -> list[str]:
+    out = []
+    active = [s for s in plan.stages if not s.skipped]
+    by_prefix: dict[str, list[PlannedStage]] = {}
+    for s in active:
+        p = s.outputs.get("checkpoint")
+        if p:
+            by_prefix.setdefault(p, []).append(s)
+    for prefix, ss in by_prefix.items():
+        if len(ss) > 1:
+            first, *later = ss
+            for s in later:
+                n = s.stop[1] if s.stop and s.stop[0] == "checkpoint" else None
+                rng = f"1…{n}" if n else "1…N"
+                m = VAR.fullmatch(s.template.outputs.get("checkpoint", "")) if s.template else None
+                how = f" (parameter {m.group(1)})" if m and m.group(1) in plan.parameters else ""
+                out.append(
+                    f"stage {s.name} writes to {prefix}, the prefix of stage {first.name}: it overwrites "
+                    f"{first.name}'s checkpoints {rng}. Give it its own prefix{how} to keep them."
+                )
+    for s in active:
+        if s.kind == "train" and s.stop is None:
+            out.append(f"stage {s.name} has no stop point and nothing uses its checkpoints: it trains until stopped")
+    return out

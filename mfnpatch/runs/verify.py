@@ -1,0 +1,147 @@
+"""`mfnpatch verify`: a training log judged the way the seed's author would judge it.
+
+The stage it ran is read from its own arguments and matched against the recipes (stagematch); a log that
+continues its own stage from a checkpoint (a resumed run) has run-relative steps, mapped to stage steps
+before any step-wise comparison, or reported unmeasured when the mapping cannot be known. The log is then
+checked against that stage's expectations, a reference log when one is given, and patch sets (the rules:
+mfnpatch.logs.verdicts). The verdict is ``pass`` only when every *required* check passes, ``fail`` when
+a required check fails, else ``unmeasured``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from mfnpatch.errors import MfnError
+from mfnpatch.logs.events import Summary
+from mfnpatch.logs.evidence import evidence_checks, python_finding
+from mfnpatch.logs.expected import load_expected, resolve_reference
+from mfnpatch.logs.parser import summarize
+from mfnpatch.logs.verdicts import Check, Verdict, compare_to_reference, config_findings, evaluate_stage, shift_summary
+from mfnpatch.runs.outcome import gather_facts
+from mfnpatch.runs.stagematch import StageMatch, detect_stage
+from mfnpatch.source.patchset import PatchSet
+
+
+@dataclass
+class Verification:
+    log: str
+    reference: str | None
+    rule: str
+    checks: list[Check] = field(default_factory=list)
+    findings: list[str] = field(default_factory=list)
+    match: StageMatch | None = None
+
+    @property
+    def passed(self) -> bool:
+        return self.verdict == "pass"
+
+    @property
+    def verdict(self) -> Verdict:
+        required = [c for c in self.checks if c.required]
+        if any(c.verdict == "fail" for c in required):
+            return "fail"
+        if required and all(c.verdict == "pass" for c in required):
+            return "pass"
+        return "unmeasured"
+
+    @property
+    def stage(self) -> str | None:
+        return self.match.stage if self.match else None
+
+    def count(self, verdict: str) -> int:
+        return sum(1 for c in self.checks if c.verdict == verdict)
+
+    def failures(self) -> list[Check]:
+        return [c for c in self.checks if c.required and c.verdict != "pass"]
+
+    def to_dict(self) -> dict:
+        return {
+            "log": self.log,
+            "stage": self.stage,
+            "verdict": self.verdict,
+            "match": self.match.to_dict() if self.match else None,
+            "reference": self.reference,
+            "rule": self.rule,
+            "passed": self.passed,
+            "counts": {v: self.count(v) for v in ("pass", "fail", "unmeasured", "n/a")},
+            "checks": [c.to_dict() for c in self.checks],
+            "findings": self.findings,
+        }
+
+
+RULES = (
+    "stage targets: at least / best reached = a floor (better passes); about = passes from value − tolerance "
+    "up, above the band is a note; reference: each (target, step) within ± tolerance at the same stage step, "
+    "best per target at least reference best − tolerance; missing = unmeasured (never a pass)"
+)
+
+
+def _reference_stage(ref_spec: str, ref: Summary) -> str | None:
+    expected = load_expected()
+    if ref_spec in expected.references:
+        return expected.references[ref_spec].stage
+    return detect_stage(ref).stage if ref.config is not None else None
+
+
+def verify(
+    log_path: Path,
+    reference: str | None,
+    *,
+    tolerance: float | None = None,
+    sets: list[PatchSet] | None = None,
+    checkpoint: str | None = None,
+    recipe: str | None = None,
+    profile: str | None = None,
+    stage: str | None = None,
+    start_step: int | None = None,
+) -> Verification:
+    """Judge a training log: by the recipe stage it ran (detected from its arguments, or ``stage``), against
+    a reference log when one is given, and against patch sets."""
+    log = summarize(log_path)
+    match = detect_stage(log, recipe=recipe, profile=profile, stage=stage, start_step=start_step)
+    if reference is None and not sets and match.signature is None:
+        raise MfnError(
+            f"nothing to verify against: {match.how}",
+            hint="name the stage (--stage arcface [--recipe may16]), or give --reference REF and/or --patches SETS",
+        )
+    v = Verification(log=str(log_path), reference=reference, rule=RULES, match=match)
+    if match.signature is not None:
+        sig = match.signature
+        what = "exactly" if not match.differences else f"with {len(match.differences)} difference(s)"
+        v.findings.append(f"stage: {sig.label} ({sig.title}), {what}: {match.how}")
+        v.findings += [f"differs from {sig.label}: {d}" for d in match.differences]
+        if match.also:
+            v.findings.append(f"just as close: {', '.join(match.also)}")
+    else:
+        v.findings.append(f"stage: unknown: {match.how}")
+    steps_unknown = None
+    if match.resumed is not None:
+        v.findings.append(match.resumed.how)
+        if match.offset is None:
+            steps_unknown = "the log's steps are run-relative (a resumed run) and where they start is unknown"
+    staged = shift_summary(log, match.offset or 0)
+    if match.signature is not None:
+        expectations = [e for e in match.signature.expect if not (reference and e.reference == reference)]
+        v.checks += evaluate_stage(expectations, gather_facts(expectations, staged, Path.cwd()),
+                                   steps_unknown=steps_unknown)  # fmt: skip
+    if reference is not None:
+        ref_path, ref_name = resolve_reference(reference)
+        ref = summarize(ref_path)
+        v.reference = ref_name
+        rstage = _reference_stage(reference, ref)
+        if rstage and match.stage and rstage != match.stage:
+            v.findings.append(
+                f"the reference is a {rstage} log, this log ran {match.stage}: their steps are different stages' steps"
+            )
+        v.checks += compare_to_reference(staged, ref, ref_name, tolerance, steps_unknown)
+        v.findings += config_findings(log, ref)
+    if sets:
+        v.checks += evidence_checks(log, sets, checkpoint)
+        v.findings += python_finding(log, sets)
+    if log.ending:
+        v.findings.append(f"the run ended: {log.how_it_ended()}")
+    if log.unknown_lines:
+        v.findings.append(f"{log.unknown_lines} line(s) of the log were not recognised (counted, not parsed)")
+    return v
