@@ -34,20 +34,6 @@ class MfnError(Exception):
             "kind": type(self).__name__,
         }
 
-    def render(self) -> str:
-        """Plain text form, as the CLI prints it (used for golden-message tests)."""
-        lines = [f"error: {self.message}"]
-        lines += [f"  {d}" if d else "" for d in self.details]
-        if self.hint:
-            lines.append(f"hint: {self.hint}")
-        return "\n".join(lines)
-
-
-class NothingToDo(MfnError):
-    """The request is already satisfied; not a failure, but distinct from success."""
-
-    exit_code = EXIT_NOTHING_TO_DO
-
 
 class UsageError(MfnError):
     exit_code = EXIT_USAGE

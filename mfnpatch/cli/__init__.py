@@ -61,7 +61,7 @@ def run(argv: list[str] | None = None) -> int:
         return e.exit_code
     except typer.TyperException as e:  # click's usage errors (typer vendors click)
         if type(e).__name__ == "NoArgsIsHelpError":
-            e.show()  # prints the help
+            e.show()  # type: ignore[attr-defined]  # click's NoArgsIsHelpError prints the help
             return EXIT_USAGE
         err.print(f"[bold red]error[/]: {escape(e.format_message())}")
         ctx = getattr(e, "ctx", None)

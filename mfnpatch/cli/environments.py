@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 from rich.markup import escape
@@ -31,7 +31,7 @@ def env_list(as_json: JsonOpt = False):
     from mfnpatch.environments.spec import list_envs
 
     CTX.json = as_json
-    rows = []
+    rows: list[dict[str, Any]] = []
     for e in list_envs():
         m = e.spec.mxnet
         rows.append({

@@ -297,11 +297,12 @@ def compare_cmd(
     if png:
         out.print(f"plot: {escape(str(png))}")
     if c.identical:
-        n = sum(1 for r in c.rows if r.what == "verification")
-        k = sum(1 for r in c.rows if r.what == "checkpoint")
-        out.print(f"[green]IDENTICAL[/]: {n} verification values and {k} checkpoint files equal")
+        values = sum(1 for r in c.rows if r.what == "verification")
+        files = sum(1 for r in c.rows if r.what == "checkpoint")
+        out.print(f"[green]IDENTICAL[/]: {values} verification values and {files} checkpoint files equal")
     else:
-        err.print(f"[red]DIFFERENT[/]: {len(c.differences)} difference(s); the first: {escape(c.first_difference())}")
+        first = c.first_difference() or ""
+        err.print(f"[red]DIFFERENT[/]: {len(c.differences)} difference(s); the first: {escape(first)}")
     return code
 
 

@@ -7,9 +7,10 @@ from rich.markup import escape
 from mfnpatch.cli.app import (
     err,
 )
+from mfnpatch.runs.execute import Observer
 
 
-class RichObserver:
+class RichObserver(Observer):
     """Live progress for recipe runs: a bar per training stage with step, lr, accuracy, samples/s, ETA."""
 
     def __init__(self):

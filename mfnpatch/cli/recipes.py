@@ -5,7 +5,7 @@ from __future__ import annotations
 import sys
 import time
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 from rich.markup import escape
@@ -47,7 +47,7 @@ def recipe_list(as_json: JsonOpt = False):
     from mfnpatch.runs.recipe import list_recipes
 
     CTX.json = as_json
-    rows = []
+    rows: list[dict[str, Any]] = []
     for path, r, problem in list_recipes():
         rows.append({
             "name": path.stem, "path": str(path), "seed_update": r.seed_update if r else None,

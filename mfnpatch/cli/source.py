@@ -5,7 +5,7 @@ from __future__ import annotations
 import sys
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 from rich.markup import escape
@@ -99,29 +99,7 @@ def apply(
         outcome = do_apply(tree, sets, fuzz=fuzz, force=force, check=check, source=prepared.source)
     code = EXIT_NOTHING_TO_DO if outcome.action in ("nothing", "adopted") else EXIT_OK
     if as_json:
-        emit_json(
-            {
-                "action": outcome.action,
-                "tree": str(tree.root),
-                "created": prepared.created,
-                "fetch": None
-                if prepared.fetch is None
-                else {
-                    "url": prepared.fetch.url,
-                    "from_cache": prepared.fetch.from_cache,
-                    "seconds": round(prepared.fetch.seconds, 3),
-                    "note": prepared.fetch.note,
-                },
-                "pin": {"commit": tree.pin.commit, "tree": tree.pin.manifest.tree},
-                "sets": outcome.sets,
-                "previous": outcome.previous,
-                "changed": outcome.changed,
-                "fuzz": outcome.fuzz,
-                "moved_hunks": [h.__dict__ for h in outcome.moved],
-                "saved": str(outcome.saved) if outcome.saved else None,
-                "exit_code": code,
-            }
-        )
+        emit_json(outcome.to_dict() | {"created": prepared.created, "fetch": prepared.fetch_dict(), "exit_code": code})
         return code
     pin = tree.pin
     if prepared.fetch is not None:
@@ -225,16 +203,7 @@ def unapply(
         o = do_unapply(tree, force=force)
     code = EXIT_NOTHING_TO_DO if o.action == "nothing" else EXIT_OK
     if as_json:
-        emit_json(
-            {
-                "action": o.action,
-                "tree": str(o.tree),
-                "removed": o.previous,
-                "restored": o.restored,
-                "saved": str(o.saved) if o.saved else None,
-                "exit_code": code,
-            }
-        )
+        emit_json(o.to_dict() | {"exit_code": code})
         return code
     if o.action == "nothing":
         out.print(f"no patches applied in {escape(str(o.tree))} (nothing to do)")
@@ -328,7 +297,7 @@ def patches_list(as_json: JsonOpt = False):
 
     CTX.json = as_json
     cat = Catalog.scan(data_dir("patches"))
-    rows = []
+    rows: list[dict[str, Any]] = []
     for name, versions in cat.versions.items():
         for v in versions:
             s = cat.load(name, v)

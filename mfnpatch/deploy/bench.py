@@ -70,7 +70,8 @@ class BenchResult:
 
 def cpu_peak() -> dict:
     """What this machine can do at most: cores, clock, and FP32 FLOP per cycle per core from its SIMD flags."""
-    flags, mhz, model = set(), None, "?"
+    flags: set[str] = set()
+    mhz, model = None, "?"
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
             if line.startswith("flags") and not flags:

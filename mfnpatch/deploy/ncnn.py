@@ -181,8 +181,8 @@ class NcnnWriter:
             elif op == "Pooling":
                 if str(_attr(n, "global_pool", "False")).lower() not in ("true", "1"):
                     raise ConvertError(f"unsupported op Pooling without global_pool (node {name})")
-                kind = 1 if _attr(n, "pool_type", "max") == "avg" else 0
-                emit("Pooling", name, ins, [name], f"0={kind} 4=1")
+                pool = 1 if _attr(n, "pool_type", "max") == "avg" else 0
+                emit("Pooling", name, ins, [name], f"0={pool} 4=1")
             after(i, name)
         blobs = set()
         for line in self.layers:
@@ -212,12 +212,12 @@ def pnnx_binary() -> str:
 
     spec = importlib.util.find_spec("pnnx")
     if spec is not None and spec.submodule_search_locations:
-        exe = Path(next(iter(spec.submodule_search_locations))) / "pnnx"
-        if exe.is_file():
-            return str(exe)
-    exe = shutil.which("pnnx")
-    if exe:
-        return exe
+        bundled = Path(next(iter(spec.submodule_search_locations))) / "pnnx"
+        if bundled.is_file():
+            return str(bundled)
+    on_path = shutil.which("pnnx")
+    if on_path:
+        return on_path
     raise ConvertError("pnnx is not installed", hint="pip install --no-deps pnnx (the cpu environment has it)")
 
 

@@ -84,15 +84,16 @@ def fatbin_archs(path: Path) -> FatbinInfo:
                     pos += 8  # containers are 8-byte aligned; skip padding
                     continue
                 info.containers += 1
-                seen_sass, seen_ptx = set(), set()
-                e, cend = pos + header_size, min(pos + header_size + fat_size, end)
-                while e + 32 <= cend:
-                    kind, _, entry_size, payload = struct.unpack_from("<HHIQ", mm, e)
-                    arch = struct.unpack_from("<I", mm, e + 28)[0]
+                seen_sass: set[int] = set()
+                seen_ptx: set[int] = set()
+                at, cend = pos + header_size, min(pos + header_size + fat_size, end)
+                while at + 32 <= cend:
+                    kind, _, entry_size, payload = struct.unpack_from("<HHIQ", mm, at)
+                    arch = struct.unpack_from("<I", mm, at + 28)[0]
                     if entry_size == 0:
                         break
                     (seen_ptx if kind == 1 else seen_sass).add(arch)
-                    e += entry_size + payload
+                    at += entry_size + payload
                 sass.update(seen_sass)
                 ptx.update(seen_ptx)
                 pos = max(cend, pos + 16)
@@ -157,7 +158,7 @@ def parse_query_csv(text: str) -> list[Gpu]:
         header = ["index", "name", "compute_cap", "driver_version"][: len(rows[0])]
     else:
         rows = rows[1:]
-    gpus = []
+    gpus: list[Gpu] = []
     for r in rows:
         d = dict(zip(header, (c.strip() for c in r), strict=False))
         cc = None

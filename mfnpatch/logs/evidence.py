@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from mfnpatch.checkpoint import Checkpoint
 from mfnpatch.errors import MfnError
 from mfnpatch.logs.events import Summary
 from mfnpatch.logs.verdicts import Check
@@ -17,16 +18,15 @@ from mfnpatch.source.patchset import Evidence, PatchSet
 
 
 def checkpoint_symbol(log: Summary, checkpoint: str | None) -> tuple[Path | None, str]:
-    """The training symbol of the run's checkpoints: --checkpoint PREFIX, else the prefix the log saved to."""
+    """The training symbol of the run's checkpoints: --checkpoint PREFIX (or PREFIX,N, or the symbol file
+    itself), else the prefix the log saved to."""
     candidates = []
     if checkpoint:
-        c = checkpoint.split(",")[0]
-        candidates.append(Path(c if c.endswith("-symbol.json") else c + "-symbol.json"))
-    for ck in log.checkpoints.values():
-        if ck.get("path"):
-            p = str(ck["path"])
-            candidates.append(Path(p[: p.rfind("-")] + "-symbol.json"))
-            break
+        prefix = checkpoint.rpartition(",")[0] if "," in checkpoint else checkpoint
+        candidates.append(Path(prefix) if prefix.endswith("-symbol.json") else Checkpoint(prefix, 0).symbol)
+    saved = next((Checkpoint.from_params(c["path"]) for c in log.checkpoints.values() if c.get("path")), None)
+    if saved is not None:
+        candidates.append(saved.symbol)
     for c in candidates:
         if c.is_file():
             return c, str(c)

@@ -341,21 +341,21 @@ class LogParser:
                     self.s.unknown_lines += 1
                     self._images_pending = False
                 continue
-            k = m.lastgroup
-            if k in _STATELESS:
+            kind = m.lastgroup or ""
+            if kind in _STATELESS:
                 self._images_pending = False
                 continue
-            ev = handlers[k](m)
+            ev = handlers[kind](m)
             if ev is not None and emit:
                 pos = lines.index(ln, pos)
                 ev.line = first + pos
                 pos += 1
                 events.append(ev)
         if speed_event is not None:
-            k = 0
-            while k < len(events) and events[k].line < speed_event.line:
-                k += 1
-            events.insert(k, speed_event)
+            at = 0
+            while at < len(events) and events[at].line < speed_event.line:
+                at += 1
+            events.insert(at, speed_event)
         return events
 
     def step_of(self, epoch: int, batch: int) -> int | None:

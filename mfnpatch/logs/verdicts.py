@@ -319,7 +319,8 @@ def evaluate_stage(
             continue
         if e.metric is None:
             raise MfnError("an expectation needs metric, verified, reference or json")
-        op, value, tol = e.op, e.value, e.tolerance
+        op: str = e.op
+        value, tol = e.value, e.tolerance
         rule = None
         if e.from_ is not None:
             op, value, tol, rule = seed_rule(_from_expected(e.from_, expected or load_expected()), tol, e.from_)

@@ -306,9 +306,11 @@ def plot_overlay(a: Side, b: Side, out: Path) -> Path | None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    names = [n for n in a.stages if n in b.stages and (a.stages[n].summary or b.stages[n].summary)]
-    names = [n for n in names if (a.stages[n].summary and a.stages[n].summary.verifications)
-             or (b.stages[n].summary and b.stages[n].summary.verifications)]  # fmt: skip
+    def has_curves(side: Side, n: str) -> bool:
+        s = side.stages[n].summary
+        return bool(s and s.verifications)
+
+    names = [n for n in a.stages if n in b.stages and (has_curves(a, n) or has_curves(b, n))]
     if not names:
         return None
     fig, axes = plt.subplots(1, len(names), figsize=(5 * len(names), 3.6), squeeze=False)

@@ -128,7 +128,7 @@ def shift(ev: Event, step_off: int, save_off: int) -> Event:
         changes["step"] = ev.step + step_off  # type: ignore[attr-defined]
     if isinstance(ev, CheckpointWritten | CheckpointSaved) and isinstance(ev.number, int):
         changes["number"] = ev.number + save_off
-    return dataclasses.replace(ev, **changes) if changes else ev  # type: ignore[type-var]
+    return dataclasses.replace(ev, **changes) if changes else ev
 
 
 def copy_checkpoint(src: str, dst: str, cwd: Path) -> None:

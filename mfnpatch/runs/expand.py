@@ -231,7 +231,7 @@ class Scope:
     def is_null(self, text: str) -> bool:
         """A template that is exactly one variable whose value is null/empty."""
         m = VAR.fullmatch(text.strip())
-        return bool(m) and self.lookup(m.group(1)) in (None, "")
+        return m is not None and self.lookup(m.group(1)) in (None, "")
 
 
 def render_argv(stage: Stage, scope: Scope) -> list[str]:
@@ -241,8 +241,8 @@ def render_argv(stage: Stage, scope: Scope) -> list[str]:
             if scope.is_null(item.value):
                 continue
             argv += [item.flag, scope.render(item.value)]
-        elif VAR.fullmatch(item) and isinstance(scope.lookup(VAR.fullmatch(item).group(1)), list):
-            argv += list(scope.lookup(VAR.fullmatch(item).group(1)))
+        elif (m := VAR.fullmatch(item)) and isinstance(scope.lookup(m.group(1)), list):
+            argv += list(scope.lookup(m.group(1)))
         else:
             argv.append(scope.render(item))
     return argv
@@ -251,14 +251,14 @@ def render_argv(stage: Stage, scope: Scope) -> list[str]:
 def render_env(env: dict[str, str | None], scope: Scope) -> dict[str, str]:
     out = {}
     for k, v in env.items():
-        if v is None or (VAR.fullmatch(v.strip()) and scope.lookup(VAR.fullmatch(v.strip()).group(1)) is None):
+        if v is None or ((m := VAR.fullmatch(v.strip())) and scope.lookup(m.group(1)) is None):
             continue
         out[k] = scope.render(v)
     return out
 
 
-def _int_or_render(v: int | str | None, scope: Scope, what: str) -> int | None:
-    if v is None or isinstance(v, int):
+def _int_or_render(v: int | str, scope: Scope, what: str) -> int:
+    if isinstance(v, int):
         return v
     text = scope.render(v)
     try:
@@ -337,7 +337,7 @@ def expand(
         if stop_src is not None:
             if stop_src.checkpoint is not None:
                 stop = ("checkpoint", _int_or_render(stop_src.checkpoint, scope, f"stages.{sname}.stop"))
-            else:
+            elif stop_src.step is not None:
                 stop = ("step", _int_or_render(stop_src.step, scope, f"stages.{sname}.stop"))
             stop_why = "the recipe's stop point" + (f" (profile {profile})" if pst and pst.stop else "")
         env = render_env({**st.env, **(pst.env if pst else {})}, scope)

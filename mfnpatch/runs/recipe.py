@@ -196,7 +196,7 @@ def load_recipe(spec: str) -> LoadedRecipe:
 def _params(r: Recipe) -> dict[str, Param]:
     out = {}
     for k, v in r.parameters.items():
-        out[k] = v if isinstance(v, Param) else Param(default=v, type=_infer_type(v))
+        out[k] = v if isinstance(v, Param) else Param.model_validate({"default": v, "type": _infer_type(v)})
     return out
 
 
@@ -348,7 +348,7 @@ def check_confinement(lr: LoadedRecipe) -> None:
                 f"{lr.where(('stages', sname, 'cwd'))}: stage {sname}: {e.message}",
                 hint="a cwd is a directory inside the patched tree, relative to it (src, deploy)",
             ) from None
-        envs = [(("stages", sname, "env"), stage.env)]
+        envs: list[tuple[tuple[str, ...], dict[str, str | None]]] = [(("stages", sname, "env"), stage.env)]
         envs += [(("profiles", p, "stages", sname, "env"), prof.stages[sname].env)
                  for p, prof in r.profiles.items() if sname in prof.stages]  # fmt: skip
         for loc, env in envs:
@@ -358,7 +358,8 @@ def check_confinement(lr: LoadedRecipe) -> None:
                         f"{lr.where((*loc, key))}: env key {key!r} is not a variable name",
                         hint="letters, digits and _, not starting with a digit (e.g. OMP_NUM_THREADS)",
                     )
-        for loc, res in [(("stages", sname, "resources"), stage.resources)] + [
+        resources: list[tuple[tuple[str, ...], Resources | None]] = [(("stages", sname, "resources"), stage.resources)]
+        for loc, res in resources + [
             (("profiles", p, "stages", sname, "resources"), prof.stages[sname].resources)
             for p, prof in r.profiles.items()
             if sname in prof.stages
@@ -461,7 +462,7 @@ def seed_tokens(seed_command: str) -> list[str]:
 
 
 def list_recipes() -> list[tuple[Path, Recipe | None, str | None]]:
-    out = []
+    out: list[tuple[Path, Recipe | None, str | None]] = []
     for p in sorted(data_dir("recipes").glob("*.yaml")):
         if p.stem == "expected":
             continue

@@ -19,10 +19,10 @@ iterator starts a new epoch with a new shuffle.
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from mfnpatch.checkpoint import Checkpoint
 from mfnpatch.errors import MfnError
 from mfnpatch.logs.events import Summary
 
@@ -31,7 +31,6 @@ DIFFERENCES = (
     "momentum restarts at zero (the pinned code does not save it)",
     "the data iterator starts a new epoch with a new shuffle",
 )
-_PARAMS = re.compile(r"^(?P<prefix>.*)-(?P<n>\d{4})\.params$")
 
 
 class ResumeError(MfnError):
@@ -107,14 +106,14 @@ def merge(parts: list[tuple[Summary, Segment]]) -> Summary:
         out.speed_lines += s.speed_lines
         if s.median_samples_per_sec is not None:
             speeds.append(s.median_samples_per_sec)
-        for k, v in s.lr_changes.items():
-            out.lr_changes[k + off] = v
-        for k, v in s.lr_points.items():
-            out.lr_points[k + off] = v
+        for k, lr in s.lr_changes.items():
+            out.lr_changes[k + off] = lr
+        for k, lr in s.lr_points.items():
+            out.lr_points[k + off] = lr
         for t, steps in s.verifications.items():
             tgt = out.verifications.setdefault(t, {})
-            for st, v in steps.items():
-                tgt[st + off] = v
+            for st, ver in steps.items():
+                tgt[st + off] = ver
         out.standalone.update(s.standalone)
         if s.highest is not None:
             h = (s.highest[0] + off, s.highest[1])
@@ -179,14 +178,10 @@ def lr_at(base_lr: float, lr_steps: list[int], step: int, beta_freeze: int = 0) 
     return lr
 
 
-def checkpoint_ref(c: dict, stage_prefix: str, stage_save: int) -> tuple[str, int]:
-    """(PREFIX, N) of a merged checkpoint's files."""
-    path = c.get("path")
-    if path:
-        m = _PARAMS.match(path)
-        if m:
-            return m.group("prefix"), int(m.group("n"))
-    return stage_prefix, int(c.get("number", stage_save))
+def checkpoint_ref(c: dict, stage_prefix: str, stage_save: int) -> Checkpoint:
+    """The files of a merged checkpoint: where its log says it saved them, else the stage's own prefix."""
+    ck = Checkpoint.from_params(c.get("path") or "")
+    return ck if ck is not None else Checkpoint(stage_prefix, int(c.get("number", stage_save)))
 
 
 def plan_resume(
@@ -235,8 +230,8 @@ def plan_resume(
         raise ResumeError("the stage's command has no --prefix")
     seg = segments_so_far + 1
     prefix = f"{prefix0}-r{seg}"
-    ck_prefix, ck_n = checkpoint_ref(c, prefix0, n)
-    new = set_opt(argv, "--pretrained", f"{ck_prefix},{ck_n}")
+    ck = checkpoint_ref(c, prefix0, n)
+    new = set_opt(argv, "--pretrained", str(ck))
     new = set_opt(new, "--prefix", prefix)
     new = set_opt(new, "--lr", f"{lr:.10g}")
     new = set_opt(new, "--lr-steps", ",".join(str(s) for s in shifted))
@@ -247,7 +242,7 @@ def plan_resume(
     if stop is not None:
         kind, v = stop
         seg_stop = (kind, v - n) if kind == "checkpoint" else (kind, v - step)
-    return ResumePlan(seg, n, step, f"{ck_prefix},{ck_n}", prefix, lr, shifted, new, seg_stop, notes)
+    return ResumePlan(seg, n, step, str(ck), prefix, lr, shifted, new, seg_stop, notes)
 
 
 def usable_checkpoints(merged: Summary, stage_prefix: str, cwd: Path) -> list[int]:
@@ -256,8 +251,6 @@ def usable_checkpoints(merged: Summary, stage_prefix: str, cwd: Path) -> list[in
     for n, c in merged.checkpoints.items():
         if not c.get("path"):  # "saving N" without "Saved checkpoint": the write may not have finished
             continue
-        prefix, k = checkpoint_ref(c, stage_prefix, n)
-        base = Path(prefix) if Path(prefix).is_absolute() else cwd / prefix
-        if Path(f"{base}-symbol.json").is_file() and Path(f"{base}-{k:04d}.params").is_file():
+        if checkpoint_ref(c, stage_prefix, n).exists(cwd):
             out.append(n)
     return sorted(out)

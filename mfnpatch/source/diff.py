@@ -318,7 +318,7 @@ def parse_patch(text: str, name: str, label: str, sha256: str | None = None) -> 
                     continue
                 if ln.line_type not in (" ", "-", "+"):
                     continue
-                hl.append(HunkLine(ln.line_type, ln.value.encode("utf-8"), ln.diff_line_no))
+                hl.append(HunkLine(ln.line_type, ln.value.encode("utf-8"), ln.diff_line_no or 0))
             first_line = min((x.patch_line for x in hl), default=fline + 2)
             hunks.append(
                 Hunk(

@@ -29,7 +29,6 @@ from mfnpatch.fsutil import atomic_write, git_blob_id, locked, not_an_option, sh
 from mfnpatch.resources import cache_dir, data_dir
 from mfnpatch.schema import Strict, load_model
 
-SHA_RE = re.compile(r"^[0-9a-f]{40}$")
 PIN_REF = "refs/mfnpatch/pins/"
 STATE_DIRNAME = ".mfnpatch"
 # git fails a transfer that stays below 1 kB/s for 60 s instead of hanging forever.
@@ -214,7 +213,7 @@ def _run_git(repo: git.Repo, args: list[str], on_progress: Callable[[str], None]
     proc = repo.git.execute(["git", *args], as_process=True, env={"GIT_TERMINAL_PROMPT": "0"})
     chunks: list[bytes] = []
     buf = b""
-    assert proc.proc is not None
+    assert proc.proc is not None and proc.proc.stderr is not None and proc.proc.stdout is not None
     stderr = proc.proc.stderr
     while True:
         ch = stderr.read(1)
@@ -422,13 +421,6 @@ def pristine_blob(repo: git.Repo, pin: Pin, path: str) -> bytes | None:
     return data
 
 
-def file_matches_pin(data: bytes | None, pin: Pin, path: str) -> bool:
-    entry = pin.manifest.files.get(path)
-    if entry is None:
-        return data is None
-    return data is not None and git_blob_id(data) == entry.blob
-
-
 # --------------------------------------------------------------------------------------------
 # Recording a pin (maintainers)
 
@@ -449,10 +441,10 @@ def record_manifest(repo: git.Repo, sha: str, name: str, upstream: str) -> PinMa
     commit = repo.commit(sha)
     files: dict[str, PinnedFile] = {}
     for item in commit.tree.traverse():
-        if item.type != "blob":
+        if not isinstance(item, git.Blob):
             continue
         data = item.data_stream.read()
-        files[item.path] = PinnedFile(blob=item.hexsha, sha256=sha256_bytes(data), mode=f"{item.mode:o}")
+        files[str(item.path)] = PinnedFile(blob=item.hexsha, sha256=sha256_bytes(data), mode=f"{item.mode:o}")
     date = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(commit.committed_date)) + "Z"
     return PinManifest(
         schema=1,

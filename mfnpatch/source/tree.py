@@ -250,6 +250,12 @@ class Prepared:
     fetch: FetchResult | None
     source: str | None
 
+    def fetch_dict(self) -> dict | None:
+        f = self.fetch
+        if f is None:
+            return None
+        return {"url": f.url, "from_cache": f.from_cache, "seconds": round(f.seconds, 3), "note": f.note}
+
 
 def prepare_tree(
     commit: str,
@@ -412,12 +418,12 @@ def write_all(tree: Tree, changes: dict[str, bytes | None], current: dict[str, b
                 f.flush()
                 os.fsync(f.fileno())
             os.chmod(tmp, mode)
-        for rel, tmp in staged:
+        for rel, staged_tmp in staged:
             target = tree.root / rel
-            if tmp is None:
+            if staged_tmp is None:
                 target.unlink(missing_ok=True)
             else:
-                os.replace(tmp, target)
+                os.replace(staged_tmp, target)
         if state is None:
             tree.state_path.unlink(missing_ok=True)
         else:

@@ -51,9 +51,13 @@ class DriftError(MfnError):
 # Apply
 
 
+ApplyAction = Literal["applied", "switched", "nothing", "adopted", "checked"]
+FileCondition = Literal["patched", "pinned", "drifted", "missing", "created", "deleted"]
+
+
 @dataclass
 class ApplyOutcome:
-    action: Literal["applied", "switched", "nothing", "adopted", "checked"]
+    action: ApplyAction
     tree: Path
     pin: Pin
     sets: list[str]
@@ -67,6 +71,19 @@ class ApplyOutcome:
     @property
     def moved(self) -> list[HunkResult]:
         return [h for h in self.hunks if h.offset or h.fuzz]
+
+    def to_dict(self) -> dict:
+        return {
+            "action": self.action,
+            "tree": str(self.tree),
+            "pin": {"commit": self.pin.commit, "tree": self.pin.manifest.tree},
+            "sets": self.sets,
+            "previous": self.previous,
+            "changed": self.changed,
+            "fuzz": self.fuzz,
+            "moved_hunks": [h.__dict__ for h in self.moved],
+            "saved": str(self.saved) if self.saved else None,
+        }
 
 
 def _state_for(tree: Tree, sets: list[PatchSet], result_hunks, files_after, pristine, fuzz, source) -> TreeState:
@@ -166,8 +183,9 @@ def _save_copies(tree: Tree, paths: list[str], current: dict[str, bytes | None])
         n += 1
         dest = dest.with_name(dest.name.split(".")[0] + f".{n}")
     for p in paths:
-        if current[p] is not None:
-            atomic_write(dest / p, current[p])
+        data = current[p]
+        if data is not None:
+            atomic_write(dest / p, data)
     return dest
 
 
@@ -195,18 +213,19 @@ def apply(
     labels = [s.label for s in sets]
     previous = state.labels() if state else []
     drifted = _drift(tree, state, paths, current)
-    base = dict(tree=tree.root, pin=tree.pin, sets=labels, previous=previous, hunks=result.hunks, fuzz=fuzz)
+
+    def outcome(action: ApplyAction, changed: list[str], **extra) -> ApplyOutcome:
+        return ApplyOutcome(action, tree.root, tree.pin, labels, previous, changed, result.hunks, fuzz=fuzz, **extra)
 
     if drifted and not force:
         if state is None and all(current[p] == target[p] for p in paths):
             if not check:
                 new_state = _state_for(tree, sets, result.hunks, target, pristine, fuzz, source)
                 write_all(tree, {}, current, new_state)
-            return ApplyOutcome(
-                action="adopted",
-                changed=[],
+            return outcome(
+                "adopted",
+                [],
                 notes=["the tree already holds exactly these changes (made by hand?); recorded them as applied"],
-                **base,
             )
         raise DriftError(
             f"{len(drifted)} file(s) in {tree.root} changed outside mfnpatch; refusing to overwrite them",
@@ -220,15 +239,13 @@ def apply(
     ]
     changes = {p: target[p] for p in paths if current[p] != target[p]}
     if same_sets and not changes and state is not None and state.fuzz == fuzz:
-        return ApplyOutcome(action="nothing", changed=[], **base)
+        return outcome("nothing", [])
     if check:
-        return ApplyOutcome(action="checked", changed=sorted(changes), **base)
+        return outcome("checked", sorted(changes))
     saved = _save_copies(tree, drifted, current) if drifted else None
     new_state = _state_for(tree, sets, result.hunks, target, pristine, fuzz, source)
     write_all(tree, changes, current, new_state)
-    return ApplyOutcome(
-        action="switched" if state is not None else "applied", changed=sorted(changes), saved=saved, **base
-    )
+    return outcome("switched" if state is not None else "applied", sorted(changes), saved=saved)
 
 
 # --------------------------------------------------------------------------------------------
@@ -243,6 +260,15 @@ class UnapplyOutcome:
     previous: list[str]
     restored: list[str]
     saved: Path | None = None
+
+    def to_dict(self) -> dict:
+        return {
+            "action": self.action,
+            "tree": str(self.tree),
+            "removed": self.previous,
+            "restored": self.restored,
+            "saved": str(self.saved) if self.saved else None,
+        }
 
 
 def unapply(tree: Tree, *, force: bool = False) -> UnapplyOutcome:
@@ -275,7 +301,7 @@ def unapply(tree: Tree, *, force: bool = False) -> UnapplyOutcome:
 @dataclass
 class FileStatus:
     path: str
-    state: Literal["patched", "pinned", "drifted", "missing", "created", "deleted"]
+    state: FileCondition
 
 
 @dataclass
@@ -316,6 +342,7 @@ def status(tree: Tree) -> Status:
     if state is not None:
         for p, fs in state.files.items():
             cur = tree.read(p)
+            kind: FileCondition
             if blob_id(cur) == fs.blob:
                 kind = (
                     "created"
