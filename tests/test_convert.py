@@ -161,6 +161,7 @@ def test_wrong_input_shape_is_named(mx, tmp_path):
     assert "fc1" in e.value.message
 
 
+@pytest.mark.slow
 def test_bench_brief(converted, cli):
     _, d = converted
     r = cli("bench", d, "--threads", "1", "--loops", "2", "--warmup", "1", "--json")

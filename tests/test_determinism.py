@@ -37,6 +37,7 @@ def test_the_hook_seeds_random_numpy_and_string_hashing():
     assert _py(DRAW, {"PYTHONHASHSEED": "random"}) != _py(DRAW, {"PYTHONHASHSEED": "random"})
 
 
+@pytest.mark.slow
 def test_the_hook_seeds_mxnet_when_it_is_imported():
     pytest.importorskip("mxnet")
     code = "import mxnet as mx; print(mx.nd.random.uniform(shape=(4,)).asnumpy().tolist())"
@@ -153,6 +154,7 @@ def test_unseeded_runs_differ_and_compare_names_the_first_difference(cli, runfx,
     assert "**not deterministic**" in (a / "report.md").read_text()
 
 
+@pytest.mark.slow
 def test_another_seed_gives_other_numbers_and_the_provenance_says_why(cli, runfx, randomized):
     a, _ = _run(cli, runfx, "a")
     b, _ = _run(cli, runfx, "b", "--set", "seed=1")
@@ -162,6 +164,7 @@ def test_another_seed_gives_other_numbers_and_the_provenance_says_why(cli, runfx
     assert d["first_difference"] == "provenance seed: 0 in A, 1 in B"
 
 
+@pytest.mark.slow
 def test_compare_a_run_with_a_bare_log(cli, runfx, randomized, tmp_path):
     a, _ = _run(cli, runfx, "a")
     log = tmp_path / "my-softmax.log"

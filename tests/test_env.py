@@ -227,6 +227,7 @@ def test_nvidia_smi_absent_failing_and_old(tmp_path, monkeypatch):
     assert rep.found and (rep.gpus[0].name, rep.gpus[0].cc, rep.gpus[0].driver) == ("Tesla P40", (6, 1), "410.48")
 
 
+@pytest.mark.slow
 def test_doctor_h200_with_cu101(tmp_path, gpu_envs, cli):
     smi = fake_smi(tmp_path, (H200 / "nvidia-smi-query.csv").read_text())
     doc = check("gpu101", None, smi)
@@ -240,6 +241,7 @@ def test_doctor_h200_with_cu101(tmp_path, gpu_envs, cli):
     assert d["can_run"] is False and d["facts"]["gpus"][0]["cc"] == [9, 0]
 
 
+@pytest.mark.slow
 def test_doctor_other_gpus(tmp_path, gpu_envs):
     a100 = fake_smi(tmp_path, "index, name, compute_cap, driver_version\n0, NVIDIA A100-SXM4-40GB, 8.0, 470.57.02")
     doc = check("gpu101", None, a100)
@@ -330,6 +332,7 @@ def test_create_from_a_lock_offline(tmp_path, monkeypatch):
         create_env(name, prefix, find_links=wheels, offline=True)
 
 
+@pytest.mark.slow
 def test_a_wrong_hash_leaves_nothing(tmp_path, monkeypatch):
     name, wheels = _local_env(tmp_path, monkeypatch, digest="0" * 64)
     prefix = tmp_path / "env"
@@ -339,6 +342,7 @@ def test_a_wrong_hash_leaves_nothing(tmp_path, monkeypatch):
     assert not prefix.exists()
 
 
+@pytest.mark.slow
 def test_an_interrupted_create_leaves_nothing(tmp_path, monkeypatch):
     name, wheels = _local_env(tmp_path, monkeypatch)
     prefix = tmp_path / "env"
@@ -367,6 +371,7 @@ def test_conda_create_without_a_conda_lock_says_why():
     assert "conda-lock install" in e.value.hint
 
 
+@pytest.mark.slow
 @needs_pypi
 def test_lock_for_real_and_keep_the_old_lock_when_resolution_fails(tmp_path, monkeypatch):
     root = tmp_path / "envs"
@@ -403,6 +408,7 @@ def test_create_and_check_the_cpu_environment_for_real(tmp_path, cli):
     assert d["facts"]["features"]["MKLDNN"] is True and d["facts"]["features"]["CUDA"] is False
 
 
+@pytest.mark.slow
 @needs_mxnet
 def test_submitting_to_slurm_defers_only_this_machines_gpu_findings(tmp_path, gpu_envs, monkeypatch):
     """A login node without GPUs can submit a GPU recipe: its GPU findings are left to the jobs' nodes.

@@ -345,6 +345,7 @@ def _spawn_apply(fx, series: str, dest: Path, slow: bool) -> subprocess.Popen:
     return subprocess.Popen([*cmd, *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
+@pytest.mark.slow
 def test_two_applies_on_one_tree_take_turns(fx, cli):
     fx.prepare()
     a = _spawn_apply(fx, "demo", fx.dest, slow=True)
@@ -377,6 +378,7 @@ def test_two_applies_creating_one_new_tree_on_a_cold_cache(fx, tmp_path):
 # 7. A refused --resume changes nothing
 
 
+@pytest.mark.slow
 def test_a_refused_resume_writes_nothing(cli, runfx, tmp_path):
     assert run_fake(cli, runfx).code == 0
     rd = runfx.run_dir()

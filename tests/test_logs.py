@@ -254,6 +254,7 @@ def test_chunking_does_not_change_anything():
         assert s.speed_lines == whole.speed_lines and s.median_samples_per_sec == whole.median_samples_per_sec
 
 
+@pytest.mark.slow
 def test_memory_does_not_grow_with_the_log():
     """The parser keeps no lines: 10x more log (same steps) costs no more memory."""
     block = PY3_RUN.encode() * 200

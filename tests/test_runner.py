@@ -61,6 +61,7 @@ def test_run_end_to_end(cli, runfx):
     assert s.code == 0 and "stopped at checkpoint 5 (planned)" in s.out
 
 
+@pytest.mark.slow
 def test_failed_expectation_stops_the_run(cli, runfx, monkeypatch):
     monkeypatch.setenv("FAKE_CAP", "0.45")
     r = run(cli, runfx)
@@ -98,6 +99,7 @@ def test_crash_then_resume(cli, runfx, monkeypatch):
     assert len(old_logs) == 1 and "KeyError" in old_logs[0].read_text()
 
 
+@pytest.mark.slow
 def test_resume_reuses_and_refuses_changed_provenance(cli, runfx):
     assert run(cli, runfx).code == 0
     rd = runfx.run_dir()
@@ -116,6 +118,7 @@ def test_resume_reuses_and_refuses_changed_provenance(cli, runfx):
     assert "20,26" in st["softmax"]["argv"]
 
 
+@pytest.mark.slow
 def test_from_and_only_need_the_inputs(cli, runfx):
     base = ["recipe", "run", runfx.recipe, "--no-env-check", "--tree", runfx.tree]
     r = cli(*base, "--run-dir", runfx.run_dir(), "--from", "arcface")
@@ -128,6 +131,7 @@ def test_from_and_only_need_the_inputs(cli, runfx):
     assert [s["status"] for s in r.json()["stages"]] == ["done", "pending", "pending", "pending"]
 
 
+@pytest.mark.slow
 def test_missing_checkpoint_file_is_not_guessed(cli, runfx):
     rd = runfx.run_dir()
     assert run(cli, runfx).code == 0
@@ -144,6 +148,7 @@ def test_missing_checkpoint_file_is_not_guessed(cli, runfx):
     assert "needs checkpoint 5 of softmax: its log saved it, but" in r.err and "model-y1-softmax-0005.params" in r.err
 
 
+@pytest.mark.slow
 def test_drifted_tree_is_refused(cli, runfx):
     assert run(cli, runfx, name="first").code == 0
     p = runfx.tree / "src/train_softmax.py"
@@ -194,6 +199,7 @@ def test_best_checkpoint_ties_earliest_or_latest():
         InputRef(stage="a", last=True, tie="latest")
 
 
+@pytest.mark.slow
 def test_interrupt_stops_the_stage_and_keeps_the_record(runfx, tmp_path):
     """SIGTERM to `mfnpatch recipe run`: the trainer's process group is stopped, the stage is recorded
     as interrupted, the record is whole, and the exit code is 130."""
@@ -263,6 +269,7 @@ def _pids_running(needle: str, under: Path) -> list[int]:
     return out
 
 
+@pytest.mark.slow
 def test_env_prefix_is_where_the_stages_run(cli, runfx, tmp_path):
     """--env-prefix puts the environment's bin/ first on the stages' PATH: `python` is its python."""
     prefix = tmp_path / "someenv"
@@ -278,6 +285,7 @@ def test_env_prefix_is_where_the_stages_run(cli, runfx, tmp_path):
     assert d["stages"][1]["argv"][0] == "python"
 
 
+@pytest.mark.slow
 def test_interrupted_stage_continues_from_its_last_checkpoint(runfx):
     """SIGTERM after softmax saved a checkpoint, then --resume: softmax continues from that checkpoint as a
     resumed segment (new prefix, the lr in force, lr steps shifted), the merged log has the lr changes at
@@ -329,6 +337,7 @@ def test_interrupted_stage_continues_from_its_last_checkpoint(runfx):
     assert "resumed from checkpoint" in report and "momentum restarts" in report
 
 
+@pytest.mark.slow
 def test_runner_killed_hard_takes_its_trainer_along_and_resume_continues(runfx):
     """kill -9 of the runner (OOM killer, a closed laptop lid): the trainer gets SIGTERM from the kernel
     (no orphan keeps writing checkpoints), and --resume continues the stage the record left 'running'."""
@@ -356,6 +365,7 @@ def test_runner_killed_hard_takes_its_trainer_along_and_resume_continues(runfx):
     assert sm.status == "done" and len(sm.segments) == 1 and "resumed from checkpoint" in r.stderr
 
 
+@pytest.mark.slow
 def test_recipe_cancel_stops_a_local_run_started_elsewhere(runfx, cli):
     """`recipe cancel RUN` from another terminal: the runner gets SIGTERM, stops the trainer, records the
     stage as interrupted and exits 130; a second cancel has nothing to do (exit 2)."""

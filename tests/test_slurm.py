@@ -160,6 +160,7 @@ def test_slurm_options_need_the_slurm_executor(cli, runfx):
 # On the cluster
 
 
+@pytest.mark.slow
 @needs_slurm
 def test_chain_runs_in_order_and_passes(cli, runfx, slurm_env):
     r = submit(cli, runfx)
@@ -193,6 +194,7 @@ def test_chain_runs_in_order_and_passes(cli, runfx, slurm_env):
     assert list((rd / "slurm").glob("softmax-*.out"))
 
 
+@pytest.mark.slow
 @needs_slurm
 def test_training_jobs_get_the_gpus_slurm_allocates(cli, runfx, slurm_env):
     """The node declares two gres/gpu; another job holds GPU 0, so the training jobs get GPU 1: their
@@ -219,6 +221,7 @@ def test_training_jobs_get_the_gpus_slurm_allocates(cli, runfx, slurm_env):
         assert "--gpus-per-node" not in (rd / rec.stage(name).job.script).read_text()
 
 
+@pytest.mark.slow
 @needs_slurm
 def test_gpu_environment_is_checked_on_each_jobs_node(cli, runfx, slurm_env, gpu_envs, tmp_path, monkeypatch):
     """Submitting a GPU recipe from a machine without GPUs (a login node) is allowed: the GPU check is left
@@ -243,6 +246,7 @@ def test_gpu_environment_is_checked_on_each_jobs_node(cli, runfx, slurm_env, gpu
     assert [rec.stage(n).status for n in ("softmax", "arcface", "slim")] == ["cancelled"] * 3
 
 
+@pytest.mark.slow
 @needs_slurm
 def test_only_one_stage_ends_incomplete_as_a_local_run_does(cli, runfx, slurm_env):
     assert submit(cli, runfx, "--only", "data").code == 0
@@ -253,6 +257,7 @@ def test_only_one_stage_ends_incomplete_as_a_local_run_does(cli, runfx, slurm_en
     assert rec.status == "incomplete" and [x.status for x in rec.stages] == ["done", "pending", "pending", "pending"]
 
 
+@pytest.mark.slow
 @needs_slurm
 def test_requeued_mid_stage_resumes_from_its_checkpoint(cli, runfx, slurm_env, monkeypatch):
     """scontrol requeue while softmax trains (as a preemption does): the job restarts, loads its last
@@ -276,6 +281,7 @@ def test_requeued_mid_stage_resumes_from_its_checkpoint(cli, runfx, slurm_env, m
     assert re.search(rf"softmax\s+running\s+job {jid} RUNNING\s+requeued 1x\s+step \d+/100", s.out), s.out
 
 
+@pytest.mark.slow
 @needs_slurm
 def test_past_max_requeues_the_stage_fails_and_the_rest_is_cancelled(cli, runfx, slurm_env, monkeypatch):
     rd, jid = submit_until_softmax_saves(cli, runfx, monkeypatch, "--max-requeues", "0")
@@ -290,6 +296,7 @@ def test_past_max_requeues_the_stage_fails_and_the_rest_is_cancelled(cli, runfx,
     assert [rec.stage(n).status for n in ("arcface", "slim")] == ["cancelled", "cancelled"]
 
 
+@pytest.mark.slow
 @needs_slurm
 def test_preempted_by_a_higher_priority_job_resumes_from_its_checkpoint(cli, runfx, slurm_env, monkeypatch):
     """Real preemption: a job in the higher-tier partition needs the whole node, so Slurm preempts the
@@ -348,6 +355,7 @@ def time_limit_requeue(cli, runfx, slurm_env, monkeypatch, tmp_path) -> None:
     assert len(sm.segments) == 1 and sm.status == "done" and sm.passed
 
 
+@pytest.mark.slow
 @needs_slurm
 def test_time_limit_signal_requeues_and_resumes(cli, runfx, slurm_env, monkeypatch, tmp_path):
     """USR1 to the batch shell is what --signal=B:USR1@GRACE sends before the time limit: the job stops
@@ -364,6 +372,7 @@ def test_time_limit_requeue_stress(cli, runfx, slurm_env, monkeypatch, tmp_path,
     time_limit_requeue(cli, runfx, slurm_env, monkeypatch, tmp_path)
 
 
+@pytest.mark.slow
 @needs_slurm
 def test_a_job_killed_unrecorded_is_stale_and_resubmission_resumes(cli, runfx, slurm_env, monkeypatch):
     """SIGKILL (a node failure, an OOM kill) leaves no chance to record anything: status --follow says the
@@ -391,6 +400,7 @@ def test_a_job_killed_unrecorded_is_stale_and_resubmission_resumes(cli, runfx, s
     assert sm.status == "done" and len(sm.segments) == 1 and sm.job.id != jid
 
 
+@pytest.mark.slow
 @needs_slurm
 def test_failed_expectation_cancels_the_rest(cli, runfx, slurm_env, monkeypatch):
     monkeypatch.setenv("FAKE_CAP", "0.45")
@@ -409,6 +419,7 @@ def test_failed_expectation_cancels_the_rest(cli, runfx, slurm_env, monkeypatch)
              "the dependents to leave the queue")  # fmt: skip
 
 
+@pytest.mark.slow
 @needs_slurm
 def test_cancel_stops_the_running_stage_and_the_queue(cli, runfx, slurm_env, monkeypatch):
     monkeypatch.setenv("FAKE_DELAY", "0.2")
@@ -428,6 +439,7 @@ def test_cancel_stops_the_running_stage_and_the_queue(cli, runfx, slurm_env, mon
     assert cli("recipe", "status", rd).code == 1
 
 
+@pytest.mark.slow
 @needs_slurm
 def test_bad_partition_is_one_clear_error_and_nothing_queued(cli, runfx, slurm_env):
     r = submit(cli, runfx, "--partition", "nosuch")

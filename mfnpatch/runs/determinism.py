@@ -3,7 +3,7 @@
 The pinned code seeds nothing: Python's ``random`` drives the shuffle and the mirror augmentation of
 ``image_iter.py``, MXNet's generator the initializers. A recipe run is seeded by default (run seed 0;
 ``--set seed=N`` changes it, ``--set seed=none`` runs unseeded) without changing a token of the stage
-commands: the runner puts ``mfnpatch/seedhook`` first on the stages' ``PYTHONPATH``, where Python's
+commands: the runner puts ``mfnpatch/runs/seedhook`` first on the stages' ``PYTHONPATH``, where Python's
 start-up imports its ``sitecustomize``, which seeds ``random``, NumPy and (as it is imported) MXNet from
 ``MFNPATCH_SEED``. Why a start-up hook and not a patch set: it needs no edit of the pinned code (the
 ``mfn`` set stays the seed's three edits), it reaches every process of every stage (training, slim, the

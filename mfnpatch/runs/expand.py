@@ -81,7 +81,7 @@ class Plan:
     patches: str
     stages: list[PlannedStage]
     hazards: list[str]
-    seed: int | None = DEFAULT_SEED  # the run seed (None: unseeded), see mfnpatch/seedhook
+    seed: int | None = DEFAULT_SEED  # the run seed (None: unseeded), see mfnpatch/runs/seedhook
 
     def stage(self, name: str) -> PlannedStage:
         for s in self.stages:
