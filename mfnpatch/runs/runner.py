@@ -21,14 +21,15 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from mfnpatch import __version__
 from mfnpatch.errors import Interrupted, MfnError
-from mfnpatch.fsutil import atomic_write, sha256_bytes
+from mfnpatch.fsutil import Busy, atomic_write, locked, sha256_bytes
 from mfnpatch.runs.determinism import describe as describe_determinism
 from mfnpatch.runs.determinism import free_cpus, seed_env
 from mfnpatch.runs.execute import Observer, StageRun, stage_metrics, stage_summary
@@ -93,6 +94,27 @@ def probe_python(python: str, env: dict[str, str]) -> InterpreterInfo:
 
 def changed_parts(old: dict[str, str], new: dict[str, str]) -> list[str]:
     return [f"{k}: {old.get(k, '(absent)')[:12]} -> {v[:12]}" for k, v in new.items() if old.get(k) != v]
+
+
+@contextmanager
+def run_lock(run_dir: Path) -> Iterator[None]:
+    """One runner per run directory: a second `recipe run` (a --resume, or the same --run-dir) while the
+    first still runs is refused at once, before it writes anything. The lock file sits beside the run
+    directory (``.NAME.mfnpatch-lock``), so the run directory holds only the run."""
+    lock = locked(run_dir.parent / f".{run_dir.name}.mfnpatch-lock", f"the run {run_dir}", timeout=0,
+                  on_wait=lambda text: None)  # fmt: skip
+    try:
+        lock.__enter__()
+    except Busy:
+        raise RunError(
+            f"{run_dir} is being run by {lock.holder()} on this machine; nothing changed",
+            hint=f"follow it with: mfnpatch recipe status {run_dir} --follow (or stop it: mfnpatch recipe cancel "
+            f"{run_dir})",
+        ) from None
+    try:
+        yield
+    finally:
+        lock.__exit__()
 
 
 class Runner:
@@ -221,11 +243,15 @@ class Runner:
     # -- the run
 
     def run(self) -> tuple[Path, RunRecord]:
+        run_dir = self._run_dir()
+        with run_lock(run_dir):
+            return self._run(run_dir)
+
+    def _run(self, run_dir: Path) -> tuple[Path, RunRecord]:
         from mfnpatch.resources import data_dir
         from mfnpatch.source.patchset import Catalog, select_sets
         from mfnpatch.source.pin import resolve_pin
 
-        run_dir = self._run_dir()
         plan = self.plan(run_dir)
         names = [s.name for s in plan.stages]
         for flag, v in (("--from", self.opts.from_stage), ("--only", self.opts.only)):
