@@ -76,7 +76,7 @@ def env_lock(name: Annotated[str, typer.Argument(help="cpu, cu101 or cu112.")]):
 
 @env_app.command("create")
 def env_create(
-    name: Annotated[str, typer.Argument(help="cpu (or a conda environment where conda-lock.yml exists).")],
+    name: Annotated[str, typer.Argument(help="cpu, cu117 (pip only), or a conda environment with its conda-lock.yml.")],
     prefix: Annotated[Path, typer.Option("--prefix", help="Where to make it.")],
     find_links: Annotated[Path | None, typer.Option("--find-links", help="A directory of wheels to use.")] = None,
     offline: Annotated[bool, typer.Option("--offline", help="Use --find-links only, no index.")] = False,
@@ -85,13 +85,19 @@ def env_create(
     """Make an environment from its lock (pip install --require-hashes); whole, or nothing left behind."""
     from mfnpatch.environments.create import create_env
     from mfnpatch.environments.doctor import check
+    from mfnpatch.environments.spec import load_env, parse_lock
 
+    spec_env = load_env(name)  # an unknown name is the usual clear error, before anything is made
+    total = 0 if spec_env.spec.conda else sum(len(parse_lock(lock)) for lock, _ in spec_env.locks())
     n = {"packages": 0}
 
-    def line(text: str) -> None:
-        if text.startswith(("Collecting", "Installing collected", "Successfully installed")):
+    def line(text: str) -> None:  # pip's lines, as progress: the package count and what is being fetched
+        if text.startswith(
+            ("Collecting", "Downloading", "Installing collected", "Successfully installed", "Installed")
+        ):
             n["packages"] += text.startswith("Collecting")
-            st.update(f"creating {name} at {prefix}: {escape(text[:100])}")
+            count = f"{n['packages']}/{total} packages, " if total else ""
+            st.update(f"creating {name} at {prefix}: {count}{escape(text[:100])}")
 
     with err.status(f"creating {name} at {prefix} …") as st:
         path = create_env(name, prefix, find_links=find_links, offline=offline, force=force, on_line=line)

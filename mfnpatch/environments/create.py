@@ -72,6 +72,8 @@ def create_env(
             if no_deps:
                 cmd.insert(cmd.index("--require-hashes"), "--no-deps")
             _run_logged(cmd, on_line)
+        if env.spec.cuda_libraries is not None:
+            install_loader_hook(env, site_packages(prefix / "bin" / "python"), on_line)
         created = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
         marker = {"name": name, "lock_sha256": env.lock_sha256(), "created": created, "python": env.spec.python}
         atomic_write(prefix / MARKER, json.dumps(marker, indent=2) + "\n")
@@ -80,6 +82,50 @@ def create_env(
         shutil.rmtree(prefix, ignore_errors=True)
         raise
     return prefix
+
+
+HOOK = "_mfnpatch_cuda_libs"  # the module, .pth and .json names in the environment's site-packages
+
+
+def site_packages(python: Path) -> Path:
+    r = subprocess.run([str(python), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+                       capture_output=True, text=True, check=True)  # fmt: skip
+    return Path(r.stdout.strip())
+
+
+def wheel_lib_dirs(purelib: Path) -> list[Path]:
+    """The library folders of NVIDIA's runtime wheels: site-packages/nvidia/*/lib."""
+    return sorted(d for d in (purelib / "nvidia").glob("*/lib") if d.is_dir())
+
+
+def install_loader_hook(env: Env, purelib: Path, on_line: Callable[[str], None] | None = None) -> list[str]:
+    """Write the loader hook into the environment: the order to preload its NVIDIA libraries in, computed
+    from libmxnet.so's link closure (each library after those it needs), the hook module and the .pth line
+    that imports it. Refused (nothing written) when a library the closure needs is not in the environment."""
+    from mfnpatch.environments.elf import link_closure
+    from mfnpatch.environments.loader_hook import __file__ as hook_source
+
+    assert env.spec.cuda_libraries is not None
+    lib = purelib / "mxnet" / "libmxnet.so"
+    if not lib.is_file():
+        raise EnvError(f"{lib}: not installed; the {env.name} lock should have installed {env.spec.mxnet.package}")
+    wheels = env.spec.cuda_libraries
+    closure = link_closure(lib, wheel_lib_dirs(purelib), driver=wheels.driver, providers=wheels.wheels)
+    missing = [x for x in closure.missing if x.soname not in wheels.driver]
+    if missing:
+        raise EnvError(
+            f"{lib}: {len(missing)} librar{'y' if len(missing) == 1 else 'ies'} it needs not in the environment: "
+            + ", ".join(f"{x.soname} ({x.provider or 'no wheel known'})" for x in missing),
+            details=[x.note for x in missing if x.note],
+            hint=f"add the wheels to envs/{env.name}/pip.in and lock again: mfnpatch env lock {env.name}",
+        )
+    order = [str(Path(p).relative_to(purelib.resolve())) for p in closure.load_order]
+    atomic_write(purelib / f"{HOOK}.json", json.dumps({"load_order": order}, indent=2) + "\n")
+    atomic_write(purelib / f"{HOOK}.py", Path(hook_source).read_text())
+    atomic_write(purelib / f"{HOOK}.pth", f"import {HOOK}\n")
+    if on_line:
+        on_line(f"Installed the loader hook: {len(order)} NVIDIA libraries preloaded before import mxnet")
+    return order
 
 
 def _run_logged(cmd: list[str], on_line: Callable[[str], None] | None) -> None:

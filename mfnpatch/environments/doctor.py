@@ -12,6 +12,8 @@ import sys
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from mfnpatch.environments.create import HOOK, wheel_lib_dirs
+from mfnpatch.environments.elf import Closure, link_closure
 from mfnpatch.environments.gpu import FatbinInfo, GpuReport, covered, fatbin_archs, query_gpus, version_tuple
 from mfnpatch.environments.spec import INCOMPLETE, MARKER, Env, EnvError, load_env, normalize, parse_lock
 
@@ -32,6 +34,10 @@ try:
     out["features"] = {f.name: f.enabled for f in mx.runtime.Features().values()}
 except Exception as e:
     out["mxnet_error"] = f"{type(e).__name__}: {e}"[:400]
+import sysconfig
+out["purelib"] = sysconfig.get_paths()["purelib"]
+hook = sys.modules.get("_mfnpatch_cuda_libs")
+out["loader_hook"] = None if hook is None else {"failed": hook._done[0] if hook._done else None}
 print(json.dumps(out))
 """
 
@@ -117,6 +123,8 @@ class Facts:
     library: str | None  # libmxnet.so of the installed build, when it is the environment's build
     fatbin: FatbinInfo | None  # its GPU code
     gpu: GpuReport
+    closure: Closure | None = None  # libmxnet.so's link closure, as the environment's loader finds it
+    wheel_dirs: list[str] = field(default_factory=list)  # site-packages/nvidia/*/lib, preloaded or not
 
 
 def gather(name: str | None = None, prefix: Path | None = None, nvidia_smi: str | None = None) -> tuple[Env, Facts]:
@@ -134,8 +142,27 @@ def gather(name: str | None = None, prefix: Path | None = None, nvidia_smi: str 
     if installed_build and installed_build != normalize(env.spec.mxnet.package):
         lib = None  # its library says nothing about the environment's build
     fat = fatbin_archs(lib) if lib is not None and lib.is_file() else None
+    closure, wheel_dirs = None, []
+    if lib is not None and lib.is_file():
+        purelib = Path(info.get("purelib") or Path(info["mxnet_dir"]).parent)
+        wheel_dirs = wheel_lib_dirs(purelib)
+        hooked = _hooked_dirs(purelib) if info.get("loader_hook") is not None else []
+        if env.spec.kind == "conda":
+            hooked.append(Path(info["prefix"]) / "lib")
+        cuda = env.spec.cuda_libraries
+        closure = link_closure(lib, hooked, driver=cuda.driver if cuda else ("libcuda.so.1",),
+                               providers=cuda.wheels if cuda else {})  # fmt: skip
     return env, Facts(name, python, info, locked, env.lock_sha256(), str(lib) if fat else None, fat,
-                      query_gpus(nvidia_smi))  # fmt: skip
+                      query_gpus(nvidia_smi), closure, [str(d) for d in wheel_dirs])  # fmt: skip
+
+
+def _hooked_dirs(purelib: Path) -> list[Path]:
+    """The folders whose libraries the environment's loader hook preloads (from its load order)."""
+    try:
+        order = json.loads((purelib / f"{HOOK}.json").read_text())["load_order"]
+    except (OSError, ValueError, KeyError):
+        return []
+    return sorted({(purelib / rel).parent for rel in order})
 
 
 def check(name: str | None = None, prefix: Path | None = None, nvidia_smi: str | None = None) -> Doctor:
@@ -218,6 +245,9 @@ def diagnose(env: Env, facts: Facts) -> Doctor:
         sass, ptx = env.spec.mxnet.gpu_archs, env.spec.mxnet.ptx
         source = f"the {name} manifest ({env.spec.mxnet.package} {env.spec.mxnet.version} is not installed here)"
     doc.facts["sass"], doc.facts["ptx"] = sass, ptx
+    # Link closure: what libmxnet.so needs, found where the loader will look
+    if facts.closure is not None:
+        doc.findings += _link_findings(env, facts)
     # GPUs and driver
     gpu = facts.gpu
     doc.facts["gpus"] = [asdict(g) for g in gpu.gpus]
@@ -271,7 +301,7 @@ def diagnose(env: Env, facts: Facts) -> Doctor:
                 )
             )
     # the verdict names the most fundamental blocker first: hardware cannot be fixed by reinstalling
-    order = {"gpu": 0, "driver": 1, "python": 2, "mxnet": 3, "lock": 4}
+    order = {"libcuda": 0, "gpu": 1, "driver": 2, "python": 3, "links": 4, "mxnet": 5, "lock": 6}
     bad = sorted((f for f in doc.findings if f.ok is False), key=lambda f: order.get(f.what, 9))
     doc.can_run = not bad
     if doc.can_run:
@@ -284,6 +314,48 @@ def diagnose(env: Env, facts: Facts) -> Doctor:
     return doc
 
 
+def _link_findings(env: Env, facts: Facts) -> list[Finding]:
+    """The link closure as findings: every library found (and where), each missing one named with the wheel
+    that provides it; the driver's libraries looked for on the machine."""
+    closure = facts.closure
+    assert closure is not None
+    cuda = env.spec.cuda_libraries
+    driver = set(cuda.driver if cuda else ("libcuda.so.1",))
+    create_fix = f"recreate the environment: mfnpatch env create {env.name} --prefix DIR --force"
+    out: list[Finding] = []
+    missing = [x for x in closure.missing if x.soname not in driver]
+    counts = {w: len(closure.found(w)) for w in ("environment", "beside", "system")}
+    if not missing:
+        parts = [f"{counts['environment']} from the environment's NVIDIA wheels" if counts["environment"] else "",
+                 f"{counts['beside']} beside libmxnet.so" if counts["beside"] else "",
+                 f"{counts['system']} from the system" if counts["system"] else ""]  # fmt: skip
+        n = len(closure.links) - len(closure.missing) - len(closure.found("driver"))
+        found = ", ".join(p for p in parts if p)
+        out.append(Finding("links", True, f"libmxnet.so's link closure: {n} libraries found ({found})"))
+    for x in missing:
+        detail = f"{x.soname} (needed by {x.needed_by}) is not found"
+        where = [d for d in facts.wheel_dirs if (Path(d) / x.soname).is_file()]
+        if where and facts.info.get("loader_hook") is None:
+            detail += f"; it is in {where[0]}, but the environment's loader hook ({HOOK}.pth) is not installed"
+        if x.note:
+            detail += f"; {x.note}"
+        if x.provider:
+            detail += f"; the {x.provider} wheel provides it"
+        out.append(Finding("links", False, detail, create_fix))
+    for soname in sorted(driver & {x.soname for x in closure.links}):
+        x = next(x for x in closure.links if x.soname == soname)
+        if x.where == "driver":
+            out.append(Finding("libcuda", True, f"{soname} (the NVIDIA driver's) at {x.path}"))
+        else:
+            need = f" >= {env.spec.mxnet.driver_min}" if env.spec.mxnet.driver_min else ""
+            detail = (f"the NVIDIA driver is not installed on this machine: {soname}, which {x.needed_by} needs, "
+                      "is not found (it comes with the driver, never with the environment)")  # fmt: skip
+            fix = (f"install the NVIDIA driver{need} (it provides {soname}); on a machine without an NVIDIA GPU "
+                   "use the cpu environment (mfnpatch recipe run may16 --profile smoke)")  # fmt: skip
+            out.append(Finding("libcuda", False, detail, fix))
+    return out
+
+
 def _kernel_fix(cc: tuple[int, int] | None) -> str:
     if cc is None:
         return "find the GPU's compute capability; then choose the environment whose MXNet build has kernels for it"
@@ -293,13 +365,16 @@ def _kernel_fix(cc: tuple[int, int] | None) -> str:
             "(mfnpatch recipe run may16 --profile smoke), or build MXNet from source with CUDA >= 11.8 for sm_90"
         )
     if cc >= (8, 0):
-        return "use the cu112 environment (mxnet-cu112 1.9.1 has sm_80 and sm_86 kernels)"
+        return (
+            "use the cu117 environment (pip only; mxnet-cu117 1.9.1 has sm_80 and sm_86 kernels): mfnpatch env create "
+            "cu117 --prefix DIR, then mfnpatch recipe run may16 --profile cu117 --env-prefix DIR"
+        )
     return "use the cu101 environment (sm_30 to sm_75)"
 
 
 def _about_this_machines_gpus(f: Finding) -> bool:
     """A finding about the GPUs (or the CUDA libraries) of the machine the check runs on."""
-    return f.what == "gpu" or (f.what == "mxnet" and ("libcud" in f.detail or "libnccl" in f.detail))
+    return f.what in ("gpu", "libcuda") or (f.what == "mxnet" and ("libcud" in f.detail or "libnccl" in f.detail))
 
 
 def recipe_env_check(name: str, prefix: Path | None = None, gpus_checked_by_jobs: bool = False) -> dict:

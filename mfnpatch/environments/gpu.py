@@ -15,6 +15,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from mfnpatch.environments.elf import sections as elf_sections
 from mfnpatch.environments.spec import EnvError
 
 # --------------------------------------------------------------------------------------------
@@ -40,37 +41,14 @@ class FatbinInfo:
         return f"{self.containers} fatbins; SASS {s}; {p}"
 
 
-def elf_sections(mm) -> dict[str, tuple[int, int]]:
-    """Section name -> (file offset, size), for a little-endian ELF64 file."""
-    if mm[:4] != b"\x7fELF":
-        raise EnvError("not an ELF file")
-    if mm[4] != 2 or mm[5] != 1:
-        raise EnvError("only little-endian ELF64 files are read")
-    shoff = struct.unpack_from("<Q", mm, 0x28)[0]
-    shentsize, shnum, shstrndx = struct.unpack_from("<HHH", mm, 0x3A)
-    if shoff == 0 or shnum == 0:
-        return {}
-    headers = [struct.unpack_from("<IIQQQQIIQQ", mm, shoff + i * shentsize) for i in range(shnum)]
-    str_off, str_size = headers[shstrndx][4], headers[shstrndx][5]
-    names = mm[str_off : str_off + str_size]
-    out = {}
-    for h in headers:
-        end = names.find(b"\0", h[0])
-        out[names[h[0] : end].decode("ascii", "replace")] = (h[4], h[5])
-    return out
-
-
 def fatbin_archs(path: Path) -> FatbinInfo:
     """Read the SASS and PTX architectures of every fatbin container in a library's .nv_fatbin section."""
     path = Path(path)
     with open(path, "rb") as f:
         if os.fstat(f.fileno()).st_size == 0:
             raise EnvError(f"{path}: empty file")
+        sections = elf_sections(path)  # pyelftools; not an ELF file: an error naming the file
         with mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as mm:
-            try:
-                sections = elf_sections(mm)
-            except EnvError as e:
-                raise EnvError(f"{path}: {e.message}") from None
             if ".nv_fatbin" not in sections:
                 return FatbinInfo(str(path), False)
             off, size = sections[".nv_fatbin"]

@@ -39,6 +39,8 @@ def _lock_pip(env: Env, part: LockPart, no_deps: bool, report: LockReport, uv: s
     req, lock = env.path(part.requirements), env.path(part.lock)
     old = parse_lock(lock) if lock.is_file() else {}
     tmp = lock.with_name(f".{lock.name}.new")
+    if lock.is_file():  # uv keeps the versions of an existing output file where they still satisfy (no upgrade)
+        tmp.write_bytes(lock.read_bytes())
     cmd = [uv, "pip", "compile", str(req), "--generate-hashes", "--python-version", env.spec.python,
            "--python-platform", env.spec.platform, "--output-file", str(tmp),
            "--custom-compile-command", f"mfnpatch env lock {env.name}"]  # fmt: skip

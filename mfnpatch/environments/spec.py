@@ -50,6 +50,14 @@ class MXNetBuild(Strict):
     ptx: list[int] = Field(default_factory=list, description="PTX architectures in libmxnet.so")
 
 
+class CudaLibraries(Strict):
+    """Where a pip-only GPU environment's CUDA libraries come from: NVIDIA's runtime wheels, whose
+    ``site-packages/nvidia/*/lib`` folders the environment's loader hook preloads before ``import mxnet``."""
+
+    wheels: dict[str, str] = Field(description="soname libmxnet.so needs -> the wheel that provides it")
+    driver: list[str] = Field(default_factory=lambda: ["libcuda.so.1"], description="the driver's, from the machine")
+
+
 class EnvSpec(Strict):
     schema_: Literal[1] = Field(alias="schema")
     name: str
@@ -61,6 +69,7 @@ class EnvSpec(Strict):
     no_deps: LockPart | None = None
     conda: CondaPart | None = None
     mxnet: MXNetBuild
+    cuda_libraries: CudaLibraries | None = None
     patches: str
     why: str
 
