@@ -16,6 +16,7 @@ from rich.markup import escape
 # the command families register their commands on the apps when they are imported, in --help's order
 # isort: off
 from mfnpatch.cli import source  # noqa: F401
+from mfnpatch.cli import port  # noqa: F401
 from mfnpatch.cli import logs  # noqa: F401
 from mfnpatch.cli import recipes  # noqa: F401
 from mfnpatch.cli import environments  # noqa: F401

@@ -78,9 +78,9 @@ def apply(
     from mfnpatch.source.worktree import apply as do_apply
 
     CTX.json = as_json
-    resolve_pin(commit)  # a wrong --commit is reported before anything else
+    pinned = resolve_pin(commit).commit  # a wrong --commit is reported before anything else
     catalog = Catalog.scan(data_dir("patches"))
-    sets = select_sets(catalog, series) if series else None  # bad --series fails before any fetch
+    sets = select_sets(catalog, series, pinned) if series else None  # bad --series fails before any fetch
     if check and not Path(dest).exists():
         return _check_without_tree(commit, dest, source, catalog, sets, fuzz, as_json)
     with tree_lock(dest, on_wait=_say):
@@ -95,7 +95,7 @@ def apply(
         _said_recovered(tree)
         if sets is None:
             state = tree.load_state()
-            sets = select_sets(catalog, ",".join(state.labels()) if state else DEFAULT_SERIES)
+            sets = select_sets(catalog, ",".join(state.labels()) if state else DEFAULT_SERIES, pinned)
         outcome = do_apply(tree, sets, fuzz=fuzz, force=force, check=check, source=prepared.source)
     code = EXIT_NOTHING_TO_DO if outcome.action in ("nothing", "adopted") else EXIT_OK
     if as_json:
@@ -167,7 +167,7 @@ def _check_without_tree(commit, dest, source, catalog, sets, fuzz, as_json) -> i
     from mfnpatch.source.pin import Cache, pristine_blob, resolve_pin, resolve_source
 
     pin = resolve_pin(commit)
-    sets = sets or select_sets(catalog, DEFAULT_SERIES)
+    sets = sets or select_sets(catalog, DEFAULT_SERIES, pin.commit)
     cache = Cache()
     url, _ = resolve_source(source, pin)
     fetched = cache.fetch(pin, url)

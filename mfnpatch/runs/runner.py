@@ -270,8 +270,8 @@ class Runner:
                 hint=f"continue it with its own recipe: mfnpatch recipe run {previous.recipe.name} --resume {run_dir}",
             )
         fresh_dir = None if previous is not None else run_dir.exists()  # existed (empty) or not; None: resume
-        sets = select_sets(Catalog.scan(data_dir("patches")), plan.patches)
         pin = resolve_pin(plan.recipe.pin)
+        sets = select_sets(Catalog.scan(data_dir("patches")), plan.patches, pin.commit)
         checked = {k: v for k, v in self.check_environment(plan).items() if k != "name"}
         env_info = EnvironmentInfo(name=plan.environment, prefix=str(self._env_prefix()), **checked)
         probe_env = {

@@ -247,6 +247,24 @@ class Catalog:
             )
         return load_set(self.root / name / str(version))
 
+    def applies_to(self, name: str, version: int) -> str:
+        """The commit a set version is made for (read from its set.yaml alone)."""
+        return load_model(self.root / name / str(version) / SET_FILE, SetManifest).applies_to
+
+    def load_for(self, name: str, commit: str) -> PatchSet:
+        """The newest version of ``name`` made for ``commit`` (versions are carried to later commits by
+        `mfnpatch patches port`)."""
+        self.load(name)  # an unknown set is the usual error
+        made = {v: self.applies_to(name, v) for v in self.versions[name]}
+        fitting = [v for v, c in made.items() if c == commit]
+        if not fitting:
+            have = ", ".join(f"{v} for {c[:7]}" for v, c in made.items())
+            raise PatchSetError(
+                f"patch set {name} has no version made for {commit[:7]} (versions: {have})",
+                hint=f"carry it there: mfnpatch patches port {name} --to {commit}",
+            )
+        return self.load(name, fitting[-1])
+
 
 def parse_selection(spec: str) -> list[tuple[str, int | None]]:
     """'mfn,py3@1' -> [('mfn', None), ('py3', 1)]."""
@@ -284,8 +302,12 @@ def order_sets(sets: list[PatchSet]) -> list[PatchSet]:
     return placed
 
 
-def select_sets(catalog: Catalog, spec: str) -> list[PatchSet]:
-    return order_sets([catalog.load(n, v) for n, v in parse_selection(spec)])
+def select_sets(catalog: Catalog, spec: str, commit: str | None = None) -> list[PatchSet]:
+    """The sets ``spec`` names; a set named without @version is the newest version made for ``commit`` (when
+    given), else its newest version."""
+    chosen = [catalog.load(n, v) if v is not None or commit is None else catalog.load_for(n, commit)
+              for n, v in parse_selection(spec)]  # fmt: skip
+    return order_sets(chosen)
 
 
 @dataclass
