@@ -69,10 +69,13 @@ def test_training_stages_stop_as_planned_and_hand_over_checkpoints(smoke):
     assert stages["arcface"]["inputs"]["pretrained"].endswith("model-y1-softmax,2")
     assert stages["finetune"]["inputs"]["pretrained"].endswith("model-y1-arcface,2")
     assert stages["slim"]["inputs"]["model"].endswith("model-y1-finetune,2")
-    # learnable data: training accuracy rises and the final synthetic LFW is at least 0.9
+    # learnable data: training accuracy rises and the final synthetic LFW clears the profile's floor (0.8: the
+    # lowest over 20 seeded runs was 0.91, docs/determinism.md)
     soft = {c["id"]: c for c in stages["softmax"]["checks"]}
     assert soft["train_acc rises"]["verdict"] == "pass"
-    assert stages["finetune"]["metrics"]["targets"]["lfw"]["last"] >= 0.9
+    fine = {c["id"]: c for c in stages["finetune"]["checks"]}
+    assert fine["lfw last"]["verdict"] == "pass" and fine["lfw last"]["expected"].startswith(">= 0.8")
+    assert stages["finetune"]["metrics"]["targets"]["lfw"]["last"] >= 0.8
 
 
 def test_files_models_and_report(smoke):

@@ -286,7 +286,9 @@ def port(
             assert work_dir is not None
             result = dict(theirs_files)
             for path, rel in resolved[patch.name].items():
-                result[path] = (work_dir / STATE_DIR / rel).read_bytes()
+                result[confined(path, "patch path")] = (
+                    work_dir / STATE_DIR / confined(rel, "resolved file")
+                ).read_bytes()
             status: Status = "resolved"
             detail = "a conflict resolved by hand (--continue)"
         else:
