@@ -111,18 +111,30 @@ def main() -> int:
     print()
     print("| threads | check | min | median | max | threshold | worst margin | failed |")
     print("| ---: | --- | ---: | ---: | ---: | --- | ---: | ---: |")
+    notes: list[str] = []
     for t, recs in results.items():
         keys = list(dict.fromkeys(k for r in recs for k in checked_values(r)))
         for k in keys:
             vals = [checked_values(r)[k] for r in recs if k in checked_values(r)]
             xs = [v[0] for v in vals]
-            thr = vals[0][1]
-            m = margin(min(xs), thr) if thr else None
+            if "rises" in k:  # relative to the run's own first value: each run's margin against its own
+                thr = "> the first value"
+                ms = [margin(v[0], v[1]) for v in vals]
+                m = min(x for x in ms if x is not None) if any(x is not None for x in ms) else None
+            else:  # a constant: the newest run's (a recipe's check can change between runs)
+                thr = vals[-1][1]
+                older = sorted({v[1] for v in vals} - {thr})
+                if older:
+                    notes.append(f"{t} thread(s), {k}: earlier runs were checked against {', '.join(older)}; "
+                                 f"the margin is against the newest, {thr}")  # fmt: skip
+                m = margin(min(xs), thr) if thr else None
             failed = sum(1 for v in vals if v[2] not in ("pass", "-"))
             print(f"| {t} | {k} | {min(xs):.4g} | {statistics.median(xs):.4g} | {max(xs):.4g} | {thr} | "
                   f"{'' if m is None else f'{m:+.4g}'} | {failed}/{len(vals)} |")  # fmt: skip
         passed = sum(1 for r in recs if r["status"] == "passed")
         print(f"| {t} | **runs passed** | | | | | | {len(recs) - passed}/{len(recs)} |")
+    for n in notes:
+        print(f"note: {n}")
     if args.cost:
         print()
         rows = []
