@@ -201,8 +201,9 @@ def verify(
     elif m is not None:
         out.print(f"stage: [yellow]unknown[/] ({escape(m.how)})")
     t = Table(show_edge=False, box=None, pad_edge=False)
-    for col in ("check", "verdict", "found", "at step", "expected"):
-        t.add_column(col)
+    t.add_column("check", no_wrap=True)  # a check's name (a patch's file name) is never cut: the others wrap
+    for col in ("verdict", "found", "at step", "expected"):
+        t.add_column(col, overflow="fold")
     for c in v.checks:
         if not c.required and c.verdict in ("unmeasured", "n/a"):
             continue
@@ -279,7 +280,7 @@ def compare_cmd(
     out.print(f"A: {escape(c.a)}\nB: {escape(c.b)}")
     t = Table(show_edge=False, box=None, pad_edge=False)
     for col in ("stage", "what", "", "A", "B", "difference"):
-        t.add_column(col)
+        t.add_column(col, overflow="fold")
     for r in c.rows:
         mark = "[green]=[/]" if r.same else ("[dim]~[/]" if r.what == "context" else "[red]≠[/]")
         if r.what == "verification":
