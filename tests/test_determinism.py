@@ -127,6 +127,15 @@ def test_two_seeded_runs_are_identical_and_compare_says_so(cli, runfx, randomize
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     report = (a / "report.md").read_text()
     assert "determinism: **deterministic**, seed 0" in report and "Checkpoints (sha256)" in report
+    # a run directory copied elsewhere is still the same run: its files are read where it is now
+    import shutil
+
+    moved = tmp_path / "elsewhere" / a.name
+    shutil.copytree(a, moved)
+    r = cli("compare", moved, b, "--no-plot", "--json")
+    d = r.json()
+    assert r.code == EXIT_OK and d["identical"], d["first_difference"]
+    assert f"A: recorded at {a}; its files are read where the run is now, {moved}" in d["notes"]
     # a flipped byte in one of B's checkpoints: different, and named
     params = sorted(p for p in (b / "models").glob("model-y1-arcface-0002.params"))
     assert params

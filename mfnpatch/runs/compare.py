@@ -23,6 +23,7 @@ from typing import Any
 from mfnpatch.errors import MfnError
 from mfnpatch.logs.events import Summary
 from mfnpatch.logs.parser import summarize
+from mfnpatch.runs.record import RunRecord
 
 
 class CompareError(MfnError):
@@ -148,7 +149,12 @@ def load_side(spec: Path, stage: str | None = None) -> Side:
         run_dir = p.absolute()
         rec = load_record(run_dir)
         notes: list[str] = []
-        subs = sorted([(str(run_dir), "<run>"), (rec.tree, "<tree>")], key=lambda x: -len(x[0]))
+        pairs = [(str(run_dir), "<run>"), (rec.tree, "<tree>")]
+        moved_from = _recorded_run_dir(rec)
+        if moved_from and moved_from != str(run_dir):  # a run directory copied or moved since it ran
+            pairs.append((moved_from, "<run>"))
+            notes.append(f"recorded at {moved_from}; its files are read where the run is now, {run_dir}")
+        subs = sorted(pairs, key=lambda x: -len(x[0]))
         stages = {}
         for s in rec.stages:
             if s.status in ("pending", "skipped") and not s.log:
@@ -158,7 +164,8 @@ def load_side(spec: Path, stage: str | None = None) -> Side:
             stop = None
             if s.stop and s.status == "done" and "stopped at" in (s.ended or ""):
                 stop = s.stop.value * verbose_of(s.argv) if s.stop.kind == "checkpoint" else s.stop.value
-            stages[s.name] = StageSide(s.name, summary, _checkpoints_now(s.checkpoints, subs, notes), cmd, stop)
+            here = {_relocated(path, moved_from, run_dir): digest for path, digest in s.checkpoints.items()}
+            stages[s.name] = StageSide(s.name, summary, _checkpoints_now(here, subs, notes), cmd, stop)
         r = rec.recipe
         prov = {
             "recipe": r.name,
@@ -186,6 +193,23 @@ def load_side(spec: Path, stage: str | None = None) -> Side:
             name = detect_stage(summary).stage or "log"
         return Side(str(p), "log", {name: StageSide(name, summary)})
     raise CompareError(f"{p}: no such run directory or log file", hint="give runs/NAME or a training log")
+
+
+def _recorded_run_dir(rec: RunRecord) -> str | None:
+    """Where the run directory was when the run saved its checkpoints (their paths hold its name)."""
+    needle = f"/{rec.run_id}/"
+    for s in rec.stages:
+        for path in s.checkpoints:
+            i = path.rfind(needle)
+            if i >= 0:
+                return path[: i + len(needle) - 1]
+    return None
+
+
+def _relocated(path: str, moved_from: str | None, run_dir: Path) -> str:
+    if moved_from and path.startswith(moved_from + "/"):
+        return str(run_dir) + path[len(moved_from) :]
+    return path
 
 
 def _checkpoints_now(recorded: dict[str, str], subs: list[tuple[str, str]], notes: list[str]) -> dict[str, str]:
