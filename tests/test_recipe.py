@@ -80,6 +80,11 @@ def test_smoke_profile_is_data():
     assert plan.stage("data").skipped is None
     assert plan.stage("arcface").inputs["pretrained"].value == "/r/models/model-y1-softmax,2"
     assert any(e.metric == "train_acc" for e in sm.expect)
+    # ${cpu_free} and --set omp_threads=2 record the same typed value (provenance compares them equal)
+    given = expand(load_recipe("may16"), "smoke", {"omp_threads": "2"},
+                   builtins={"run_dir": "/r", "cpu_count": "2", "cpu_free": "2"})  # fmt: skip
+    assert plan.parameters["omp_threads"] == given.parameters["omp_threads"] == 2
+    assert expand(load_recipe("may16"), "smoke").parameters["omp_threads"] == "<cpu_free>"  # recipe plan's view
 
 
 def test_plan_cli_json_and_text(cli):

@@ -8,6 +8,7 @@ are derived from what later stages need. Pure: no processes, no files written.
 
 from __future__ import annotations
 
+import re
 import shlex
 from dataclasses import dataclass, field
 from typing import Any
@@ -154,6 +155,17 @@ def coerce(value: Any, typ: str, name: str) -> Any:
         raise RecipeError(f"parameter {name}: {value!r} is not a {typ}") from None
 
 
+def _typed(value: Any, typ: str, name: str) -> Any:
+    """A rendered parameter as its declared type (``${cpu_free}`` -> 2 for an int), so a value given with --set
+    and the same value from a template record alike; a placeholder of `recipe plan` (``<cpu_free>``) stays."""
+    if isinstance(value, str) and typ in ("int", "float", "bool") and not re.search(r"<[a-z_]+>", value):
+        try:
+            return coerce(value, typ, name)
+        except RecipeError:
+            return value
+    return value
+
+
 def parse_seed(value: Any) -> int | None:
     """``--set seed=N``: the run seed; ``none``/``off`` runs unseeded (as the pinned code alone does)."""
     text = str(value).strip().lower()
@@ -298,7 +310,7 @@ def expand(
         "run_dir": "<run_dir>", "tree": "<tree>", "cpu_count": "<cpu_count>", "cpu_free": "<cpu_free>",
         "mfnpatch": ["mfnpatch"], "python_exe": "python", **(builtins or {}),
     })  # fmt: skip
-    resolved_params = {k: scope.param(k) for k in values}
+    resolved_params = {k: _typed(scope.param(k), specs[k].type, k) for k in values}
     stages: list[PlannedStage] = []
     consumers: dict[str, list[tuple[str, int]]] = {}
     for sname, st in r.stages.items():
