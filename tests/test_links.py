@@ -17,7 +17,7 @@ import pytest
 
 from mfnpatch.environments.create import HOOK, install_loader_hook, wheel_lib_dirs
 from mfnpatch.environments.doctor import Facts, diagnose
-from mfnpatch.environments.elf import link_closure, read_elf
+from mfnpatch.environments.elf import DEFAULT_DIRS, link_closure, read_elf
 from mfnpatch.environments.gpu import GpuReport
 from mfnpatch.environments.spec import EnvError, load_env
 
@@ -28,7 +28,11 @@ needs_cu117 = pytest.mark.skipif(
     not (CU117 and Path(CU117, "bin", "python").exists()),
     reason="set MFNPATCH_CU117_PREFIX to an environment made by `mfnpatch env create cu117 --prefix DIR` (3.8 GB)",
 )
-HERMETIC = {"system": {}, "default_dirs": ()}  # nothing of this machine's libraries in the fixture closures
+HERMETIC = {
+    "system": {},
+    "default_dirs": (),
+    "ld_library_path": (),
+}  # nothing of this machine's libraries in the fixture closures
 
 
 def build(out: Path, soname: str | None, needed: list[Path] = (), rpath: str | None = None, body: str = "") -> Path:
@@ -86,7 +90,9 @@ def test_closure_of_built_libraries_follows_needed_and_rpath(site):
 def test_the_driver_is_looked_for_on_the_machine(site, tmp_path):
     driver_dir = tmp_path / "driver"
     build(driver_dir / "libcuda.so.1", "libcuda.so.1")
-    c = link_closure(site / "mxnet/libmxnet.so", wheel_lib_dirs(site), system={}, default_dirs=[str(driver_dir)])
+    c = link_closure(
+        site / "mxnet/libmxnet.so", wheel_lib_dirs(site), system={}, default_dirs=[str(driver_dir)], ld_library_path=()
+    )
     (cuda,) = [x for x in c.links if x.soname == "libcuda.so.1"]
     assert cuda.where == "driver" and cuda.path == str((driver_dir / "libcuda.so.1").resolve())
     # a libcuda.so.1 inside the environment is not the driver's and is not taken
@@ -212,6 +218,29 @@ def test_the_doctor_names_the_missing_wheel_and_the_driver(site):
     (cuda,) = [f for f in doc.findings if f.what == "libcuda"]
     assert not cuda.ok and "NVIDIA driver >= 450.80.02" in cuda.fix
     assert not doc.can_run and doc.verdict.startswith("CANNOT RUN: the NVIDIA driver is not installed on this machine")
+
+
+@needs_cc
+def test_with_the_driver_and_a_listed_gpu_the_doctor_says_the_recipes_can_run(site, tmp_path):
+    """The driver's libcuda.so.1 found through LD_LIBRARY_PATH, as ld.so finds it, and an A100: OK."""
+    from mfnpatch.environments.gpu import Gpu
+
+    driver = build(tmp_path / "driver/libcuda.so.1", "libcuda.so.1")
+    env = load_env("cu117")
+    env.spec.cuda_libraries.wheels.update({"libfoo.so.1": "nvidia-foo", "libbar.so.2": "nvidia-bar"})
+    path = [str(driver.parent), *DEFAULT_DIRS]  # the driver first, then where libc is
+    closure = link_closure(site / "mxnet/libmxnet.so", wheel_lib_dirs(site), system={}, default_dirs=(),
+                           ld_library_path=path)  # fmt: skip
+    assert [x.where for x in closure.links if x.soname == "libcuda.so.1"] == ["driver"]
+    info = {"python": "3.11.7", "prefix": str(site.parent), "packages": {}, "mxnet": "1.9.1",
+            "features": {"CUDA": True, "CUDNN": True, "NCCL": True}, "loader_hook": {"failed": []}}  # fmt: skip
+    gpu = GpuReport(True, [Gpu(0, "NVIDIA A100-SXM4-40GB", (8, 0), "470.57.02")])
+    doc = diagnose(env, Facts("cu117", "python", info, {}, None, None, None, gpu, closure,
+                              [str(d) for d in wheel_lib_dirs(site)]))  # fmt: skip
+    missing = [f.detail for f in doc.findings if f.ok is False]
+    assert not missing and doc.can_run, missing
+    assert doc.verdict == "OK: the cu117 environment can run the recipes here, on 1 GPU(s)"
+    assert any(f.what == "libcuda" and f.ok and str(driver.resolve()) in f.detail for f in doc.findings)
 
 
 # --------------------------------------------------------------------------------------------

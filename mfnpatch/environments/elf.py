@@ -146,17 +146,22 @@ def link_closure(
     driver: Iterable[str] = ("libcuda.so.1",),
     providers: dict[str, str] | None = None,
     default_dirs: Iterable[str] = DEFAULT_DIRS,
+    ld_library_path: Iterable[str] | None = None,
 ) -> Closure:
     """Every library ``lib`` needs, transitively, found as ld.so finds it: the needing library's DT_RPATH
     (when it has no DT_RUNPATH), then ``env_dirs`` (the environment's library folders, which its loader
-    hook preloads), then its DT_RUNPATH, then the loader's cache and default folders. ``driver`` libraries
-    belong to the machine's NVIDIA driver: they are looked for on the machine only and not followed.
+    hook preloads), then ``LD_LIBRARY_PATH`` (this process's, unless given), then its DT_RUNPATH, then the
+    loader's cache and default folders. ``driver`` libraries belong to the machine's NVIDIA driver: they are
+    looked for on the machine only (``LD_LIBRARY_PATH``, cache, default folders) and not followed.
     A library of another ELF class or machine is skipped, as ld.so skips it."""
     lib = Path(lib)
     system = system_libraries() if system is None else system
     env_dirs = [Path(d) for d in env_dirs]
     driver = set(driver)
     providers = providers or {}
+    if ld_library_path is None:
+        ld_library_path = [d for d in os.environ.get("LD_LIBRARY_PATH", "").split(":") if d]
+    ld_dirs = [Path(d) for d in ld_library_path]
     root = read_elf(lib)
     closure = Closure(root=str(lib))
     found: dict[str, Link] = {}
@@ -175,10 +180,11 @@ def link_closure(
     def look(soname: str, by: ElfInfo) -> Link:
         origin = Path(by.path).parent
         if soname in driver:
-            places: list[tuple[Where, Path]] = []
+            places: list[tuple[Where, Path]] = [("driver", d) for d in ld_dirs]
         else:
             places = [("beside", _expand(p, origin)) for p in (by.rpath if not by.runpath else ())]
             places += [("environment", d) for d in env_dirs]
+            places += [("system", d) for d in ld_dirs]
             places += [("beside", _expand(p, origin)) for p in by.runpath]
         for where, d in places:
             cand = d / soname
