@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -155,7 +156,10 @@ def test_unseeded_runs_differ_and_compare_names_the_first_difference(cli, runfx,
     assert _ver_lines(a, "softmax") != _ver_lines(b, "softmax")
     r = cli("compare", a, b, "--no-plot", "--json")
     d = r.json()
-    assert r.code == EXIT_FAILURE and d["first_difference"].startswith("softmax: lfw at step 20: ")
+    # the first verification value that differs (each value draws one of 100 noise levels: two runs can agree
+    # on a single value by chance, not on all of them)
+    assert r.code == EXIT_FAILURE and re.match(r"softmax: (lfw|cfp_fp|agedb_30) at step \d+: ", d["first_difference"])
+    assert sum(not x["same"] for x in d["rows"] if x["what"] == "verification") >= 5
     # within a tolerance as wide as the fake trainer's noise, the values agree; the checkpoints still differ
     d = cli("compare", a, b, "--no-plot", "--tolerance", "0.002", "--json").json()
     assert all(r["same"] for r in d["rows"] if r["what"] == "verification")
