@@ -42,7 +42,6 @@ from mfnpatch.runs.record import (
     JobRecord,
     RunError,
     RunRecord,
-    SlurmOptionsInfo,
     StageRecord,
     load_record,
     now,
@@ -127,7 +126,7 @@ class SlurmRunner(Runner):
             freeze_tree(tree_root, run_dir)
             atomic_write(run_dir / "recipe.yaml", self.loaded.path.read_bytes())
         rec.tree = str(run_dir / FROZEN_TREE)
-        rec.executor = ExecutorInfo(kind="slurm", options=SlurmOptionsInfo(**sopts.to_dict()), python=sys.executable,
+        rec.executor = ExecutorInfo(kind="slurm", options=sopts.model_copy(), python=sys.executable,
                                     submitted=now(), env_check=self.opts.env_check)  # fmt: skip
         recorded = {s.name: s.job.id for s in rec.stages if s.job and s.status in ("queued", "running")}
         states = job_states(list(recorded.values())) if recorded else {}
@@ -276,7 +275,7 @@ def run_job(run_dir: Path, stage: str, observer: Observer | None = None, env_che
         env_check=env_checker is not None and ex.env_check is not False,
         env_checker=env_checker,
     )
-    sopts = SlurmOptions(**(ex.options.model_dump() if ex.options else {}))
+    sopts = ex.options or SlurmOptions()
     loaded = load_recipe(str(run_dir / "recipe.yaml"))
     runner = SlurmRunner(loaded, rec.recipe.profile, rec.recipe.overrides, opts, sopts, observer)
     return runner.job(stage)

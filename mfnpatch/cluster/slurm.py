@@ -22,11 +22,11 @@ import shutil
 import subprocess
 import sys
 import tempfile
-from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from mfnpatch.errors import MfnError
 from mfnpatch.fsutil import atomic_write, atomic_write_json, sha256_file
+from mfnpatch.runs.record import SlurmOptionsInfo
 
 FROZEN_TREE = "tree"
 MANIFEST = "tree.manifest.json"
@@ -40,20 +40,8 @@ class SlurmError(MfnError):
     pass
 
 
-@dataclass
-class SlurmOptions:
-    partition: str | None = None
-    account: str | None = None
-    time: str | None = None
-    gpus_per_node: int | None = None
-    cpus_per_task: int | None = None
-    mem: str | None = None
-    max_requeues: int = 3
-    requeue_grace: int = 120  # seconds before the time limit that the job is told to stop (USR1)
-    sbatch_args: list[str] = field(default_factory=list)
-
-    def to_dict(self) -> dict:
-        return asdict(self)
+# The options of a Slurm run are the record's model (runs/record.py): one definition, one set of defaults.
+SlurmOptions = SlurmOptionsInfo
 
 
 # --------------------------------------------------------------------------------------------
