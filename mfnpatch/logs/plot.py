@@ -75,10 +75,17 @@ def plot_curves(s: Summary, out: Path, reference: Summary | None = None, title: 
             ax3.set_yscale("log")
         ax3.set_ylabel("learning rate", color="tab:red")
     fig.tight_layout()
+    return save_png(fig, out, dpi=110)
+
+
+def save_png(fig, out: Path, dpi: int) -> Path:
+    """Write a matplotlib figure as a PNG, whole or not at all, and release it."""
+    import matplotlib.pyplot as plt
+
     out = Path(out)
     try:
         with replacing(out, ".png") as tmp:
-            fig.savefig(tmp, dpi=110, format="png")
+            fig.savefig(tmp, dpi=dpi, format="png")
     finally:
         plt.close(fig)
     return out

@@ -322,7 +322,8 @@ def compare(a: Path, b: Path, tolerance: float = 0.0, stage: str | None = None) 
 
 def plot_overlay(a: Side, b: Side, out: Path) -> Path | None:
     """Each stage's verification curves, A solid and B dashed, one panel per stage."""
-    from mfnpatch.fsutil import check_replaceable, replacing
+    from mfnpatch.fsutil import check_replaceable
+    from mfnpatch.logs.plot import save_png
 
     check_replaceable(Path(out), "--plot")
     import matplotlib
@@ -352,10 +353,4 @@ def plot_overlay(a: Side, b: Side, out: Path) -> Path | None:
         ax.legend(fontsize=7)
     fig.suptitle(f"A: {a.path}\nB: {b.path}", fontsize=8)
     fig.tight_layout()
-    out = Path(out)
-    try:
-        with replacing(out, ".png") as tmp:
-            fig.savefig(tmp, dpi=100, format="png")
-    finally:
-        plt.close(fig)
-    return out
+    return save_png(fig, out, dpi=100)
