@@ -244,3 +244,58 @@ def snapshot(root: Path) -> dict[str, tuple[bytes | str, int]]:
             p = Path(dirpath) / d
             out[str(p.relative_to(root)) + "/"] = (b"", os.stat(p).st_mode)
     return out
+
+
+# --------------------------------------------------------------------------------------------
+# Datasets in the format the pinned code reads, built here with corruptions on request
+
+
+def face_jpeg(seed: int, size: int = 112, extra: bytes = b"") -> bytes:
+    """A small real JPEG (a coloured square with noise); ``extra`` goes into a comment segment after SOI."""
+    import cv2
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    img = np.full((size, size, 3), rng.integers(0, 255, 3), np.uint8)
+    img = np.clip(img.astype(int) + rng.integers(-20, 20, img.shape), 0, 255).astype(np.uint8)
+    ok, buf = cv2.imencode(".jpg", img)
+    assert ok
+    data = buf.tobytes()
+    if extra:
+        seg = b"\xff\xfe" + (len(extra) + 2).to_bytes(2, "big") + extra
+        data = data[:2] + seg + data[2:]
+    return data
+
+
+def write_dataset(
+    d: Path, ids: int = 3, per_id: int = 3, pairs: int = 20, labels: dict[int, float] | None = None,
+    property_text: str | None = None, image: dict[int, bytes] | None = None, header: bool = True,
+    targets: tuple[str, ...] = ("lfw", "cfp_fp", "agedb_30"), size: int = 112,
+) -> Path:  # fmt: skip
+    """A dataset as face2rec2.py lays it out (images 1..N, then the header record 0, then the identity records);
+    ``labels`` and ``image`` replace the label or the image bytes of record keys, ``header=False`` leaves the
+    header out (images from key 0)."""
+    from mfnpatch.datasets.bins import dumps_py2
+    from mfnpatch.datasets.recordio import indexed_writer, pack
+
+    d.mkdir(parents=True, exist_ok=True)
+    n = ids * per_id
+    labels, image = labels or {}, image or {}
+    with indexed_writer(d / "train.rec", d / "train.idx") as w:
+        first = 1 if header else 0
+        for k in range(first, first + n):
+            cls = (k - first) // per_id
+            w.write(k, pack([labels.get(k, cls), 1], k, data=image.get(k, face_jpeg(k, size))))
+        if header:
+            w.write(0, pack([n + 1, n + 1 + ids], 0))
+            for i in range(ids):
+                w.write(n + 1 + i, pack([1 + i * per_id, 1 + (i + 1) * per_id], n + 1 + i))
+    (d / "property").write_text(property_text if property_text is not None else f"{ids},{size},{size}\n")
+    for t in targets:
+        bins = [face_jpeg(1000 + i, size) for i in range(2 * pairs)]
+        (d / f"{t}.bin").write_bytes(dumps_py2(bins, [i % 2 == 0 for i in range(pairs)]))
+    return d
+
+
+def idx_offsets(d: Path) -> dict[int, int]:
+    return {int(k): int(o) for k, o in (ln.split("\t") for ln in (d / "train.idx").read_text().splitlines())}

@@ -21,6 +21,7 @@ from mfnpatch.cli import logs  # noqa: F401
 from mfnpatch.cli import recipes  # noqa: F401
 from mfnpatch.cli import environments  # noqa: F401
 from mfnpatch.cli import deploy  # noqa: F401
+from mfnpatch.cli import data  # noqa: F401
 
 # isort: on
 from mfnpatch.cli.app import CTX, _print_error, app, emit_json, err

@@ -39,6 +39,7 @@ Start here:
   mfnpatch apply --commit 4bc8132 --series mfn,py3 --source ~/src/insightface
   mfnpatch status                                 what is applied, and what drifted
   mfnpatch recipe run may16 --profile smoke       the whole plan on the CPU, in minutes
+  mfnpatch data check ~/datasets/faces_ms1m_112x112   is it the dataset the recipe expects
   mfnpatch recipe plan may16                      the exact commands of the seed's final plan
   mfnpatch log summary train.log                  what a training log says
   mfnpatch verify --log train.log --reference seed-2018-05-09-arcface-test2
@@ -74,7 +75,10 @@ convert_app = typer.Typer(
     no_args_is_help=True,
 )
 app.add_typer(convert_app, name="convert")
-data_app = typer.Typer(help="Datasets in the format the pinned code reads.", no_args_is_help=True)
+data_app = typer.Typer(
+    help="Training data: check a dataset (data check), build one from your faces (data build), a synthetic one.",
+    no_args_is_help=True,
+)
 app.add_typer(data_app, name="data")
 app.add_typer(patches_app, name="patches")
 app.add_typer(pin_app, name="pin")

@@ -1,4 +1,4 @@
-"""Commands for deployment and data: convert slim, ncnn, verify; bench; data synth."""
+"""Commands for deployment: convert slim, ncnn, verify; bench."""
 
 from __future__ import annotations
 
@@ -15,7 +15,6 @@ from mfnpatch.cli.app import (
     JsonOpt,
     app,
     convert_app,
-    data_app,
     emit_json,
     err,
     out,
@@ -139,40 +138,6 @@ def bench_cmd(
         emit_json(asdict(res))
         return EXIT_OK
     sys.stdout.write(table(res) + "\n")
-    return EXIT_OK
-
-
-# --------------------------------------------------------------------------------------------
-# data
-
-
-@data_app.command("synth")
-def data_synth(
-    output: Annotated[
-        Path, typer.Option("--output", "-o", help="Directory to write (property, train.rec/.idx, *.bin).")
-    ],
-    ids: Annotated[int, typer.Option("--ids", min=2, help="Identities.")] = 20,
-    per_id: Annotated[int, typer.Option("--per-id", min=2, help="Training images per identity.")] = 20,
-    pairs: Annotated[int, typer.Option("--pairs", min=10, help="Pairs in each verification set.")] = 100,
-    seed: Annotated[int, typer.Option("--seed", help="Everything is deterministic for a seed.")] = 0,
-):
-    """A synthetic face dataset in the exact format train_softmax.py reads: property, train.rec/.idx with
-    header and identity records, and lfw/cfp_fp/agedb_30.bin as Python 2 pickles.
-
-    Identities are drawn to be learnable in tens of steps, so a CPU smoke run shows accuracy rising.
-    Deterministic for a seed; rerunning with the same parameters reuses the dataset. It never writes
-    into a directory that holds a dataset it did not make.
-
-    Example: mfnpatch data synth -o /tmp/faces --ids 21 --per-id 16"""
-    from mfnpatch.datasets.synth import synth
-
-    with err.status("writing the dataset …") as st:
-        r = synth(output, ids, per_id, pairs, seed, on_step=lambda s: st.update(escape(s)))
-    verb = "already there" if r.reused else "wrote"
-    out.print(
-        f"{verb}: {escape(r.dir)}: {r.images} images of {r.identities} identities; "
-        f"{', '.join(r.targets)} with {r.pairs} pairs each (seed {r.seed})"
-    )
     return EXIT_OK
 
 

@@ -289,6 +289,8 @@ def compare_cmd(
             diff = "" if r.diff is None else f"{r.diff:+.5f}"
         elif r.what == "checkpoint":
             va, vb, diff = str(r.a or "–")[:12], str(r.b or "–")[:12], ""
+        elif r.what == "dataset":
+            va, vb, diff = _dataset_cell(r.a), _dataset_cell(r.b), r.note
         else:
             va, vb, diff = _compare_cell(r.a), _compare_cell(r.b), r.note
         t.add_row(escape(r.stage), f"{mark} {r.what}", escape(r.key), escape(va), escape(vb), escape(diff))
@@ -305,6 +307,14 @@ def compare_cmd(
         first = c.first_difference() or ""
         err.print(f"[red]DIFFERENT[/]: {len(c.differences)} difference(s); the first: {escape(first)}")
     return code
+
+
+def _dataset_cell(fp: dict | None) -> str:
+    if not fp:
+        return "not checked"
+    files = fp.get("files") or {}
+    idx = (files.get("train.idx") or {}).get("sha256") or ""
+    return f"{fp.get('variant') or 'unknown'}, {fp.get('images')} images, train.idx {idx[:8]}"
 
 
 def _compare_cell(v: Any) -> str:

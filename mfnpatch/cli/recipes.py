@@ -117,6 +117,10 @@ def recipe_plan(
         for a, b in s.copies:
             out.print(f"  copy  {escape(a)} -> {escape(b)}")
         out.print(f"  run   {escape(s.shell())}")
+        if s.data:
+            expects = f"the {s.data.variant} variant" if s.data.variant and s.data.variant != "any" else "any dataset"
+            out.print(f"  data  {escape(s.data.dir)} ({escape(expects)}; {', '.join(s.data.targets)}): checked "
+                      "before the run (mfnpatch data check)")  # fmt: skip
         if s.seed_command:
             same = s.tokens() == seed_tokens(s.seed_command)
             if same:
@@ -186,6 +190,10 @@ def recipe_run(
         bool, typer.Option("--force", help="With --resume: redo stages whose provenance changed.")
     ] = False,
     no_env_check: Annotated[bool, typer.Option("--no-env-check", help="Skip the environment check.")] = False,
+    no_data_check: Annotated[
+        bool,
+        typer.Option("--no-data-check", help="Skip the check of the training stages' data (recorded)."),
+    ] = False,
     env_prefix: Annotated[
         Path | None,
         typer.Option(
@@ -258,6 +266,11 @@ def recipe_run(
     Each stage's output goes to RUN/stages/NAME.log; RUN/record.json holds commands, provenance, metrics and
     verdicts; RUN/report.md the report with accuracy plots. Exit 0 when every stage passes its checks.
 
+    Before the first stage starts, the data each training stage reads is checked (mfnpatch data check):
+    a broken dataset, or another MS1M variant than the stage's expected results were measured on, is
+    refused with the finding, nothing started. Its fingerprint goes into the record; --resume on changed
+    data is refused.
+
     With --executor slurm each stage becomes a Slurm job in an afterok chain, running the same runner on the
     compute node; a preempted or timed-out stage is requeued and resumes from its last checkpoint. Follow
     it with `mfnpatch recipe status RUN --follow`, stop it with `mfnpatch recipe cancel RUN`.
@@ -282,7 +295,7 @@ def recipe_run(
     opts = RunOptions(
         tree=tree, run_dir=run_dir, source=source, resume=resume, from_stage=from_stage, only=only,
         keep_going=keep_going, force=force, env_check=not no_env_check, env_checker=_env_checker(),
-        env_prefix=env_prefix,
+        env_prefix=env_prefix, data_check=not no_data_check, data_checker=_data_checker(),
     )  # fmt: skip
     obs = Observer() if as_json else RichObserver()
     loaded, overrides = load_recipe(recipe), parse_sets(sets or [])
@@ -315,6 +328,12 @@ def recipe_run(
     out.print(f"[{color}]{rec.status.upper()}[/]: {escape(str(run_path))}")
     out.print(f"report: {escape(str(run_path / 'report.md'))}")
     return code
+
+
+def _data_checker():
+    from mfnpatch.datasets.preflight import check_for_run
+
+    return check_for_run
 
 
 def _env_checker():
@@ -443,6 +462,6 @@ def recipe_job(
 
     obs = RichObserver()
     try:
-        return run_job(run, stage, obs, _env_checker())
+        return run_job(run, stage, obs, _env_checker(), _data_checker())
     finally:
         obs.close()

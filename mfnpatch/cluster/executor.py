@@ -99,6 +99,8 @@ class SlurmRunner(Runner):
             cur = load_record(run_dir)
             mine = {self._job_stage} | self._touched
             cur.stages = [rec.stage(s.name) if s.name in mine else s for s in cur.stages]
+            made = {tuple(d.stages): d for d in rec.datasets if d.made_by in mine}  # checked by this job
+            cur.datasets = [made.get(tuple(d.stages), d) for d in cur.datasets]
             if cur.status == "cancelled":
                 rec.status = "cancelled"
             else:
@@ -127,7 +129,8 @@ class SlurmRunner(Runner):
             atomic_write(run_dir / "recipe.yaml", self.loaded.path.read_bytes())
         rec.tree = str(run_dir / FROZEN_TREE)
         rec.executor = ExecutorInfo(kind="slurm", options=sopts.model_copy(), python=sys.executable,
-                                    submitted=now(), env_check=self.opts.env_check)  # fmt: skip
+                                    submitted=now(), env_check=self.opts.env_check,
+                                    data_check=self.opts.data_check)  # fmt: skip
         recorded = {s.name: s.job.id for s in rec.stages if s.job and s.status in ("queued", "running")}
         states = job_states(list(recorded.values())) if recorded else {}
         live = [n for n, j in recorded.items() if states.get(j, {}).get("state") in ACTIVE_JOB_STATES]
@@ -257,7 +260,7 @@ class SlurmRunner(Runner):
         return code
 
 
-def run_job(run_dir: Path, stage: str, observer: Observer | None = None, env_checker=None) -> int:
+def run_job(run_dir: Path, stage: str, observer: Observer | None = None, env_checker=None, data_checker=None) -> int:
     """`mfnpatch recipe job RUN STAGE`: what each Slurm job runs."""
     from mfnpatch.runs.recipe import load_recipe
 
@@ -274,6 +277,8 @@ def run_job(run_dir: Path, stage: str, observer: Observer | None = None, env_che
         env_prefix=Path(rec.environment.prefix) if rec.environment.prefix else None,
         env_check=env_checker is not None and ex.env_check is not False,
         env_checker=env_checker,
+        data_check=data_checker is not None and ex.data_check is not False,
+        data_checker=data_checker,
     )
     sopts = ex.options or SlurmOptions()
     loaded = load_recipe(str(run_dir / "recipe.yaml"))

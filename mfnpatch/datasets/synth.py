@@ -19,13 +19,14 @@ so every fold of the 10-fold evaluation has both kinds.
 from __future__ import annotations
 
 import colorsys
-import io
-import struct
 from dataclasses import dataclass
 from pathlib import Path
 
+from mfnpatch.datasets.bins import dumps_py2
+from mfnpatch.datasets.images import encode_jpeg
+from mfnpatch.datasets.recordio import indexed_writer, pack
 from mfnpatch.errors import MfnError
-from mfnpatch.fsutil import atomic_write, replacing
+from mfnpatch.fsutil import atomic_write
 
 TARGETS = ("lfw", "cfp_fp", "agedb_30")
 SIZE = 112
@@ -113,47 +114,17 @@ def _draw(ident: dict, rng):
 
 
 def _jpeg(rgb) -> bytes:
-    import cv2
-
-    ok, buf = cv2.imencode(".jpg", rgb[:, :, ::-1], [int(cv2.IMWRITE_JPEG_QUALITY), 92])  # cv2 wants BGR
-    if not ok:
-        raise SynthError("JPEG encoding failed")
-    return buf.tobytes()
-
-
-def py2_pickle(bins: list[bytes], issame: list[bool]) -> bytes:
-    """pickle.dumps((bins, issame), protocol=2) as Python 2 writes it: str items as (SHORT_)BINSTRING."""
-    out = io.BytesIO()
-    out.write(b"\x80\x02")  # PROTO 2
-    out.write(b"]")  # EMPTY_LIST
-    for k in range(0, len(bins), 1000):
-        out.write(b"(")  # MARK
-        for b in bins[k : k + 1000]:
-            if len(b) < 256:
-                out.write(b"U" + bytes([len(b)]) + b)  # SHORT_BINSTRING
-            else:
-                out.write(b"T" + struct.pack("<I", len(b)) + b)  # BINSTRING
-        out.write(b"e")  # APPENDS
-    out.write(b"]")
-    for k in range(0, len(issame), 1000):
-        out.write(b"(")
-        out.write(b"".join(b"\x88" if s else b"\x89" for s in issame[k : k + 1000]))  # NEWTRUE / NEWFALSE
-        out.write(b"e")
-    out.write(b"\x86.")  # TUPLE2, STOP
-    return out.getvalue()
+    return encode_jpeg(rgb, quality=92)
 
 
 def synth(out: Path, ids: int = 20, per_id: int = 20, pairs: int = 100, seed: int = 0, on_step=None) -> SynthResult:
     import numpy as np
 
-    try:
-        from mxnet import recordio
-    except ImportError as e:
-        raise SynthError(f"MXNet is needed to write RecordIO ({e})", hint="run in the cpu environment") from None
     if ids < 2 or per_id < 2:
         raise SynthError("--ids and --per-id must be at least 2 (pairs need two images of one identity)")
-    if pairs < 10:
-        raise SynthError(f"--pairs {pairs}: the verification is 10-fold, it needs at least 10 pairs")
+    if pairs < 20:
+        raise SynthError(f"--pairs {pairs}: the pinned 10-fold verification needs at least 20 pairs (a matching and a "
+                         "non-matching pair in every fold)")  # fmt: skip
     import json
 
     say = on_step or (lambda s: None)
@@ -171,26 +142,19 @@ def synth(out: Path, ids: int = 20, per_id: int = 20, pairs: int = 100, seed: in
     people = [_identity(i, ids, seed) for i in range(ids)]
     n = ids * per_id
     say(f"writing {n} images of {ids} identities to train.rec")
-    with replacing(out / "train.rec") as rec_tmp, replacing(out / "train.idx") as idx_tmp:
-        writer = recordio.MXIndexedRecordIO(str(idx_tmp), str(rec_tmp), "w")
-        try:
-            header0 = recordio.IRHeader(2, [float(n + 1), float(n + 1 + ids)], 0, 0)
-            writer.write_idx(0, recordio.pack(header0, b""))
-            k = 1
-            ranges = []
-            for i, person in enumerate(people):
-                rng = np.random.default_rng([seed, i, 104729])
-                first = k
-                for _ in range(per_id):
-                    h = recordio.IRHeader(2, [float(i), 1.0], k, 0)
-                    writer.write_idx(k, recordio.pack(h, _jpeg(_draw(person, rng))))
-                    k += 1
-                ranges.append((first, k))
-            for i, (a, b) in enumerate(ranges):
-                rec = recordio.pack(recordio.IRHeader(2, [float(a), float(b)], n + 1 + i, 0), b"")
-                writer.write_idx(n + 1 + i, rec)
-        finally:
-            writer.close()
+    with indexed_writer(out / "train.rec", out / "train.idx") as writer:
+        writer.write(0, pack([n + 1, n + 1 + ids], 0))
+        k = 1
+        ranges = []
+        for i, person in enumerate(people):
+            rng = np.random.default_rng([seed, i, 104729])
+            first = k
+            for _ in range(per_id):
+                writer.write(k, pack([i, 1], k, data=_jpeg(_draw(person, rng))))
+                k += 1
+            ranges.append((first, k))
+        for i, (a, b) in enumerate(ranges):
+            writer.write(n + 1 + i, pack([a, b], n + 1 + i))
     for t, target in enumerate(TARGETS):
         say(f"writing {target}.bin ({pairs} pairs)")
         rng = np.random.default_rng([seed, 1000 + t])
@@ -202,7 +166,7 @@ def synth(out: Path, ids: int = 20, per_id: int = 20, pairs: int = 100, seed: in
             b = a if same else int((a + 1 + rng.integers(ids - 1)) % ids)
             bins += [_jpeg(_draw(people[a], rng)), _jpeg(_draw(people[b], rng))]
             issame.append(same)
-        atomic_write(out / f"{target}.bin", py2_pickle(bins, issame))
+        atomic_write(out / f"{target}.bin", dumps_py2(bins, issame))
     atomic_write(out / "property", f"{ids},{SIZE},{SIZE}\n")
     atomic_write(out / MARKER, json.dumps(params) + "\n")
     return SynthResult(str(out), ids, n, pairs, list(TARGETS), seed)
@@ -210,32 +174,31 @@ def synth(out: Path, ids: int = 20, per_id: int = 20, pairs: int = 100, seed: in
 
 def read_back(d: Path) -> dict:
     """Read a dataset as the pinned code does (header record, identity records, images): a summary."""
-    import pickle
-
-    import numpy as np
-    from mxnet import image, recordio
+    from mfnpatch.datasets.bins import load_verification
+    from mfnpatch.datasets.images import decode_rgb
+    from mfnpatch.datasets.recordio import read_record, unpack
 
     d = Path(d)
     num_classes, h, w = (int(x) for x in (d / "property").read_text().strip().split(","))
-    rec = recordio.MXIndexedRecordIO(str(d / "train.idx"), str(d / "train.rec"), "r")
-    header, _ = recordio.unpack(rec.read_idx(0))
+    offsets = {int(k): int(o) for k, o in (line.split("\t") for line in (d / "train.idx").read_text().splitlines())}
+    data = (d / "train.rec").read_bytes()
+
+    def record(key: int):
+        return unpack(read_record(data, offsets[key])[0])
+
+    header, _ = record(0)
     first_id, end_id = int(header.label[0]), int(header.label[1])
     labels = []
     for k in range(1, first_id):
-        hk, payload = recordio.unpack(rec.read_idx(k))
-        labels.append(int(hk.label[0]))
+        hk, payload = record(k)
+        labels.append(int(hk.first_label))
         if k == 1:
-            shape = image.imdecode(payload).shape
-    ranges = []
-    for k in range(first_id, end_id):
-        hk, _ = recordio.unpack(rec.read_idx(k))
-        ranges.append((int(hk.label[0]), int(hk.label[1])))
-    rec.close()
+            shape = decode_rgb(payload).shape
+    ranges = [(int(hk.label[0]), int(hk.label[1])) for hk, _ in map(record, range(first_id, end_id))]
     bins = {}
     for t in TARGETS:
-        with open(d / f"{t}.bin", "rb") as f:
-            images, issame = pickle.load(f, encoding="bytes")
-        bins[t] = {"images": len(images), "pairs": len(issame), "positives": int(np.sum(issame))}
+        vs = load_verification(d / f"{t}.bin")
+        bins[t] = {"images": len(vs.images), "pairs": vs.pairs, "positives": sum(vs.issame)}
     return {
         "num_classes": num_classes,
         "image_size": (h, w),

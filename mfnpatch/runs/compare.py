@@ -23,7 +23,7 @@ from typing import Any
 from mfnpatch.errors import MfnError
 from mfnpatch.logs.events import Summary
 from mfnpatch.logs.parser import summarize
-from mfnpatch.runs.record import RunRecord
+from mfnpatch.runs.record import DataFingerprint, RunRecord
 
 
 class CompareError(MfnError):
@@ -47,6 +47,7 @@ class Side:
     provenance: dict[str, Any] = field(default_factory=dict)
     context: dict[str, Any] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
+    datasets: dict[str, DataFingerprint | None] = field(default_factory=dict)  # stages -> what they read
 
 
 @dataclass
@@ -100,6 +101,8 @@ class Comparison:
 
 def describe(r: Row) -> str:
     where = f"{r.stage}: " if r.stage else ""
+    if r.what == "dataset":
+        return f"the data of {r.key}: {r.note}"
     if r.what == "verification":
         if r.a is None or r.b is None:
             return f"{where}{r.key}: only in {'B' if r.a is None else 'A'} ({r.a if r.a is not None else r.b})"
@@ -183,7 +186,8 @@ def load_side(spec: Path, stage: str | None = None) -> Side:
             "python / MXNet": f"{interp.version if interp else None} / {interp.mxnet if interp else None}",
             "status": rec.status,
         }
-        return Side(str(p), "run", stages, prov, ctx, notes)
+        data = {", ".join(d.stages): d.fingerprint for d in rec.datasets}
+        return Side(str(p), "run", stages, prov, ctx, notes, data)
     if p.is_file():
         summary = summarize(p)
         name = stage
@@ -240,6 +244,8 @@ def compare_sides(a: Side, b: Side, tolerance: float = 0.0) -> Comparison:
     rows: list[Row] = []
     notes: list[str] = [f"A: {n}" for n in a.notes] + [f"B: {n}" for n in b.notes]
     if a.kind == "run" and b.kind == "run":
+        for k in dict.fromkeys([*a.datasets, *b.datasets]):  # a difference in the data comes first
+            rows.append(_dataset_row(k, a.datasets.get(k), b.datasets.get(k), k in a.datasets, k in b.datasets))
         for k in a.provenance:
             va, vb = a.provenance.get(k), b.provenance.get(k)
             rows.append(Row("", "provenance", k, va, vb, same=va == vb))
@@ -286,6 +292,19 @@ def compare_sides(a: Side, b: Side, tolerance: float = 0.0) -> Comparison:
                 if skipped:
                     notes.append(f"{n}: {skipped} checkpoint file(s) after the planned stop not compared")
     return Comparison(a.path, b.path, tolerance, rows, notes)
+
+
+def _dataset_row(key: str, fa: DataFingerprint | None, fb: DataFingerprint | None, in_a: bool, in_b: bool) -> Row:
+    if not (in_a and in_b):
+        return Row("", "dataset", key, fa and fa.model_dump(), fb and fb.model_dump(), same=False,
+                   note=f"recorded only in {'A' if in_a else 'B'}")  # fmt: skip
+    if fa is None or fb is None:
+        same = fa is None and fb is None
+        note = "not checked in either run" if same else f"not checked in {'A' if fa is None else 'B'} (--no-data-check)"
+        return Row("", "dataset", key, fa and fa.model_dump(), fb and fb.model_dump(), same=same, note=note)
+    changes = fa.changes(fb)
+    return Row("", "dataset", key, fa.model_dump(), fb.model_dump(), same=not changes,
+               note="; ".join(changes) if changes else "the same data")  # fmt: skip
 
 
 def _save_every(a: StageSide, b: StageSide) -> int:

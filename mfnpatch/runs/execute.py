@@ -154,6 +154,8 @@ class StageRun:
     interrupted: Callable[[], str | None]  # the signal the runner got, if any
     write: Callable[[], None]  # write the record now
     adjust: Callable[[PlannedStage, StageRecord], PlannedStage] = lambda ps, srec: ps  # e.g. Slurm's GPUs
+    # checks beyond the stage's own expectations, once it has ended well (e.g. of the data it made)
+    more_checks: Callable[[PlannedStage, StageRecord, Path], None] = lambda ps, srec, tree_root: None
     parse_cpu: float = 0.0
 
     def execute(self, ps: PlannedStage, srec: StageRecord, run_dir: Path, tree_root: Path, inputs: dict[str, str],
@@ -216,6 +218,7 @@ class StageRun:
         srec.status, srec.ended = o.status, o.ended  # type: ignore[assignment]
         if srec.status == "done":
             self.judge(ps, srec, summary, cwd)
+            self.more_checks(ps, srec, tree_root)
         self.observer.stage_finished(ps, srec)
         return srec
 

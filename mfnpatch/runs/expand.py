@@ -42,6 +42,18 @@ class PlannedInput:
 
 
 @dataclass
+class PlannedData:
+    """A stage's training data, rendered: checked before the run (or once the stage that makes it ends)."""
+
+    dir: str  # relative to the stage's cwd, or absolute
+    targets: list[str]
+    variant: str | None  # what the stage's expected results were measured on; None or "any": any dataset
+
+    def to_dict(self) -> dict:
+        return {"dir": self.dir, "targets": self.targets, "variant": self.variant}
+
+
+@dataclass
 class PlannedStage:
     name: str
     title: str
@@ -62,6 +74,7 @@ class PlannedStage:
     depends: list[str]
     template: Stage = field(repr=False, default=None)  # type: ignore[assignment]
     resources: dict[str, str] = field(default_factory=dict)  # rendered; only what is set
+    data: PlannedData | None = None
 
     def shell(self) -> str:
         env = " ".join(f"{k}={shlex.quote(v)}" for k, v in self.env.items())
@@ -127,6 +140,7 @@ class Plan:
                     "resources": s.resources,
                     "note": s.note,
                     "depends": s.depends,
+                    "data": s.data.to_dict() if s.data else None,
                 }
                 for s in self.stages
             ],
@@ -358,6 +372,12 @@ def expand(
             for k, v in (src.model_dump(exclude_none=True) if src else {}).items():
                 res[k] = check_resource(scope.render(str(v)), f"stage {sname}: resource {k}")
         argv = render_argv(st, scope)
+        data = None
+        if st.data is not None:
+            variant = scope.render(st.data.variant) if st.data.variant is not None else None
+            data = PlannedData(scope.render(st.data.dir),
+                               [t.strip() for t in scope.render(st.data.targets).split(",") if t.strip()],
+                               variant or None)  # fmt: skip
         copies = [(scope.render(c.checkpoint), scope.render(c.to)) for c in st.copy_]
         scope.inputs = {}
         stages.append(
@@ -384,6 +404,7 @@ def expand(
                 depends=sorted(_deps(st)),
                 template=st,
                 resources={k: v for k, v in res.items() if v != ""},  # "0" GPUs is kept: it asks for none
+                data=data,
             )
         )
     # stop points derived from what later stages need

@@ -105,6 +105,16 @@ class Resources(Strict):
     time: str | None = Field(default=None, description="Slurm time limit, e.g. 3-00:00:00")
 
 
+class DataSpec(Strict):
+    """The training data a stage reads, checked before the run starts (``mfnpatch data check``): its
+    directory (relative to the stage's cwd), the verification targets, and the dataset variant the stage's
+    expected results were measured on (a name ``data check`` knows, ``synthetic``, ``built`` or ``any``)."""
+
+    dir: str
+    targets: str = "lfw,cfp_fp,agedb_30"
+    variant: str | None = None
+
+
 class Stage(Strict):
     title: str
     kind: Literal["train", "tool"] = "train"
@@ -121,6 +131,7 @@ class Stage(Strict):
     stands_in: str | None = None
     note: str | None = None
     resources: Resources | None = None
+    data: DataSpec | None = None
 
 
 class ProfileStage(Strict):
@@ -240,6 +251,11 @@ def _templated(stage: Stage) -> list[tuple[tuple, str]]:
                 out.append((("stop", f), v))
     if stage.when:
         out.append((("when",), stage.when))
+    if stage.data is not None:
+        for f in ("dir", "targets", "variant"):
+            v = getattr(stage.data, f)
+            if v is not None:
+                out.append((("data", f), v))
     for i, e in enumerate(stage.expect):
         if e.json_file:
             out.append((("expect", i, "json"), e.json_file))

@@ -247,6 +247,7 @@ class ExecutorInfo(Strict):
     python: str | None = None
     submitted: str | None = None
     env_check: bool | None = None
+    data_check: bool | None = None
 
 
 class DeterminismInfo(Strict):
@@ -254,6 +255,60 @@ class DeterminismInfo(Strict):
     deterministic: bool = False
     how: str = ""
     still_varies: list[str] = Field(default_factory=list)
+
+
+class FileDigest(Strict):
+    """A file of a dataset: its size and sha256, or for train.rec a fast digest (what it covers: datasets/check.py)."""
+
+    size: int
+    sha256: str | None = None
+    digest: str | None = None
+    how: str | None = None
+    pairs: int | None = None
+
+
+class DataFingerprint(Strict):
+    """What a dataset is (mfnpatch data check): property, counts, the variant and each file's digest."""
+
+    format: int = 1
+    property: dict[str, int] | None = None
+    images: int | None = None
+    identities: int | None = None
+    variant: str | None = None
+    files: dict[str, FileDigest] = Field(default_factory=dict)
+
+    def changes(self, new: DataFingerprint) -> list[str]:
+        """What differs from ``new``, in words: the first differing value of each file (sha256 or digest)."""
+        out = [f"{k}: {getattr(self, k)} -> {getattr(new, k)}" for k in ("property", "images", "identities", "variant")
+               if getattr(self, k) != getattr(new, k)]  # fmt: skip
+        for name in sorted(set(self.files) | set(new.files)):
+            a, b = self.files.get(name), new.files.get(name)
+            if a is None or b is None:
+                out.append(f"{name}: {'added' if a is None else 'removed'}")
+                continue
+            for f in ("size", "sha256", "digest"):
+                va, vb = getattr(a, f), getattr(b, f)
+                if va is not None and vb is not None and va != vb:
+                    out.append(f"{name} {f}: {str(va)[:12]} -> {str(vb)[:12]}")
+                    break
+        return out
+
+
+class DatasetRecord(Strict):
+    """The data of one or more training stages, as checked before they ran (or once the stage that made it ended)."""
+
+    dir: str
+    stages: list[str]
+    check: Literal["passed", "failed", "skipped", "deferred"]
+    checked: str | None = None
+    summary: str = ""
+    made_by: str | None = None  # the stage of this run that writes it
+    expected_variant: str | None = None
+    variant: str | None = None  # the variant's name as data check says it
+    fingerprint: DataFingerprint | None = None
+    problems: list[str] = Field(default_factory=list)
+    warnings: list[str] = Field(default_factory=list)
+    seconds: float | None = None
 
 
 # --------------------------------------------------------------------------------------------
@@ -277,6 +332,7 @@ class RunRecord(Strict):
     executor: ExecutorInfo = Field(default_factory=ExecutorInfo)
     seed: int | None = None  # the run seed every stage's generators start from (None: unseeded)
     determinism: DeterminismInfo | None = None  # mfnpatch.runs.determinism.describe(seed)
+    datasets: list[DatasetRecord] = Field(default_factory=list)  # the training stages' data, checked
 
     def stage(self, name: str) -> StageRecord:
         for s in self.stages:

@@ -115,6 +115,7 @@ def run_markdown(rec: RunRecord, inputs: ReportInputs) -> str:
         + (f" (lock `{env.lock_sha256[:12]}`)" if env.lock_sha256 else ""),
         f"- host: {rec.host.hostname} ({rec.host.cpus} CPUs); started {rec.started}, finished {rec.finished}",
         "- " + _determinism_line(rec),
+        *_data_lines(rec),
         "",
         "| stage | status | how it ended | seconds | checks |",
         "| --- | --- | --- | ---: | --- |",
@@ -177,6 +178,23 @@ def run_markdown(rec: RunRecord, inputs: ReportInputs) -> str:
         if s.log:
             lines += [f"Log: [{s.log}]({s.log})", ""]
     return "\n".join(lines) + "\n"
+
+
+def _data_lines(rec: RunRecord) -> list[str]:
+    """Each training dataset: its check and fingerprint (mfnpatch data check)."""
+    out = []
+    for d in rec.datasets:
+        fp = d.fingerprint
+        rec_file = fp.files.get("train.rec") if fp else None
+        what = f"{d.check}: {d.summary}" if d.summary else d.check
+        if d.check == "skipped" and d.summary == "--no-data-check":
+            what = "**not checked** (--no-data-check)"
+        digest = f"; train.rec {rec_file.how} `{(rec_file.digest or '')[:12]}`" if rec_file else ""
+        idx = fp.files.get("train.idx") if fp else None
+        out.append(f"- data of {', '.join(d.stages)}: `{d.dir}`: {what}"
+                   + (f" (train.idx `{idx.sha256[:12]}`" + digest + ")" if idx and idx.sha256 else ""))  # fmt: skip
+        out += [f"  - warning: {w}" for w in d.warnings[:5]]
+    return out
 
 
 def _determinism_line(rec: RunRecord) -> str:

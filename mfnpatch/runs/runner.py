@@ -30,6 +30,7 @@ from typing import Any
 from mfnpatch import __version__
 from mfnpatch.errors import Interrupted, MfnError
 from mfnpatch.fsutil import Busy, atomic_write, locked, sha256_bytes
+from mfnpatch.runs.dataplan import Checker, check_made_data, preflight
 from mfnpatch.runs.determinism import describe as describe_determinism
 from mfnpatch.runs.determinism import free_cpus, seed_env
 from mfnpatch.runs.execute import Observer, StageRun, stage_metrics, stage_summary
@@ -69,6 +70,8 @@ class RunOptions:
     env_check: bool = True
     env_checker: Callable[..., dict] | None = None  # (environment name, prefix, **kw) -> what the record keeps
     env_prefix: Path | None = None  # the environment the stages run in (its bin/ goes first on PATH)
+    data_check: bool = True
+    data_checker: Checker | None = None  # (dataset dir, targets, variant) -> the check's result (runs/dataplan.py)
 
 
 def probe_python(python: str, env: dict[str, str]) -> InterpreterInfo:
@@ -303,12 +306,19 @@ class Runner:
             rec.executor = previous.executor
             # refused or not, decided here: a refused --resume writes nothing (record, tree, run directory)
             self._check_resumable(plan, rec, run_dir, Path(self.opts.tree).absolute())
+        rec.datasets = self._preflight(plan, rec, previous)
         tree = self._prepare_tree(plan, sets)
         rec.tree = str(tree.root)
         (run_dir / "stages").mkdir(parents=True, exist_ok=True)
         rec.recipe.overrides = dict(self.overrides)
         rec.recipe.cpu_free = int(self._builtins["cpu_free"])
         return run_dir, self.launch(plan, rec, run_dir, tree.root, previous, fresh_dir)
+
+    def _preflight(self, plan: Plan, rec: RunRecord, previous: RunRecord | None):
+        checker = self.opts.data_checker if self.opts.data_check else None
+        why = "--no-data-check" if not self.opts.data_check else "no data checker"
+        return preflight(plan, rec, previous, Path(self.opts.tree).absolute(), checker, why, self.opts.force,
+                         self.obs.note)  # fmt: skip
 
     @staticmethod
     def _previous_stage(previous: RunRecord, s: StageRecord) -> StageRecord:
@@ -328,6 +338,11 @@ class Runner:
     def _run_stages(self, plan: Plan, rec: RunRecord, run_dir: Path, tree_root: Path) -> None:
         selected = {s.name for s in self._selected(plan)}
         self.stage_run.write = lambda: self._write(run_dir, rec)
+        checker = self.opts.data_checker if self.opts.data_check else None
+        if checker is not None:
+            self.stage_run.more_checks = lambda ps, srec, root: check_made_data(
+                plan, ps, srec, rec, root, checker, self.obs.note
+            )
         for ps in plan.stages:
             srec = rec.stage(ps.name)
             if ps.name not in selected:
