@@ -1,15 +1,17 @@
 """`mfnpatch data check` against reading the file: throughput, memory, and --full's images per second.
 
-    python benchmarks/bench_data.py [--gb 1.0] [--dir DIR] [--full-images 20000]
+    python benchmarks/bench_data.py [--gb 0.25 1 4] [--dir DIR] [--full-images 20000]
 
-Generates a dataset in the pinned code's format (``train.rec`` of at least ``--gb`` GB of real 112x112 JPEGs,
-face2rec2's layout, and a quarter-size copy), then times, side by side in one run and alternated (best of 3):
+Generates datasets in the pinned code's format (a ``train.rec`` of each ``--gb`` size of real 112x112 JPEGs,
+face2rec2's layout), then times, side by side in one run and alternated (best of 3):
 
 - ``cat train.rec > /dev/null`` — reading the file, the floor any check pays;
-- ``data check DIR`` (the default: every index line, every record's head, a sample of images decoded);
+- ``data check DIR`` (the default: every index line, every record's head, a sample of images decoded), the
+  whole command, and the check alone (``check_dataset`` timed in a process that has imported it: the command
+  adds the interpreter's start and the imports, a constant);
 
 each with the page cache warm and cold (the file's pages dropped with ``posix_fadvise(DONTNEED)`` first). Peak
-RSS of the default check comes from the child process (``wait4``) at both sizes: it must not grow with the file.
+RSS of the command comes from the child process (``wait4``) at every size: it must not grow with the file.
 ``--full`` is timed on the first ``--full-images`` images with 1 worker and with every core: images per second
 per core.
 
@@ -85,49 +87,69 @@ def timed(argv: list[str], cold: list[Path] | None = None, out=subprocess.DEVNUL
     return time.perf_counter() - t0, os.waitstatus_to_exitcode(status), usage.ru_maxrss
 
 
+INPROC = (
+    "import sys, time; from mfnpatch.datasets.check import check_dataset; import cv2; t = time.perf_counter(); "
+    "r = check_dataset(sys.argv[1]); print(time.perf_counter() - t); sys.exit(r.exit_code)"
+)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--gb", type=float, default=1.0)
+    ap.add_argument("--gb", type=float, nargs="+", default=[0.25, 1.0, 4.0], help="sizes of train.rec to generate")
     ap.add_argument("--dir", type=Path, default=None, help="where to write the datasets (default: a temp dir)")
     ap.add_argument("--full-images", type=int, default=20000)
     ap.add_argument("--repeat", type=int, default=3)
     a = ap.parse_args()
     tmp = Path(a.dir or tempfile.mkdtemp(prefix="bench-data-"))
-    big, small = tmp / "big", tmp / "small"
     t0 = time.perf_counter()
-    n_big = make(big, a.gb) if not (big / "property").exists() else None
-    n_small = make(small, a.gb / 4) if not (small / "property").exists() else None
-    print(f"datasets in {tmp} ({time.perf_counter() - t0:.0f} s to write; images {n_big}, {n_small})", flush=True)
+    dirs = []
+    for gb in a.gb:
+        d = tmp / f"rec-{gb:g}gb"
+        if not (d / "property").exists():
+            make(d, gb)
+        dirs.append(d)
+    print(f"datasets in {tmp} ({time.perf_counter() - t0:.0f} s to write)", flush=True)
+    start = min(timed([sys.executable, "-m", "mfnpatch", "--version"])[0] for _ in range(3))
+    print(f"interpreter start and mfnpatch's CLI (mfnpatch --version): {start:.2f} s, in every command's time")
     rows = []
-    for d in (big, small):
+    for d in dirs:
         rec = d / "train.rec"
         files = [rec, d / "train.idx"]
         size = rec.stat().st_size
         best: dict[str, float] = {}
         rss = 0
-        for _ in range(a.repeat):  # alternated: cat, check, cold cat, cold check
-            for name, argv, cold in (
-                ("cat, warm", ["cat", str(rec)], None),
-                ("check, warm", [*CHECK, str(d)], None),
-                ("cat, cold", ["cat", str(rec)], files),
-                ("check, cold", [*CHECK, str(d)], files),
-            ):
-                if name == "cat, warm":
+        for _ in range(a.repeat):  # alternated, each with the page cache warm, then cold
+            for mode, cold in (("warm", None), ("cold", files)):
+                if cold is None:
                     subprocess.run(["cat", str(rec)], stdout=subprocess.DEVNULL)  # warm the cache first
-                sec, code, peak = timed(argv, cold)
+                sec, code, _ = timed(["cat", str(rec)], cold)
+                best[f"cat {mode}"] = min(best.get(f"cat {mode}", float("inf")), sec)
+                sec, code, peak = timed([*CHECK, str(d)], cold)
                 if code != 0:
-                    raise SystemExit(f"{name} on {d} exited {code}")
-                best[name] = min(best.get(name, float("inf")), sec)
-                if name.startswith("check"):
-                    rss = max(rss, peak)
+                    raise SystemExit(f"data check {d} exited {code}")
+                best[f"check {mode}"] = min(best.get(f"check {mode}", float("inf")), sec)
+                rss = max(rss, peak)
+                with tempfile.TemporaryFile("w+") as f:
+                    timed([sys.executable, "-c", INPROC, str(d)], cold, out=f)
+                    f.seek(0)
+                    best[f"call {mode}"] = min(best.get(f"call {mode}", float("inf")), float(f.read().strip()))
         for mode in ("warm", "cold"):
-            cat, chk = best[f"cat, {mode}"], best[f"check, {mode}"]
-            rows.append((f"{size / (1 << 30):.2f} GB", mode, size / cat / 1e6, size / chk / 1e6, cat / chk, rss))
+            cat, chk, call = best[f"cat {mode}"], best[f"check {mode}"], best[f"call {mode}"]
+            rows.append((size, mode, size / cat / 1e6, size / chk / 1e6, cat / chk, size / call / 1e6, cat / call, rss))
     print()
-    print("| train.rec | page cache | cat MB/s | data check MB/s | check / cat | check peak RSS |")
-    print("| ---: | --- | ---: | ---: | ---: | ---: |")
-    for size, mode, cat, chk, ratio, rss in rows:
-        print(f"| {size} | {mode} | {cat:,.0f} | {chk:,.0f} | {ratio:.0%} | {rss / 1024:.0f} MB |")
+    print(
+        "| train.rec | page cache | cat MB/s | `data check` MB/s | vs cat | the check alone MB/s | vs cat | peak RSS |"
+    )
+    print("| ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: |")
+    for size, mode, cat, chk, ratio, call, cratio, rss in rows:
+        print(
+            f"| {size / (1 << 30):.2f} GB | {mode} | {cat:,.0f} | {chk:,.0f} | {ratio:.0%} | {call:,.0f} "
+            f"| {cratio:.0%} | {rss / 1024:.0f} MB |"
+        )
+    print(
+        "\n(`data check` is the whole command; 'the check alone' is check_dataset() timed inside a process that has "
+        "imported it; peak RSS is the command's)"
+    )
     # --full: images per second per core, on a dataset of --full-images images
     part = tmp / "part"
     if not (part / "property").exists():

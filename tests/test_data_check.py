@@ -260,6 +260,14 @@ def test_identity_ranges_that_overlap_or_leave_gaps(tmp_path):
             w.write(10 + i, pack([a, b], 10 + i))
     r = check_dataset(d)
     assert any("identity 11's range [4, 8) overlaps identity 12's [7, 10)" in e for e in errors(r)), errors(r)
+    with indexed_writer(d / "train.rec", d / "train.idx") as w:  # identity 11 with a scalar label: no range
+        for k in range(1, 10):
+            w.write(k, pack([(k - 1) // 3, 1], k, data=face_jpeg(k)))
+        w.write(0, pack([10, 13], 0))
+        for i, rng in enumerate([[1, 4], 5.0, [7, 10]]):
+            w.write(10 + i, pack(rng, 10 + i))
+    r = check_dataset(d)
+    assert any("key 11" in e and "identity record 11 has no image range (IRHeader flag 0)" in e for e in errors(r))
 
 
 def test_a_missing_directory_and_a_file(tmp_path, cli):
@@ -302,3 +310,20 @@ def test_a_standard_size_set_is_expected_of_a_real_copy(tmp_path):
     r = check_dataset(d)
     warned = [f for f in r.findings if f.severity == "warning" and "standard lfw set has 6000" in f.message]
     assert warned and r.ok
+
+
+def test_an_index_in_another_order_and_a_record_of_megabytes(tmp_path):
+    import random
+
+    big = b"".join(b"\xff\xfe\xff\xff" + bytes(65533) for _ in range(20))
+    image = face_jpeg(3)
+    image = image[:2] + big + image[2:]  # comment segments: still a 112x112 JPEG, of 1.3 MB
+    d = write_dataset(tmp_path / "faces", image={3: image})
+    r = check_dataset(d, full=True)
+    assert r.ok, errors(r)
+    lines = (d / "train.idx").read_text().splitlines()
+    random.Random(0).shuffle(lines)
+    (d / "train.idx").write_text("\n".join(lines) + "\n")
+    r = check_dataset(d)
+    assert r.ok, errors(r)
+    assert "not in file order" in next(row.detail for row in r.rows if row.check == "train.idx")

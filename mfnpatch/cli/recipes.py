@@ -20,7 +20,6 @@ from mfnpatch.cli.app import (
     out,
     recipe_app,
 )
-from mfnpatch.cli.progress import RichObserver
 from mfnpatch.errors import (
     EXIT_NOTHING_TO_DO,
     EXIT_OK,
@@ -297,6 +296,8 @@ def recipe_run(
         keep_going=keep_going, force=force, env_check=not no_env_check, env_checker=_env_checker(),
         env_prefix=env_prefix, data_check=not no_data_check, data_checker=_data_checker(),
     )  # fmt: skip
+    from mfnpatch.cli.progress import RichObserver
+
     obs = Observer() if as_json else RichObserver()
     loaded, overrides = load_recipe(recipe), parse_sets(sets or [])
     runner: Runner
@@ -458,6 +459,7 @@ def recipe_job(
     stage: Annotated[str, typer.Argument(help="The stage this job runs.")],
 ):
     """What each Slurm job of `recipe run --executor slurm` runs: one stage, with the local runner."""
+    from mfnpatch.cli.progress import RichObserver
     from mfnpatch.cluster.executor import run_job
 
     obs = RichObserver()

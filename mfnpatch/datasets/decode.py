@@ -5,7 +5,6 @@ the whole ``train.rec`` is hashed in a thread beside them."""
 from __future__ import annotations
 
 import hashlib
-import mmap
 import multiprocessing
 import os
 import threading
@@ -19,7 +18,7 @@ from mfnpatch.datasets.recordio import RecordError, read_record, unpack
 BATCH = 512
 MAX_FAILS = 20  # per batch: the first ones are named, the rest counted
 
-_MM: Any = None
+_FD: int | None = None  # a worker's descriptor of train.rec (read with pread: nothing mapped)
 
 
 def cores() -> int:
@@ -30,7 +29,7 @@ def cores() -> int:
 
 
 def _init(rec: str | None) -> None:
-    global _MM
+    global _FD
     try:
         import cv2
 
@@ -38,13 +37,12 @@ def _init(rec: str | None) -> None:
     except ImportError:
         pass
     if rec is not None:
-        with open(rec, "rb") as f:
-            _MM = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
+        _FD = os.open(rec, os.O_RDONLY)
 
 
-def record_problem(mm, offset: int, h: int | None, w: int | None) -> str | None:
+def record_problem(src, offset: int, h: int | None, w: int | None) -> str | None:
     try:
-        _, image = unpack(read_record(mm, offset)[0])
+        _, image = unpack(read_record(src, offset)[0])
     except (RecordError, ValueError) as e:
         return f"unreadable: {getattr(e, 'message', e)}"
     return img.problem(image, h, w)
@@ -55,7 +53,7 @@ def _records(args) -> tuple[int, int, list]:
     fails: list[tuple[int, int, int, str]] = []
     n_bad = 0
     for k, o, line in zip(keys, offsets, lines, strict=True):
-        p = record_problem(_MM, int(o), h, w)
+        p = record_problem(_FD, int(o), h, w)
         if p:
             n_bad += 1
             if len(fails) < MAX_FAILS:

@@ -73,17 +73,28 @@ def encode_record(payload: bytes) -> bytes:
     return bytes(out)
 
 
-def read_record(buf, offset: int) -> tuple[bytes, int]:
-    """The payload of the record at ``offset`` of ``buf`` (bytes, mmap) and the offset just after it; every
-    part is checked (magic, continuation flags, length within the file)."""
-    size = len(buf)
+def read_record(src, offset: int) -> tuple[bytes, int]:
+    """The payload of the record at ``offset`` and the offset just after it; every part is checked (magic,
+    continuation flags, length within the file). ``src`` is bytes-like, or an open file descriptor read with
+    ``pread`` (nothing mapped into this process: a few records of a large file cost a few reads)."""
+    if isinstance(src, int):
+        size = os.fstat(src).st_size
+
+        def read(pos: int, n: int) -> bytes:
+            return os.pread(src, n, pos)
+    else:
+        size = len(src)
+
+        def read(pos: int, n: int) -> bytes:
+            return bytes(src[pos : pos + n])
+
     parts: list[bytes] = []
     pos = offset
     while True:
-        if pos + 8 > size:
+        if pos < 0 or pos + 8 > size:
             what = "the record" if pos == offset else f"part {len(parts) + 1} of the record"
             raise RecordError(pos, f"{what} at byte {pos} is cut off by the end of the file ({size} bytes)")
-        magic, lrec = struct.unpack_from("<II", buf, pos)
+        magic, lrec = struct.unpack("<II", read(pos, 8))
         if magic != MAGIC:
             raise RecordError(
                 pos, f"bad magic 0x{magic:08x} at byte {pos} (a RecordIO record starts with 0x{MAGIC:08x})"
@@ -93,9 +104,9 @@ def read_record(buf, offset: int) -> tuple[bytes, int]:
             expected = "0 or 1 (a record's first part)" if pos == offset else "2 or 3 (a continuation)"
             raise RecordError(pos, f"continuation flag {cflag} at byte {pos} where {expected} belongs")
         end = pos + 8 + align4(length)
-        if pos + 8 + length > size:
+        if end > size:
             raise RecordError(pos, f"record length {length} at byte {pos} runs past the end of the file ({size} bytes)")
-        parts.append(bytes(buf[pos + 8 : pos + 8 + length]))
+        parts.append(read(pos + 8, length))
         if cflag in (0, 3):
             return MAGIC_BYTES.join(parts), end
         pos = end

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import mmap
+import os
 from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,12 +19,13 @@ from mfnpatch.datasets import images as img
 from mfnpatch.datasets.decode import Pool, record_problem
 from mfnpatch.datasets.recordio import IR_SIZE, RecordError, read_record, unpack
 from mfnpatch.datasets.report import DataReport, Progress, Severity, Tally
-from mfnpatch.datasets.scan import IdxError, heads, idx_chunks
+from mfnpatch.datasets.scan import IdxError, heads, idx_chunk_at, idx_chunks, words_of
 
 SAMPLE = 256  # images of train.rec decoded by default
 WINDOW = 64 << 10
 WINDOWS = 16
 DIGEST = "fast-1"
+PASS_BLOCK = 1 << 15  # of train.idx per chunk of the record pass: some 1,000 records, their pages released after
 
 
 @dataclass
@@ -92,13 +94,17 @@ def _read_header(view, size: int, offset: int, line: int, rec: Path, tally: Tall
     return _Header(int(a), int(b))
 
 
-def _identities(view, d_rec: Path, idx: Path, hdr: _Header, tally: Tally):
+def _identities(fd: int, words, mm, size: int, d_rec: Path, idx: Path, hdr: _Header, tally: Tally,
+                spans: list[tuple[int, int, int, int, int]]):  # fmt: skip
     """The identity records' ranges, in key order: (keys, starts, ends) as NumPy arrays, or None."""
     import numpy as np
 
     check = "identity records"
     found: dict[int, tuple[int, int]] = {}
-    for chunk in idx_chunks(idx):
+    for span in spans:  # only the chunks of the index whose keys reach into the identity range
+        if span[3] < hdr.first_identity or span[2] >= hdr.end_identity:
+            continue
+        chunk = idx_chunk_at(idx, span[0], span[1], span[4])
         k = chunk.keys
         sel = np.flatnonzero((k >= hdr.first_identity) & (k < hdr.end_identity))
         for i in sel:
@@ -115,27 +121,28 @@ def _identities(view, d_rec: Path, idx: Path, hdr: _Header, tally: Tally):
             kind="missing identity",
         )
     keys = np.array(sorted(found), np.int64)
-    starts = np.zeros(len(keys), np.int64)
-    ends = np.zeros(len(keys), np.int64)
-    for i, key in enumerate(keys):
-        off, line = found[int(key)]
+    offs = np.array([found[int(k)][0] for k in keys], np.int64)
+    hd = heads(words, size, offs)  # 40 bytes: an identity record is its frame, IRHeader and two labels
+    if len(offs):
+        release(mm, int(offs.min()), int(hd.end.max()))
+    whole = hd.magic_ok & (hd.cflag == 0) & hd.fits & (hd.flag >= 2) & (hd.length >= IR_SIZE + 8)
+    starts, ends = hd.label0.copy(), hd.label1.copy()
+    for i in np.flatnonzero(hd.magic_ok & (hd.cflag == 1)):  # split at a magic number: read it whole
         try:
-            h, _ = unpack(read_record(view, off)[0])
+            h, _ = unpack(read_record(fd, int(offs[i]))[0])
         except (RecordError, ValueError):
-            starts[i] = ends[i] = -1  # the record pass names it
             continue
-        lab = h.label if isinstance(h.label, tuple) else ()
-        if len(lab) < 2 or not (float(lab[0]).is_integer() and float(lab[1]).is_integer()):
-            tally.add(
-                check,
-                d_rec,
-                f"identity record {key} has no image range (label {h.label!r})",
-                _where(int(key), line, off),
-                kind="no range",
-            )
-            starts[i] = ends[i] = -1
-            continue
-        starts[i], ends[i] = int(lab[0]), int(lab[1])
+        if isinstance(h.label, tuple) and len(h.label) >= 2:
+            starts[i], ends[i], whole[i] = h.label[0], h.label[1], True
+    integral = whole & (starts == np.floor(starts)) & (ends == np.floor(ends))
+    bad = np.flatnonzero(hd.fits & hd.magic_ok & ~integral & ((hd.cflag == 0) | whole))
+    if len(bad):
+        i = int(bad[0])
+        off, line = found[int(keys[i])]
+        tally.add(check, d_rec, f"identity record {keys[i]} has no image range (IRHeader flag {hd.flag[i]})",
+                  _where(int(keys[i]), line, off), count=len(bad), kind="no range")  # fmt: skip
+    starts = np.where(integral, starts, -1).astype(np.int64)
+    ends = np.where(integral, ends, -1).astype(np.int64)  # an unreadable record: the record pass names it
     if missing or not (starts >= 0).all():
         return None  # labels cannot be held against identities that are not all there
     order_ok = True
@@ -213,9 +220,12 @@ def check_records(
     idx_hash = hashlib.sha256()
     lines = 0
     key0: tuple[int, int] | None = None
+    spans: list[tuple[int, int, int, int, int]] = []  # (byte offset, bytes, min key, max key, first line) per chunk
     try:
         for chunk in idx_chunks(idx, idx_hash):
             lines += len(chunk.keys)
+            if len(chunk.keys):
+                spans.append((chunk.start, chunk.size, int(chunk.keys.min()), int(chunk.keys.max()), chunk.first_line))
             if key0 is None:
                 hit = np.flatnonzero(chunk.keys == 0)
                 if len(hit):
@@ -232,17 +242,20 @@ def check_records(
     if lines == 0:
         tally.add("train.idx", idx, "no records")
         return parts
-    with open(rec, "rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as mm:
-        view = np.frombuffer(mm, np.uint8)
+    with open(rec, "rb") as f:
+        mm = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
         try:
-            return _check_rec(
-                d, rec, idx, view, mm, size, lines, key0, prop, report, tally, full, workers, progress, parts
-            )
+            return _check_rec(d, rec, idx, words_of(mm), mm, f.fileno(), size, lines, key0, spans, prop, report,
+                              tally, full, workers, progress, parts)  # fmt: skip
         finally:
-            del view
+            try:
+                mm.close()
+            except BufferError:  # an error on the way out still holds a view of it: freed with the traceback
+                pass
 
 
-def _check_rec(d, rec, idx, view, mm, size, lines, key0, prop, report, tally, full, workers, progress, parts):
+def _check_rec(d, rec, idx, view, mm, fd, size, lines, key0, spans, prop, report, tally, full, workers, progress,
+               parts):  # fmt: skip
     hdr = None
     if key0 is None:
         tally.add(
@@ -259,8 +272,8 @@ def _check_rec(d, rec, idx, view, mm, size, lines, key0, prop, report, tally, fu
             f"line {key0[1]}",
         )
     else:
-        hdr = _read_header(mm, size, key0[0], key0[1], rec, tally)
-    ranges = _identities(mm, rec, idx, hdr, tally) if hdr else None
+        hdr = _read_header(fd, size, key0[0], key0[1], rec, tally)
+    ranges = _identities(fd, view, mm, size, rec, idx, hdr, tally, spans) if hdr else None
     n_ids = prop[0] if prop else None
     if hdr and prop and hdr.identities != prop[0]:
         tally.add(
@@ -273,11 +286,11 @@ def _check_rec(d, rec, idx, view, mm, size, lines, key0, prop, report, tally, fu
         )
         n_ids = min(prop[0], hdr.identities)
     h, w = (prop[1], prop[2]) if prop else (None, None)
-    p = _RecordPass(rec, view, mm, size, hdr, ranges, n_ids, tally)
+    p = _RecordPass(rec, view, mm, fd, size, hdr, ranges, n_ids, tally)
     pool: Pool | None
     with Pool("images", hdr.images, workers, rec, progress) if full and hdr else nullcontext() as pool:
         p.pool, p.hw = pool, (h, w)
-        for chunk in idx_chunks(idx):
+        for chunk in idx_chunks(idx, block=PASS_BLOCK):
             p.chunk(chunk)
             if progress:
                 progress("records", p.done, lines)
@@ -286,7 +299,7 @@ def _check_rec(d, rec, idx, view, mm, size, lines, key0, prop, report, tally, fu
             decoded, fails, bad = pool.done, pool.fails, pool.bad
             parts["full_sha256"] = pool.sha256.get("sha256")
     if pool is None:
-        decoded, fails = _decode_sample(mm, p.sample, h, w)
+        decoded, fails = _decode_sample(fd, p.sample, h, w, workers)
         bad = len(fails)
     p.finish(idx, lines)
     if hdr:
@@ -333,10 +346,10 @@ def _check_rec(d, rec, idx, view, mm, size, lines, key0, prop, report, tally, fu
 class _RecordPass:
     """The second pass: every index line's record, chunk by chunk (``scan.heads``), checked and digested."""
 
-    def __init__(self, rec, view, mm, size, hdr: _Header | None, ranges, n_ids, tally: Tally):
+    def __init__(self, rec, view, mm, fd: int, size, hdr: _Header | None, ranges, n_ids, tally: Tally):
         import numpy as np
 
-        self.rec, self.view, self.mm, self.size = rec, view, mm, size
+        self.rec, self.view, self.mm, self.fd, self.size = rec, view, mm, fd, size
         self.hdr, self.ranges, self.n_ids, self.tally = hdr, ranges, n_ids, tally
         self.digest = hashlib.blake2b(digest_size=32)
         self.digest.update(f"mfnpatch-rec-{DIGEST} {size}\n".encode())
@@ -356,7 +369,7 @@ class _RecordPass:
 
         k, o = chunk.keys, chunk.offsets
         lines_of = chunk.first_line + np.arange(len(k))
-        hd = heads(self.view, self.size, o)
+        hd = self._heads(o)
         self.digest.update(hd.raw.tobytes())
         self.done += len(k)
 
@@ -375,12 +388,10 @@ class _RecordPass:
                     kind=kind,
                 )
 
-        bad(
-            ~hd.in_file,
-            "the offset lies outside train.rec",
-            "outside",
-            hint="train.idx does not belong to this train.rec, or train.rec was cut short",
-        )
+        bad(~hd.aligned, "the offset is not a multiple of 4 (every RecordIO record starts at a 4-byte boundary)",
+            "misaligned", hint="train.idx does not belong to this train.rec, or the file is damaged")  # fmt: skip
+        bad(hd.aligned & ~hd.in_file, "the offset lies outside train.rec", "outside",
+            hint="train.idx does not belong to this train.rec, or train.rec was cut short")  # fmt: skip
         bad(
             hd.in_file & ~hd.magic_ok,
             "bad magic (not the start of a RecordIO record)",
@@ -400,7 +411,7 @@ class _RecordPass:
         flag, label, label0 = hd.flag.copy(), hd.label.copy(), hd.label0.copy()
         for i in np.flatnonzero(ok & (hd.cflag == 1)):  # a record split at a magic number: read it whole
             try:
-                payload, end[i] = read_record(self.mm, int(o[i]))
+                payload, end[i] = read_record(self.fd, int(o[i]))
                 h, _ = unpack(payload)
             except (RecordError, ValueError) as e:
                 self.tally.add(
@@ -458,6 +469,14 @@ class _RecordPass:
         if self.pool is not None:
             sel = np.flatnonzero(image & has_image)
             self.pool.records(k[sel], o[sel], lines_of[sel], *self.hw)
+
+    def _heads(self, o):
+        """The records' heads, gathered from the mapping; the pages touched are released after (flat memory)."""
+        valid = (o >= 0) & (o < self.size)
+        hd = heads(self.view, self.size, o)
+        if valid.any():
+            release(self.mm, int(o[valid].min()), int(hd.end[valid].max()))
+        return hd
 
     def _tiling(self, k, o, end, ok, lines_of) -> None:
         """In file order each record ends where the next begins: no bytes that no index line points at."""
@@ -520,18 +539,31 @@ class _RecordPass:
             )
 
     def digest_windows(self) -> str:
-        size, mm = self.size, self.mm
+        size = self.size
         for j in range(WINDOWS):
             pos = (size - WINDOW) * j // (WINDOWS - 1) if size > WINDOW else 0
-            self.digest.update(mm[pos : pos + WINDOW])
-        self.digest.update(mm[max(0, size - WINDOW) :])
+            self.digest.update(os.pread(self.fd, WINDOW, pos))
+        self.digest.update(os.pread(self.fd, WINDOW, max(0, size - WINDOW)))
         return self.digest.hexdigest()
 
 
-def _decode_sample(mm, sample, h, w):
-    fails = []
-    for key, off, line in sample:
-        problem = record_problem(mm, off, h, w)
-        if problem:
-            fails.append((key, off, line, problem))
+def release(mm, start: int, end: int) -> None:
+    """The pages of ``mm[start:end]`` this process touched leave its memory (the page cache keeps them)."""
+    start = max(0, start) // mmap.PAGESIZE * mmap.PAGESIZE
+    end = min(len(mm), end + 64)
+    if end <= start:
+        return
+    try:
+        mm.madvise(mmap.MADV_DONTNEED, start, end - start)
+    except (OSError, ValueError):
+        pass
+
+
+def _decode_sample(fd: int, sample, h, w, workers: int):
+    """The sampled images, decoded in threads (OpenCV releases the GIL while it decodes)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
+        problems = list(pool.map(lambda s: record_problem(fd, s[1], h, w), sample))
+    fails = [(key, off, line, pr) for (key, off, line), pr in zip(sample, problems, strict=True) if pr]
     return len(sample), fails

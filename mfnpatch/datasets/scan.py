@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from mfnpatch.datasets.recordio import IR_SIZE, LENGTH_MASK, MAGIC
+from mfnpatch.datasets.recordio import LENGTH_MASK, MAGIC
 from mfnpatch.errors import MfnError
 
 BLOCK = 1 << 20
@@ -33,6 +33,12 @@ class IdxChunk:
     first_line: int  # 1-based line number of keys[0]
     keys: Any  # np.ndarray int64
     offsets: Any  # np.ndarray int64
+    start: int = 0  # byte offset of its first line in train.idx
+    size: int = 0  # bytes of its lines (the last line's newline included, when it has one)
+
+    def span(self) -> tuple[int, int, int]:
+        """Where to read it again (``idx_chunk_at``): byte offset, bytes, first line."""
+        return self.start, self.size, self.first_line
 
 
 def _bad_line(text: bytes, first_line: int) -> IdxError:
@@ -80,6 +86,7 @@ def idx_chunks(path: Path, digest: Any = None, block: int = BLOCK) -> Iterator[I
     """``train.idx`` in chunks of whole lines; ``digest`` (a hashlib object) sees every byte."""
     line = 1
     carry = b""
+    start = 0
     with open(path, "rb") as f:
         while True:
             data = f.read(block)
@@ -87,9 +94,8 @@ def idx_chunks(path: Path, digest: Any = None, block: int = BLOCK) -> Iterator[I
                 digest.update(data)
             if not data:
                 if carry:
-                    carry += b"\n"  # a last line without its newline
-                    keys, offs = parse_block(carry, line)
-                    yield IdxChunk(line, keys, offs)
+                    keys, offs = parse_block(carry + b"\n", line)  # a last line without its newline
+                    yield IdxChunk(line, keys, offs, start, len(carry))
                 return
             data = carry + data
             cut = data.rfind(b"\n") + 1
@@ -100,8 +106,20 @@ def idx_chunks(path: Path, digest: Any = None, block: int = BLOCK) -> Iterator[I
                 continue
             text, carry = data[:cut], data[cut:]
             keys, offs = parse_block(text, line)
-            yield IdxChunk(line, keys, offs)
+            yield IdxChunk(line, keys, offs, start, len(text))
             line += len(keys)
+            start += len(text)
+
+
+def idx_chunk_at(path: Path, start: int, size: int, first_line: int) -> IdxChunk:
+    """A chunk ``idx_chunks`` read before, read again from its span."""
+    with open(path, "rb") as f:
+        f.seek(start)
+        text = f.read(size)
+    if not text.endswith(b"\n"):
+        text += b"\n"
+    keys, offs = parse_block(text, first_line)
+    return IdxChunk(first_line, keys, offs, start, size)
 
 
 @dataclass
@@ -109,12 +127,13 @@ class Heads:
     """The first bytes of each record at the given offsets (fields are NumPy arrays, one entry per offset)."""
 
     offsets: Any
-    in_file: Any  # bool: the 8-byte frame lies inside the file
+    aligned: Any  # bool: at a 4-byte boundary, where every RecordIO record starts
+    in_file: Any  # bool: aligned, and the 8-byte frame lies inside the file
     magic_ok: Any
     cflag: Any
     length: Any
     end: Any  # offset after the record's first part (padding included)
-    fits: Any  # bool: the first part's bytes lie inside the file
+    fits: Any  # bool: the first part, padding included, lies inside the file (dmlc-core reads the padding)
     flag: Any  # IRHeader.flag
     label: Any  # IRHeader.label (the scalar label)
     label0: Any  # first float of the label array
@@ -122,40 +141,48 @@ class Heads:
     raw: Any  # (n, HEAD) uint8: what the fast digest sees
 
 
-def heads(view, size: int, offsets) -> Heads:
-    """Gather and decode ``HEAD`` bytes at every offset of ``view`` (a uint8 array over the mapped ``.rec``)."""
+def words_of(mm) -> Any:
+    """The mapped ``.rec`` as little-endian 32-bit words (records start at 4-byte boundaries)."""
+    import numpy as np
+
+    return np.frombuffer(mm, "<u4", count=len(mm) // 4)
+
+
+def heads(words, size: int, offsets, base: int = 0) -> Heads:
+    """The first ``HEAD`` bytes at every offset, gathered as ten words each from ``words``: the file's bytes
+    from byte ``base`` on, as 32-bit words (``words_of`` a mapping of the whole file, or a buffer read from
+    ``base``). Words past the end of the file read as 0, whichever way the bytes came."""
     import numpy as np
 
     o = np.asarray(offsets, np.int64)
-    in_file = (o >= 0) & (o + 8 <= size)
-    if size == 0:
-        raw = np.zeros((len(o), HEAD), np.uint8)
+    aligned = (o % 4) == 0
+    in_file = aligned & (o >= 0) & (o + 8 <= size)
+    n_words = len(words)
+    if n_words == 0:
+        w = np.zeros((len(o), HEAD // 4), np.uint32)
     else:
-        idx = np.clip(o, 0, size - 1)[:, None] + np.arange(HEAD, dtype=np.int64)
-        np.minimum(idx, size - 1, out=idx)
-        raw = view[idx]
-        raw[~in_file] = 0
-    words = np.ascontiguousarray(raw).view("<u4")  # (n, HEAD // 4)
-    lrec = words[:, 1]
+        step = np.arange(HEAD // 4, dtype=np.int64)
+        idx = np.clip((o - base) // 4, 0, n_words - 1)[:, None] + step
+        np.minimum(idx, n_words - 1, out=idx)
+        w = words[idx]
+        w[~in_file] = 0
+        w[o[:, None] + 4 * step + 4 > size] = 0
+    lrec = w[:, 1]
     length = (lrec & LENGTH_MASK).astype(np.int64)
-    floats = words.view("<f4")
+    floats = w.view("<f4")
+    end = o + 8 + ((length + 3) & ~3)
     return Heads(
         offsets=o,
+        aligned=aligned,
         in_file=in_file,
-        magic_ok=in_file & (words[:, 0] == MAGIC),
+        magic_ok=in_file & (w[:, 0] == MAGIC),
         cflag=(lrec >> 29).astype(np.int64),
         length=length,
-        end=o + 8 + ((length + 3) & ~3),
-        fits=in_file & (o + 8 + length <= size),
-        flag=words[:, 2].astype(np.int64),
+        end=end,
+        fits=in_file & (end <= size),
+        flag=w[:, 2].astype(np.int64),
         label=floats[:, 3].astype(np.float64),
         label0=floats[:, 8].astype(np.float64),
         label1=floats[:, 9].astype(np.float64),
-        raw=raw,
+        raw=w.view(np.uint8),
     )
-
-
-def payload_head_ok(h: Heads):
-    """Records long enough for the IRHeader and the labels it announces."""
-    flag = h.flag
-    return h.length >= IR_SIZE + 4 * flag.clip(0, 1 << 20)
