@@ -7,14 +7,28 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 from mfnpatch.errors import MfnError
+from mfnpatch.schema import Strict
 
 _PARAMS = re.compile(r"^(?P<prefix>.*)-(?P<n>\d{4})\.params$")
 
 
 class CheckpointError(MfnError):
     pass
+
+
+class StopPoint(Strict):
+    """Where a training stage is stopped: at checkpoint N (saved at step N x --verbose) or at step N, and why
+    (the recipe says so, or a later stage needs that checkpoint). The plan, the process and the record hold it."""
+
+    kind: Literal["checkpoint", "step"]
+    value: int
+    why: str = ""
+
+    def __str__(self) -> str:
+        return f"{self.kind} {self.value}"
 
 
 @dataclass(frozen=True)

@@ -13,13 +13,19 @@ ALLOWED = {
     "base": set(),
     "source": set(),
     "logs": {"source"},
-    "runs": {"source", "logs"},
-    "cluster": {"source", "logs", "runs"},
+    "recipes": {"source", "logs"},
+    "verify": {"source", "logs", "recipes"},
+    "runs": {"source", "logs", "recipes", "verify"},
+    "cluster": {"source", "logs", "recipes", "verify", "runs"},
     "environments": set(),
     "deploy": set(),
     "datasets": set(),
-    "cli": {"source", "logs", "runs", "cluster", "environments", "deploy", "datasets"},
+    "cli": {"source", "logs", "recipes", "verify", "runs", "cluster", "environments", "deploy", "datasets"},
 }
+# The rooms of runs/, bottom up: a room imports only rooms below it, so following a plan through the runner
+# goes one way down (the record at the bottom; the runner, which uses them all, at the top).
+RUNS_ROOMS = ["record", "determinism", "resume", "process", "outcome", "handover", "provenance", "summaries",
+              "dataplan", "execute", "report", "status", "compare", "runner"]  # fmt: skip
 MAX_LINES = 600
 
 
@@ -81,6 +87,13 @@ def test_every_import_goes_down_the_layers():
             if d == "mfnpatch" or dst == src or dst == "base" or dst in ALLOWED[src]:
                 continue
             bad.append(f"{name} ({src}) imports {d} ({dst})")
+    assert not bad, "\n".join(bad)
+
+
+def test_runs_rooms_import_only_rooms_below_them():
+    rooms = {f"mfnpatch.runs.{r}": i for i, r in enumerate(RUNS_ROOMS)}
+    assert set(rooms) == {n for n in MODULES if n.startswith("mfnpatch.runs.")}, "a room of runs/ is not ranked"
+    bad = [f"{n} imports {d}" for n, i in rooms.items() for d in GRAPH[n] if d in rooms and rooms[d] >= i]
     assert not bad, "\n".join(bad)
 
 

@@ -14,9 +14,9 @@ import pytest
 from test_runner import run
 
 from mfnpatch.errors import EXIT_FAILURE, EXIT_OK, EXIT_USAGE
+from mfnpatch.recipes.expand import expand
+from mfnpatch.recipes.recipe import RecipeError, load_recipe
 from mfnpatch.runs.determinism import HOOK_DIR, seed_env
-from mfnpatch.runs.expand import expand
-from mfnpatch.runs.recipe import RecipeError, load_recipe
 
 
 def _py(code: str, env: dict[str, str]) -> str:

@@ -13,8 +13,8 @@ from mfnpatch.errors import EXIT_FAILURE, EXIT_OK, MfnError
 from mfnpatch.logs.expected import load_expected, resolve_reference
 from mfnpatch.logs.parser import summarize
 from mfnpatch.resources import data_dir
-from mfnpatch.runs.verify import verify
 from mfnpatch.source.patchset import Catalog, select_sets
+from mfnpatch.verify.verify import verify
 
 ARCFACE = REFERENCE / "blog-arcface_loss_test2.log"
 SOFTMAX = REFERENCE / "blog-softmax_loss_test2.log"

@@ -20,8 +20,8 @@ from test_runner import run as run_fake
 from mfnpatch.errors import EXIT_FAILURE, EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE
 from mfnpatch.fsutil import UnsafePath, atomic_write, confined
 from mfnpatch.logs.parser import summarize_text
-from mfnpatch.runs.expand import expand
-from mfnpatch.runs.recipe import RecipeError, load_recipe
+from mfnpatch.recipes.expand import expand
+from mfnpatch.recipes.recipe import RecipeError, load_recipe
 
 
 def apply_cli(fx, cli, series="demo", *extra, dest=None):
@@ -238,7 +238,7 @@ NAMES = st.text(st.characters(codec="utf-8", exclude_categories=("Cs",)), min_si
 @given(name=NAMES, cwd=NAMES, key=NAMES, path=NAMES)
 def test_random_names_cwds_env_keys_and_set_paths_never_escape(tmp_path, name, cwd, key, path):
     """Whatever a recipe or a patch set says, what is accepted stays inside its root."""
-    from mfnpatch.runs.recipe import ENV_KEY, STAGE_NAME
+    from mfnpatch.recipes.recipe import ENV_KEY, STAGE_NAME
 
     root = tmp_path / "root"
     if STAGE_NAME.match(name):

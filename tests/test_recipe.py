@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 
 from mfnpatch.errors import MfnError
-from mfnpatch.runs.expand import expand
-from mfnpatch.runs.recipe import load_recipe, parse_input, seed_tokens
+from mfnpatch.recipes.expand import expand
+from mfnpatch.recipes.recipe import load_recipe, parse_input, seed_tokens
 
 MAY16_TRAINING = ("softmax", "arcface", "finetune")
 
@@ -20,10 +20,10 @@ def test_may16_with_the_seeds_paths_is_the_seeds_commands():
         s = plan.stage(name)
         assert s.tokens() == seed_tokens(s.seed_command), name
         assert s.cwd == "src" and s.env == {"CUDA_VISIBLE_DEVICES": "0"}
-    assert [s.stop for s in plan.stages if s.name in MAY16_TRAINING] == [
+    assert [(s.stop.kind, s.stop.value) for s in plan.stages if s.name in MAY16_TRAINING] == [
         ("checkpoint", 60), ("checkpoint", 100), ("checkpoint", 40),
     ]  # fmt: skip
-    assert plan.stage("softmax").stop_why == "derived: arcface uses checkpoint 60"
+    assert plan.stage("softmax").stop.why == "derived: arcface uses checkpoint 60"
     (hazard,) = plan.hazards
     assert "finetune writes to ../models/MobileFaceNet/model-y1-arcface" in hazard and "1…40" in hazard
 
@@ -76,7 +76,7 @@ def test_smoke_profile_is_data():
     bpe, stop_step = images // 16, 2 * 21
     assert images % 16 == 0 and 21 <= bpe and bpe + 21 <= stop_step
     assert sm.argv[sm.argv.index("--data-dir") + 1] == "/r/data"
-    assert [plan.stage(n).stop for n in MAY16_TRAINING] == [("checkpoint", 2)] * 3
+    assert [(plan.stage(n).stop.kind, plan.stage(n).stop.value) for n in MAY16_TRAINING] == [("checkpoint", 2)] * 3
     assert plan.stage("data").skipped is None
     assert plan.stage("arcface").inputs["pretrained"].value == "/r/models/model-y1-softmax,2"
     assert any(e.metric == "train_acc" for e in sm.expect)
@@ -178,7 +178,7 @@ def test_the_good_recipe_is_good(tmp_path):
     p = tmp_path / "good.yaml"
     p.write_text(GOOD)
     plan = expand(load_recipe(str(p)))
-    assert plan.stage("a").stop == ("checkpoint", 2)  # derived from b's input
+    assert (plan.stage("a").stop.kind, plan.stage("a").stop.value) == ("checkpoint", 2)  # derived from b's input
     assert plan.stage("b").argv == ["python", "-c", "pass", "m/a,2"]
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from mfnpatch.checkpoint import StopPoint
 from mfnpatch.logs.parser import summarize_text
 from mfnpatch.runs.resume import NEVER, ResumeError, Segment, get_opt, lr_at, merge, plan_resume, set_opt
 
@@ -52,11 +53,11 @@ def test_seed_arcface_preempted_at_step_130000():
     (= the stage's 100)."""
     prefix = "../models/MobileFaceNet/model-y1-arcface"
     s = fake_log(saves=[(n, n * 2000) for n in range(1, 66)], prefix=prefix)
-    p = plan_resume(SEED_ARCFACE, s, 0, ("checkpoint", 100), usable=list(range(1, 66)))
+    p = plan_resume(SEED_ARCFACE, s, 0, StopPoint(kind="checkpoint", value=100), usable=list(range(1, 66)))
     assert (p.segment, p.from_save, p.from_step) == (1, 65, 130000)
     assert p.pretrained == f"{prefix},65" and p.prefix == f"{prefix}-r1"
     assert p.lr == pytest.approx(0.01) and p.lr_steps == [30000, 50000, 70000]
-    assert p.stop == ("checkpoint", 35)
+    assert (p.stop.kind, p.stop.value) == ("checkpoint", 35)
     assert get_opt(p.argv, "--pretrained") == f"{prefix},65"  # replaced the softmax,60 of segment 0
     assert get_opt(p.argv, "--lr-steps") == "30000,50000,70000" and get_opt(p.argv, "--lr") == "0.01"
     assert p.argv[: p.argv.index("--lr-steps")] == SEED_ARCFACE[: SEED_ARCFACE.index("--lr-steps")]
@@ -64,9 +65,13 @@ def test_seed_arcface_preempted_at_step_130000():
     seg1 = fake_log(lr=0.01, lr_steps="30000,50000,70000", saves=[(1, 2000), (2, 4000)], prefix=f"{prefix}-r1")
     merged = merge([(s, Segment(0, "a.log")), (seg1, Segment(1, "a.r1.log", f"{prefix}-r1", 130000, 65))])
     assert merged.checkpoints[67]["step"] == 134000 and merged.checkpoints[67]["segment"] == 1
-    p2 = plan_resume(SEED_ARCFACE, merged, 1, ("checkpoint", 100), usable=list(range(1, 68)))
+    p2 = plan_resume(SEED_ARCFACE, merged, 1, StopPoint(kind="checkpoint", value=100), usable=list(range(1, 68)))
     assert p2.pretrained == f"{prefix}-r1,2" and p2.prefix == f"{prefix}-r2"
-    assert p2.lr == pytest.approx(0.01) and p2.lr_steps == [26000, 46000, 66000] and p2.stop == ("checkpoint", 33)
+    assert (
+        p2.lr == pytest.approx(0.01)
+        and p2.lr_steps == [26000, 46000, 66000]
+        and (p2.stop.kind, p2.stop.value) == ("checkpoint", 33)
+    )
 
 
 def test_a_finished_schedule_keeps_its_last_rate_and_max_steps_shift():

@@ -14,8 +14,8 @@ import pytest
 
 from mfnpatch.errors import EXIT_INTERRUPTED
 from mfnpatch.logs.parser import summarize_text
+from mfnpatch.recipes.recipe import InputRef
 from mfnpatch.runs.handover import pick_checkpoint
-from mfnpatch.runs.recipe import InputRef
 from mfnpatch.runs.record import RunError, load_record
 from mfnpatch.runs.resume import NEVER
 
@@ -30,7 +30,7 @@ def test_run_end_to_end(cli, runfx):
     r = run(cli, runfx)
     assert r.code == 0, r.err
     d = r.json()
-    assert d["status"] == "passed" and d["schema"] == 1
+    assert d["status"] == "passed" and d["schema"] == 2
     st = {s["name"]: s for s in d["stages"]}
     assert [s["status"] for s in d["stages"]] == ["done"] * 4
     # the fake trainer writes a checkpoint every 20 ms, so it may get past 5 before it is stopped; the record says so
@@ -324,7 +324,7 @@ def test_interrupted_stage_continues_from_its_last_checkpoint(runfx):
     cks = sm.metrics.checkpoints
     assert all(cks[str(k)].step == 20 * k for k in range(1, 6))
     assert sm.ended.startswith("stopped at checkpoint 5 (planned), by mfnpatch")
-    from mfnpatch.runs.execute import stage_summary
+    from mfnpatch.runs.summaries import stage_summary
 
     merged = stage_summary(rd, sm)
     assert sorted(merged.lr_changes) == [20, 25]

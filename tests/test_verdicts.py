@@ -12,10 +12,10 @@ from conftest import REFERENCE
 
 from mfnpatch.errors import EXIT_FAILURE, EXIT_OK
 from mfnpatch.logs.parser import summarize
-from mfnpatch.runs.expand import expand
-from mfnpatch.runs.recipe import load_recipe
-from mfnpatch.runs.stagematch import detect_stage
-from mfnpatch.runs.verify import verify
+from mfnpatch.recipes.expand import expand
+from mfnpatch.recipes.recipe import load_recipe
+from mfnpatch.verify.stagematch import detect_stage
+from mfnpatch.verify.verify import verify
 
 SEED_POST = REFERENCE.parent / "seed" / "000_73caa59ccc6a3554.txt"
 ARCFACE = REFERENCE / "blog-arcface_loss_test2.log"

@@ -176,9 +176,9 @@ def verify(
     """
     from mfnpatch.fsutil import atomic_write
     from mfnpatch.resources import data_dir
-    from mfnpatch.runs.report import verification_markdown
-    from mfnpatch.runs.verify import verify as do_verify
     from mfnpatch.source.patchset import Catalog, select_sets
+    from mfnpatch.verify.report import verification_markdown
+    from mfnpatch.verify.verify import verify as do_verify
 
     CTX.json = as_json
     _check_tolerance(tolerance)
@@ -222,7 +222,7 @@ def verify(
     for rule, ids in rules.items():
         out.print(f"[dim]rule[/] ({escape(', '.join(ids))}): {escape(rule)}")
     for c in v.checks:
-        if "above the band" in c.message:
+        if c.above_band:
             out.print(f"[cyan]note[/]: {escape(c.message)}")
     for f in v.findings:
         out.print(f"[dim]finding[/]: {escape(f)}")

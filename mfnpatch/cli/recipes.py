@@ -43,7 +43,7 @@ SetOpt = Annotated[
 @recipe_app.command("list")
 def recipe_list(as_json: JsonOpt = False):
     """The bundled recipes, one per dated version of the seed's plan."""
-    from mfnpatch.runs.recipe import list_recipes
+    from mfnpatch.recipes.recipe import list_recipes
 
     CTX.json = as_json
     rows: list[dict[str, Any]] = []
@@ -69,7 +69,7 @@ def recipe_list(as_json: JsonOpt = False):
 @recipe_app.command("show")
 def recipe_show(recipe: Annotated[str, typer.Argument(help="A recipe name (may16) or file.")]):
     """Print a recipe file as it is."""
-    from mfnpatch.runs.recipe import find_recipe, load_recipe
+    from mfnpatch.recipes.recipe import find_recipe, load_recipe
 
     load_recipe(recipe)  # validate first: a bad recipe is an error, not a listing
     sys.stdout.write(find_recipe(recipe).read_text())
@@ -84,8 +84,8 @@ def recipe_plan(
     as_json: JsonOpt = False,
 ):
     """Print each stage's exact command, cwd, env, inputs and stop point, without running anything."""
-    from mfnpatch.runs.expand import expand, parse_sets
-    from mfnpatch.runs.recipe import load_recipe, seed_tokens
+    from mfnpatch.recipes.expand import expand, parse_sets
+    from mfnpatch.recipes.recipe import load_recipe, seed_tokens
 
     CTX.json = as_json
     plan = expand(load_recipe(recipe), profile, parse_sets(sets or []))
@@ -135,9 +135,9 @@ def recipe_plan(
 
             steps = total_steps(s)
             out.print(
-                f"  stop  at {s.stop[0]} {s.stop[1]}"
-                + (f" (step {steps})" if s.stop[0] == "checkpoint" else "")
-                + f": {escape(s.stop_why)}"
+                f"  stop  at {s.stop}"
+                + (f" (step {steps})" if s.stop.kind == "checkpoint" else "")
+                + f": {escape(s.stop.why)}"
             )
         if s.resources:
             res = ", ".join(f"{k.replace('_', '-')} {v}" for k, v in s.resources.items())
@@ -276,9 +276,9 @@ def recipe_run(
     """
     from mfnpatch.cluster.executor import SlurmRunner
     from mfnpatch.cluster.slurm import SlurmOptions
+    from mfnpatch.recipes.expand import parse_sets
+    from mfnpatch.recipes.recipe import load_recipe
     from mfnpatch.runs.execute import Observer
-    from mfnpatch.runs.expand import parse_sets
-    from mfnpatch.runs.recipe import load_recipe
     from mfnpatch.runs.runner import Runner, RunOptions
 
     CTX.json = as_json
@@ -358,37 +358,22 @@ def recipe_status(
     progress its stage's log shows. Exit 0 while a run is queued, running, passed or incomplete; 130 when it
     was interrupted; 1 when it failed or was cancelled, or its record is stale (it says running, but Slurm
     runs no job of it: see docs/slurm.md)."""
-    from mfnpatch.cluster.slurm import ACTIVE_JOB_STATES, SlurmError, job_states
-    from mfnpatch.runs.record import load_record
-    from mfnpatch.runs.status import finished, live_rows, stale
+    from mfnpatch.cluster.watch import watch
 
     CTX.json = as_json
-
-    def look():
-        rec = load_record(run)
-        states = {}
-        ids = [s.job.id for s in rec.stages if s.job]
-        if ids and rec.executor.kind == "slurm":
-            try:
-                states = job_states(ids)
-            except SlurmError as e:
-                err.print(f"[yellow]note[/]: {escape(e.message)}")
-        return rec, live_rows(run, rec, states)
-
-    rec, rows = look()
     last = None
-    while not (as_json and not follow):
-        text = _status_text(rec, rows)
+    for view in watch(run, follow, interval):
+        for n in view.notes:
+            err.print(f"[yellow]note[/]: {escape(n)}")
+        if as_json:
+            continue
+        text = _status_text(view.rec, view.rows)
         if text != last:
             if last is not None:
                 out.print(f"[dim]— {time.strftime('%H:%M:%S')}[/]")
             out.print(text, highlight=False)
             last = text
-        if not follow or finished(rec, rows, ACTIVE_JOB_STATES):
-            break
-        time.sleep(interval)
-        rec, rows = look()
-    lost = stale(rec, rows, ACTIVE_JOB_STATES)
+    rec, lost = view.rec, view.lost
     if lost is not None and follow:
         err.print(
             f"[red]stale[/]: no job of this run is queued or running, but the record says {rec.status}"
@@ -397,8 +382,8 @@ def recipe_status(
         err.print(f"[yellow]hint[/]: see RUN/slurm/*.out; continue with: mfnpatch recipe run "
                   f"{rec.recipe.path} --executor slurm --resume {run}")  # fmt: skip
     if as_json:
-        emit_json({**rec.to_dict(), "live": rows})
-    return 1 if lost is not None and follow else rec.exit_code
+        emit_json({**rec.to_dict(), "live": view.rows})
+    return view.exit_code(follow)
 
 
 def _status_text(rec, rows) -> str:

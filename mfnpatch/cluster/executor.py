@@ -17,7 +17,6 @@ import sys
 from pathlib import Path
 
 from mfnpatch.cluster.slurm import (
-    ACTIVE_JOB_STATES,
     FROZEN_TREE,
     SlurmError,
     SlurmOptions,
@@ -34,8 +33,8 @@ from mfnpatch.cluster.slurm import (
 )
 from mfnpatch.errors import EXIT_INTERRUPTED, MfnError
 from mfnpatch.fsutil import atomic_write
+from mfnpatch.recipes.expand import Plan, PlannedStage
 from mfnpatch.runs.execute import Observer
-from mfnpatch.runs.expand import Plan, PlannedStage
 from mfnpatch.runs.record import (
     AttemptRecord,
     ExecutorInfo,
@@ -72,7 +71,7 @@ class SlurmRunner(Runner):
         if self._job_stage is not None:  # in a job: this compute node is where the stage runs
             return self.opts.env_checker(plan.environment, self._env_prefix())
         info = self.opts.env_checker(plan.environment, self._env_prefix(), gpus_checked_by_jobs=True)
-        if str(info.get("check", "")).startswith("deferred"):
+        if info.get("deferred"):
             self.obs.note(f"environment {plan.environment}: {info['check']}")
         return info
 
@@ -87,7 +86,7 @@ class SlurmRunner(Runner):
             f"CUDA_VISIBLE_DEVICES={gpus}: the GPUs Slurm allocated to the job "
             f"(the recipe's {ps.env['CUDA_VISIBLE_DEVICES']!r} names GPUs of a whole machine)"
         )
-        return PlannedStage(**{**ps.__dict__, "env": {**ps.env, "CUDA_VISIBLE_DEVICES": gpus}})
+        return ps.with_env({**ps.env, "CUDA_VISIBLE_DEVICES": gpus})
 
     def _write(self, run_dir: Path, rec: RunRecord) -> None:
         """Write the record. In a job, under the run's lock and only this job's stages (others are other jobs'
@@ -133,7 +132,7 @@ class SlurmRunner(Runner):
                                     data_check=self.opts.data_check)  # fmt: skip
         recorded = {s.name: s.job.id for s in rec.stages if s.job and s.status in ("queued", "running")}
         states = job_states(list(recorded.values())) if recorded else {}
-        live = [n for n, j in recorded.items() if states.get(j, {}).get("state") in ACTIVE_JOB_STATES]
+        live = [n for n, j in recorded.items() if j in states and states[j].active]
         if live:
             raise RunError(
                 f"stages {', '.join(live)} of this run are still queued or running",
@@ -262,7 +261,7 @@ class SlurmRunner(Runner):
 
 def run_job(run_dir: Path, stage: str, observer: Observer | None = None, env_checker=None, data_checker=None) -> int:
     """`mfnpatch recipe job RUN STAGE`: what each Slurm job runs."""
-    from mfnpatch.runs.recipe import load_recipe
+    from mfnpatch.recipes.recipe import load_recipe
 
     run_dir = Path(run_dir).absolute()
     rec = load_record(run_dir)

@@ -27,6 +27,7 @@ from pathlib import Path
 from mfnpatch.errors import MfnError
 from mfnpatch.fsutil import atomic_write, atomic_write_json, sha256_file
 from mfnpatch.runs.record import SlurmOptionsInfo
+from mfnpatch.runs.status import JobState
 
 FROZEN_TREE = "tree"
 MANIFEST = "tree.manifest.json"
@@ -86,24 +87,28 @@ def requeue(job_id: str) -> None:
     slurm("scontrol", "requeue", job_id)
 
 
-def job_states(job_ids: list[str]) -> dict[str, dict]:
-    """{id: {state, reason}} for jobs Slurm still knows (squeue, then scontrol for finished ones)."""
-    out: dict[str, dict] = {}
+def job_state(state: str, reason: str = "", time: str = "", node: str = "") -> JobState:
+    return JobState(state=state, reason=reason, active=state in ACTIVE_JOB_STATES, time=time, node=node)
+
+
+def job_states(job_ids: list[str]) -> dict[str, JobState]:
+    """The state of each job Slurm still knows (squeue, then scontrol for finished ones)."""
+    out: dict[str, JobState] = {}
     if not job_ids:
         return out
     r = slurm("squeue", "-h", "-j", ",".join(job_ids), "-o", "%i|%T|%r|%M|%N", check=False)
     for line in r.stdout.splitlines():
         parts = line.split("|")
         if len(parts) >= 3:
-            out[parts[0]] = {"state": parts[1], "reason": parts[2], "time": parts[3] if len(parts) > 3 else "",
-                             "node": parts[4] if len(parts) > 4 else ""}  # fmt: skip
+            out[parts[0]] = job_state(parts[1], parts[2], parts[3] if len(parts) > 3 else "",
+                                      parts[4] if len(parts) > 4 else "")  # fmt: skip
     for jid in job_ids:
         if jid in out:
             continue
         r = slurm("scontrol", "show", "job", "-o", jid, check=False)
         fields = dict(kv.split("=", 1) for kv in r.stdout.split() if "=" in kv)
         if fields.get("JobState"):
-            out[jid] = {"state": fields["JobState"], "reason": fields.get("Reason", ""), "time": "", "node": ""}
+            out[jid] = job_state(fields["JobState"], fields.get("Reason", ""))
     return out
 
 
@@ -156,7 +161,7 @@ def check_frozen_tree(run_dir: Path) -> None:
 
 
 def script_text(run_dir: Path, run_id: str, stage: str, resources: dict[str, str], opts: SlurmOptions) -> str:
-    from mfnpatch.runs.recipe import check_resource
+    from mfnpatch.recipes.recipe import check_resource
 
     res = dict(resources)
     for key in ("time", "gpus_per_node", "cpus_per_task", "mem"):

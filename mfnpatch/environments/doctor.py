@@ -390,6 +390,7 @@ def recipe_env_check(name: str, prefix: Path | None = None, gpus_checked_by_jobs
             "name": name,
             "lock_sha256": doc.facts.get("lock_sha256"),
             "check": f"deferred to each job's compute node (on the submitting machine: {doc.verdict})",
+            "deferred": True,
             "gpus": doc.facts.get("gpus"),
             "features": doc.facts.get("features"),
         }

@@ -30,6 +30,9 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
 
+from pydantic import ConfigDict
+from pydantic.dataclasses import dataclass as model
+
 from mfnpatch.errors import MfnError
 from mfnpatch.logs.events import Summary
 from mfnpatch.logs.expected import Expectation, Expected, _from_expected, load_expected, seed_rule
@@ -46,8 +49,10 @@ LOCATION_KEYS = {"data_dir", "prefix", "output_dir", "work_dir", "log_dir", "pre
 # Checks
 
 
-@dataclass
+@model(config=ConfigDict(extra="forbid"))
 class Check:
+    """One check and its verdict: what a verification prints and what a run record keeps of each stage check."""
+
     id: str
     verdict: Verdict
     message: str
@@ -58,6 +63,7 @@ class Check:
     rule: str = ""
     target: str | None = None
     step: int | None = None
+    above_band: bool = False  # an "about" value passed, above its band: better than the seed says (a note)
 
     def to_dict(self) -> dict:
         return asdict(self) | {"found": self.actual, "at_step": self.step}
@@ -382,6 +388,7 @@ def _compare(cid, label, got, op, value, tol, required, group, note="") -> Check
     v = float(value) if value is not None else float("nan")
     g = float(got)
     extra = ""
+    above = False
     if op == ">=":
         ok = g >= v - (tol or 0) - 1e-12
     elif op == "<=":
@@ -391,6 +398,7 @@ def _compare(cid, label, got, op, value, tol, required, group, note="") -> Check
     elif op == "about":
         ok = g >= v - (tol or 0) - 1e-12
         if g > v + (tol or 0) + 1e-12:
+            above = True
             extra = f"; above the band ({v:g} ± {tol:g}): better than the seed says, not a failure"
     else:
         raise MfnError(f"expectation op {op!r} does not apply to {label}")
@@ -405,4 +413,5 @@ def _compare(cid, label, got, op, value, tol, required, group, note="") -> Check
         got,
         group,
         _rule_text(op, value, tol),
+        above_band=above,
     )

@@ -23,6 +23,7 @@ from typing import Any
 from mfnpatch.errors import MfnError
 from mfnpatch.logs.events import Summary
 from mfnpatch.logs.parser import summarize
+from mfnpatch.runs.provenance import run_provenance
 from mfnpatch.runs.record import DataFingerprint, RunRecord
 
 
@@ -138,9 +139,9 @@ def _normalize(obj: Any, subs: list[tuple[str, str]]) -> Any:
 
 def load_side(spec: Path, stage: str | None = None) -> Side:
     """A run directory (its record.json) or a training log."""
-    from mfnpatch.runs.execute import stage_summary
     from mfnpatch.runs.handover import verbose_of
     from mfnpatch.runs.record import RECORD, load_record
+    from mfnpatch.runs.summaries import stage_summary
 
     p = Path(spec)
     if p.is_dir():
@@ -165,21 +166,11 @@ def load_side(spec: Path, stage: str | None = None) -> Side:
             summary = stage_summary(run_dir, s) if s.kind == "train" else None
             cmd = _normalize({"argv": s.argv, "env": s.env, "cwd": s.cwd, "segments": len(s.segments)}, subs)
             stop = None
-            if s.stop and s.status == "done" and "stopped at" in (s.ended or ""):
+            if s.stop and s.status == "done" and s.end == "stopped":
                 stop = s.stop.value * verbose_of(s.argv) if s.stop.kind == "checkpoint" else s.stop.value
             here = {_relocated(path, moved_from, run_dir): digest for path, digest in s.checkpoints.items()}
             stages[s.name] = StageSide(s.name, summary, _checkpoints_now(here, subs, notes), cmd, stop)
-        r = rec.recipe
-        prov = {
-            "recipe": r.name,
-            "recipe sha256": r.sha256,
-            "profile": r.profile,
-            "parameters": _normalize(r.parameters, subs),
-            "pin": rec.pin.commit,
-            "patch sets": [f"{x.name}@{x.version} {x.sha256}" for x in rec.patches],
-            "environment": {"name": rec.environment.name, "lock_sha256": rec.environment.lock_sha256},
-            "seed": rec.seed if rec.determinism else "(not recorded)",
-        }
+        prov = run_provenance(rec, lambda obj: _normalize(obj, subs))
         interp = rec.environment.interpreter
         ctx = {
             "host": f"{rec.host.hostname} ({rec.host.cpus} CPUs, {rec.host.platform})",
@@ -192,7 +183,7 @@ def load_side(spec: Path, stage: str | None = None) -> Side:
         summary = summarize(p)
         name = stage
         if name is None:
-            from mfnpatch.runs.stagematch import detect_stage
+            from mfnpatch.verify.stagematch import detect_stage
 
             name = detect_stage(summary).stage or "log"
         return Side(str(p), "log", {name: StageSide(name, summary)})

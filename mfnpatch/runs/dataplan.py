@@ -13,9 +13,11 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
-from mfnpatch.runs.expand import Plan, PlannedStage
-from mfnpatch.runs.record import CheckRecord, DataFingerprint, DatasetRecord, RunError, RunRecord, StageRecord, now
+from mfnpatch.logs.verdicts import Check
+from mfnpatch.recipes.expand import Plan, PlannedStage
+from mfnpatch.runs.record import DataFingerprint, DatasetRecord, RunError, RunRecord, StageRecord, now
 
 Checker = Callable[[Path, list[str], "str | None"], dict]
 
@@ -58,15 +60,15 @@ def _resolved(p: Path) -> str:
     return os.path.normpath(p)
 
 
-def record_of(use: DataUse, result: dict | None, why: str | None = None) -> DatasetRecord:
-    """What the run record keeps of one dataset's check (``result`` from the checker, or skipped/deferred)."""
-    rec = DatasetRecord(
-        dir=str(use.path), stages=list(use.stages), check="skipped", made_by=use.made_by, expected_variant=use.variant
-    )
-    if result is None:
-        rec.check = "deferred" if why == "deferred" else "skipped"
-        rec.summary = why or ""
-        return rec
+def unchecked(use: DataUse, check: Literal["skipped", "deferred"], why: str = "") -> DatasetRecord:
+    """A dataset not checked: skipped (``why``), or deferred until the stage that makes it has run."""
+    return DatasetRecord(dir=str(use.path), stages=list(use.stages), check=check, made_by=use.made_by,
+                         expected_variant=use.variant, summary=why)  # fmt: skip
+
+
+def record_of(use: DataUse, result: dict) -> DatasetRecord:
+    """What the run record keeps of one dataset's check (``result`` from the checker)."""
+    rec = unchecked(use, "skipped")
     rec.check = "passed" if result.get("ok") else "failed"
     rec.checked = now()
     rec.summary = str(result.get("summary", ""))
@@ -122,11 +124,11 @@ def preflight(
     whose data changed since it started is refused unless ``force``."""
     uses = data_uses(plan, tree)
     if checker is None:
-        return [record_of(u, None, why_not) for u in uses]
+        return [unchecked(u, "skipped", why_not) for u in uses]
     records, hints = [], []
     for u in uses:
         if u.made_by is not None and rec.stage(u.made_by).status != "done":
-            records.append(record_of(u, None, "deferred"))
+            records.append(unchecked(u, "deferred"))
             continue
         result = checker(u.path, u.targets, u.variant)
         hints.append(str(result.get("hint") or ""))
@@ -167,7 +169,7 @@ def check_made_data(
         rec.datasets = [x for x in rec.datasets if x.stages != r.stages] + [r]
         ok = r.check == "passed"
         srec.checks.append(
-            CheckRecord(
+            Check(
                 id="data check",
                 verdict="pass" if ok else "fail",
                 group="data",

@@ -5,7 +5,6 @@
 from __future__ import annotations
 
 import dataclasses
-import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -22,22 +21,13 @@ from mfnpatch.logs.events import (
     Summary,
     Verification,
 )
-from mfnpatch.logs.parser import summarize
-from mfnpatch.runs.expand import PlannedStage
-from mfnpatch.runs.outcome import gather_facts, stage_checks, stage_outcome
+from mfnpatch.recipes.expand import PlannedStage
+from mfnpatch.runs.outcome import stage_checks, stage_outcome
 from mfnpatch.runs.process import ProcessResult, run_process
-from mfnpatch.runs.record import (
-    CheckpointSeen,
-    CheckRecord,
-    Metrics,
-    RunError,
-    SegmentRecord,
-    StageRecord,
-    StopPoint,
-    TargetMetrics,
-    now,
-)
-from mfnpatch.runs.resume import DIFFERENCES, ResumePlan, Segment, merge
+from mfnpatch.runs.record import RunError, SegmentRecord, StageRecord, now
+from mfnpatch.runs.resume import DIFFERENCES, ResumePlan
+from mfnpatch.runs.summaries import checkpoint_hashes, stage_metrics, stage_summary
+from mfnpatch.verify.facts import gather_facts
 
 # --------------------------------------------------------------------------------------------
 # Progress (the CLI renders it; tests record it)
@@ -75,50 +65,6 @@ class Observer:
     def stage_finished(self, ps: PlannedStage, rec: StageRecord) -> None: ...
     def stage_reused(self, ps: PlannedStage, rec: StageRecord) -> None: ...
     def note(self, text: str) -> None: ...
-
-
-# --------------------------------------------------------------------------------------------
-# Reading a stage back
-
-
-def stage_summary(run_dir: Path, srec: StageRecord) -> Summary | None:
-    """The stage's log summary, its resumed segments merged in (stage steps and save numbers)."""
-    if not srec.log or not (Path(run_dir) / srec.log).is_file():
-        return None
-    parts = [(summarize(Path(run_dir) / srec.log), Segment(0, srec.log))]
-    for seg in srec.segments:
-        p = Path(run_dir) / seg.log
-        if p.is_file():
-            parts.append((summarize(p), Segment(seg.index, seg.log, seg.prefix, seg.start_step, seg.start_save)))
-    return merge(parts)
-
-
-def stage_metrics(s: Summary) -> Metrics:
-    return Metrics(
-        targets={t: TargetMetrics(best=x.best_accuracy, best_step=x.best_step, last=x.last_accuracy,
-                                  last_step=x.last_step, rounds=x.rounds) for t, x in s.targets().items()},
-        median_samples_per_sec=s.median_samples_per_sec,
-        checkpoints={str(k): CheckpointSeen(**v) for k, v in sorted(s.checkpoints.items())},
-        last_step=s.last_step,
-        python=s.python,
-        ended=s.how_it_ended(),
-        unknown_lines=s.unknown_lines,
-    )  # fmt: skip
-
-
-def checkpoint_hashes(s: Summary, cwd: Path) -> dict[str, str]:
-    """sha256 of every checkpoint file the log says was saved (``.params`` and its ``-symbol.json``),
-    by absolute path, so two runs can be compared byte for byte (and a file checked later)."""
-    out: dict[str, str] = {}
-    for c in s.checkpoints.values():
-        ck = Checkpoint.from_params(c.get("path") or "")
-        if ck is None:
-            continue
-        for f in ck.files(cwd):
-            key = os.path.normpath(f)
-            if key not in out and f.is_file():
-                out[key] = sha256_file(f)
-    return dict(sorted(out.items()))
 
 
 def shift(ev: Event, step_off: int, save_off: int) -> Event:
@@ -166,7 +112,7 @@ class StageRun:
             log_rel = f"stages/{ps.name}.log"
             srec.status, srec.argv, srec.cwd, srec.env = "running", ps.argv, ps.cwd, ps.env
             srec.seed_command, srec.stands_in, srec.inputs = ps.seed_command, ps.stands_in, inputs
-            srec.stop = StopPoint(kind=ps.stop[0], value=ps.stop[1], why=ps.stop_why) if ps.stop else None  # type: ignore[arg-type]
+            srec.stop = ps.stop
             srec.started, srec.log, srec.exit_code, srec.ended, srec.checks, srec.passed = (
                 now(), log_rel, None, None, [], None,
             )  # fmt: skip
@@ -182,7 +128,7 @@ class StageRun:
             ))  # fmt: skip
             if not srec.notes:
                 srec.notes = [f"a resumed segment differs from an uninterrupted run: {d}" for d in DIFFERENCES]
-            run_ps = PlannedStage(**{**ps.__dict__, "argv": resume.argv, "stop": resume.stop})
+            run_ps = ps.with_argv(resume.argv, resume.stop)
             offsets = (resume.from_step, resume.from_save)
             self.observer.note(f"{ps.name}: {resume.describe()}")
         run_ps = self.adjust(run_ps, srec)
@@ -205,7 +151,9 @@ class StageRun:
             srec.log_sha256 = sha256_file(log_path)
         if resume is not None:
             seg = srec.segments[-1]
-            seg.finished, seg.seconds, seg.exit_code, seg.ended = srec.finished, seconds, result.code, ended
+            seg.finished, seg.seconds, seg.exit_code, seg.end, seg.ended = (
+                srec.finished, seconds, result.code, result.end, ended
+            )  # fmt: skip
             if log_path.exists():
                 seg.log_sha256 = sha256_file(log_path)
             ended = f"{ended} (segment {resume.segment}, resumed from checkpoint {resume.from_save})"
@@ -213,9 +161,9 @@ class StageRun:
         if summary is not None:
             srec.metrics = stage_metrics(summary)
             srec.checkpoints = checkpoint_hashes(summary, cwd)
-        o = stage_outcome(ps.kind, result.code, ended, self.interrupted() is not None, ps.stop,
+        o = stage_outcome(ps.kind, result.code, result.end, ended, self.interrupted() is not None, ps.stop,
                           set(summary.checkpoints) if summary else set())  # fmt: skip
-        srec.status, srec.ended = o.status, o.ended  # type: ignore[assignment]
+        srec.status, srec.end, srec.ended = o.status, result.end, o.ended
         if srec.status == "done":
             self.judge(ps, srec, summary, cwd)
             self.more_checks(ps, srec, tree_root)
@@ -224,7 +172,7 @@ class StageRun:
 
     def judge(self, ps: PlannedStage, srec: StageRecord, summary: Summary | None, cwd: Path) -> None:
         checks = stage_checks(ps.name, srec.ended or "", ps.expect, gather_facts(ps.expect, summary, cwd))
-        srec.checks = [CheckRecord(**c.__dict__) for c in checks]
+        srec.checks = checks
         srec.passed = all(c.verdict == "pass" for c in checks if c.required)
 
     def _run(self, ps: PlannedStage, run_ps: PlannedStage, cwd: Path, log_path: Path, total: int | None,
@@ -252,7 +200,7 @@ class StageRun:
             return _NotStarted(f"could not start: {e}")
         self.parse_cpu += result.parse_cpu
         if result.stopped_at and run_ps.stop:
-            kind, n = run_ps.stop
+            kind, n = run_ps.stop.kind, run_ps.stop.value
             off = offsets[1] if kind == "checkpoint" else offsets[0]  # in the stage's numbering
             result.ended = f"stopped at {kind} {n + off} (planned), by mfnpatch"
             s = result.summary
@@ -264,4 +212,4 @@ class StageRun:
 
 class _NotStarted(ProcessResult):
     def __init__(self, why: str):
-        super().__init__(None, why, Summary())
+        super().__init__(None, "not started", why, Summary())

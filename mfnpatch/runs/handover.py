@@ -11,8 +11,8 @@ from pathlib import Path
 
 from mfnpatch.checkpoint import Checkpoint
 from mfnpatch.logs.events import Summary
-from mfnpatch.runs.expand import PlannedStage
-from mfnpatch.runs.recipe import InputRef
+from mfnpatch.recipes.expand import PlannedStage
+from mfnpatch.recipes.recipe import InputRef
 from mfnpatch.runs.record import RunError
 
 DEFAULT_VERBOSE = 2000  # train_softmax.py's --verbose
@@ -32,8 +32,7 @@ def total_steps(ps: PlannedStage) -> int | None:
     """The step a stage stops at (checkpoint N = step N x --verbose), or None when it has no stop point."""
     if ps.stop is None:
         return None
-    kind, n = ps.stop
-    return n * verbose_of(ps.argv) if kind == "checkpoint" else n
+    return ps.stop.value * verbose_of(ps.argv) if ps.stop.kind == "checkpoint" else ps.stop.value
 
 
 def ranges(nums: list[int]) -> str:

@@ -1,40 +1,16 @@
-"""The end of a stage: what its checks are judged on (gathered from disk here), and the decision (pure).
-
-``gather_facts`` reads what a stage's expectations name: its log summary, the reference logs, the values of
-the result files. ``stage_checks`` and ``stage_outcome`` decide from those values alone, so they can be
-tested (and reasoned about) without a run directory.
+"""The end of a stage, decided (pure): ``stage_checks`` judges it on facts gathered before
+(``mfnpatch.verify.facts``), ``stage_outcome`` says how its process ended; both decide from values alone, so
+they can be tested (and reasoned about) without a run directory.
 """
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
-from pathlib import Path
 
-from mfnpatch.logs.events import Summary
-from mfnpatch.logs.expected import Expectation, resolve_reference
-from mfnpatch.logs.parser import summarize
-from mfnpatch.logs.verdicts import Check, StageFacts, Unreadable, evaluate_stage, result_value
-
-
-def gather_facts(expectations: list[Expectation], summary: Summary | None, cwd: Path) -> StageFacts:
-    """Read what ``expectations`` name: bundled or given reference logs, and result files (relative to cwd)."""
-    facts = StageFacts(summary)
-    for e in expectations:
-        if e.reference is not None and e.reference not in facts.references:
-            path, name = resolve_reference(e.reference)
-            facts.references[e.reference] = (summarize(path), name)
-        if e.json_file is not None:
-            p = Path(e.json_file)
-            p = p if p.is_absolute() else cwd / p
-            try:
-                value = result_value(json.loads(p.read_text()), e.key)
-            except FileNotFoundError:
-                value = Unreadable("not written")
-            except (KeyError, IndexError, ValueError, TypeError, OSError) as err:
-                value = Unreadable(str(err) or type(err).__name__)
-            facts.results[(e.json_file, e.key)] = value
-    return facts
+from mfnpatch.checkpoint import StopPoint
+from mfnpatch.logs.expected import Expectation
+from mfnpatch.logs.verdicts import Check, StageFacts, evaluate_stage
+from mfnpatch.runs.record import End, StageStatus
 
 
 def stage_checks(name: str, ended: str, expectations: list[Expectation], facts: StageFacts) -> list[Check]:
@@ -45,25 +21,31 @@ def stage_checks(name: str, ended: str, expectations: list[Expectation], facts: 
 
 @dataclass
 class Outcome:
-    status: str  # done | failed | interrupted
+    status: StageStatus  # done, failed or interrupted
     ended: str
 
 
 def stage_outcome(
     kind: str,
     code: int | None,
+    end: End,
     ended: str,
     interrupted: bool,
-    stop: tuple[str, int] | None,
+    stop: StopPoint | None,
     checkpoints_saved: set[int],
 ) -> Outcome:
     """How a stage's process ended, as the run record says it: interrupted (a signal to the runner), done (a
     planned stop, or exit 0 — a training stage with a checkpoint stop point must have saved it), else failed."""
     if interrupted:
         return Outcome("interrupted", ended)
-    if not (ended.startswith("stopped at") or code == 0):
+    if not (end == "stopped" or (end == "exited" and code == 0)):
         return Outcome("failed", ended)
-    if kind == "train" and stop and stop[0] == "checkpoint" and ended.startswith("exited"):
-        if stop[1] not in checkpoints_saved:
-            return Outcome("failed", f"{ended}, before its stop point (checkpoint {stop[1]})")
+    if (
+        kind == "train"
+        and stop
+        and stop.kind == "checkpoint"
+        and end == "exited"
+        and stop.value not in checkpoints_saved
+    ):
+        return Outcome("failed", f"{ended}, before its stop point (checkpoint {stop.value})")
     return Outcome("done", ended)

@@ -21,9 +21,10 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from mfnpatch.checkpoint import Checkpoint
+from mfnpatch.checkpoint import Checkpoint, StopPoint
 from mfnpatch.logs.events import CheckpointWritten, Event, Summary
 from mfnpatch.logs.parser import LogParser
+from mfnpatch.runs.record import End
 
 TERM_GRACE = 15.0  # seconds between SIGTERM and SIGKILL
 SAVE_GRACE = 30.0  # at most this long, a stop waits for a save in progress to finish
@@ -33,7 +34,8 @@ PARSE_HZ = 10  # how often a running stage's new output is parsed
 @dataclass
 class ProcessResult:
     code: int | None  # None: could not be started
-    ended: str  # how it ended, in words
+    end: End  # how it ended
+    ended: str  # the same, in words
     summary: Summary
     stopped_at: str | None = None  # the planned stop point it reached ("checkpoint 2")
     interrupted: str | None = None  # the signal name that stopped it
@@ -41,11 +43,11 @@ class ProcessResult:
     symbols: set[Path] = field(default_factory=set)
 
 
-def reached(stop: tuple[str, int] | None, ev: Event, cwd: Path) -> str | None:
+def reached(stop: StopPoint | None, ev: Event, cwd: Path) -> str | None:
     """The planned stop point, if ``ev`` reaches it (a checkpoint counts once both its files are on disk)."""
     if stop is None:
         return None
-    kind, n = stop
+    kind, n = stop.kind, stop.value
     if kind == "checkpoint" and isinstance(ev, CheckpointWritten) and ev.number is not None and ev.number >= n:
         ck = Checkpoint.from_params(ev.path)
         if ck is not None and ck.exists(cwd):
@@ -62,7 +64,7 @@ def run_process(
     cwd: Path,
     env: dict[str, str],
     log: Path,
-    stop: tuple[str, int] | None,
+    stop: StopPoint | None,
     on_events: Callable[[list[Event]], None],
     *,
     interrupted: Callable[[], str | None] = lambda: None,
@@ -141,16 +143,17 @@ def run_process(
     proc.stdout.close()  # type: ignore[union-attr]
     summary = parser.summary()
     signalled = interrupted()
+    end: End
     if signalled:
-        ended = f"interrupted ({signalled}); the process was stopped"
+        end, ended = "interrupted", f"interrupted ({signalled}); the process was stopped"
     elif stop_reason:
-        ended = f"stopped at {stop_reason} (planned), by mfnpatch"
+        end, ended = "stopped", f"stopped at {stop_reason} (planned), by mfnpatch"
     elif code == 0:
-        ended = "exited 0"
+        end, ended = "exited", "exited 0"
     else:
         why = summary.how_it_ended() if summary.ending else ""
-        ended = f"exited {code}" + (f": {why}" if why else "")
-    return ProcessResult(code, ended, summary, stop_reason, signalled, parse_cpu, symbols)
+        end, ended = "exited", f"exited {code}" + (f": {why}" if why else "")
+    return ProcessResult(code, end, ended, summary, stop_reason, signalled, parse_cpu, symbols)
 
 
 def terminate(proc: subprocess.Popen, symbols: set[Path] = frozenset()) -> None:  # type: ignore[assignment]

@@ -17,11 +17,15 @@ from typing import Any, Literal
 
 from pydantic import Field
 
+from mfnpatch.checkpoint import StopPoint
 from mfnpatch.errors import EXIT_INTERRUPTED, EXIT_OK, MfnError
 from mfnpatch.fsutil import atomic_write_json
+from mfnpatch.logs.verdicts import Check
 from mfnpatch.schema import Strict, validate
 
 RECORD = "record.json"
+SCHEMA = 2  # 2: a stage's and a segment's `end` (how its process ended) is typed; 1 said it in words only
+End = Literal["exited", "stopped", "interrupted", "not started"]  # how a stage's process ended
 StageStatus = Literal["pending", "queued", "running", "done", "failed", "interrupted", "skipped", "cancelled"]
 # incomplete: every stage that ran passed, but some were not run (--only, --from)
 RunStatus = Literal["queued", "running", "passed", "failed", "interrupted", "incomplete", "cancelled"]
@@ -37,21 +41,6 @@ def now() -> str:
 
 # --------------------------------------------------------------------------------------------
 # The leaves
-
-
-class CheckRecord(Strict):
-    """One check of a stage (mfnpatch.logs.verdicts.Check, as recorded)."""
-
-    id: str
-    verdict: Literal["pass", "fail", "unmeasured", "n/a"]
-    message: str
-    required: bool = True
-    expected: Any = None
-    actual: Any = None
-    group: str = "stage"
-    rule: str = ""
-    target: str | None = None
-    step: int | None = None
 
 
 class TargetMetrics(Strict):
@@ -81,12 +70,6 @@ class Metrics(Strict):
     unknown_lines: int = 0
 
 
-class StopPoint(Strict):
-    kind: Literal["checkpoint", "step"]
-    value: int
-    why: str = ""
-
-
 class SegmentRecord(Strict):
     """A resumed part of a training stage (mfnpatch.runs.resume): its own log, prefix and command."""
 
@@ -104,6 +87,7 @@ class SegmentRecord(Strict):
     finished: str | None = None
     seconds: float | None = None
     exit_code: int | None = None
+    end: End | None = None
     ended: str | None = None
     log_sha256: str | None = None
 
@@ -142,7 +126,8 @@ class StageRecord(Strict):
     stands_in: str | None = None
     inputs: dict[str, str] = Field(default_factory=dict)
     stop: StopPoint | None = None
-    ended: str | None = None  # how the process ended, in words
+    end: End | None = None  # how the process ended ("stopped": at its planned stop point)
+    ended: str | None = None  # the same, in words
     started: str | None = None
     finished: str | None = None
     seconds: float | None = None
@@ -150,7 +135,7 @@ class StageRecord(Strict):
     log: str | None = None
     log_sha256: str | None = None
     metrics: Metrics = Field(default_factory=Metrics)
-    checks: list[CheckRecord] = Field(default_factory=list)
+    checks: list[Check] = Field(default_factory=list)
     passed: bool | None = None
     provenance: str | None = None
     provenance_parts: dict[str, str] = Field(default_factory=dict)
@@ -213,6 +198,7 @@ class EnvironmentInfo(Strict):
     prefix: str | None = None
     lock_sha256: str | None = None
     check: str | None = None
+    deferred: bool = False  # the check of the GPUs is left to each Slurm job's node
     gpus: list[GpuInfo] | None = None
     features: dict[str, bool] | None = None  # MXNet runtime features (CUDA, CUDNN, MKLDNN ...)
     interpreter: InterpreterInfo | None = None
@@ -316,7 +302,7 @@ class DatasetRecord(Strict):
 
 
 class RunRecord(Strict):
-    schema_: Literal[1] = Field(alias="schema", default=1)
+    schema_: Literal[2] = Field(alias="schema", default=2)
     run_id: str
     tool: str
     status: RunStatus = "running"
@@ -373,7 +359,51 @@ def load_record(run_dir: Path) -> RunRecord:
         data = json.loads(p.read_text())
     except ValueError as e:
         raise RunError(f"{p}: unreadable ({e})") from None
-    return validate(RunRecord, data, p)
+    return parse_record(data, p)
+
+
+def parse_record(data: Any, path: Path) -> RunRecord:
+    """A record of any schema as the current model: each older schema is converted forward, then validated
+    (conda-lock's pattern: versioned models, one parse function choosing by version)."""
+    version = data.get("schema") if isinstance(data, dict) else None
+    if version == 1:
+        data = upgrade_v1(data)
+    elif version != SCHEMA:
+        raise RunError(
+            f"{path}: record schema {version!r}, which this mfnpatch does not read (it reads 1 and {SCHEMA})",
+            hint="read it with the mfnpatch that wrote it (the record's 'tool' says which)",
+        )
+    return validate(RunRecord, data, path)
+
+
+def end_in_words_v1(status: str | None, ended: str | None) -> End | None:
+    """How a schema-1 record's process ended, from its words (schema 2 records it typed)."""
+    text = ended or ""
+    if status == "interrupted" or text.startswith("interrupted"):
+        return "interrupted"
+    if text.startswith(("stopped at", "reached checkpoint")):
+        return "stopped"
+    if text.startswith("exited"):
+        return "exited"
+    if text.startswith("could not start"):
+        return "not started"
+    return None
+
+
+def upgrade_v1(data: dict) -> dict:
+    """Schema 1 -> 2: each stage's and segment's ``end``, read once from the words it was recorded in."""
+    out = {**data, "schema": 2}
+    stages = []
+    for s in data.get("stages") or []:
+        if isinstance(s, dict):
+            s = {**s, "end": end_in_words_v1(s.get("status"), s.get("ended"))}
+            s["segments"] = [
+                {**g, "end": end_in_words_v1(None, g.get("ended"))} if isinstance(g, dict) else g
+                for g in s.get("segments") or []
+            ]
+        stages.append(s)
+    out["stages"] = stages
+    return out
 
 
 def write_record(run_dir: Path, rec: RunRecord) -> None:

@@ -1,4 +1,4 @@
-"""Reports in Markdown: a verification (``verification_markdown``) and a recipe run (``run_markdown``).
+"""The report of a recipe run in Markdown (``run_markdown``); a verification's is ``mfnpatch.verify.report``.
 
 Rendering is text from values: what a run's report shows of the disk (its accuracy plots, the end of each
 tool stage's output) is gathered first (``gather``), by the caller.
@@ -13,58 +13,12 @@ from pathlib import Path
 
 from mfnpatch.errors import MfnError
 from mfnpatch.logs.plot import plot_curves
-from mfnpatch.runs.execute import stage_summary
 from mfnpatch.runs.record import RunRecord
-from mfnpatch.runs.verify import Verification
+from mfnpatch.runs.summaries import stage_summary
+from mfnpatch.verify.report import ICON, cell
 
-ICON = {"pass": "pass", "fail": "**FAIL**", "unmeasured": "unmeasured", "n/a": "n/a"}
 TOOL_OUTPUT_LINES = 30
 _ENGINE_CHATTER = re.compile(r"\[\d\d:\d\d:\d\d\] \S+:\d+: ")
-
-
-def verification_markdown(v: Verification) -> str:
-    verdict = v.verdict.upper()
-    m = v.match
-    stage = (f"`{m.signature.label}` ({m.how})" if m.signature else f"unknown ({m.how})") if m else "not detected"
-    lines = [
-        f"# Verification: {verdict}",
-        "",
-        f"- log: `{v.log}`",
-        f"- stage: {stage}",
-        f"- reference: `{v.reference}`" if v.reference else "- reference: none",
-        f"- rule: {v.rule}",
-        f"- checks: {v.count('pass')} pass, {v.count('fail')} fail, {v.count('unmeasured')} unmeasured, "
-        f"{v.count('n/a')} n/a",
-        "",
-    ]
-    groups = (("stage", "Against the stage's expected results"), ("reference", "Against the reference"),
-              ("patches", "Against the patch sets"))  # fmt: skip
-    for group, title in groups:
-        rows = [c for c in v.checks if c.group == group and (c.required or c.verdict in ("pass", "fail"))]
-        if not rows:
-            continue
-        lines += [f"## {title}", "", "| check | verdict | expected | actual |", "| --- | --- | --- | --- |"]
-        for c in rows:
-            lines.append(f"| {c.id} | {ICON[c.verdict]} | {_cell(c.expected)} | {_cell(c.actual)} |")
-        lines.append("")
-    rules = [f"- {c.id}: {c.rule}" for c in v.checks if c.rule and c.verdict != "n/a"]
-    if rules:
-        lines += ["## Rules", ""] + rules + [""]
-    not_checked = [c for c in v.checks if not c.required and c.verdict in ("unmeasured", "n/a")]
-    if not_checked:
-        lines += ["## Could not be checked", ""] + [f"- {c.message}" for c in not_checked] + [""]
-    failing = v.failures()
-    if failing:
-        lines += ["## What failed", ""] + [f"- {c.message}" for c in failing] + [""]
-    if v.findings:
-        lines += ["## Findings", ""] + [f"- {f}" for f in v.findings] + [""]
-    return "\n".join(lines)
-
-
-def _cell(x) -> str:
-    if x is None:
-        return "–"
-    return str(x).replace("|", "\\|")
 
 
 @dataclass
@@ -127,7 +81,7 @@ def run_markdown(rec: RunRecord, inputs: ReportInputs) -> str:
             verdict = f"{n_ok}/{len(checks)} pass" + ("" if s.passed else " — **FAIL**")
         else:
             verdict = "–"
-        lines.append(f"| {s.name} | {s.status} | {_cell(s.ended or s.skipped)} | {s.seconds or '–'} | {verdict} |")
+        lines.append(f"| {s.name} | {s.status} | {cell(s.ended or s.skipped)} | {s.seconds or '–'} | {verdict} |")
     lines.append("")
     for s in rec.stages:
         if s.status in ("pending", "skipped", "queued") or (s.status == "cancelled" and not s.log):
@@ -164,7 +118,7 @@ def run_markdown(rec: RunRecord, inputs: ReportInputs) -> str:
         if s.checks:
             lines += ["| check | verdict | detail |", "| --- | --- | --- |"]
             for c in s.checks:
-                lines.append(f"| {c.id} | {ICON.get(c.verdict, c.verdict)} | {_cell(c.message)} |")
+                lines.append(f"| {c.id} | {ICON.get(c.verdict, c.verdict)} | {cell(c.message)} |")
             lines.append("")
         if s.name in inputs.plots:
             lines += [f"![{s.name} accuracy]({inputs.plots[s.name]})", ""]

@@ -22,7 +22,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from mfnpatch.checkpoint import Checkpoint
+from mfnpatch.checkpoint import Checkpoint, StopPoint
 from mfnpatch.errors import MfnError
 from mfnpatch.logs.events import Summary
 
@@ -140,6 +140,13 @@ def merge(parts: list[tuple[Summary, Segment]]) -> Summary:
 # The resumed command
 
 
+@dataclass(frozen=True)
+class Reached:
+    """A stage interrupted after it had saved its stop checkpoint: it is done, nothing to resume."""
+
+    checkpoint: int
+
+
 @dataclass
 class ResumePlan:
     segment: int  # 1, 2, ...
@@ -150,7 +157,7 @@ class ResumePlan:
     lr: float
     lr_steps: list[int]
     argv: list[str]
-    stop: tuple[str, int] | None  # in the segment's numbering
+    stop: StopPoint | None  # in the segment's numbering
     notes: list[str] = field(default_factory=list)
 
     def describe(self) -> str:
@@ -188,7 +195,7 @@ def plan_resume(
     argv: list[str],
     merged: Summary,
     segments_so_far: int,
-    stop: tuple[str, int] | None,
+    stop: StopPoint | None,
     usable: list[int],
 ) -> ResumePlan:
     """The command that continues a stage from its last usable checkpoint (``usable``: stage save
@@ -240,8 +247,10 @@ def plan_resume(
         new = set_opt(new, "--max-steps", str(max(1, int(max_steps) - step)))
     seg_stop = None
     if stop is not None:
-        kind, v = stop
-        seg_stop = (kind, v - n) if kind == "checkpoint" else (kind, v - step)
+        shift = n if stop.kind == "checkpoint" else step
+        seg_stop = stop.model_copy(
+            update={"value": stop.value - shift, "why": f"{stop.why} (in segment {seg}'s numbering)"}
+        )
     return ResumePlan(seg, n, step, str(ck), prefix, lr, shifted, new, seg_stop, notes)
 
 

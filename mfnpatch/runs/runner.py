@@ -29,14 +29,16 @@ from typing import Any
 
 from mfnpatch import __version__
 from mfnpatch.errors import Interrupted, MfnError
-from mfnpatch.fsutil import Busy, atomic_write, locked, sha256_bytes
+from mfnpatch.fsutil import Busy, atomic_write, locked
+from mfnpatch.recipes.expand import Plan, PlannedStage, expand
+from mfnpatch.recipes.recipe import LoadedRecipe
 from mfnpatch.runs.dataplan import Checker, check_made_data, preflight
 from mfnpatch.runs.determinism import describe as describe_determinism
 from mfnpatch.runs.determinism import free_cpus, seed_env
-from mfnpatch.runs.execute import Observer, StageRun, stage_metrics, stage_summary
-from mfnpatch.runs.expand import Plan, PlannedStage, Scope, expand, render_argv
+from mfnpatch.runs.execute import Observer, StageRun
 from mfnpatch.runs.handover import as_seen_from, input_checkpoint, pick_checkpoint
-from mfnpatch.runs.recipe import LoadedRecipe
+from mfnpatch.runs.provenance import changed_parts, stage_parts
+from mfnpatch.runs.provenance import key as provenance_key
 from mfnpatch.runs.record import (
     RECORD,
     DeterminismInfo,
@@ -54,7 +56,8 @@ from mfnpatch.runs.record import (
     now,
     write_record,
 )
-from mfnpatch.runs.resume import ResumeError, ResumePlan, plan_resume, usable_checkpoints
+from mfnpatch.runs.resume import Reached, ResumeError, ResumePlan, plan_resume, usable_checkpoints
+from mfnpatch.runs.summaries import checkpoint_hashes, stage_metrics, stage_summary
 
 
 @dataclass
@@ -93,10 +96,6 @@ def probe_python(python: str, env: dict[str, str]) -> InterpreterInfo:
     except (subprocess.SubprocessError, ValueError, IndexError, OSError) as e:
         out["error"] = f"probe failed: {e}"
     return InterpreterInfo(**out)
-
-
-def changed_parts(old: dict[str, str], new: dict[str, str]) -> list[str]:
-    return [f"{k}: {old.get(k, '(absent)')[:12]} -> {v[:12]}" for k, v in new.items() if old.get(k) != v]
 
 
 @contextmanager
@@ -284,7 +283,7 @@ class Runner:
         env_info.interpreter = probe_python(plan.parameters.get("python", "python"), probe_env)
         determinism = describe_determinism(plan.seed)
         rec = RunRecord(
-            schema=1,
+            schema=2,
             run_id=run_dir.name,
             tool=f"mfnpatch {__version__}",
             started=now(),
@@ -353,9 +352,9 @@ class Runner:
                 self.obs.stage_finished(ps, srec)
                 continue
             inputs = self._resolve_inputs(ps, rec, run_dir, tree_root)
-            ps = self._with_inputs(plan, ps, inputs)
+            ps = ps.with_inputs(inputs)
             parts = self._provenance(plan, rec, ps)
-            key = sha256_bytes(json.dumps(parts, sort_keys=True).encode())
+            key = provenance_key(parts)
             if srec.status == "done" and self.opts.resume:
                 if srec.provenance == key:
                     self.obs.stage_reused(ps, srec)
@@ -368,18 +367,18 @@ class Runner:
                         hint="rerun it anyway with --force, or start a new run without --resume",
                     )
                 self.obs.note(f"stage {ps.name}: provenance changed ({'; '.join(changed)}); running it again (--force)")
-            resume: ResumePlan | str | None = None
+            resume: ResumePlan | Reached | None = None
             started_before = srec.status == "queued" and srec.log  # resubmitted to Slurm after it had run
             if self.opts.resume and (
                 srec.status in ("interrupted", "failed", "running", "cancelled") or started_before
             ):
                 resume = self._resume_plan(ps, srec, run_dir, tree_root, key, parts)
-            if resume == "complete":
+            if isinstance(resume, Reached):
                 self._complete_from_segments(ps, srec, run_dir, tree_root)
                 self._write(run_dir, rec)
                 continue
             self._check_input_files(ps, inputs, tree_root)
-            srec = self.stage_run.execute(ps, srec, run_dir, tree_root, inputs, resume, (key, parts))  # type: ignore[arg-type]
+            srec = self.stage_run.execute(ps, srec, run_dir, tree_root, inputs, resume, (key, parts))
             self._write(run_dir, rec)
             if srec.status == "interrupted":
                 rec.status = "interrupted"
@@ -409,8 +408,8 @@ class Runner:
                 inputs = self._resolve_inputs(ps, rec, run_dir, tree_root)
             except RunError:
                 continue  # an input is missing: the stage cannot run anyway, and says so when it is reached
-            parts = self._provenance(plan, rec, self._with_inputs(plan, ps, inputs))
-            if srec.provenance == sha256_bytes(json.dumps(parts, sort_keys=True).encode()):
+            parts = self._provenance(plan, rec, ps.with_inputs(inputs))
+            if srec.provenance == provenance_key(parts):
                 continue
             how = "completed" if srec.status == "done" else "stopped part way"
             raise RunError(
@@ -419,32 +418,10 @@ class Runner:
                 hint="rerun it anyway with --force, or start a new run without --resume",
             )
 
-    def _with_inputs(self, plan: Plan, ps: PlannedStage, inputs: dict[str, str]) -> PlannedStage:
-        """Render the stage's command again with its inputs resolved from the logs."""
-        if not inputs:
-            return ps
-        scope = Scope(dict(plan.parameters), self._builtins)
-        scope.outputs = dict(self._outputs)
-        scope.inputs = inputs
-        argv = render_argv(ps.template, scope)
-        copies = [(scope.render(c.checkpoint), scope.render(c.to)) for c in ps.template.copy_]
-        return PlannedStage(**{**ps.__dict__, "argv": argv, "copies": copies})
-
     def _provenance(self, plan: Plan, rec: RunRecord, ps: PlannedStage) -> dict[str, str]:
-        def h(obj: Any) -> str:
-            return sha256_bytes(json.dumps(obj, sort_keys=True, default=str).encode())
-
-        ups = {key: rec.stage(pin.ref.stage).provenance or "" for key, pin in ps.inputs.items()}
-        return {
-            "recipe": plan.loaded.sha256,
-            "profile": h(self.profile),
-            "parameters": h(plan.parameters),
-            "command": h({"argv": ps.argv, "env": ps.env, "cwd": ps.cwd, "copy": ps.copies}),
-            "patches": h([p.model_dump() for p in rec.patches]),
-            "environment": h({"name": rec.environment.name, "lock_sha256": rec.environment.lock_sha256}),
-            "inputs": h(ups),
-            "seed": h(plan.seed),
-        }
+        inputs = {k: pin.ref.stage for k, pin in ps.inputs.items()}
+        return stage_parts(plan.loaded.sha256, self.profile, plan.parameters, plan.seed, rec, ps.argv, ps.env,
+                           ps.cwd, ps.copies, inputs)  # fmt: skip
 
     def _resolve_inputs(self, ps: PlannedStage, rec: RunRecord, run_dir: Path, tree_root: Path) -> dict[str, str]:
         out = {}
@@ -483,9 +460,9 @@ class Runner:
                     hint=f"the checkpoint files were moved or deleted; rerun stage {src}",
                 )
 
-    def _resume_plan(self, ps, srec, run_dir, tree_root, key, parts) -> ResumePlan | str | None:
+    def _resume_plan(self, ps, srec, run_dir, tree_root, key, parts) -> ResumePlan | Reached | None:
         """How an interrupted or failed training stage continues: a resumed segment from its last saved
-        checkpoint, "complete" when it had already reached its stop point, None to run it from the start."""
+        checkpoint, Reached when it had already saved its stop checkpoint, None to run it from the start."""
         if ps.kind != "train" or not srec.log:
             return None
         merged = stage_summary(run_dir, srec)
@@ -504,8 +481,8 @@ class Runner:
         usable = usable_checkpoints(merged, prefix0, tree_root / ps.cwd)
         if not usable:
             return None
-        if ps.stop and ps.stop[0] == "checkpoint" and max(usable) >= ps.stop[1]:
-            return "complete"
+        if ps.stop and ps.stop.kind == "checkpoint" and max(usable) >= ps.stop.value:
+            return Reached(ps.stop.value)
         try:
             return plan_resume(ps.argv, merged, len(srec.segments), ps.stop, usable)
         except ResumeError as e:
@@ -513,11 +490,10 @@ class Runner:
 
     def _complete_from_segments(self, ps, srec, run_dir, tree_root) -> None:
         """The stage saved its stop checkpoint before it was interrupted: it is done; check it."""
-        from mfnpatch.runs.execute import checkpoint_hashes
 
         merged = stage_summary(run_dir, srec)
-        srec.status = "done"
-        srec.ended = f"reached checkpoint {ps.stop[1]} before it was interrupted"
+        srec.status, srec.end = "done", "stopped"
+        srec.ended = f"reached checkpoint {ps.stop.value} before it was interrupted"
         if merged is not None:
             srec.metrics = stage_metrics(merged)
             srec.checkpoints = checkpoint_hashes(merged, tree_root / ps.cwd)
@@ -583,6 +559,6 @@ def remove_new_run_dir(run_dir: Path, keep_dir: bool) -> None:
 def run_recipe(
     spec: str, profile: str | None, overrides: dict[str, str], opts: RunOptions, observer: Observer | None = None
 ) -> tuple[Path, RunRecord]:
-    from mfnpatch.runs.recipe import load_recipe
+    from mfnpatch.recipes.recipe import load_recipe
 
     return Runner(load_recipe(spec), profile, overrides, opts, observer).run()

@@ -11,12 +11,26 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from mfnpatch.runs.execute import stage_summary
 from mfnpatch.runs.handover import verbose_of
 from mfnpatch.runs.record import RunError, RunRecord, load_record, record_lock
+from mfnpatch.runs.summaries import stage_summary
 
 
-def live_rows(run_dir: Path, rec: RunRecord, states: dict[str, dict] | None = None) -> list[dict]:
+@dataclass(frozen=True)
+class JobState:
+    """A Slurm job's state as the cluster reports it; ``active``: queued, running or about to run again."""
+
+    state: str
+    reason: str = ""
+    active: bool = False
+    time: str = ""
+    node: str = ""
+
+    def __str__(self) -> str:
+        return self.state + (f" ({self.reason})" if self.reason not in ("", "None") else "")
+
+
+def live_rows(run_dir: Path, rec: RunRecord, states: dict[str, JobState] | None = None) -> list[dict]:
     """One row per stage: status, how it ended, checks, the job's state (``states``: job id -> state), and for a
     training stage the step and accuracies its log shows now."""
     rows = []
@@ -26,7 +40,7 @@ def live_rows(run_dir: Path, rec: RunRecord, states: dict[str, dict] | None = No
             row["job"] = s.job.id
             st = (states or {}).get(s.job.id)
             if st:
-                row["job_state"] = st["state"] + (f" ({st['reason']})" if st.get("reason") not in ("", "None") else "")
+                row["job_state"], row["job_active"] = str(st), st.active
             if len(s.attempts) > 1:
                 row["requeued"] = len(s.attempts) - 1
         if s.checks:
@@ -44,10 +58,10 @@ def live_rows(run_dir: Path, rec: RunRecord, states: dict[str, dict] | None = No
     return rows
 
 
-def stale(rec: RunRecord, rows: list[dict], active_states: frozenset[str] | set[str]) -> list[str] | None:
+def stale(rec: RunRecord, rows: list[dict]) -> list[str] | None:
     """A Slurm run whose record says queued or running while Slurm runs no job of it: the jobs that ended
     without recording (their stage and job id), else None. A local run, or a finished one, is never stale."""
-    queued = any(r.get("job_state", "").split(" ")[0] in active_states for r in rows)
+    queued = any(r.get("job_active") for r in rows)
     if rec.status in ("passed", "failed", "cancelled", "incomplete", "interrupted") or queued:
         return None
     if rec.executor.kind != "slurm" or not any(r.get("job") for r in rows):
@@ -56,12 +70,12 @@ def stale(rec: RunRecord, rows: list[dict], active_states: frozenset[str] | set[
             if r.get("job") and r["status"] in ("queued", "running")]  # fmt: skip
 
 
-def finished(rec: RunRecord, rows: list[dict], active_states: frozenset[str] | set[str]) -> bool:
+def finished(rec: RunRecord, rows: list[dict]) -> bool:
     """Nothing of the run is queued or running any more (what `recipe status --follow` waits for)."""
-    queued = any(r.get("job_state", "").split(" ")[0] in active_states for r in rows)
+    queued = any(r.get("job_active") for r in rows)
     if rec.status in ("passed", "failed", "cancelled", "incomplete", "interrupted"):
         return not queued
-    return stale(rec, rows, active_states) is not None
+    return stale(rec, rows) is not None
 
 
 @dataclass

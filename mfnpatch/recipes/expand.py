@@ -1,33 +1,34 @@
 """A recipe expanded into a plan: every stage's exact argv, cwd, env, inputs, outputs, copies, stop point and
 expectations, for a profile and parameter overrides (``--set KEY=VALUE``; ``seed`` is the run seed).
 
-Templates are rendered here (``Scope``); inputs that name a checkpoint by number become ``PREFIX,N`` now,
-the others (by step, best, last) are resolved from logs at run time. Stop points a stage does not declare
-are derived from what later stages need. Pure: no processes, no files written.
+Templates are rendered here, once (``mfnpatch.recipes.template``): a stage's inputs stay slots in its command
+and copies, filled by ``PlannedStage.with_inputs`` — from the plan for an input that names a checkpoint by
+number (``PREFIX,N``), from the earlier stage's log at run time for the others (by step, best, last). Stop
+points a stage does not declare are derived from what later stages need. Pure: no processes, no files written.
 """
 
 from __future__ import annotations
 
 import re
 import shlex
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
+from mfnpatch.checkpoint import StopPoint
 from mfnpatch.logs.expected import Expectation
-from mfnpatch.runs.recipe import (
+from mfnpatch.recipes import RecipeError
+from mfnpatch.recipes.recipe import (
     DEFAULT_SEED,
-    VAR,
-    FlagArg,
     InputRef,
     LoadedRecipe,
     Recipe,
-    RecipeError,
     Stage,
     _deps,
     _params,
     check_resource,
     parse_input,
 )
+from mfnpatch.recipes.template import VAR, Scope, Text, fill, render_command, render_env
 
 # --------------------------------------------------------------------------------------------
 # Expansion
@@ -60,13 +61,12 @@ class PlannedStage:
     kind: str
     skipped: str | None  # why, when the stage does not run
     cwd: str  # relative to the tree
-    argv: list[str]
+    args: list[Text]  # the command, rendered, its inputs as slots
     env: dict[str, str]
     inputs: dict[str, PlannedInput]
     outputs: dict[str, str]
-    copies: list[tuple[str, str]]
-    stop: tuple[str, int] | None  # ("checkpoint", 60) or ("step", 120000)
-    stop_why: str
+    copy_args: list[tuple[Text, Text]]  # (checkpoint, to), rendered, inputs as slots
+    stop: StopPoint | None
     expect: list[Expectation]
     seed_command: str | None
     stands_in: str | None
@@ -75,6 +75,33 @@ class PlannedStage:
     template: Stage = field(repr=False, default=None)  # type: ignore[assignment]
     resources: dict[str, str] = field(default_factory=dict)  # rendered; only what is set
     data: PlannedData | None = None
+    filled: dict[str, str] = field(default_factory=dict)  # the inputs the slots are filled with
+
+    def _values(self) -> dict[str, str]:
+        known = {k: i.value if i.value is not None else f"<{k}: {i.describe}>" for k, i in self.inputs.items()}
+        return {**known, **self.filled}
+
+    @property
+    def argv(self) -> list[str]:
+        """The exact command: inputs filled (``with_inputs``), else as the plan knows them (or a placeholder)."""
+        values = self._values()
+        return [fill(a, values) for a in self.args]
+
+    @property
+    def copies(self) -> list[tuple[str, str]]:
+        values = self._values()
+        return [(fill(a, values), fill(b, values)) for a, b in self.copy_args]
+
+    def with_inputs(self, inputs: dict[str, str]) -> PlannedStage:
+        """The stage with its inputs resolved (from the earlier stages' logs): nothing is rendered again."""
+        return replace(self, filled={**self.filled, **inputs})
+
+    def with_argv(self, argv: list[str], stop: StopPoint | None) -> PlannedStage:
+        """The stage running another command (a resumed segment's, made from this one's argv)."""
+        return replace(self, args=[(a,) for a in argv], filled={}, stop=stop)
+
+    def with_env(self, env: dict[str, str]) -> PlannedStage:
+        return replace(self, env=env)
 
     def shell(self) -> str:
         env = " ".join(f"{k}={shlex.quote(v)}" for k, v in self.env.items())
@@ -134,7 +161,7 @@ class Plan:
                     "inputs": {k: {"value": i.value, "from": i.describe} for k, i in s.inputs.items()},
                     "outputs": s.outputs,
                     "copy": [{"checkpoint": a, "to": b} for a, b in s.copies],
-                    "stop": {"kind": s.stop[0], "value": s.stop[1], "why": s.stop_why} if s.stop else None,
+                    "stop": s.stop.model_dump() if s.stop else None,
                     "seed_command": s.seed_command,
                     "stands_in": s.stands_in,
                     "resources": s.resources,
@@ -206,93 +233,6 @@ def parse_sets(pairs: list[str]) -> dict[str, str]:
     return out
 
 
-class Scope:
-    """Values for ${...}: parameters (rendered recursively), built-ins, inputs, earlier stages' outputs."""
-
-    def __init__(self, params: dict[str, Any], builtins: dict[str, Any]):
-        self.raw = params
-        self.builtins = builtins
-        self.rendered: dict[str, Any] = {}
-        self.outputs: dict[str, dict[str, str]] = {}
-        self.inputs: dict[str, str] = {}
-        self._rendering: list[str] = []  # parameters being rendered (a cycle is an error, not a recursion)
-
-    def param(self, name: str) -> Any:
-        if name not in self.rendered:
-            if name in self._rendering:
-                chain = " -> ".join([*self._rendering[self._rendering.index(name) :], name])
-                raise RecipeError(
-                    f"parameter {name} refers to itself: {chain}",
-                    hint="a value may use other parameters, never itself (directly or through others)",
-                )
-            v = self.raw[name]
-            self._rendering.append(name)
-            try:
-                self.rendered[name] = self.render(v) if isinstance(v, str) else v
-            finally:
-                self._rendering.pop()
-        return self.rendered[name]
-
-    def lookup(self, var: str) -> Any:
-        if var in self.raw:
-            return self.param(var)
-        if var in self.builtins:
-            return self.builtins[var]
-        parts = var.split(".")
-        if parts[0] == "inputs":
-            return self.inputs.get(parts[1], f"<{parts[1]}: resolved at run time>")
-        if parts[0] == "stages":
-            return self.outputs.get(parts[1], {}).get(parts[3], f"<{var}>")
-        raise RecipeError(f"unknown parameter '${{{var}}}'")
-
-    def render(self, text: str) -> str:
-        def sub(m):
-            v = self.lookup(m.group(1))
-            if isinstance(v, list):
-                return " ".join(v)
-            return "" if v is None else str(v)
-
-        return VAR.sub(sub, text)
-
-    def is_null(self, text: str) -> bool:
-        """A template that is exactly one variable whose value is null/empty."""
-        m = VAR.fullmatch(text.strip())
-        return m is not None and self.lookup(m.group(1)) in (None, "")
-
-
-def render_argv(stage: Stage, scope: Scope) -> list[str]:
-    argv: list[str] = []
-    for item in stage.command:
-        if isinstance(item, FlagArg):
-            if scope.is_null(item.value):
-                continue
-            argv += [item.flag, scope.render(item.value)]
-        elif (m := VAR.fullmatch(item)) and isinstance(scope.lookup(m.group(1)), list):
-            argv += list(scope.lookup(m.group(1)))
-        else:
-            argv.append(scope.render(item))
-    return argv
-
-
-def render_env(env: dict[str, str | None], scope: Scope) -> dict[str, str]:
-    out = {}
-    for k, v in env.items():
-        if v is None or ((m := VAR.fullmatch(v.strip())) and scope.lookup(m.group(1)) is None):
-            continue
-        out[k] = scope.render(v)
-    return out
-
-
-def _int_or_render(v: int | str, scope: Scope, what: str) -> int:
-    if isinstance(v, int):
-        return v
-    text = scope.render(v)
-    try:
-        return int(text)
-    except ValueError:
-        raise RecipeError(f"{what}: {text!r} is not a number") from None
-
-
 def expand(
     loaded: LoadedRecipe,
     profile: str | None = None,
@@ -340,13 +280,13 @@ def expand(
             out = r.stages[ref.stage].outputs.get("checkpoint")
             prefix = scope.outputs.get(ref.stage, {}).get("checkpoint") or (scope.render(out) if out else None)
             if ref.checkpoint is not None:
-                n = _int_or_render(ref.checkpoint, scope, f"stages.{sname}.inputs.{key}")
+                n = scope.number(ref.checkpoint, f"stages.{sname}.inputs.{key}")
                 ref = InputRef(stage=ref.stage, checkpoint=n)
                 value = f"{prefix},{n}" if prefix else None
                 desc = f"{ref.stage} checkpoint {n} (checked in {ref.stage}'s log)"
                 consumers.setdefault(ref.stage, []).append((sname, n))
             elif ref.step is not None:
-                ref = InputRef(stage=ref.stage, step=_int_or_render(ref.step, scope, f"stages.{sname}.inputs.{key}"))
+                ref = InputRef(stage=ref.stage, step=scope.number(ref.step, f"stages.{sname}.inputs.{key}"))
                 value, desc = None, f"{ref.stage}'s checkpoint saved at step {ref.step}, from its log"
             elif ref.best is not None:
                 tie = ", the latest of ties" if ref.tie == "latest" else ""
@@ -354,31 +294,31 @@ def expand(
             else:
                 value, desc = None, f"{ref.stage}'s last checkpoint, from its log"
             inputs[key] = PlannedInput(key, ref, value, desc)
-            scope.inputs[key] = value if value is not None else f"<{key}: {desc}>"
+            scope.inputs[key] = value if value is not None else f"<{key}: {desc}>"  # how titles and env show it
         outputs = {k: scope.render(v) for k, v in st.outputs.items()}
         scope.outputs[sname] = outputs
         stop_src = (pst.stop if pst and pst.stop else None) or st.stop
         stop = None
-        stop_why = ""
         if stop_src is not None:
+            why = "the recipe's stop point" + (f" (profile {profile})" if pst and pst.stop else "")
             if stop_src.checkpoint is not None:
-                stop = ("checkpoint", _int_or_render(stop_src.checkpoint, scope, f"stages.{sname}.stop"))
+                n = scope.number(stop_src.checkpoint, f"stages.{sname}.stop")
+                stop = StopPoint(kind="checkpoint", value=n, why=why)
             elif stop_src.step is not None:
-                stop = ("step", _int_or_render(stop_src.step, scope, f"stages.{sname}.stop"))
-            stop_why = "the recipe's stop point" + (f" (profile {profile})" if pst and pst.stop else "")
+                stop = StopPoint(kind="step", value=scope.number(stop_src.step, f"stages.{sname}.stop"), why=why)
         env = render_env({**st.env, **(pst.env if pst else {})}, scope)
         res: dict[str, str] = {}
         for src in (st.resources, pst.resources if pst else None):
             for k, v in (src.model_dump(exclude_none=True) if src else {}).items():
                 res[k] = check_resource(scope.render(str(v)), f"stage {sname}: resource {k}")
-        argv = render_argv(st, scope)
+        args = render_command(st.command, scope)
         data = None
         if st.data is not None:
             variant = scope.render(st.data.variant) if st.data.variant is not None else None
             data = PlannedData(scope.render(st.data.dir),
                                [t.strip() for t in scope.render(st.data.targets).split(",") if t.strip()],
                                variant or None)  # fmt: skip
-        copies = [(scope.render(c.checkpoint), scope.render(c.to)) for c in st.copy_]
+        copy_args = [(scope.parts(c.checkpoint), scope.parts(c.to)) for c in st.copy_]
         scope.inputs = {}
         stages.append(
             PlannedStage(
@@ -387,13 +327,12 @@ def expand(
                 kind=st.kind,
                 skipped=skipped,
                 cwd=st.cwd,
-                argv=argv,
+                args=args,
                 env=env,
                 inputs=inputs,
                 outputs=outputs,
-                copies=copies,
+                copy_args=copy_args,
                 stop=stop,
-                stop_why=stop_why,
                 expect=[
                     e.model_copy(update={"json_file": scope.render(e.json_file)}) if e.json_file else e
                     for e in (pst.expect if pst and pst.expect is not None else st.expect)
@@ -413,8 +352,7 @@ def expand(
         if s.stop is None and needs and s.kind == "train":
             n = max(x for _, x in needs)
             users = ", ".join(f"{u} uses checkpoint {x}" for u, x in needs)
-            s.stop = ("checkpoint", n)
-            s.stop_why = f"derived: {users}"
+            s.stop = StopPoint(kind="checkpoint", value=n, why=f"derived: {users}")
     plan = Plan(
         recipe=r,
         loaded=loaded,
@@ -442,7 +380,7 @@ def hazards(plan: Plan) -> list[str]:
         if len(ss) > 1:
             first, *later = ss
             for s in later:
-                n = s.stop[1] if s.stop and s.stop[0] == "checkpoint" else None
+                n = s.stop.value if s.stop and s.stop.kind == "checkpoint" else None
                 rng = f"1…{n}" if n else "1…N"
                 m = VAR.fullmatch(s.template.outputs.get("checkpoint", "")) if s.template else None
                 how = f" (parameter {m.group(1)})" if m and m.group(1) in plan.parameters else ""

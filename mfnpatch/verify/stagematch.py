@@ -145,8 +145,8 @@ def _basename(prefix: str | None) -> str | None:
 
 def signatures(recipes: list[str] | None = None, profiles: bool = True) -> list[Signature]:
     """Every training stage of the bundled recipes (or the named ones), default profile first."""
-    from mfnpatch.runs.expand import expand
-    from mfnpatch.runs.recipe import find_recipe, list_recipes, load_recipe
+    from mfnpatch.recipes.expand import expand
+    from mfnpatch.recipes.recipe import find_recipe, list_recipes, load_recipe
 
     if recipes is None:
         loaded = [load_recipe(str(p)) for p, r, _ in list_recipes() if r is not None]
@@ -268,7 +268,7 @@ def detect_stage(
     start_step: int | None = None,
 ) -> StageMatch:
     """The recipe stage a log ran (``recipe``/``profile``/``stage`` narrow or override the search)."""
-    from mfnpatch.runs.recipe import RecipeError
+    from mfnpatch.recipes.recipe import RecipeError
 
     sigs = signatures([recipe] if recipe else None, profiles=True)
     if profile is not None:

@@ -29,16 +29,13 @@ from pydantic import Field, model_validator
 from mfnpatch.errors import MfnError
 from mfnpatch.fsutil import UnsafePath, confined, sha256_bytes
 from mfnpatch.logs.expected import Expectation
+from mfnpatch.recipes import RecipeError
+from mfnpatch.recipes.template import VAR, templated
 from mfnpatch.resources import data_dir
 from mfnpatch.schema import SchemaError, Strict, load_yaml, locate, validate
 
-VAR = re.compile(r"\$\{([A-Za-z_][\w.-]*)\}")
 DEFAULT_SEED = 0  # every run is seeded unless --set seed=none
 BUILTINS = ("run_dir", "tree", "cpu_count", "cpu_free", "mfnpatch", "python_exe")
-
-
-class RecipeError(MfnError):
-    pass
 
 
 # --------------------------------------------------------------------------------------------
@@ -221,47 +218,6 @@ def _infer_type(v: Any) -> str:
     return "str"
 
 
-def _templated(stage: Stage) -> list[tuple[tuple, str]]:
-    """(location under the stage, text) of every string a stage renders."""
-    out: list[tuple[tuple, str]] = []
-    for i, item in enumerate(stage.command):
-        if isinstance(item, FlagArg):
-            out.append((("command", i, "value"), item.value))
-        else:
-            out.append((("command", i), item))
-    for k, v in stage.env.items():
-        if v is not None:
-            out.append((("env", k), v))
-    for k, v in stage.outputs.items():
-        out.append((("outputs", k), v))
-    for i, c in enumerate(stage.copy_):
-        out += [(("copy", i, "checkpoint"), c.checkpoint), (("copy", i, "to"), c.to)]
-    for k, ref in stage.inputs.items():
-        if isinstance(ref, str):
-            out.append((("inputs", k), ref))
-        else:
-            for f in ("checkpoint", "step"):
-                v = getattr(ref, f)
-                if isinstance(v, str):
-                    out.append((("inputs", k, f), v))
-    if stage.stop is not None:
-        for f in ("checkpoint", "step"):
-            v = getattr(stage.stop, f)
-            if isinstance(v, str):
-                out.append((("stop", f), v))
-    if stage.when:
-        out.append((("when",), stage.when))
-    if stage.data is not None:
-        for f in ("dir", "targets", "variant"):
-            v = getattr(stage.data, f)
-            if v is not None:
-                out.append((("data", f), v))
-    for i, e in enumerate(stage.expect):
-        if e.json_file:
-            out.append((("expect", i, "json"), e.json_file))
-    return out
-
-
 def parse_input(ref: InputRef | str) -> InputRef:
     """'softmax@60', 'softmax@step:120000', 'softmax@best:lfw', 'softmax@last' -> InputRef."""
     if isinstance(ref, InputRef):
@@ -305,7 +261,7 @@ def check_references(lr: LoadedRecipe) -> None:
                 )
             if ref.stage not in earlier:
                 _cycle_or_order(lr, sname, ref.stage, loc)
-        for sub, text in _templated(stage):
+        for sub, text in templated(stage):
             for var in VAR.findall(text):
                 _check_var(lr, params, sname, stage, earlier, var, ("stages", sname, *sub))
     for pname, p in params.items():
@@ -427,7 +383,7 @@ def _deps(stage: Stage) -> set[str]:
             out.add(parse_input(ref).stage)
         except ValueError:
             pass
-    for _, text in _templated(stage):
+    for _, text in templated(stage):
         for var in VAR.findall(text):
             parts = var.split(".")
             if parts[0] == "stages" and len(parts) > 1:

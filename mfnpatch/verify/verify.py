@@ -19,9 +19,9 @@ from mfnpatch.logs.evidence import evidence_checks, python_finding
 from mfnpatch.logs.expected import load_expected, resolve_reference
 from mfnpatch.logs.parser import summarize
 from mfnpatch.logs.verdicts import Check, Verdict, compare_to_reference, config_findings, evaluate_stage, shift_summary
-from mfnpatch.runs.outcome import gather_facts
-from mfnpatch.runs.stagematch import StageMatch, detect_stage
 from mfnpatch.source.patchset import PatchSet
+from mfnpatch.verify.facts import gather_facts
+from mfnpatch.verify.stagematch import StageMatch, detect_stage
 
 
 @dataclass
