@@ -11,6 +11,7 @@ EXIT_OK = 0
 EXIT_FAILURE = 1
 EXIT_NOTHING_TO_DO = 2  # like quilt: the request is already satisfied
 EXIT_USAGE = 64  # sysexits EX_USAGE: bad flags or arguments
+EXIT_INTERNAL = 70  # sysexits EX_SOFTWARE: a bug of mfnpatch (an internal error; the traceback under --debug)
 EXIT_INTERRUPTED = 130
 
 

@@ -390,3 +390,27 @@ def test_recipe_cancel_stops_a_local_run_started_elsewhere(runfx, cli):
     assert rec.stage("arcface").status == "pending" and not (rd / "stages/arcface.log").exists()
     assert f"--resume {rd}" in err  # how to continue
     assert cli("recipe", "cancel", rd).code == 2
+
+
+def test_a_schema_1_record_still_reads(tmp_path):
+    """A real record of a smoke run written before schema 2: its stages' ends are read once from their words."""
+    import shutil
+
+    from mfnpatch.runs.record import SCHEMA, parse_record
+
+    src = Path(__file__).parent / "data" / "records" / "may16-smoke-schema1.json"
+    data = json.loads(src.read_text())
+    assert data["schema"] == 1 and all("end" not in s for s in data["stages"])
+    for variant in (data, {k: v for k, v in data.items() if k != "datasets"}):  # also from before datasets
+        rec = parse_record(variant, src)
+        assert rec.schema_ == SCHEMA == 2 and rec.status == "passed"
+        ends = {s.name: s.end for s in rec.stages}
+        assert ends == {"data": "exited", "softmax": "stopped", "arcface": "stopped", "finetune": "stopped",
+                        "slim": "exited", "convert": "exited", "bench": "exited"}  # fmt: skip
+    run = tmp_path / "run"
+    run.mkdir()
+    shutil.copy(src, run / "record.json")
+    assert load_record(run).stage("softmax").stop.value == 2
+    (run / "record.json").write_text(json.dumps({**data, "schema": 9}))
+    with pytest.raises(RunError, match="record schema 9, which this mfnpatch does not read"):
+        load_record(run)

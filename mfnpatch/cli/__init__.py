@@ -25,7 +25,7 @@ from mfnpatch.cli import data  # noqa: F401
 
 # isort: on
 from mfnpatch.cli.app import CTX, _print_error, app, emit_json, err
-from mfnpatch.errors import EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE, MfnError, from_os_error
+from mfnpatch.errors import EXIT_INTERNAL, EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE, MfnError, from_os_error
 
 _SIGNALLED: list[str] = []  # the signal that interrupted this command (the CLI says which)
 
@@ -98,4 +98,4 @@ def run(argv: list[str] | None = None) -> int:
             return me.exit_code
         err.print(f"[bold red]internal error[/]: {escape(type(e).__name__)}: {escape(str(e))}")
         err.print("[yellow]hint[/]: rerun with --debug for the traceback and report it")
-        return 70
+        return EXIT_INTERNAL

@@ -47,7 +47,7 @@ Start here:
   mfnpatch convert ncnn PREFIX,EPOCH -o out --verify   a checkpoint to ncnn, checked against MXNet
 
 \b
-Exit codes: 0 done, 1 failed, 2 nothing to do (already so), 64 bad usage, 130 interrupted.
+Exit codes: 0 done, 1 failed, 2 nothing to do (already so), 64 bad usage, 70 internal error, 130 interrupted.
 """
 
 app = typer.Typer(
@@ -113,7 +113,6 @@ DestOpt = Annotated[
 ]
 DEFAULT_DEST = Path("insightface")
 ProfileOpt = Annotated[str | None, typer.Option("--profile", "-p", help="A profile of the recipe (seed, smoke ...).")]
-DEFAULT_SERIES = "mfn"
 
 
 def _say(text: str) -> None:

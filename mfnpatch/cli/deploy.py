@@ -59,7 +59,7 @@ def convert_ncnn_cmd(
     else:
         with err.status("converting …") as st:
             r = convert_ncnn(checkpoint, output, verify_after=verify_after, on_step=lambda s: st.update(escape(s)))
-    code = EXIT_OK if not r.verify or r.verify["passed"] else 1
+    code = r.exit_code
     if as_json:
         from dataclasses import asdict
 
@@ -103,8 +103,8 @@ def convert_verify(
     from mfnpatch.deploy.verify import verify as do_verify
 
     CTX.json = as_json
-    v = asdict(do_verify(model_dir, inputs))
-    code = EXIT_OK if v["passed"] else 1
+    result = do_verify(model_dir, inputs)
+    v, code = asdict(result), result.exit_code
     if as_json:
         emit_json(v | {"exit_code": code})
         return code

@@ -104,7 +104,7 @@ def env_create(
     out.print(f"[green]created[/] {escape(str(path))} from the {name} lock")
     doc = check(name, path)
     out.print(escape(doc.verdict))
-    return EXIT_OK if doc.can_run else 1
+    return doc.exit_code
 
 
 @env_app.command("doctor", hidden=True)  # the same command under the name users reach for
@@ -125,7 +125,7 @@ def env_check(
 
     CTX.json = as_json
     doc = check(name, prefix, nvidia_smi)
-    code = EXIT_OK if doc.can_run else 1
+    code = doc.exit_code
     if as_json:
         emit_json(doc.to_dict() | {"exit_code": code})
         return code

@@ -187,7 +187,7 @@ def verify(
         log, reference, tolerance=tolerance, sets=sets, checkpoint=checkpoint, recipe=recipe, profile=profile,
         stage=stage, start_step=start_step,
     )  # fmt: skip
-    code = EXIT_OK if v.passed else 1
+    code = v.exit_code
     if markdown:
         atomic_write(markdown, verification_markdown(v))
     if as_json:
@@ -273,7 +273,7 @@ def compare_cmd(
     _check_tolerance(tolerance)
     c, sa, sb = compare(a, b, tolerance, stage)
     png = None if no_plot or plot is None else plot_overlay(sa, sb, plot)
-    code = EXIT_OK if c.identical else 1
+    code = c.exit_code
     if as_json:
         emit_json(c.to_dict() | {"plot": str(png) if png else None, "exit_code": code})
         return code

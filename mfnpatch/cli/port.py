@@ -9,7 +9,7 @@ import typer
 from rich.markup import escape
 
 from mfnpatch.cli.app import CTX, JsonOpt, emit_json, err, out, patches_app
-from mfnpatch.errors import EXIT_FAILURE, EXIT_OK, UsageError
+from mfnpatch.errors import UsageError
 
 COLOR = {"clean": "green", "moved": "green", "merged": "yellow", "upstream": "cyan", "resolved": "yellow",
          "conflict": "red"}  # fmt: skip
@@ -59,7 +59,7 @@ def patches_port(
             name or "", to or "", source=source, patches_root=data_dir("patches"), dry_run=dry_run,
             keep_conflicts=keep_conflicts, resume=continue_, on_progress=lambda line: st.update(f"fetching: {line}"),
         )  # fmt: skip
-    code = EXIT_OK if report.ok else EXIT_FAILURE
+    code = report.exit_code
     if as_json:
         emit_json(report.to_dict() | {"exit_code": code})
         return code

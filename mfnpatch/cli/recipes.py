@@ -21,7 +21,6 @@ from mfnpatch.cli.app import (
     recipe_app,
 )
 from mfnpatch.errors import (
-    EXIT_NOTHING_TO_DO,
     EXIT_OK,
     UsageError,
 )
@@ -430,12 +429,11 @@ def recipe_cancel(
 
     CTX.json = as_json
     r = cancel_run(run)
-    acted = not r.nothing
     if as_json:
         emit_json(r.to_dict())
     else:
         out.print(f"{escape(str(run))}: {escape(r.message)}" + (f" ({', '.join(r.stages)})" if r.stages else ""))
-    return EXIT_OK if acted else EXIT_NOTHING_TO_DO
+    return r.exit_code
 
 
 @recipe_app.command("job", hidden=True)

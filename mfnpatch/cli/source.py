@@ -14,7 +14,6 @@ from rich.table import Table
 from mfnpatch.cli.app import (
     CTX,
     DEFAULT_DEST,
-    DEFAULT_SERIES,
     DestOpt,
     JsonOpt,
     _say,
@@ -72,35 +71,34 @@ def apply(
     Applying again is a no-op (exit 2); a tree changed outside mfnpatch is refused unless --force.
     """
     from mfnpatch.resources import data_dir
-    from mfnpatch.source.patchset import Catalog, select_sets
-    from mfnpatch.source.pin import resolve_pin
-    from mfnpatch.source.tree import prepare_tree, tree_lock
-    from mfnpatch.source.worktree import apply as do_apply
+    from mfnpatch.source.command import apply_commit
 
     CTX.json = as_json
-    pinned = resolve_pin(commit).commit  # a wrong --commit is reported before anything else
-    catalog = Catalog.scan(data_dir("patches"))
-    sets = select_sets(catalog, series, pinned) if series else None  # bad --series fails before any fetch
-    if check and not Path(dest).exists():
-        return _check_without_tree(commit, dest, source, catalog, sets, fuzz, as_json)
-    with tree_lock(dest, on_wait=_say):
-        if as_json:
-            prepared = prepare_tree(commit, dest, source)
-        else:
-            with err.status(f"fetching {commit} …") as st:
-                prepared = prepare_tree(
-                    commit, dest, source, on_progress=lambda line: st.update(f"fetching {commit}: {line}")
-                )
-        tree = prepared.tree
-        _said_recovered(tree)
-        if sets is None:
-            state = tree.load_state()
-            sets = select_sets(catalog, ",".join(state.labels()) if state else DEFAULT_SERIES, pinned)
-        outcome = do_apply(tree, sets, fuzz=fuzz, force=force, check=check, source=prepared.source)
-    code = EXIT_NOTHING_TO_DO if outcome.action in ("nothing", "adopted") else EXIT_OK
+
+    def run(on_progress=None):
+        return apply_commit(commit, series, dest, data_dir("patches"), source, fuzz=fuzz, force=force, check=check,
+                            on_wait=_say, on_progress=on_progress)  # fmt: skip
+
     if as_json:
-        emit_json(outcome.to_dict() | {"created": prepared.created, "fetch": prepared.fetch_dict(), "exit_code": code})
+        r = run()
+    else:
+        with err.status(f"fetching {commit} …") as st:
+            r = run(lambda line: st.update(f"fetching {commit}: {escape(line)}"))
+    code = r.exit_code
+    if as_json:
+        emit_json(r.to_dict())
         return code
+    if r.checked is not None:
+        c = r.checked
+        out.print(
+            f"check: {', '.join(c.sets)} apply cleanly to {c.pin.short}; {len(c.changed)} file(s) would change "
+            f"({escape(str(dest))} does not exist and was not created)"
+        )
+        return code
+    prepared, outcome = r.prepared, r.outcome
+    assert prepared is not None and outcome is not None
+    tree = prepared.tree
+    _said_recovered(tree)
     pin = tree.pin
     if prepared.fetch is not None:
         f = prepared.fetch
@@ -160,33 +158,6 @@ def _open(dest: Path):
         yield tree
 
 
-def _check_without_tree(commit, dest, source, catalog, sets, fuzz, as_json) -> int:
-    """apply --check where no tree exists yet: the series is applied in memory to the pinned files (from the
-    cache, fetched into it if needed); no tree is created and nothing is written outside the cache."""
-    from mfnpatch.source.patchset import apply_series, select_sets, series_paths
-    from mfnpatch.source.pin import Cache, pristine_blob, resolve_pin, resolve_source
-
-    pin = resolve_pin(commit)
-    sets = sets or select_sets(catalog, DEFAULT_SERIES, pin.commit)
-    cache = Cache()
-    url, _ = resolve_source(source, pin)
-    fetched = cache.fetch(pin, url)
-    repo = cache.repo()
-    paths = series_paths(sets)
-    result = apply_series(sets, {p: pristine_blob(repo, pin, p) for p in paths}, fuzz=fuzz)
-    changed = sorted(p for p in paths if result.files.get(p) is not None)
-    labels = [s.label for s in sets]
-    if as_json:
-        emit_json({"action": "checked", "tree": str(Path(dest).absolute()), "created": False, "sets": labels,
-                   "changed": changed, "from_cache": fetched.from_cache, "exit_code": EXIT_OK})  # fmt: skip
-        return EXIT_OK
-    out.print(
-        f"check: {', '.join(labels)} apply cleanly to {pin.short}; {len(changed)} file(s) would change "
-        f"({escape(str(dest))} does not exist and was not created)"
-    )
-    return EXIT_OK
-
-
 @app.command()
 def unapply(
     dest: DestOpt = DEFAULT_DEST,
@@ -201,7 +172,7 @@ def unapply(
     CTX.json = as_json
     with _open(dest) as tree:
         o = do_unapply(tree, force=force)
-    code = EXIT_NOTHING_TO_DO if o.action == "nothing" else EXIT_OK
+    code = o.exit_code
     if as_json:
         emit_json(o.to_dict() | {"exit_code": code})
         return code
@@ -224,7 +195,7 @@ def status(dest: DestOpt = DEFAULT_DEST, as_json: JsonOpt = False):
     CTX.json = as_json
     with _open(dest) as tree:
         st = do_status(tree)
-    code = EXIT_OK if st.clean else 1
+    code = st.exit_code
     if as_json:
         emit_json(st.to_dict() | {"exit_code": code})
         return code

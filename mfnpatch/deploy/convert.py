@@ -51,6 +51,11 @@ class ConvertResult:
     seconds: float
     verify: dict | None = None
 
+    @property
+    def exit_code(self) -> int:
+        """0, or 1 when the conversion was verified and an engine disagreed with MXNet."""
+        return 0 if not self.verify or self.verify["passed"] else 1
+
 
 def _check_output_dir(out_dir: Path) -> None:
     """-o may be new, empty, or an earlier conversion (which is replaced whole); nothing else."""

@@ -138,6 +138,10 @@ class VerifyResult:
     min_cosine: float = 0.0
     passed: bool = False
 
+    @property
+    def exit_code(self) -> int:
+        return 0 if self.passed else 1
+
 
 def verify(model_dir: Path, n: int = 10, threshold: float = 0.9999) -> VerifyResult:
     """Embeddings of MXNet, onnxruntime and both ncnn models on the same n inputs (face-like and noise)."""

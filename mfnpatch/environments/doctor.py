@@ -60,6 +60,10 @@ class Doctor:
     fix: str | None = None
     facts: dict = field(default_factory=dict)
 
+    @property
+    def exit_code(self) -> int:
+        return 0 if self.can_run else 1
+
     def to_dict(self) -> dict:
         return {
             "env": self.env,

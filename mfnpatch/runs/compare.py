@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from mfnpatch.errors import MfnError
+from mfnpatch.errors import EXIT_FAILURE, EXIT_OK, MfnError
 from mfnpatch.logs.events import Summary
 from mfnpatch.logs.parser import summarize
 from mfnpatch.runs.provenance import run_provenance
@@ -82,6 +82,11 @@ class Comparison:
     @property
     def identical(self) -> bool:
         return not self.differences
+
+    @property
+    def exit_code(self) -> int:
+        """0 only when identical."""
+        return EXIT_OK if self.identical else EXIT_FAILURE
 
     def first_difference(self) -> str | None:
         d = self.differences

@@ -11,6 +11,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from mfnpatch.errors import EXIT_NOTHING_TO_DO, EXIT_OK
 from mfnpatch.runs.handover import verbose_of
 from mfnpatch.runs.record import RunError, RunRecord, load_record, record_lock
 from mfnpatch.runs.summaries import stage_summary
@@ -89,6 +90,11 @@ class CancelResult:
     @property
     def nothing(self) -> bool:
         return not self.cancelled_jobs and self.signalled_pid is None
+
+    @property
+    def exit_code(self) -> int:
+        """0 when something was cancelled, 2 when nothing was queued or running."""
+        return EXIT_NOTHING_TO_DO if self.nothing else EXIT_OK
 
     def to_dict(self) -> dict:
         return asdict(self)

@@ -32,7 +32,7 @@ from typing import Literal
 
 import yaml
 
-from mfnpatch.errors import MfnError
+from mfnpatch.errors import EXIT_FAILURE, EXIT_OK, MfnError
 from mfnpatch.fsutil import atomic_write, confined, not_an_option
 from mfnpatch.source.diff import ApplyFailure, Patch, PatchSetError
 from mfnpatch.source.hunks import apply_patch
@@ -81,6 +81,10 @@ class PortReport:
     @property
     def ok(self) -> bool:
         return not any(p.status == "conflict" for p in self.patches)
+
+    @property
+    def exit_code(self) -> int:
+        return EXIT_OK if self.ok else EXIT_FAILURE
 
     def to_dict(self) -> dict:
         d = asdict(self)

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Literal
 
 from mfnpatch import __version__
-from mfnpatch.errors import MfnError
+from mfnpatch.errors import EXIT_FAILURE, EXIT_NOTHING_TO_DO, EXIT_OK, MfnError
 from mfnpatch.fsutil import (
     atomic_write,
     sha256_bytes,
@@ -261,6 +261,10 @@ class UnapplyOutcome:
     restored: list[str]
     saved: Path | None = None
 
+    @property
+    def exit_code(self) -> int:
+        return EXIT_NOTHING_TO_DO if self.action == "nothing" else EXIT_OK
+
     def to_dict(self) -> dict:
         return {
             "action": self.action,
@@ -319,6 +323,11 @@ class Status:
     @property
     def clean(self) -> bool:
         return not self.drifted
+
+    @property
+    def exit_code(self) -> int:
+        """0, or 1 when files changed outside mfnpatch."""
+        return EXIT_OK if self.clean else EXIT_FAILURE
 
     def to_dict(self) -> dict:
         return {

@@ -13,7 +13,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from mfnpatch.errors import MfnError
+from mfnpatch.errors import EXIT_FAILURE, EXIT_OK, MfnError
 from mfnpatch.logs.events import Summary
 from mfnpatch.logs.evidence import evidence_checks, python_finding
 from mfnpatch.logs.expected import load_expected, resolve_reference
@@ -45,6 +45,11 @@ class Verification:
         if required and all(c.verdict == "pass" for c in required):
             return "pass"
         return "unmeasured"
+
+    @property
+    def exit_code(self) -> int:
+        """0 only on pass (a check failed or could not be measured: 1)."""
+        return EXIT_OK if self.passed else EXIT_FAILURE
 
     @property
     def stage(self) -> str | None:
