@@ -11,10 +11,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from helpers import PatchMaker, make_upstream, write_pin, write_set
 
-GOLDEN = Path(__file__).parent / "golden"
-REFERENCE = Path(__file__).resolve().parents[2] / "shared" / "reference"
+sys.path.insert(0, str(Path(__file__).parent / "support"))  # the shared helpers (tests/support)
+
+from helpers import GOLDEN, SUPPORT, PatchMaker, make_upstream, write_pin, write_set  # noqa: E402
 
 
 def pytest_collection_modifyitems(config, items):
@@ -296,7 +296,7 @@ class FakeBase:
 
 @pytest.fixture(scope="session")
 def fake_base(tmp_path_factory) -> FakeBase:
-    here = Path(__file__).parent
+    here = SUPPORT
     root = tmp_path_factory.mktemp("fakebase")
     upstream, sha = make_upstream(
         root / "upstream",

@@ -286,9 +286,10 @@ def check_references(lr: LoadedRecipe) -> None:
     _params_acyclic(lr, params)
 
 
-STAGE_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_-]{0,63}$")  # a file name: its log is stages/<name>.log
-ENV_KEY = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
-RESOURCE_VALUE = re.compile(r"^[A-Za-z0-9_.:,=@/+%-]*$")  # Slurm values: 3-00:00:00, 16G, 1, gpu:a100:2
+# \Z, not $: "$" also matches before a trailing newline ("A\n" would pass)
+STAGE_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_-]{0,63}\Z")  # a file name: its log is stages/<name>.log
+ENV_KEY = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*\Z")
+RESOURCE_VALUE = re.compile(r"^[A-Za-z0-9_.:,=@/+%-]*\Z")  # Slurm values: 3-00:00:00, 16G, 1, gpu:a100:2
 
 
 def check_resource(value: str, what: str) -> str:

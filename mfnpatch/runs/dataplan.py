@@ -111,7 +111,6 @@ def changed_since(previous: RunRecord, records: list[DatasetRecord]) -> list[str
 
 def preflight(
     plan: Plan,
-    rec: RunRecord,
     previous: RunRecord | None,
     tree: Path,
     checker: Checker | None,
@@ -127,7 +126,8 @@ def preflight(
         return [unchecked(u, "skipped", why_not) for u in uses]
     records, hints = [], []
     for u in uses:
-        if u.made_by is not None and rec.stage(u.made_by).status != "done":
+        made = u.made_by is not None and previous is not None and _done(previous, u.made_by)
+        if u.made_by is not None and not made:
             records.append(unchecked(u, "deferred"))
             continue
         result = checker(u.path, u.targets, u.variant)
@@ -148,6 +148,10 @@ def preflight(
         if r.check == "passed":
             note(f"data {r.dir}: {r.summary}")
     return records
+
+
+def _done(rec: RunRecord, stage: str) -> bool:
+    return any(s.name == stage and s.status == "done" for s in rec.stages)
 
 
 def check_made_data(

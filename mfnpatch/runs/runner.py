@@ -275,6 +275,7 @@ class Runner:
         pin = resolve_pin(plan.recipe.pin)
         sets = select_sets(Catalog.scan(data_dir("patches")), plan.patches, pin.commit)
         checked = {k: v for k, v in self.check_environment(plan).items() if k != "name"}
+        datasets = self._preflight(plan, previous)  # before anything is probed, fetched or written
         env_info = EnvironmentInfo(name=plan.environment, prefix=str(self._env_prefix()), **checked)
         probe_env = {
             **self._base_env(),
@@ -305,7 +306,7 @@ class Runner:
             rec.executor = previous.executor
             # refused or not, decided here: a refused --resume writes nothing (record, tree, run directory)
             self._check_resumable(plan, rec, run_dir, Path(self.opts.tree).absolute())
-        rec.datasets = self._preflight(plan, rec, previous)
+        rec.datasets = datasets
         tree = self._prepare_tree(plan, sets)
         rec.tree = str(tree.root)
         (run_dir / "stages").mkdir(parents=True, exist_ok=True)
@@ -313,10 +314,10 @@ class Runner:
         rec.recipe.cpu_free = int(self._builtins["cpu_free"])
         return run_dir, self.launch(plan, rec, run_dir, tree.root, previous, fresh_dir)
 
-    def _preflight(self, plan: Plan, rec: RunRecord, previous: RunRecord | None):
+    def _preflight(self, plan: Plan, previous: RunRecord | None):
         checker = self.opts.data_checker if self.opts.data_check else None
         why = "--no-data-check" if not self.opts.data_check else "no data checker"
-        return preflight(plan, rec, previous, Path(self.opts.tree).absolute(), checker, why, self.opts.force,
+        return preflight(plan, previous, Path(self.opts.tree).absolute(), checker, why, self.opts.force,
                          self.obs.note)  # fmt: skip
 
     @staticmethod

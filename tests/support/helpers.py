@@ -11,6 +11,13 @@ from mfnpatch.fsutil import atomic_write
 from mfnpatch.source.patchset import sums_text
 from mfnpatch.source.pin import manifest_yaml, record_manifest
 
+SUPPORT = Path(__file__).resolve().parent
+TESTS = SUPPORT.parent
+ROOT = TESTS.parent  # the repository
+GOLDEN = TESTS / "golden"
+DATA = TESTS / "data"
+REFERENCE = ROOT.parent / "shared" / "reference"  # the seed's complete logs, beside the project (may be absent)
+
 GIT_ENV = {
     "GIT_AUTHOR_NAME": "Fixture",
     "GIT_AUTHOR_EMAIL": "fixture@example.invalid",
@@ -299,3 +306,10 @@ def write_dataset(
 
 def idx_offsets(d: Path) -> dict[int, int]:
     return {int(k): int(o) for k, o in (ln.split("\t") for ln in (d / "train.idx").read_text().splitlines())}
+
+
+def run_fake(cli, rf, *extra, name="run"):
+    """``recipe run`` of the fake recipe (tests/conftest.py ``runfx``) into its run directory ``name``, as JSON."""
+    return cli(
+        "recipe", "run", rf.recipe, "--tree", rf.tree, "--run-dir", rf.run_dir(name), "--json", "--no-env-check", *extra
+    )

@@ -8,7 +8,7 @@ import re
 from pathlib import Path
 
 import pytest
-from conftest import REFERENCE
+from helpers import REFERENCE
 
 from mfnpatch.errors import EXIT_FAILURE, EXIT_OK
 from mfnpatch.logs.parser import summarize

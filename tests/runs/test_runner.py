@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 
 import pytest
+from helpers import run_fake
 
 from mfnpatch.errors import EXIT_INTERRUPTED
 from mfnpatch.logs.parser import summarize_text
@@ -19,13 +20,10 @@ from mfnpatch.runs.handover import pick_checkpoint
 from mfnpatch.runs.record import RunError, load_record
 from mfnpatch.runs.resume import NEVER
 
-
-def run(cli, rf, *extra, name="run"):
-    return cli(
-        "recipe", "run", rf.recipe, "--tree", rf.tree, "--run-dir", rf.run_dir(name), "--json", "--no-env-check", *extra
-    )
+run = run_fake
 
 
+@pytest.mark.slow  # over 5 s: real runs of the fake recipe
 def test_run_end_to_end(cli, runfx):
     r = run(cli, runfx)
     assert r.code == 0, r.err
@@ -78,6 +76,7 @@ def test_failed_expectation_stops_the_run(cli, runfx, monkeypatch):
     assert st["arcface"]["status"] == "done" and st["arcface"]["passed"] is False and st["slim"]["status"] == "done"
 
 
+@pytest.mark.slow  # over 5 s: real runs of the fake recipe
 def test_crash_then_resume(cli, runfx, monkeypatch):
     monkeypatch.setenv("FAKE_CRASH_AT", "5")
     monkeypatch.setenv("FAKE_CRASH_LOSS", "4")
@@ -398,7 +397,7 @@ def test_a_schema_1_record_still_reads(tmp_path):
 
     from mfnpatch.runs.record import SCHEMA, parse_record
 
-    src = Path(__file__).parent / "data" / "records" / "may16-smoke-schema1.json"
+    src = Path(__file__).resolve().parents[1] / "data" / "records" / "may16-smoke-schema1.json"
     data = json.loads(src.read_text())
     assert data["schema"] == 1 and all("end" not in s for s in data["stages"])
     for variant in (data, {k: v for k, v in data.items() if k != "datasets"}):  # also from before datasets

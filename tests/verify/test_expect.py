@@ -6,8 +6,8 @@ import json
 from pathlib import Path
 
 import pytest
-from conftest import REFERENCE
-from test_logs import PY3_RUN
+from helpers import REFERENCE
+from samples import PY3_RUN
 
 from mfnpatch.errors import EXIT_FAILURE, EXIT_OK, MfnError
 from mfnpatch.logs.expected import load_expected, resolve_reference

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import shutil
 
+import pytest
 from helpers import face_jpeg, write_dataset
 
 from mfnpatch.runs.record import load_record
@@ -51,6 +52,7 @@ def test_a_broken_data_dir_is_refused_before_anything_starts(cli, runfx, tmp_pat
     assert not runfx.tree.exists()  # not even the tree was fetched
 
 
+@pytest.mark.slow  # over 5 s: real runs of the fake recipe
 def test_another_variant_than_the_recipe_expects_is_refused_with_the_way_on(cli, runfx, tmp_path):
     with_data(runfx, made_here=False, variant="ms1m-ibug")
     d = write_dataset(tmp_path / "faces")
@@ -58,16 +60,17 @@ def test_another_variant_than_the_recipe_expects_is_refused_with_the_way_on(cli,
     assert r.code == 1
     assert "not MS1M-IBUG (faces_ms1m_112x112, 85164 identities)" in r.err and "--set data_variant=any" in r.err
     assert not runfx.run_dir().exists()
-    r = run(cli, runfx, "--set", f"data_dir={d}", "--set", "data_variant=any", "--json")
+    r = run(cli, runfx, "--set", f"data_dir={d}", "--set", "data_variant=any", "--json", "--only", "softmax")
     assert r.code == 0, r.err
     ds = r.json()["datasets"]
     assert len(ds) == 1 and ds[0]["check"] == "passed" and ds[0]["stages"] == ["softmax", "arcface"]
     assert ds[0]["fingerprint"]["images"] == 9 and ds[0]["expected_variant"] == "any"
 
 
+@pytest.mark.slow  # over 5 s: real runs of the fake recipe
 def test_data_a_stage_makes_is_checked_once_made_and_fingerprinted(cli, runfx):
     with_data(runfx)
-    r = run(cli, runfx, "--json")
+    r = run(cli, runfx, "--json", "--only", "data")
     assert r.code == 0, r.err
     rec = load_record(runfx.run_dir())
     (ds,) = rec.datasets
@@ -100,33 +103,36 @@ def test_data_a_stage_made_badly_fails_that_stage(cli, runfx, tmp_path):
     assert rec.datasets[0].check == "failed"
 
 
+@pytest.mark.slow  # over 5 s: real runs of the fake recipe
 def test_no_data_check_is_recorded(cli, runfx, tmp_path):
     with_data(runfx, made_here=False)
-    r = run(cli, runfx, "--set", f"data_dir={tmp_path / 'nowhere'}", "--no-data-check", "--json")
+    r = run(cli, runfx, "--set", f"data_dir={tmp_path / 'nowhere'}", "--no-data-check", "--json", "--only", "softmax")
     assert r.code == 0, r.err
     (ds,) = load_record(runfx.run_dir()).datasets
     assert ds.check == "skipped" and ds.summary == "--no-data-check" and ds.fingerprint is None
     assert "**not checked** (--no-data-check)" in (runfx.run_dir() / "report.md").read_text()
 
 
+@pytest.mark.slow  # over 5 s: real runs of the fake recipe
 def test_compare_shows_a_dataset_difference_first(cli, runfx, tmp_path):
     with_data(runfx, made_here=False)
     d1 = write_dataset(tmp_path / "a")
     d2 = tmp_path / "b"
     shutil.copytree(d1, d2)
-    assert run(cli, runfx, "--set", f"data_dir={d1}", "--set", "data_variant=any", name="one").code == 0
-    assert run(cli, runfx, "--set", f"data_dir={d2}", "--set", "data_variant=any", name="two").code == 0
+    sets = ["--only", "softmax", "--set", "data_variant=any"]
+    assert run(cli, runfx, "--set", f"data_dir={d1}", *sets, name="one").code == 0
+    assert run(cli, runfx, "--set", f"data_dir={d2}", *sets, name="two").code == 0
     c = cli("compare", runfx.run_dir("one"), runfx.run_dir("two"), "--no-plot", "--json").json()
     rows = [r for r in c["rows"] if r["what"] == "dataset"]
     assert rows and rows[0]["same"] and c["rows"][0]["what"] == "dataset"
     write_dataset(d2, labels={2: 1})  # another labelling of the same images
-    assert run(cli, runfx, "--set", f"data_dir={d2}", "--set", "data_variant=any", "--no-data-check",
-               name="three").code == 0  # fmt: skip
+    assert run(cli, runfx, "--set", f"data_dir={d2}", *sets, "--no-data-check", name="three").code == 0
     r = cli("compare", runfx.run_dir("one"), runfx.run_dir("three"), "--no-plot", "--json")
     got = r.json()
     assert r.code == 1 and got["first_difference"].startswith("the data of softmax, arcface: not checked in B")
 
 
+@pytest.mark.slow  # over 5 s: real runs of the fake recipe
 def test_resume_on_changed_data_is_refused_naming_what_changed(cli, runfx, tmp_path):
     with_data(runfx, made_here=False)
     d = write_dataset(tmp_path / "faces")

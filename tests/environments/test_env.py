@@ -25,8 +25,8 @@ from mfnpatch.environments.gpu import covered, fatbin_archs, parse_query_csv, qu
 from mfnpatch.environments.lock import lock_env
 from mfnpatch.environments.spec import EnvError, list_envs, load_env, normalize, parse_lock
 
-ROOT = Path(__file__).resolve().parents[1]
-DATA = Path(__file__).parent / "data"
+ROOT = Path(__file__).resolve().parents[2]
+DATA = Path(__file__).resolve().parents[1] / "data"
 H200 = DATA / "nvidia-smi-h200"
 
 
@@ -340,6 +340,7 @@ def _local_env(tmp_path: Path, monkeypatch, digest: str | None = None) -> tuple[
     return "local", whl.parent
 
 
+@pytest.mark.slow  # over 5 s: a real pip install into a new venv
 def test_create_from_a_lock_offline(tmp_path, monkeypatch):
     name, wheels = _local_env(tmp_path, monkeypatch)
     prefix = tmp_path / "env"

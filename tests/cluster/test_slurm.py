@@ -1,5 +1,5 @@
 """recipe run --executor slurm on a real one-node Slurm cluster (slurmctld, slurmd, munged on localhost,
-started by tests/slurm_cluster.py): the afterok chain, requeue with resume from the last checkpoint, a
+started by tests/support/slurm_cluster.py): the afterok chain, requeue with resume from the last checkpoint, a
 failed expectation cancelling the rest, recipe cancel and status --follow. The trainer is the fake one."""
 
 from __future__ import annotations

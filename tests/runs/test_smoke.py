@@ -127,7 +127,7 @@ def test_log_commands_on_the_real_cpu_logs(smoke):
     assert v.returncode == 0, v.stdout + v.stderr
     assert "0001-fc7-no-bias.patch" in v.stdout and "absent" in v.stdout
     # against the blog's ArcFace log: a 42-step synthetic run is not the seed's result, and verify says so
-    ref = Path(__file__).resolve().parents[1] / "recipes" / "references" / "seed-2018-05-09-arcface-test2.log"
+    ref = Path(__file__).resolve().parents[2] / "recipes" / "references" / "seed-2018-05-09-arcface-test2.log"
     v = mfnpatch("verify", "--log", str(run / "stages" / "arcface.log"), "--reference", str(ref), cwd=work)
     assert v.returncode == 1 and "best lfw" in v.stdout
 

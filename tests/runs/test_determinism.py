@@ -11,7 +11,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from test_runner import run
+from helpers import run_fake as run
 
 from mfnpatch.errors import EXIT_FAILURE, EXIT_OK, EXIT_USAGE
 from mfnpatch.recipes.expand import expand
@@ -100,6 +100,7 @@ def _ver_lines(run_dir: Path, stage: str) -> list[str]:
     return [ln for ln in lines if int(ln.split("][")[1].split("]")[0]) <= STOPS[stage]]
 
 
+@pytest.mark.slow  # over 5 s: real runs of the fake recipe
 def test_two_seeded_runs_are_identical_and_compare_says_so(cli, runfx, randomized, tmp_path):
     a, da = _run(cli, runfx, "a")
     b, db = _run(cli, runfx, "b")
@@ -149,6 +150,7 @@ def test_two_seeded_runs_are_identical_and_compare_says_so(cli, runfx, randomize
     assert "changed on disk since the run recorded it" in r.out
 
 
+@pytest.mark.slow  # over 5 s: real runs of the fake recipe
 def test_unseeded_runs_differ_and_compare_names_the_first_difference(cli, runfx, randomized):
     a, da = _run(cli, runfx, "a", "--set", "seed=none")
     b, _ = _run(cli, runfx, "b", "--set", "seed=none")

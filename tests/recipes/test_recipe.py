@@ -199,7 +199,7 @@ def test_every_bundled_recipe_plans(cli):
 
 
 def test_seed_commands_are_shell_words():
-    for path in sorted((Path(__file__).resolve().parents[1] / "recipes").glob("*.yaml")):
+    for path in sorted((Path(__file__).resolve().parents[2] / "recipes").glob("*.yaml")):
         if path.stem == "expected":
             continue
         for s in load_recipe(str(path)).recipe.stages.values():

@@ -1,0 +1,110 @@
+"""Recipes confine what they name, and their values stay values: each attack made for real."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from mfnpatch.errors import EXIT_FAILURE
+from mfnpatch.fsutil import UnsafePath, confined
+from mfnpatch.recipes.expand import expand
+from mfnpatch.recipes.recipe import RecipeError, load_recipe
+
+
+def _recipe_with(tmp_path: Path, old: str, new: str) -> Path:
+    text = load_recipe("may16").path.read_text()
+    assert old in text, old
+    p = tmp_path / "r.yaml"
+    p.write_text(text.replace(old, new, 1))
+    return p
+
+
+SOFTMAX_SEED = (
+    "    seed_command: >-\n      CUDA_VISIBLE_DEVICES='0' python -u train_softmax.py --network y1 --ckpt 2 "
+    "--loss-type 0"
+)
+
+
+SLIM_SEED = "    seed_command: python models_slim"
+
+
+@pytest.mark.parametrize(
+    "old,new,message",
+    [
+        ("  softmax:\n    title: softmax", "  ../../x:\n    title: softmax",
+         "stage name '../../x' is not a plain name"),
+        (f"    cwd: src\n{SOFTMAX_SEED}", f"    cwd: ../../outside\n{SOFTMAX_SEED}", "cwd '../../outside' has a '..'"),
+        (f"    cwd: deploy\n{SLIM_SEED}", f"    cwd: /etc\n{SLIM_SEED}", "cwd '/etc' is absolute"),
+        (f"    cwd: deploy\n{SLIM_SEED}", f"    cwd: .git/hooks\n{SLIM_SEED}", "names .git/"),
+        ('env: {CUDA_VISIBLE_DEVICES: "${gpus}", OMP_NUM_THREADS', 'env: {"A;touch /tmp/x": "1", OMP_NUM_THREADS',
+         "env key 'A;touch /tmp/x' is not a variable name"),
+        ('resources: {gpus_per_node: "${slurm_gpus}", time: "${slurm_time}"}',
+         'resources: {gpus_per_node: "${slurm_gpus}", time: "1\\n#SBATCH --wrap=id"}', "is not a Slurm value"),
+    ],
+)  # fmt: skip
+def test_a_recipe_that_names_outside_is_refused_at_load(tmp_path, cli, old, new, message):
+    p = _recipe_with(tmp_path, old, new)
+    r = cli("recipe", "plan", p)
+    assert r.code == EXIT_FAILURE and message in r.err, r.err
+    assert str(p) in r.err and ":" in r.err.split(str(p))[1][:6]  # file:line:col
+
+
+def test_a_resource_value_set_on_the_command_line_cannot_add_a_script_line(tmp_path):
+    with pytest.raises(RecipeError, match="is not a Slurm value"):
+        expand(load_recipe("may16"), None, {"slurm_time": "1\n#SBATCH --wrap=id"})
+    from mfnpatch.cluster.slurm import SlurmError, SlurmOptions, script_text
+
+    with pytest.raises(RecipeError, match="--partition: 'gpu\\\\nid' is not a Slurm value"):
+        script_text(tmp_path, "r", "softmax", {}, SlurmOptions(partition="gpu\nid"))
+    with pytest.raises(SlurmError, match="one sbatch option on one line"):
+        script_text(tmp_path, "r", "softmax", {}, SlurmOptions(sbatch_args=["--qos=x\nid"]))
+
+
+def test_printed_shell_lines_quote_what_they_print():
+    plan = expand(load_recipe("may16"), "smoke", {"gpus": "0; touch /tmp/pwned", "data_dir": "a b/$(id)"})
+    ps = plan.stage("softmax")
+    line = ps.shell()
+    assert "CUDA_VISIBLE_DEVICES='0; touch /tmp/pwned'" in line and "'a b/$(id)'" in line
+
+
+NAMES = st.text(st.characters(codec="utf-8", exclude_categories=("Cs",)), min_size=0, max_size=24)
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(name=NAMES, cwd=NAMES, key=NAMES, path=NAMES)
+def test_random_names_cwds_env_keys_and_set_paths_never_escape(tmp_path, name, cwd, key, path):
+    """Whatever a recipe or a patch set says, what is accepted stays inside its root."""
+    from mfnpatch.recipes.recipe import ENV_KEY, STAGE_NAME
+
+    root = tmp_path / "root"
+    if STAGE_NAME.match(name):
+        log = (root / "stages" / f"{name}.log").resolve()
+        assert root.resolve() / "stages" in log.parents
+    for rel in (cwd, path):
+        try:
+            ok = confined(rel, "x")
+        except UnsafePath:
+            continue
+        resolved = (root / ok).resolve()
+        assert resolved == root.resolve() or root.resolve() in resolved.parents
+        assert ".git" not in [p.casefold() for p in Path(ok).parts] and ".mfnpatch" not in Path(ok).parts
+    if ENV_KEY.match(key):
+        assert key.isascii() and not any(c in key for c in " ;$`\n'\"=")
+
+
+def test_a_self_referencing_parameter_is_an_error_line(cli):
+    r = cli("recipe", "plan", "may16", "--set", "models_dir=${models_dir}/x")
+    assert r.code == EXIT_FAILURE and "parameter models_dir refers to itself: models_dir -> models_dir" in r.err
+    r = cli("recipe", "plan", "may16", "--set", "models_dir=${ncnn_dir}")
+    assert r.code == EXIT_FAILURE and "models_dir -> ncnn_dir -> models_dir" in r.err
+
+
+def test_a_trailing_newline_is_no_part_of_a_name_key_or_resource():
+    """A regex anchored with $ also accepts 'A\\n' (hypothesis found it for env keys): the anchors are \\Z."""
+    from mfnpatch.recipes.recipe import ENV_KEY, RESOURCE_VALUE, STAGE_NAME
+
+    for pattern, ok in ((ENV_KEY, "OMP_NUM_THREADS"), (STAGE_NAME, "softmax"), (RESOURCE_VALUE, "3-00:00:00")):
+        assert pattern.match(ok) and not pattern.match(ok + "\n")
