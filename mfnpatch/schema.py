@@ -9,6 +9,8 @@ with ``schema: 1``. Validation errors point at the offending key, e.g.::
 from __future__ import annotations
 
 import difflib
+import json
+import re
 import typing
 from pathlib import Path
 from typing import Any, TypeVar
@@ -31,19 +33,29 @@ class SchemaError(MfnError):
     """A file that does not match its schema; the message starts with file:line:col."""
 
 
+# Limits of every file mfnpatch reads as YAML or JSON (recipes, patch sets, pins, env specs, run records, states)
+MAX_BYTES = 8 << 20
+MAX_DEPTH = 64
+MAX_NUMBER = 64  # digits (and signs, points, exponents) of one number
+
+
 class _Loader(yaml.SafeLoader):
-    """SafeLoader that refuses duplicate keys (PyYAML silently keeps the last one)."""
+    """SafeLoader that refuses duplicate keys (PyYAML silently keeps the last one) and keys that are not plain
+    values."""
 
 
 def _construct_mapping(loader: _Loader, node: yaml.MappingNode, deep: bool = False):
     seen: dict[Any, yaml.Node] = {}
     for key_node, _ in node.value:
+        m = key_node.start_mark
+        where = f"{loader.name}:{m.line + 1}:{m.column + 1}"
+        if not isinstance(key_node, yaml.ScalarNode):
+            raise SchemaError(f"{where}: a mapping key must be a plain value, not a {key_node.id}",
+                              hint="write keys as names (stages: {softmax: ...})")  # fmt: skip
         key = loader.construct_object(key_node, deep=deep)
         if key in seen:
-            m = key_node.start_mark
             raise SchemaError(
-                f"{loader.name}:{m.line + 1}:{m.column + 1}: duplicate key '{key}' "
-                f"(first at line {seen[key].start_mark.line + 1})",
+                f"{where}: duplicate key '{key}' (first at line {seen[key].start_mark.line + 1})",
                 hint="remove one of the two entries",
             )
         seen[key] = key_node
@@ -51,19 +63,45 @@ def _construct_mapping(loader: _Loader, node: yaml.MappingNode, deep: bool = Fal
 
 
 _Loader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_mapping)
+_NUMBER = re.compile(r"[-+]?(\.?[0-9])[0-9_.eE+-]*")
+
+
+def _check_events(text: str, path: Path) -> None:
+    """Before anything is built: no alias (a billion laughs is a few aliases deep), nesting at most MAX_DEPTH,
+    no number longer than MAX_NUMBER characters. PyYAML's event stream is read without recursion."""
+    depth = 0
+    loader = yaml.SafeLoader(text)
+    try:
+        while loader.check_event():
+            ev = loader.get_event()
+            m = ev.start_mark
+            where = f"{path}:{m.line + 1}:{m.column + 1}" if m else str(path)
+            if isinstance(ev, yaml.AliasEvent) or getattr(ev, "anchor", None):
+                raise SchemaError(f"{where}: YAML anchors and aliases are not read here",
+                                  hint="write the value out where it is used")  # fmt: skip
+            if isinstance(ev, yaml.CollectionStartEvent):
+                depth += 1
+                if depth > MAX_DEPTH:
+                    raise SchemaError(f"{where}: nested more than {MAX_DEPTH} levels deep")
+            elif isinstance(ev, yaml.CollectionEndEvent):
+                depth -= 1
+            elif isinstance(ev, yaml.ScalarEvent) and ev.style is None and len(ev.value) > MAX_NUMBER:
+                if _NUMBER.fullmatch(ev.value):
+                    raise SchemaError(f"{where}: a number of {len(ev.value)} characters (at most {MAX_NUMBER})")
+    finally:
+        loader.dispose()
 
 
 def load_yaml(path: Path, text: str | None = None) -> tuple[Any, yaml.Node | None]:
-    """Parse a YAML file; return (data, node tree) so errors can be located later."""
+    """Parse a YAML file within the limits (size, depth, number length, no aliases); return (data, node tree)
+    so errors can be located later."""
     path = Path(path)
     if text is None:
-        try:
-            text = path.read_text(encoding="utf-8")
-        except FileNotFoundError:
-            raise MfnError(f"{path}: no such file") from None
-        except UnicodeDecodeError as e:
-            raise SchemaError(f"{path}: not UTF-8 text ({e.reason} at byte {e.start})") from None
+        text = read_text(path)
+    if len(text) > MAX_BYTES:
+        raise SchemaError(f"{path}: {len(text)} characters, more than the {MAX_BYTES} read here")
     try:
+        _check_events(text, path)
         loader = _Loader(text)
         loader.name = str(path)
         try:
@@ -75,7 +113,71 @@ def load_yaml(path: Path, text: str | None = None) -> tuple[Any, yaml.Node | Non
         mark = e.problem_mark or e.context_mark
         where = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark else str(path)
         raise SchemaError(f"{where}: invalid YAML: {e.problem or e.context}") from None
+    except (yaml.YAMLError, RecursionError, ValueError) as e:
+        raise SchemaError(f"{path}: invalid YAML: {type(e).__name__}: {str(e)[:200]}") from None
     return data, node
+
+
+def read_text(path: Path, limit: int = MAX_BYTES) -> str:
+    """A file of ours as UTF-8 text, within the size limit; a clear error for what is not such a file."""
+    path = Path(path)
+    try:
+        with open(path, "rb") as f:
+            data = f.read(limit + 1)
+    except FileNotFoundError:
+        raise MfnError(f"{path}: no such file") from None
+    except IsADirectoryError:
+        raise MfnError(f"{path}: a directory, not a file") from None
+    except OSError as e:
+        raise MfnError(f"{path}: unreadable ({e.strerror})") from None
+    if len(data) > limit:
+        raise SchemaError(f"{path}: more than {limit} bytes, more than a file of this kind holds")
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise SchemaError(f"{path}: not UTF-8 text ({e.reason} at byte {e.start})") from None
+
+
+def _too_deep(text: str, max_depth: int) -> int | None:
+    """The offset at which ``text`` nests deeper than ``max_depth`` (strings skipped), or None."""
+    depth = 0
+    in_str = esc = False
+    for i, c in enumerate(text):
+        if in_str:
+            if esc:
+                esc = False
+            elif c == "\\":
+                esc = True
+            elif c == '"':
+                in_str = False
+        elif c == '"':
+            in_str = True
+        elif c in "[{":
+            depth += 1
+            if depth > max_depth:
+                return i
+        elif c in "]}":
+            depth -= 1
+    return None
+
+
+def _no_constant(name: str):
+    raise ValueError(f"{name} is not a JSON number")
+
+
+def load_json(path: Path, limit: int = MAX_BYTES, max_depth: int = MAX_DEPTH) -> Any:
+    """A JSON file of ours within the limits (size, depth; no NaN or Infinity); errors name the file."""
+    path = Path(path)
+    text = read_text(path, limit)
+    if not text.strip():
+        raise SchemaError(f"{path}: empty (no JSON in it)")
+    at = _too_deep(text, max_depth)
+    if at is not None:
+        raise SchemaError(f"{path}: nested more than {max_depth} levels deep (at character {at})")
+    try:
+        return json.loads(text, parse_constant=_no_constant)
+    except ValueError as e:
+        raise SchemaError(f"{path}: not JSON: {str(e)[:200]}") from None
 
 
 def locate(node: yaml.Node | None, loc: tuple) -> tuple[int, int, bool]:

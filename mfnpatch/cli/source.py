@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import sys
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated, Any
@@ -23,6 +22,7 @@ from mfnpatch.cli.app import (
     out,
     patches_app,
     pin_app,
+    write_stdout,
 )
 from mfnpatch.errors import (
     EXIT_NOTHING_TO_DO,
@@ -252,7 +252,7 @@ def diff(dest: DestOpt = DEFAULT_DEST):
     if not text:
         err.print(f"no patches applied in {escape(str(tree.root))} (nothing to show)")
         return EXIT_NOTHING_TO_DO
-    sys.stdout.write(text)
+    write_stdout(text)
     return EXIT_OK
 
 
@@ -269,30 +269,35 @@ def patches_list(as_json: JsonOpt = False):
     CTX.json = as_json
     cat = Catalog.scan(data_dir("patches"))
     rows: list[dict[str, Any]] = []
-    for name, versions in cat.versions.items():
-        for v in versions:
-            s = cat.load(name, v)
-            rows.append(
-                {
-                    "set": s.label,
-                    "name": s.name,
-                    "version": s.version,
-                    "latest": v == versions[-1],
-                    "applies_to": s.manifest.applies_to,
-                    "opt_in": s.manifest.opt_in,
-                    "after": s.manifest.after,
-                    "sha256": s.sha256,
-                    "description": s.manifest.description,
-                    "patches": [
-                        {"name": p.name, "description": p.header.description.splitlines()[0], "files": p.paths}
-                        for p in s.patches
-                    ],
-                }
-            )
+    for name, v, s, problem in cat.listing():
+        if s is None:
+            rows.append({"set": f"{name}@{v}", "name": name, "version": v, "error": problem})
+            continue
+        rows.append(
+            {
+                "set": s.label,
+                "name": s.name,
+                "version": s.version,
+                "latest": v == cat.versions[name][-1],
+                "applies_to": s.manifest.applies_to,
+                "opt_in": s.manifest.opt_in,
+                "after": s.manifest.after,
+                "sha256": s.sha256,
+                "description": s.manifest.description,
+                "patches": [
+                    {"name": p.name, "description": p.header.description.splitlines()[0], "files": p.paths}
+                    for p in s.patches
+                ],
+                "error": None,
+            }
+        )
     if as_json:
         emit_json(rows)
         return EXIT_OK
     for r in rows:
+        if r["error"]:
+            out.print(f"[red]{escape(r['set'])}[/]: {escape(r['error'])}")
+            continue
         tags = []
         if r["latest"]:
             tags.append("latest")

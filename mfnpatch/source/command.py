@@ -10,9 +10,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from mfnpatch.errors import EXIT_NOTHING_TO_DO, EXIT_OK
+from mfnpatch.source.diff import ApplyFailure
 from mfnpatch.source.patchset import Catalog, PatchSet, apply_series, select_sets, series_paths
 from mfnpatch.source.pin import Cache, Pin, pristine_blob, resolve_pin, resolve_source
-from mfnpatch.source.tree import Prepared, prepare_tree, tree_lock
+from mfnpatch.source.tree import Prepared, prepare_tree, tree_lock, under_a_file
 from mfnpatch.source.worktree import ApplyOutcome
 from mfnpatch.source.worktree import apply as apply_sets
 
@@ -88,6 +89,16 @@ def check_in_memory(commit: str, dest: Path, source: str | None, catalog: Catalo
     fetched = cache.fetch(pin, url)
     repo = cache.repo()
     paths = series_paths(sets)
+    pinned = set(pin.manifest.files)
+    dirs = {"/".join(p.split("/")[:k]) for p in pinned for k in range(1, p.count("/") + 1)}
+    for p in paths:  # the same refusals as a real apply (Tree.safe_path), against the pinned tree
+        parts = p.split("/")
+        for i in range(len(parts)):
+            prefix = "/".join(parts[: i + 1])
+            exists = prefix in pinned or prefix in dirs
+            why = under_a_file(parts, i, prefix in dirs) if exists else None
+            if why:
+                raise ApplyFailure(why, kind="unsafe-path", path=p)
     result = apply_series(sets, {p: pristine_blob(repo, pin, p) for p in paths}, fuzz=fuzz)
     changed = sorted(p for p in paths if result.files.get(p) is not None)
     return CheckedInMemory(pin, dest, [s.label for s in sets], changed, fetched.from_cache)

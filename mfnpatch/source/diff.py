@@ -268,6 +268,11 @@ def _diff_path(raw: str, where: str) -> str | None:
     return str(p)
 
 
+_LINK_MODE = re.compile(
+    r"^(?:new file mode|deleted file mode|new mode|old mode|index [0-9a-f]+\.\.[0-9a-f]+) 120000\s*$"
+)
+
+
 def parse_patch(text: str, name: str, label: str, sha256: str | None = None) -> Patch:
     """Parse one patch file's text (header + unified diff) into a Patch."""
     lines = _split_text_lines(text)
@@ -275,6 +280,15 @@ def parse_patch(text: str, name: str, label: str, sha256: str | None = None) -> 
     if start is None:
         raise PatchSetError(f"{label}:1: no unified diff found (expected '--- a/...' and '+++ b/...' lines)")
     header = parse_dep3(lines[:start], label)
+    for i, text_line in enumerate(lines[start:], start + 1):
+        m = _LINK_MODE.match(text_line)
+        if m:
+            raise ApplyFailure(
+                f"{label}:{i}: a symlink (mode 120000) is not something a patch set may create or change",
+                hint="patch sets change regular files only; a link could point a later write outside the tree",
+                kind="malformed",
+                patch=label,
+            )
     try:
         ps = unidiff.PatchSet(lines)
     except unidiff.UnidiffParseError as e:

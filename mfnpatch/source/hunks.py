@@ -40,19 +40,39 @@ def _trim(old, new, lead, trail, f):
     return old[a : len(old) - b], new[a : len(new) - b], a
 
 
+_MOD = (1 << 61) - 1
+_BASE = 1_000_003
+SHOW_LINES = 40  # of a hunk's lines in a failure's excerpt (the rest counted)
+NEAR = 2000  # positions around the expected one that the excerpt's best candidate is looked for in
+
+
 def _find(lines: list[bytes], old: list[bytes], p0: int, lo: int) -> int | None:
+    """Where ``old`` occurs in ``lines`` at or after ``lo``, nearest ``p0`` (after it on a tie). Linear: a
+    rolling hash of each window of lines, and a full comparison only where the hashes agree."""
     n, m = len(lines), len(old)
     if m == 0:
         return p0 if lo <= p0 <= n else None
     hi = n - m
     if hi < lo:
         return None
-    p0 = min(max(p0, lo), hi)
-    for d in range(0, max(p0 - lo, hi - p0) + 1):
-        for pos in (p0 + d, p0 - d) if d else (p0,):
-            if lo <= pos <= hi and lines[pos : pos + m] == old:
-                return pos
-    return None
+    target = 0
+    for x in old:
+        target = (target * _BASE + hash(x)) % _MOD
+    top = pow(_BASE, m - 1, _MOD)
+    h = 0
+    for x in lines[lo : lo + m]:
+        h = (h * _BASE + hash(x)) % _MOD
+    best = None
+    for pos in range(lo, hi + 1):
+        if pos > lo:
+            h = ((h - hash(lines[pos - 1]) * top) * _BASE + hash(lines[pos + m - 1])) % _MOD
+        if h == target and lines[pos : pos + m] == old:
+            key = (abs(pos - p0), pos < p0)
+            if best is None or key < best[0]:
+                best = (key, pos)
+            elif pos > p0 and key[0] > best[0][0]:
+                break  # every later match is farther
+    return best[1] if best else None
 
 
 def _strip_eol(b: bytes) -> bytes:
@@ -67,33 +87,39 @@ def _show(b: bytes) -> str:
 
 
 def _best_candidate(lines: list[bytes], old: list[bytes], p0: int) -> int:
-    """Position near p0 where most of the expected lines match (for the expected/found display)."""
+    """Position near p0 where most of the expected lines match (for the expected/found display); looked for
+    within NEAR positions of p0 and on the first SHOW_LINES lines, so a huge hunk costs no more than a small one."""
     n, m = len(lines), len(old)
     if n == 0 or m == 0:
         return min(max(p0, 0), n)
+    head = old[:SHOW_LINES]
+    lo, hi = max(0, p0 - NEAR), min(max(n - m, 0), p0 + NEAR)
     best, best_score = min(max(p0, 0), max(n - m, 0)), -1
-    for pos in range(0, max(n - m, 0) + 1):
-        score = sum(1 for i in range(m) if pos + i < n and lines[pos + i] == old[i])
+    for pos in range(lo, hi + 1):
+        score = sum(1 for i in range(len(head)) if pos + i < n and lines[pos + i] == head[i])
         if score > best_score or (score == best_score and abs(pos - p0) < abs(best - p0)):
             best, best_score = pos, score
     return best
 
 
 def _comparison(lines: list[bytes], old: list[bytes], p0: int, pos: int) -> list[str]:
+    shown = old[:SHOW_LINES]
+    more = [f"  … and {len(old) - len(shown)} more lines of the hunk"] if len(old) > len(shown) else []
     out = [f"expected at line {p0 + 1} (lines the hunk removes or keeps):"]
-    for i, exp in enumerate(old):
+    for i, exp in enumerate(shown):
         got = lines[pos + i] if pos + i < len(lines) else None
         mark = " " if got == exp else "!"
-        out.append(f"{mark} {p0 + i + 1:5d} | {_show(exp)}")
+        out.append(f"{mark} {p0 + i + 1:5d} | {_show(exp)[:200]}")
+    out += more
     out.append(f"found at line {pos + 1}:")
-    for i, exp in enumerate(old):
+    for i, exp in enumerate(shown):
         got = lines[pos + i] if pos + i < len(lines) else None
         if got is None:
             out.append("!   (end of file)")
             break
         mark = " " if got == exp else "!"
-        out.append(f"{mark} {pos + i + 1:5d} | {_show(got)}")
-    return out
+        out.append(f"{mark} {pos + i + 1:5d} | {_show(got)[:200]}")
+    return out + more
 
 
 def _apply_hunks(patch: Patch, fd: FileDiff, data: bytes, fuzz: int, reverse: bool) -> tuple[bytes, list[HunkResult]]:

@@ -22,6 +22,7 @@ from typing import Any, Literal
 
 from pydantic import Field, field_validator
 
+from mfnpatch.errors import MfnError
 from mfnpatch.fsutil import sha256_bytes
 from mfnpatch.schema import Strict, load_model
 from mfnpatch.source.diff import ApplyFailure, Patch, PatchSetError, read_patch
@@ -233,6 +234,18 @@ class Catalog:
             if vs:
                 cat.versions[d.name] = vs
         return cat
+
+    def listing(self) -> list[tuple[str, int, PatchSet | None, str | None]]:
+        """Every version of every set: (name, version, the set or None, why it cannot be read). One broken set
+        does not hide the others."""
+        out: list[tuple[str, int, PatchSet | None, str | None]] = []
+        for name, versions in self.versions.items():
+            for v in versions:
+                try:
+                    out.append((name, v, self.load(name, v), None))
+                except MfnError as e:
+                    out.append((name, v, None, e.message))
+        return out
 
     def load(self, name: str, version: int | None = None) -> PatchSet:
         if name not in self.versions:

@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Literal
 
 import git
+import yaml
 from pydantic import Field
 
 from mfnpatch.errors import MfnError
@@ -430,6 +431,7 @@ def record_pin(commit: str, source: str, name: str, upstream: str, cache: Cache 
     if not re.fullmatch(r"[0-9a-f]{40}", commit):
         raise PinError(f"--commit {commit}: give the full 40-digit SHA", hint="git rev-parse <ref> prints it")
     not_an_option(upstream, "--upstream")
+    check_labels(name, upstream)
     url, _ = resolve_source(source, default=upstream)
     cache = cache or Cache()
     with cache.lock():
@@ -458,23 +460,24 @@ def record_manifest(repo: git.Repo, sha: str, name: str, upstream: str) -> PinMa
     )
 
 
+def check_labels(name: str, upstream: str) -> None:
+    """A pin's name and upstream are one line each: a control character (a newline, a tab ...) is refused."""
+    for what, value in (("name", name), ("upstream", upstream)):
+        if any(ord(c) < 32 or ord(c) == 127 for c in value):
+            raise PinError(f"pin {what} {value!r} holds a control character (a newline, a tab ...)",
+                           hint=f"give the {what} on one line, without control characters")  # fmt: skip
+
+
 def manifest_yaml(m: PinManifest) -> str:
-    lines = [
-        "# Pin manifest: written by `mfnpatch pin record`; do not edit by hand.",
-        "# Every file of the tree with its git blob id and sha256, so a tree is verified offline.",
-        "schema: 1",
-        f"name: {m.name}",
-        f"upstream: {m.upstream}",
-        f"commit: {m.commit}",
-        f"date: '{m.date}'",
-        f"subject: {_yaml_str(m.subject)}",
-        f"tree: {m.tree}",
-        "files:",
-    ]
-    for path, f in m.files.items():
-        lines.append(f"  {_yaml_str(path)}: {{blob: {f.blob}, sha256: {f.sha256}, mode: '{f.mode}'}}")
-    return "\n".join(lines) + "\n"
-
-
-def _yaml_str(s: str) -> str:
-    return "'" + s.replace("'", "''") + "'"
+    """The manifest as YAML, written by a serialiser (a value with a newline or a quote stays one value)."""
+    check_labels(m.name, m.upstream)
+    head = {"schema": 1, "name": m.name, "upstream": m.upstream, "commit": m.commit, "date": m.date,
+            "subject": m.subject, "tree": m.tree}  # fmt: skip
+    files = {path: {"blob": f.blob, "sha256": f.sha256, "mode": f.mode} for path, f in m.files.items()}
+    text = yaml.safe_dump(head, sort_keys=False, allow_unicode=True, width=1 << 30)
+    text += yaml.safe_dump({"files": files}, sort_keys=False, allow_unicode=True, width=1 << 30,
+                           default_flow_style=None)  # fmt: skip
+    return (
+        "# Pin manifest: written by `mfnpatch pin record`; do not edit by hand.\n"
+        "# Every file of the tree with its git blob id and sha256, so a tree is verified offline.\n" + text
+    )

@@ -31,9 +31,11 @@ from pathlib import Path
 from typing import Literal
 
 import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from mfnpatch.errors import EXIT_FAILURE, EXIT_OK, MfnError
-from mfnpatch.fsutil import atomic_write, confined, not_an_option
+from mfnpatch.fsutil import UnsafePath, atomic_write, confined, inside, not_an_option
+from mfnpatch.schema import SchemaError, load_json
 from mfnpatch.source.diff import ApplyFailure, Patch, PatchSetError
 from mfnpatch.source.hunks import apply_patch
 from mfnpatch.source.patchset import SERIES_FILE, SET_FILE, SUMS_FILE, Catalog, PatchSet, apply_series, load_set
@@ -290,8 +292,9 @@ def port(
             assert work_dir is not None
             result = dict(theirs_files)
             for path, rel in resolved[patch.name].items():
-                result[confined(path, "patch path")] = (
-                    work_dir / STATE_DIR / confined(rel, "resolved file")
+                states = Path(work_dir).absolute() / STATE_DIR
+                result[confined(path, "patch path")] = _in_work(
+                    states, rel, "resolved file", states / "state.json"
                 ).read_bytes()
             status: Status = "resolved"
             detail = "a conflict resolved by hand (--continue)"
@@ -357,16 +360,61 @@ def _keep(work: Path, ps: PatchSet, target: str, patch: Patch, marked: dict, the
     report.kept = str(work)
 
 
+class _PortState(BaseModel):
+    """What --continue reads back from DIR/.mfnpatch-port/state.json: checked whole before anything is used."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+    set: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+    version: int = Field(ge=1)
+    set_sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
+    to: str = Field(pattern=r"^[0-9a-f]{40}$")
+    conflict: str = Field(min_length=1, max_length=255)
+    files: list[str] = Field(max_length=10_000)
+    resolved: dict[str, dict[str, str]] = Field(default_factory=dict)
+
+
+def _in_work(work: Path, rel: str, what: str, state: Path) -> Path:
+    """``work/rel`` for a path named by the state: relative, no '..', and not through a link out of ``work``."""
+    try:
+        return inside(work, work / confined(rel, what), what)
+    except UnsafePath as e:
+        hint = "the state was edited or is damaged: start the port again with --keep-conflicts into a new DIR"
+        raise PortError(f"{state}: {e.message}", hint=hint) from None
+
+
 def _load_state(work: Path) -> dict:
-    p = Path(work) / STATE_DIR / "state.json"
+    work = Path(work).absolute()
+    p = work / STATE_DIR / "state.json"
     if not p.is_file():
         raise PortError(f"--continue {work}: no port in progress there ({p} is missing)",
                         hint="start one with: mfnpatch patches port SET --to COMMIT --keep-conflicts DIR")  # fmt: skip
-    state = json.loads(p.read_text())
-    name = state["conflict"]
+    again = "start the port again with --keep-conflicts into a new DIR"
+    try:
+        inside(work, p, "the port's state")  # DIR/.mfnpatch-port (or its state.json) a link out of DIR: refused
+    except UnsafePath as e:
+        raise PortError(e.message, hint=f"a link was planted in {work}: {again}") from None
+    try:
+        raw = load_json(p, limit=1 << 20)
+        state = _PortState.model_validate(raw)
+    except SchemaError as e:
+        raise PortError(f"{e.message}: the port's state is damaged", hint=again) from None
+    except ValidationError as e:
+        first = e.errors()[0]
+        where = ".".join(str(x) for x in first["loc"]) or "(the whole file)"
+        raise PortError(f"{p}: {where}: {first['msg']}: the port's state is damaged", hint=again) from None
+    for path in state.files:
+        _in_work(work, path, "conflicting file", p)
+    for patch, files in state.resolved.items():
+        for path, rel in files.items():
+            _in_work(work, path, "resolved path", p)
+            _in_work(work / STATE_DIR, rel, "resolved file", p)
+            if rel != f"resolved/{patch}/{confined(path, 'resolved path')}":
+                raise PortError(f"{p}: resolved file {rel!r} is not where --continue keeps {patch}'s {path}",
+                                hint=again)  # fmt: skip
+    name = state.conflict
     saved: dict[str, str] = {}
-    for path in state["files"]:
-        f = Path(work) / confined(path, "patch path")
+    for path in state.files:
+        f = _in_work(work, path, "conflicting file", p)
         data = f.read_bytes() if f.is_file() else b""
         text = data.decode("utf-8", "replace")
         left = [i for i, ln in enumerate(text.splitlines(), 1) if ln.startswith(("<<<<<<< ", "=======", ">>>>>>> "))]
@@ -375,12 +423,13 @@ def _load_state(work: Path) -> dict:
                 f"{f}:{left[0]}: conflict markers are still there; resolve every conflict of {name} first",
                 hint=f"edit {f}, remove the <<<<<<< ======= >>>>>>> lines, then run --continue {work} again",
             )
-        rel = f"resolved/{name}/{path}"
-        atomic_write(Path(work) / STATE_DIR / rel, data)
+        rel = f"resolved/{name}/{confined(path, 'conflicting file')}"
+        atomic_write(_in_work(work / STATE_DIR, rel, "resolved file", p), data)
         saved[path] = rel
-    state["resolved"][name] = saved
-    atomic_write(p, json.dumps(state, indent=2) + "\n")
-    return state
+    out = state.model_dump()
+    out["resolved"][name] = saved
+    atomic_write(p, json.dumps(out, indent=2) + "\n")
+    return out
 
 
 def _record_target_pin(src: _Sources, base: Pin, target: str) -> str:

@@ -10,7 +10,6 @@ process killed outright leaves the journal for the next command's ``recover``.
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import stat
@@ -32,7 +31,7 @@ from mfnpatch.fsutil import (
     locked,
     mkstemp_beside,
 )
-from mfnpatch.schema import Strict, validate
+from mfnpatch.schema import Strict, load_json, validate
 from mfnpatch.source.diff import ApplyFailure
 from mfnpatch.source.pin import (
     STATE_DIRNAME,
@@ -148,8 +147,8 @@ class Tree:
         if not self.state_path.is_file():
             return None
         try:
-            data = json.loads(self.state_path.read_text())
-        except (OSError, ValueError) as e:
+            data = load_json(self.state_path)
+        except MfnError as e:
             raise MfnError(
                 f"{self.state_path}: unreadable state ({e})",
                 hint="restore the pinned files with: git -C <tree> checkout -- . && rm -r <tree>/.mfnpatch",
@@ -184,6 +183,10 @@ class Tree:
                     kind="unsafe-path",
                     path=rel,
                 )
+            problem = under_a_file(parts, i, stat.S_ISDIR(st.st_mode))
+            if problem:
+                raise ApplyFailure(problem, hint="a patch set changes files; it cannot put a file where one is, or "
+                                   "a directory where a file is", kind="unsafe-path", path=rel)  # fmt: skip
         return self.root / rel
 
     def read(self, rel: str) -> bytes | None:
@@ -223,11 +226,26 @@ def now() -> str:
 # Getting a tree
 
 
+def under_a_file(parts: list[str], i: int, is_dir: bool) -> str | None:
+    """Why ``parts`` cannot be a file when its component ``i`` exists and is (or is not) a directory."""
+    shown = "/".join(parts[: i + 1])
+    if i < len(parts) - 1 and not is_dir:
+        return f"{'/'.join(parts)} cannot be written: {shown} is a file, not a directory"
+    if i == len(parts) - 1 and is_dir:
+        return f"{shown} is a directory in the tree, a file is expected"
+    return None
+
+
 def tree_lock(dest: Path, on_wait=None) -> locked:
     """The lock every command that creates, changes or reads a tree holds: ``.<name>.mfnpatch-lock`` beside
     it (so a tree being created is covered too). A second command waits for the first, saying so."""
-    dest = Path(dest).absolute()
+    dest = real_dest(dest)  # one lock per tree, however it is named (a symlink to it takes the same lock)
     return locked(dest.parent / f".{dest.name}.mfnpatch-lock", f"the tree {dest}", on_wait=on_wait)
+
+
+def real_dest(dest: Path) -> Path:
+    """``--dest`` with every symlink on the way resolved: the tree itself, whatever path names it."""
+    return Path(dest).resolve()
 
 
 def open_existing(dest: Path) -> Tree:
@@ -237,8 +255,9 @@ def open_existing(dest: Path) -> Tree:
         raise MfnError(
             f"{dest}: no such tree", hint="create one with: mfnpatch apply --commit 4bc8132 --dest " + str(dest)
         )
+    dest = real_dest(dest)
     repo, pin = open_tree(dest)
-    tree = Tree(dest.absolute(), repo, pin)
+    tree = Tree(dest, repo, pin)
     tree.recovered = recover(tree)
     return tree
 
@@ -267,7 +286,7 @@ def prepare_tree(
 ) -> Prepared:
     """Open ``dest`` if it is a checkout of the pin; otherwise fetch the commit and create it."""
     pin = resolve_pin(commit, pins)
-    dest = Path(dest).absolute()
+    dest = real_dest(dest)
     if dest.exists() and not is_empty_dir(dest):
         repo, tpin = open_tree(dest, pins)
         if tpin.commit != pin.commit:
@@ -355,46 +374,87 @@ def _end(tree: Tree) -> None:
 
 
 def recover(tree: Tree) -> str | None:
-    """Roll back a write phase that did not finish (its journal is still there); say what was done."""
-    jd = tree.root / STATE_DIRNAME / JOURNAL_DIR
+    """Roll back a write phase that did not finish (its journal is still there); say what was done.
+
+    Only a journal inside the tree's own state directory is read (no symlink on the way), and every entry is
+    checked before anything is done: a target inside the tree reached through no symlink, a regular file or
+    nothing (never a directory), a backup that is a regular file of the journal. A journal that fails any of
+    it is set aside (``journal.refused-<time>``) and said, so no later command is ever stopped by it: what it
+    would have restored then shows as drift (``mfnpatch status``)."""
+    sd = tree.state_dir
+    jd = sd / JOURNAL_DIR
     if not jd.exists() and not jd.is_symlink():
         return None
-    jpath = _journal_dir(tree) / "journal.json"
+    if sd.is_symlink() or jd.is_symlink() or not jd.is_dir():
+        what = "a symlink" if jd.is_symlink() or sd.is_symlink() else "not a directory"
+        return _set_aside(tree, f"{jd} is {what}, not the journal mfnpatch writes: set aside, nothing restored")
+    jpath = jd / "journal.json"
+    if jpath.is_symlink():
+        return _set_aside(tree, f"{jpath} is a symlink: set aside, nothing restored")
     if not jpath.is_file():  # killed while the journal itself was written: nothing had been changed yet
         shutil.rmtree(jd)
         return "removed an incomplete journal (nothing had been changed)"
     try:
-        j = validate(Journal, json.loads(jpath.read_text()), jpath)
-    except ValueError as e:
-        raise MfnError(f"{jpath}: unreadable journal ({e})", hint=f"inspect it, then remove {jd}") from None
+        j = validate(Journal, load_json(jpath), jpath)
+        plan = _rollback_plan(tree, jd, j)
+    except MfnError as e:
+        return _set_aside(tree, f"{jpath}: refused ({e.message}): set aside, nothing restored")
     restored = 0
-    for rel, backup in j.files.items():
-        target = tree.safe_path(rel)
-        if backup is None:
-            if target.exists():
-                target.unlink()
+    for target, data, rel in plan:
+        if data is None:
+            target.unlink(missing_ok=True)
         else:
-            data = (jd / confined(backup, "backup")).read_bytes()
             if not target.is_file() or target.read_bytes() != data:
                 mode = os.stat(target).st_mode & 0o7777 if target.exists() else pinned_mode(tree, rel)
                 atomic_write(target, data, mode)
             restored += 1
         for stray in target.parent.glob(f".{target.name}.*.{TMP_TAG}-{j.txid}"):
-            stray.unlink()
+            if stray.is_file() and not stray.is_symlink():
+                stray.unlink()
     for d in reversed(j.dirs):
         try:
-            (tree.root / d).rmdir()
-        except OSError:
+            tree.safe_path(d).rmdir()
+        except (OSError, MfnError):
             pass
     if j.state is None:
         tree.state_path.unlink(missing_ok=True)
     else:
-        atomic_write(tree.state_path, (jd / confined(j.state, "backup")).read_bytes())
+        atomic_write(tree.state_path, _backup(jd, j.state))
     shutil.rmtree(jd)
     return (
         f"rolled back a write phase interrupted at {j.started} (pid {j.pid}): {len(j.files)} file(s) put back as "
         f"they were ({restored} restored, {len(j.files) - restored} removed), the state as it was"
     )
+
+
+def _backup(jd: Path, name: str) -> bytes:
+    p = jd / confined(name, "backup")
+    if p.is_symlink() or not p.is_file() or p.parent != jd:
+        raise MfnError(f"backup {name!r} is not a file of the journal")
+    return p.read_bytes()
+
+
+def _rollback_plan(tree: Tree, jd: Path, j: Journal) -> list[tuple[Path, bytes | None, str]]:
+    """Every entry checked before any is acted on: (target, its bytes or None to remove it, path)."""
+    plan = []
+    for rel, backup in j.files.items():
+        target = tree.safe_path(rel)  # inside the tree, no symlink on the way
+        if target.is_symlink() or (target.exists() and not target.is_file()):
+            raise MfnError(f"{rel} is not a regular file in the tree")
+        plan.append((target, None if backup is None else _backup(jd, backup), rel))
+    if j.state is not None:
+        _backup(jd, j.state)
+    return plan
+
+
+def _set_aside(tree: Tree, why: str) -> str:
+    """A journal that cannot be trusted, moved out of the way (never followed, never deleted through a link)."""
+    sd = tree.state_dir
+    if sd.is_symlink():
+        raise MfnError(f"{sd} is a symlink: refused", hint=f"remove it (rm {sd}); mfnpatch never writes through it")
+    jd = sd / JOURNAL_DIR
+    os.rename(jd, sd / f"{JOURNAL_DIR}.refused-{time.strftime('%Y%m%dT%H%M%S')}-{os.getpid()}")
+    return why + "; run mfnpatch status to see what differs from the state"
 
 
 def write_all(tree: Tree, changes: dict[str, bytes | None], current: dict[str, bytes | None], state: TreeState | None):

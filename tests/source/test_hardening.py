@@ -307,3 +307,179 @@ def test_apply_check_writes_nothing_even_without_a_tree(fx, cli):
     assert "would change" in r.out and "was not created" in r.out
     assert not fx.dest.exists()
     assert not list(fx.dest.parent.glob(f".{fx.dest.name}*"))
+
+
+# --------------------------------------------------------------------------------------------
+# Round 2: links in diffs, a tree named through a link, a planted journal
+
+
+def _link_patch(fx, tmp_path) -> str:
+    """A real `git diff` that creates a symlink 'src/ln' and then a file under it."""
+    work = tmp_path / "linkwork"
+    git(tmp_path, "clone", "-q", str(fx.upstream), str(work))
+    git(work, "checkout", "-q", fx.sha)
+    os.symlink("/tmp", work / "src" / "ln")
+    git(work, "add", "-A")
+    diff = git(work, "diff", "--cached")
+    assert "new file mode 120000" in diff
+    return header(fx.sha, "a link") + diff
+
+
+def test_a_patch_that_creates_a_symlink_is_refused_at_load(fx, cli, tmp_path):
+    write_set(fx.patches, "evil", 1, fx.sha, [("0001-link.patch", _link_patch(fx, tmp_path))])
+    r = apply_cli(fx, cli, "evil")
+    assert r.code == EXIT_FAILURE and "Traceback" not in r.err
+    assert "0001-link.patch" in r.err and "a symlink (mode 120000) is not something a patch set may create" in r.err
+    r = apply_cli(fx, cli, "demo")  # the tree (made by the refused apply, or not) is usable
+    assert r.code == EXIT_OK, r.err
+    assert not (fx.dest / "src" / "ln").exists() and not (fx.dest / ".mfnpatch" / "journal").exists()
+
+
+def test_a_tree_named_through_a_symlink_takes_the_same_lock(fx, cli, tmp_path):
+    from mfnpatch.source.tree import tree_lock
+
+    assert apply_cli(fx, cli, "demo").code == EXIT_OK
+    link = tmp_path / "link"
+    link.symlink_to(fx.dest)
+    with tree_lock(fx.dest):  # held here, as another apply through the real path would hold it
+        p = subprocess.run(
+            [sys.executable, "-m", "mfnpatch", "status", "--dest", str(link)], capture_output=True, text=True,
+            env={**os.environ, "MFNPATCH_LOCK_TIMEOUT": "1"}, timeout=120,
+        )  # fmt: skip
+    assert p.returncode == EXIT_FAILURE and str(fx.dest.resolve()) in p.stderr, p.stderr
+
+
+def _plant_journal(fx, tmp_path, files: dict, backup: bytes | None = None, link: bool = False) -> Path:
+    state = fx.dest / ".mfnpatch"
+    jd = (tmp_path / "elsewhere") if link else state / "journal"
+    jd.mkdir(parents=True)
+    if backup is not None:
+        (jd / "0000").write_bytes(backup)
+    (jd / "journal.json").write_text(json.dumps({
+        "schema": 1, "txid": "0" * 16, "started": "2026-01-01T00:00:00Z", "pid": 1, "files": files, "dirs": [],
+        "state": None,
+    }))  # fmt: skip
+    if link:
+        (state / "journal").symlink_to(jd)
+    return jd
+
+
+@pytest.mark.parametrize("how", ["a journal linked from elsewhere", "an entry naming a directory", "a linked backup"])
+def test_a_planted_journal_is_never_followed_and_never_wedges_the_tree(fx, cli, tmp_path, how):
+    assert apply_cli(fx, cli, "demo").code == EXIT_OK
+    before = (fx.dest / "src" / "train_softmax.py").read_bytes()
+    secret = tmp_path / "secret.txt"
+    secret.write_text("the user's private file\n")
+    if how == "a journal linked from elsewhere":
+        jd = _plant_journal(fx, tmp_path, {"src/train_softmax.py": "0000"}, secret.read_bytes(), link=True)
+    elif how == "an entry naming a directory":
+        jd = _plant_journal(fx, tmp_path, {"src": None})
+    else:
+        jd = _plant_journal(fx, tmp_path, {"src/train_softmax.py": "0000"})
+        (jd / "0000").symlink_to(secret)
+    for _ in range(2):  # said once, then gone: the next command is not stopped by it
+        r = cli("status", "--dest", fx.dest)
+        assert "Traceback" not in r.err and "internal error" not in r.err
+        assert r.code in (EXIT_OK, EXIT_FAILURE)
+    assert (fx.dest / "src" / "train_softmax.py").read_bytes() == before  # nothing copied over a pinned file
+    assert (fx.dest / "src").is_dir() and secret.read_text() == "the user's private file\n"
+    assert not (fx.dest / ".mfnpatch" / "journal").exists()
+    assert list((fx.dest / ".mfnpatch").glob("journal.refused-*"))
+    assert cli("status", "--dest", fx.dest).code == EXIT_OK
+    assert cli("unapply", "--dest", fx.dest).code == EXIT_OK
+
+
+def test_a_huge_hunk_that_does_not_match_fails_at_once_with_a_short_excerpt():
+    """40,000 lines and a 20,000-line hunk that matches nowhere: the search is linear, the excerpt bounded."""
+    import time as clock
+
+    from mfnpatch.source.diff import ApplyFailure, parse_patch
+    from mfnpatch.source.hunks import apply_patch
+
+    big = "".join(f"line {i}\n" for i in range(40_000)).encode()
+    hunk = "".join(f"-other {i}\n" for i in range(20_000)) + "+new\n"
+    text = "Description: d\nOrigin: o\nApplies-To: x\nLast-Update: 2026-01-01\n---\n--- a/f.py\n+++ b/f.py\n"
+    text += f"@@ -1,20000 +1,1 @@\n{hunk}"
+    patch = parse_patch(text, "0001.patch", "s@1/0001.patch")
+    t0 = clock.monotonic()
+    with pytest.raises(ApplyFailure) as e:
+        apply_patch(patch, {"f.py": big})
+    took = clock.monotonic() - t0
+    shown = [e.value.message, *e.value.details]
+    assert "the lines it changes are not in the file" in e.value.message
+    assert len(shown) < 100 and any("… and 19960 more lines of the hunk" in d for d in shown)
+    assert took < 60  # it took 160 s of CPU before the search was linear; a few seconds now (not a timing test)
+
+
+def test_check_refuses_what_apply_refuses_a_file_under_a_file(fx, cli):
+    diff = "--- /dev/null\n+++ b/src/train_softmax.py/evil.py\n@@ -0,0 +1 @@\n+x = 1\n"
+    write_set(fx.patches, "under", 1, fx.sha, [("0001-under.patch", header(fx.sha, "under a file") + diff)])
+    words = "src/train_softmax.py/evil.py cannot be written: src/train_softmax.py is a file, not a directory"
+    r = apply_cli(fx, cli, "under", "--check")  # no tree yet: checked in memory against the pin
+    assert r.code == EXIT_FAILURE and words in r.err and not fx.dest.exists()
+    assert apply_cli(fx, cli, "demo").code == EXIT_OK
+    for extra in (["--check"], []):  # a tree: --check and the real apply say the same
+        r = apply_cli(fx, cli, "under", *extra)
+        assert r.code == EXIT_FAILURE and words in r.err and "Traceback" not in r.err
+    assert (fx.dest / "src" / "train_softmax.py").is_file() and cli("status", "--dest", fx.dest).code == EXIT_OK
+
+
+@pytest.mark.parametrize(
+    "extra, words",
+    [
+        ("evil: &a [x, x]\nmore: [*a, *a]\n", "YAML anchors and aliases are not read here"),
+        ("? [a, b]\n: 1\n", "a mapping key must be a plain value"),
+        ("deep: " + "[" * 100_000 + "]" * 100_000 + "\n", "nested more than 64 levels deep"),
+        ("big: " + "7" * 5000 + "\n", "a number of 5000 characters"),
+    ],
+)
+def test_a_hostile_set_yaml_is_a_located_error_and_the_other_sets_still_list(fx, cli, extra, words):
+    d = fx.patches / "demo" / "1"
+    (d / "set.yaml").write_text((d / "set.yaml").read_text() + extra)
+    r = cli("patches", "show", "demo", "--json")
+    assert r.code == EXIT_FAILURE and words in r.err and "set.yaml:" in r.err and "internal error" not in r.err
+    r = cli("patches", "list")
+    assert r.code == EXIT_OK and "extra@1" in r.out and "demo@1" in r.out and words in r.out
+
+
+def test_pin_values_with_a_newline_are_refused_and_manifests_are_serialised(fx, cli, tmp_path):
+    out = tmp_path / "pin.yaml"
+    for opt in ("--name", "--upstream"):
+        r = cli("pin", "record", "--source", fx.upstream, "--commit", fx.sha, "-o", out, opt, "x\ncommit: 0000")
+        assert r.code == EXIT_FAILURE and "holds a control character" in r.err and not out.exists()
+    r = cli("pin", "record", "--source", fx.upstream, "--commit", fx.sha, "-o", out, "--name", "it's: # a name")
+    assert r.code == EXIT_OK, r.err
+    from mfnpatch.schema import load_model
+    from mfnpatch.source.pin import PinManifest
+
+    m = load_model(out, PinManifest)
+    assert m.name == "it's: # a name" and m.commit == fx.sha and len(m.files) > 3
+
+
+def test_a_source_value_is_printed_as_written(fx, cli, tmp_path):
+    r = cli("apply", "-c", fx.short, "--source", str(tmp_path / "no:x:such"), "--dest", fx.dest)
+    assert r.code == EXIT_FAILURE and ":x:" in r.err and "❌" not in r.err
+
+
+def test_output_to_a_closed_pipe_ends_quietly_with_exit_0(fx):
+    for args in (["patches", "list"], ["recipe", "plan", "may16"], ["env", "list"], ["--help"]):
+        p = subprocess.Popen([sys.executable, "-m", "mfnpatch", *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        p.stdout.close()  # the reader is gone before the command writes
+        err = p.stderr.read()
+        assert p.wait(120) == EXIT_OK and err == b"", (args, err)
+
+
+def test_dest_a_symlink_to_an_empty_or_dangling_directory_makes_the_tree_where_it_points(fx, cli, tmp_path):
+    """A symlink names the tree it points to (as `cd` would): the tree is made there, said with its real path, and
+    every later command through the link or the real path sees the same tree."""
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    for link, target in ((tmp_path / "to-empty", empty), (tmp_path / "dangling", tmp_path / "not-yet")):
+        link.symlink_to(target)
+        r = apply_cli(fx, cli, dest=link)
+        assert r.code == EXIT_OK, r.err
+        assert f"created {target} at {fx.short}" in r.out and "Not a directory" not in r.out + r.err
+        assert (target / "src" / "train_softmax.py").is_file() and link.is_symlink()
+        for path in (link, target):
+            s = cli("status", "--dest", path)
+            assert s.code == EXIT_OK and f"tree     {target}" in s.out and "demo@1" in s.out

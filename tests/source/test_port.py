@@ -153,6 +153,65 @@ def test_a_conflict_writes_nothing_then_keep_resolve_continue(cli, fx, tmp_path)
     assert not (kept / ".mfnpatch-port").exists()  # the port is finished
 
 
+@pytest.fixture
+def kept_port(cli, fx, tmp_path):
+    """A port stopped at a conflict, its state kept in DIR for --continue (and the conflicting file resolved)."""
+    conflict = later(fx, [("src/train_softmax.py", NO_BIAS_OLD, NO_BIAS_OLD.replace("num_hidden=10", "num_hidden=20"))],
+                     "more classes")  # fmt: skip
+    kept = tmp_path / "kept"
+    assert port(cli, fx, conflict, "--keep-conflicts", kept).code == EXIT_FAILURE
+    marked = kept / "src/train_softmax.py"
+    marked.write_text(re.sub(r"<<<<<<< .*?\n(.*?)=======\n.*?>>>>>>> .*?\n", r"\1", marked.read_text(), flags=re.S))
+    return kept
+
+
+@pytest.mark.parametrize(
+    "attack",
+    ["climb", "absolute", "resolved-climb", "link-in-dir", "state-dir-link", "corrupt", "empty", "types", "deep"],
+)
+def test_continue_validates_and_confines_its_state(cli, fx, kept_port, tmp_path, attack):
+    """A hand-edited or damaged .mfnpatch-port/state.json: a clear error naming the file, exit 1, and nothing
+    written outside DIR (nor into patches/ or pins/)."""
+    state_file = kept_port / ".mfnpatch-port" / "state.json"
+    state = json.loads(state_file.read_text())
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "victim.py").write_text("keep me\n")
+    if attack == "climb":
+        state["files"] = ["../outside/victim.py"]
+    elif attack == "absolute":
+        state["files"] = [str(outside / "victim.py")]
+    elif attack == "resolved-climb":
+        state["resolved"] = {"0001-no-bias.patch": {"src/train_softmax.py": "../../outside/victim.py"}}
+    elif attack == "link-in-dir":
+        (kept_port / "lnk").symlink_to(outside)
+        state["files"] = ["lnk/victim.py"]
+    elif attack == "state-dir-link":
+        real = kept_port / ".mfnpatch-port"
+        (outside / "state").mkdir()
+        for f in real.iterdir():
+            f.rename(outside / "state" / f.name)
+        real.rmdir()
+        real.symlink_to(outside / "state")
+    if attack in ("climb", "absolute", "resolved-climb", "link-in-dir"):
+        state_file.write_text(json.dumps(state))
+    elif attack == "corrupt":
+        state_file.write_text('{"set": "demo", "files": [')
+    elif attack == "empty":
+        state_file.write_text("")
+    elif attack == "types":
+        state_file.write_text(json.dumps({**state, "files": "src/train_softmax.py", "version": "1"}))
+    elif attack == "deep":
+        state_file.write_text("[" * 100_000 + "]" * 100_000)
+    before = snapshot(fx.patches), snapshot(fx.pins), snapshot(outside)
+    r = cli("patches", "port", "--continue", kept_port)
+    assert r.code == EXIT_FAILURE, (r.code, r.out, r.err)
+    assert "state.json" in r.err and ("refused" in r.err or "damaged" in r.err), r.err
+    assert "internal error" not in r.err and "Traceback" not in r.err
+    assert (snapshot(fx.patches), snapshot(fx.pins), snapshot(outside)) == before
+    assert not list(outside.rglob("resolved"))
+
+
 def test_an_interrupted_write_leaves_patches_and_pins_as_they_were(cli, fx, monkeypatch):
     moved = later(fx, [("src/train_softmax.py", "import mxnet as mx\n", "import mxnet as mx\n# one\n")], "one more")
     before = snapshot(fx.patches)
