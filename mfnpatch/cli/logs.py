@@ -91,6 +91,12 @@ def log_summary(
             f"#{last} at step {s.checkpoints[last]['step']}"
         )
     out.print(f"ended: {escape(s.how_it_ended())}")
+    if s.several_runs:
+        out.print(f"[yellow]several runs[/]: {escape(s.several_runs)}")
+    if s.malformed_lines:
+        shown = "; ".join(s.malformed[:3]) + ("; …" if s.malformed_lines > 3 else "")
+        out.print(f"[yellow]malformed[/]: {s.malformed_lines} line(s) hold values no run prints, not evidence: "
+                  f"{escape(shown)}")  # fmt: skip
     return EXIT_OK
 
 
@@ -287,8 +293,10 @@ def compare_cmd(
             va = "–" if r.a is None else f"{r.a:.5f}"
             vb = "–" if r.b is None else f"{r.b:.5f}"
             diff = "" if r.diff is None else f"{r.diff:+.5f}"
-        elif r.what == "checkpoint":
+        elif r.what in ("checkpoint", "model"):
             va, vb, diff = str(r.a or "–")[:12], str(r.b or "–")[:12], ""
+        elif r.what == "on disk":
+            va, vb, diff = str(r.a or "–")[:12], str(r.b or "–")[:12], r.note
         elif r.what == "dataset":
             va, vb, diff = _dataset_cell(r.a), _dataset_cell(r.b), r.note
         else:
@@ -302,7 +310,9 @@ def compare_cmd(
     if c.identical:
         values = sum(1 for r in c.rows if r.what == "verification")
         files = sum(1 for r in c.rows if r.what == "checkpoint")
-        out.print(f"[green]IDENTICAL[/]: {values} verification values and {files} checkpoint files equal")
+        models = sum(1 for r in c.rows if r.what == "model")
+        out.print(f"[green]IDENTICAL[/]: {values} verification values, {files} checkpoint files and {models} model "
+                  "files equal, every recorded file as recorded")  # fmt: skip
     else:
         first = c.first_difference() or ""
         err.print(f"[red]DIFFERENT[/]: {len(c.differences)} difference(s); the first: {escape(first)}")

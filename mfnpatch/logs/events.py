@@ -167,6 +167,22 @@ class Summary:
     epochs: dict[int, dict] = field(default_factory=dict)  # epoch -> {metric: value, time_cost: s}
     last_step: int | None = None
     ending: dict | None = None
+    # what makes the log no evidence of one run: lines that cannot be a run's output, and signs of several runs
+    malformed_lines: int = 0  # verification lines whose values are not finite or not in [0, 1]
+    malformed: list[str] = field(default_factory=list)  # the first few, "line N: why"
+    configs: list[int] = field(default_factory=list)  # line numbers of 'Called with argument' lines
+    backwards: list[str] = field(default_factory=list)  # the first few steps that go backwards, "line N: why"
+
+    @property
+    def several_runs(self) -> str | None:
+        """Why the log holds the lines of more than one run (None: one run, as far as its lines tell)."""
+        why = []
+        if len(self.configs) > 1:
+            shown = ", ".join(map(str, self.configs[:5])) + (", …" if len(self.configs) > 5 else "")
+            why.append(f"{len(self.configs)} 'Called with argument' lines (lines {shown})")
+        if self.backwards:
+            why.append(f"steps go backwards ({self.backwards[0]})")
+        return "; ".join(why) or None
 
     @property
     def highlights(self) -> dict:
@@ -202,4 +218,5 @@ class Summary:
         d["targets"] = {t: asdict(x) for t, x in self.targets().items()}
         d["highlights"] = self.highlights
         d["ended"] = self.how_it_ended()
+        d["several_runs"] = self.several_runs
         return d

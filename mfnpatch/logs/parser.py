@@ -21,7 +21,9 @@ and per checkpoint, which is what a reference check needs; it does not keep line
 from __future__ import annotations
 
 import ast
+import os
 import re
+import stat
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -103,6 +105,8 @@ _RARE = re.compile(
 )
 # lines that are known but carry nothing (loading bin N, call reset(), DMLC lines, traceback frames, ...)
 _STATELESS = frozenset({"known", "dmlc"})
+# lines whose handlers note where they are (a malformed value, a step that goes backwards, a run's start)
+_NOTING = frozenset({"ver", "high", "lbe", "cfg"})
 _SPEED_VALUE = re.compile(r"\tSpeed: ([\d.]+)")
 _SPEED_LINE = re.compile(
     _TS
@@ -116,6 +120,31 @@ _PY3_FLOAT = re.compile(r"\d\.\d{15,}")
 _NOT_RARE = "\tSpeed: "
 _TESTING = "testing verification.."
 _INFER = "infer time "
+
+
+MAX_NOTED = 10  # malformed lines and backward steps noted by line number; the rest are counted
+
+
+class _Malformed(Exception):
+    """A known line whose values no run prints (an accuracy of nan, 1e308 or -1.5): counted, never evidence."""
+
+
+def _shown(text: str) -> str:
+    return text if len(text) <= 24 else f"{text[:20]}… ({len(text)} characters)"
+
+
+def _accuracy(text: str, what: str) -> float:
+    v = float(text)
+    if not 0.0 <= v <= 1.0:  # false for nan too
+        raise _Malformed(f"{what} {_shown(text)} is not in [0, 1]")
+    return v
+
+
+def _finite(text: str, what: str) -> float:
+    v = float(text)
+    if not (v >= 0.0 and v < float("inf")):
+        raise _Malformed(f"{what} {_shown(text)} is not a finite number >= 0")
+    return v
 
 
 def _s(x: str | None) -> str | None:
@@ -235,6 +264,8 @@ class LogParser:
         self._lr_steps: list[int] = []
         self._lr_changes = 0
         self._targets: dict[str, str] = {}
+        self._last_lbe_step = 0  # the last step an lr-batch-epoch line gave: a step before it is another run's
+        self._line = 0  # the line being handled (known to handlers that note where)
         self._handlers = {
             "ver": self._ver, "infer": self._infer_time, "high": self._high, "lbe": self._lbe, "lrc": self._lrc,
             "save": self._save, "saved": self._saved, "em": self._em, "et": self._et, "cfg": self._cfg,
@@ -345,11 +376,23 @@ class LogParser:
             if kind in _STATELESS:
                 self._images_pending = False
                 continue
-            ev = handlers[kind](m)
-            if ev is not None and emit:
+            if kind in _NOTING:  # handlers that note a line number: found here, as for events
                 pos = lines.index(ln, pos)
-                ev.line = first + pos
+                self._line = first + pos
                 pos += 1
+            try:
+                ev = handlers[kind](m)
+            except _Malformed as bad:
+                self.s.malformed_lines += 1
+                if len(self.s.malformed) < MAX_NOTED:
+                    self.s.malformed.append(f"line {self._line}: {bad}")
+                continue
+            if ev is not None and emit:
+                if kind not in _NOTING:
+                    pos = lines.index(ln, pos)
+                    self._line = first + pos
+                    pos += 1
+                ev.line = self._line
                 events.append(ev)
         if speed_event is not None:
             at = 0
@@ -378,15 +421,22 @@ class LogParser:
         if target is None:
             target = self._targets.setdefault(tb, _s(tb) or "")
         if kb == "XNorm":
-            self._xnorm[target] = float(ab)
+            self._xnorm[target] = float(ab)  # nan when a run diverged: reported, not a malformed line
             return None
         s = self.s
-        acc, std, xnorm = float(ab), _f(db), self._xnorm.pop(target, None)
+        acc = _accuracy(ab, f"[{target}] {kb}")
+        std = _accuracy(db, f"[{target}] std") if db is not None else float("nan")
+        xnorm = self._xnorm.pop(target, None)
         if sb is None:
             step = None
             s.standalone[target] = (acc, std)
         else:
             step = int(sb)
+            seen = s.verifications.get(target)
+            if seen:
+                last = next(reversed(seen))
+                if step <= last:
+                    self._backwards(f"[{target}][{step}] verified after [{target}][{last}]")
             self._last_ver_step = step
             s.verifications.setdefault(target, {})[step] = (acc, std, xnorm)
             if s.last_step is None or step > s.last_step:
@@ -405,8 +455,12 @@ class LogParser:
         if dims.count(",") == 3:  # the (N, 3, 112, 112) of a verification set: L says Python 2
             self.s.python = 2 if "L" in dims else 3
 
+    def _backwards(self, why: str) -> None:
+        if len(self.s.backwards) < MAX_NOTED:
+            self.s.backwards.append(f"line {self._line}: {why}")
+
     def _high(self, m: re.Match) -> Event | None:
-        self.s.highest = (int(m.group("h_s")), float(m.group("h_v")))
+        self.s.highest = (int(m.group("h_s")), _accuracy(m.group("h_v"), "Accuracy-Highest"))
         return Highest(0, _s(m.group("ts")), *self.s.highest) if self.emit else None
 
     def _lbe(self, m: re.Match) -> Event | None:
@@ -415,8 +469,11 @@ class LogParser:
         if self.s.python is None and _PY3_FLOAT.search(lr_text):
             self.s.python = 3
         step = self.step_of(e, b)
-        lr = float(lr_text)
+        lr = _finite(lr_text, "lr")
         if step is not None:
+            if step < self._last_lbe_step:
+                self._backwards(f"lr-batch-epoch at step {step} after step {self._last_lbe_step}")
+            self._last_lbe_step = step
             self.s.lr_points[step] = lr
         if step and (self.s.last_step is None or step > self.s.last_step):
             self.s.last_step = step
@@ -461,6 +518,7 @@ class LogParser:
             self._update_bpe()
         self._lr_changes = 0
         self.s.config = args
+        self.s.configs.append(self._line)
         return Config(0, _s(m.group("ts")), args) if self.emit else None
 
     def _steps(self, m: re.Match) -> Event | None:
@@ -526,12 +584,26 @@ def summarize(path: Path, chunk_size: int = 1 << 20) -> Summary:
     from mfnpatch.errors import MfnError
 
     path = Path(path)
-    if not path.is_file():
-        raise MfnError(f"{path}: no such log file", hint="give the path of a training log (stdout of train_softmax.py)")
+    hint = "give the path of a training log (stdout of train_softmax.py)"
+    try:
+        mode = os.stat(path).st_mode
+    except FileNotFoundError:
+        raise MfnError(f"{path}: no such log file", hint=hint) from None
+    except OSError as e:
+        raise MfnError(f"{path}: cannot read the log: {e.strerror}", hint=hint) from None
+    if not stat.S_ISREG(mode):
+        kind = ("a directory" if stat.S_ISDIR(mode) else "a FIFO (named pipe)" if stat.S_ISFIFO(mode)
+                else "a device" if stat.S_ISCHR(mode) or stat.S_ISBLK(mode) else "a socket" if stat.S_ISSOCK(mode)
+                else "not a regular file")  # fmt: skip
+        raise MfnError(f"{path} is {kind}, not a log file: a log is read from a regular file",
+                       hint=hint + "; to read a stream, save it first: ... > run.log")  # fmt: skip
     parser = LogParser(events=False, path=str(path))
-    with open(path, "rb") as f:
-        while data := f.read(chunk_size):
-            parser.feed_bytes(data)
+    try:
+        with open(path, "rb") as f:
+            while data := f.read(chunk_size):
+                parser.feed_bytes(data)
+    except OSError as e:
+        raise MfnError(f"{path}: cannot read the log: {e.strerror}", hint=hint) from None
     parser.close()
     return parser.summary()
 

@@ -22,8 +22,8 @@ def verification_markdown(v: Verification) -> str:
         f"{v.count('n/a')} n/a",
         "",
     ]
-    groups = (("stage", "Against the stage's expected results"), ("reference", "Against the reference"),
-              ("patches", "Against the patch sets"))  # fmt: skip
+    groups = (("log", "The log itself"), ("stage", "Against the stage's expected results"),
+              ("reference", "Against the reference"), ("patches", "Against the patch sets"))  # fmt: skip
     for group, title in groups:
         rows = [c for c in v.checks if c.group == group and (c.required or c.verdict in ("pass", "fail"))]
         if not rows:

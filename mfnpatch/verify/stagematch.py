@@ -80,6 +80,7 @@ class StageMatch:
     also: list[str]  # other stages just as close
     resumed: Resumed | None
     how: str  # how the stage was chosen, in words
+    unread: list[str] = field(default_factory=list)  # compared arguments the log's configuration lacks
 
     @property
     def stage(self) -> str | None:
@@ -98,7 +99,8 @@ class StageMatch:
             "recipe": sig.recipe if sig else None,
             "profile": sig.profile if sig else None,
             "stage": sig.stage if sig else None,
-            "exact": sig is not None and not self.differences,
+            "exact": sig is not None and not self.differences and not self.unread,
+            "unread": self.unread,
             "differences": self.differences,
             "also": self.also,
             "resumed": None if self.resumed is None else self.resumed.__dict__,
@@ -282,6 +284,11 @@ def detect_stage(
             raise RecipeError(f"--stage {stage}: no training stage of that name", hint=f"stages: {', '.join(have)}")
         sigs = named
     cfg = summary.config
+    if cfg is not None and stage is None and not all(k in cfg for k in DEFINING):
+        missing = [k for k in DEFINING if k not in cfg]
+        return StageMatch(None, [], [], None,
+                          f"the log's 'Called with argument' line has no {' or '.join(missing)}: its stage cannot be "
+                          f"told (comparing nothing is no match); name it with --stage")  # fmt: skip
     if cfg is None:
         if stage is not None:
             sig = sigs[0]
@@ -302,10 +309,14 @@ def detect_stage(
     scored.sort(key=lambda x: (x[0], x[1]))
     best, _, sig, diffs, resumed = scored[0]
     also = [s.label for score, _, s, _, _ in scored[1:] if score == best]
+    unread = [k for k in COMPARED if k not in cfg]
     if stage is not None:
         how = f"given with --stage {stage}"
-    elif not diffs:
+    elif not diffs and not unread:
         how = "every compared argument equals the recipe's"
+    elif not diffs:
+        how = (f"the {len(COMPARED) - len(unread)} compared arguments the log has equal the recipe's; it lacks "
+               f"{', '.join(unread)}")  # fmt: skip
     else:
         how = "the closest stage with the same loss type, network and starting point"
-    return StageMatch(sig, diffs, also, resumed, how)
+    return StageMatch(sig, diffs, also, resumed, how, unread)

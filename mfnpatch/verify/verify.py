@@ -83,6 +83,10 @@ RULES = (
 )
 
 
+ONE_RUN_RULE = "one log, one run: one 'Called with argument' line and steps that only go forward"
+WELL_FORMED_RULE = "every accuracy, its std and Accuracy-Highest are numbers in [0, 1]; every lr is finite and >= 0"
+
+
 def _reference_stage(ref_spec: str, ref: Summary) -> str | None:
     expected = load_expected()
     if ref_spec in expected.references:
@@ -105,6 +109,14 @@ def verify(
     """Judge a training log: by the recipe stage it ran (detected from its arguments, or ``stage``), against
     a reference log when one is given, and against patch sets."""
     log = summarize(log_path)
+    several = log.several_runs
+    if several:  # the lines of more than one run: no stage, no verdict on any of them
+        v = Verification(log=str(log_path), reference=reference, rule=RULES,
+                         match=StageMatch(None, [], [], None, "not detected: the log holds several runs"))  # fmt: skip
+        v.checks.append(Check("one-run", "unmeasured", f"the log holds several runs: {several}; nothing judged",
+                              rule=ONE_RUN_RULE, group="log"))  # fmt: skip
+        v.findings.append("split the log into one file per run (each starts at its 'Called with argument' line)")
+        return v
     match = detect_stage(log, recipe=recipe, profile=profile, stage=stage, start_step=start_step)
     if reference is None and not sets and match.signature is None:
         raise MfnError(
@@ -112,9 +124,19 @@ def verify(
             hint="name the stage (--stage arcface [--recipe may16]), or give --reference REF and/or --patches SETS",
         )
     v = Verification(log=str(log_path), reference=reference, rule=RULES, match=match)
+    if log.malformed_lines:  # a line no run prints: the log is not (only) a run's output
+        v.checks.append(Check("well-formed", "fail",
+                              f"{log.malformed_lines} verification line(s) hold values no run prints "
+                              f"({log.malformed[0]}); they are not evidence", rule=WELL_FORMED_RULE,
+                              group="log"))  # fmt: skip
+        v.findings += [f"malformed: {m}" for m in log.malformed[1:]]
     if match.signature is not None:
         sig = match.signature
-        what = "exactly" if not match.differences else f"with {len(match.differences)} difference(s)"
+        what = (
+            "exactly"
+            if not match.differences and not match.unread
+            else (f"with {len(match.differences)} difference(s)" if match.differences else "on what the log has")
+        )
         v.findings.append(f"stage: {sig.label} ({sig.title}), {what}: {match.how}")
         v.findings += [f"differs from {sig.label}: {d}" for d in match.differences]
         if match.also:
@@ -134,6 +156,10 @@ def verify(
     if reference is not None:
         ref_path, ref_name = resolve_reference(reference)
         ref = summarize(ref_path)
+        if ref.several_runs or ref.malformed_lines:
+            why = ref.several_runs or f"{ref.malformed_lines} malformed line(s), {ref.malformed[0]}"
+            raise MfnError(f"reference {ref_name} is not one run's log: {why}",
+                           hint="give the log of one run as the reference")  # fmt: skip
         v.reference = ref_name
         rstage = _reference_stage(reference, ref)
         if rstage and match.stage and rstage != match.stage:
