@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import sys
 import time
 from pathlib import Path
 from typing import Annotated, Any
@@ -19,6 +18,7 @@ from mfnpatch.cli.app import (
     err,
     out,
     recipe_app,
+    write_stdout,
 )
 from mfnpatch.errors import (
     EXIT_OK,
@@ -71,7 +71,7 @@ def recipe_show(recipe: Annotated[str, typer.Argument(help="A recipe name (may16
     from mfnpatch.recipes.recipe import find_recipe, load_recipe
 
     load_recipe(recipe)  # validate first: a bad recipe is an error, not a listing
-    sys.stdout.write(find_recipe(recipe).read_text())
+    write_stdout(find_recipe(recipe).read_text())
     return EXIT_OK
 
 
@@ -366,7 +366,7 @@ def recipe_status(
             err.print(f"[yellow]note[/]: {escape(n)}")
         if as_json:
             continue
-        text = _status_text(view.rec, view.rows)
+        text = _status_text(view.rec, view.rows, view.status)
         if text != last:
             if last is not None:
                 out.print(f"[dim]— {time.strftime('%H:%M:%S')}[/]")
@@ -380,35 +380,42 @@ def recipe_status(
         )
         err.print(f"[yellow]hint[/]: see RUN/slurm/*.out; continue with: mfnpatch recipe run "
                   f"{rec.recipe.path} --executor slurm --resume {run}")  # fmt: skip
+    if view.gone:
+        err.print(f"[yellow]hint[/]: continue it with: mfnpatch recipe run {escape(rec.recipe.path)} --resume "
+                  f"{escape(str(run))}")  # fmt: skip
     if as_json:
-        emit_json({**rec.to_dict(), "live": view.rows})
+        runner = view.runner.__dict__ if view.runner else None
+        emit_json({**rec.to_dict(), "live": view.rows, "seen_status": view.status, "runner": runner})
     return view.exit_code(follow)
 
 
-def _status_text(rec, rows) -> str:
+def _status_text(rec, rows, status: str | None = None) -> str:
     head = (
-        f"[bold]{escape(rec.run_id)}[/]: {rec.status} — {escape(rec.recipe.name)}"
+        f"[bold]{escape(rec.run_id)}[/]: {escape(status or rec.status)} — {escape(rec.recipe.name)}"
         + (f" profile {escape(rec.recipe.profile)}" if rec.recipe.profile else "")
         + (f", executor {rec.executor.kind}" if rec.executor.kind == "slurm" else "")
         + f", started {rec.started}"
         + (f", finished {rec.finished}" if rec.finished else "")
     )
     lines = [head]
-    for r, s in zip(rows, rec.stages, strict=True):
+    for r in rows:
         bits = [f"{r['stage']:<9}", f"{r['status']:<11}"]
+        live = r["status"] in ("running", "interrupted")
         if r.get("job"):
             bits.append(f"job {r['job']}" + (f" {r['job_state']}" if r.get("job_state") else ""))
         if r.get("requeued"):
             bits.append(f"requeued {r['requeued']}x")
-        if r.get("step") is not None and s.status in ("running", "interrupted"):
+        if r.get("step") is not None and live:
             bits.append(f"step {r['step']}" + (f"/{r['total']}" if r.get("total") else ""))
             if r.get("accuracy"):
                 bits.append(" ".join(f"{t} {a:.4f}" for t, a in r["accuracy"].items()))
         if r.get("checks"):
             bits.append(f"checks {r['checks']}")
-        if r.get("ended") and s.status not in ("running", "queued"):
+        if r.get("ended") and r["status"] not in ("running", "queued"):
             bits.append(escape(r["ended"]))
         lines.append("  " + "  ".join(bits))
+        for c in r.get("changed", []):
+            lines.append(f"    [red]on disk[/]: {escape(c)}")
     for s in rec.stages:
         for name, m in s.metrics.targets.items():
             if s.status == "done":

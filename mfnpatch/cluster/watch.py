@@ -9,9 +9,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from mfnpatch.cluster.slurm import SlurmError, job_states
-from mfnpatch.errors import EXIT_FAILURE
+from mfnpatch.errors import EXIT_FAILURE, EXIT_INTERRUPTED
+from mfnpatch.runs.liveness import RunnerSeen
 from mfnpatch.runs.record import RunRecord, load_record
-from mfnpatch.runs.status import finished, live_rows, stale
+from mfnpatch.runs.status import finished, live_rows, runner_of, stale
 
 
 @dataclass
@@ -19,10 +20,21 @@ class RunView:
     rec: RunRecord
     rows: list[dict]
     notes: list[str] = field(default_factory=list)
+    runner: RunnerSeen | None = None  # a local run said to be running here: whether its runner still is
+
+    @property
+    def gone(self) -> bool:
+        """The record says running, but its local runner is gone (killed outright: nothing could record it)."""
+        return self.runner is not None and not self.runner.alive
+
+    @property
+    def status(self) -> str:
+        """The run's status as seen now: the record's, or "interrupted (runner pid N gone)"."""
+        return f"interrupted ({self.runner.why})" if self.gone and self.runner else self.rec.status
 
     @property
     def finished(self) -> bool:
-        return finished(self.rec, self.rows)
+        return self.gone or finished(self.rec, self.rows)
 
     @property
     def lost(self) -> list[str] | None:
@@ -30,7 +42,10 @@ class RunView:
         return stale(self.rec, self.rows)
 
     def exit_code(self, followed: bool) -> int:
-        """The run's (``RunRecord.exit_code``); a stale record seen by ``--follow`` is a failure."""
+        """The run's (``RunRecord.exit_code``); a stale record seen by ``--follow`` is a failure, a runner gone
+        an interruption."""
+        if self.gone:
+            return EXIT_INTERRUPTED
         return EXIT_FAILURE if followed and self.lost is not None else self.rec.exit_code
 
 
@@ -44,7 +59,13 @@ def look(run: Path) -> RunView:
             states = job_states(ids)
         except SlurmError as e:
             notes.append(e.message)
-    return RunView(rec, live_rows(run, rec, states), notes)
+    rows = live_rows(run, rec, states)
+    seen = runner_of(run, rec)
+    if seen is not None and not seen.alive:
+        for r in rows:
+            if r["status"] == "running":
+                r["status"], r["ended"] = "interrupted", f"interrupted ({seen.why})"
+    return RunView(rec, rows, notes, seen)
 
 
 def watch(run: Path, follow: bool, interval: float) -> Iterator[RunView]:

@@ -9,6 +9,7 @@ points a stage does not declare are derived from what later stages need. Pure: n
 
 from __future__ import annotations
 
+import math
 import re
 import shlex
 from dataclasses import dataclass, field, replace
@@ -18,6 +19,7 @@ from mfnpatch.checkpoint import StopPoint
 from mfnpatch.logs.expected import Expectation
 from mfnpatch.recipes import RecipeError
 from mfnpatch.recipes.recipe import (
+    BUILTINS,
     DEFAULT_SEED,
     InputRef,
     LoadedRecipe,
@@ -181,7 +183,10 @@ def coerce(value: Any, typ: str, name: str) -> Any:
         if typ == "int":
             return int(value)
         if typ == "float":
-            return float(value)
+            f = float(value)
+            if not math.isfinite(f):
+                raise ValueError(value)
+            return f
         if typ == "bool":
             if isinstance(value, bool):
                 return value
@@ -256,6 +261,12 @@ def expand(
             raise RecipeError(
                 f"--set {k}: recipe {r.name} has no parameter '{k}'", hint=f"parameters: {', '.join(specs)}"
             )
+        for var in VAR.findall(str(v)):  # a value may use parameters and built-ins, as a recipe's defaults may
+            if var not in specs and var not in BUILTINS:
+                raise RecipeError(
+                    f"--set {k}={v}: unknown parameter '${{{var}}}' (a value may use parameters and built-ins only)",
+                    hint=f"parameters: {', '.join(specs)}; built-ins: {', '.join(BUILTINS)}",
+                )
         values[k] = v
     values = {
         k: (coerce(v, specs[k].type, k) if not (isinstance(v, str) and VAR.search(v)) else v) for k, v in values.items()

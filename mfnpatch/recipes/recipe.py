@@ -84,6 +84,9 @@ class Stop(Strict):
     def _one(self):
         if (self.checkpoint is None) == (self.step is None):
             raise ValueError("give exactly one of checkpoint, step")
+        for v in (self.checkpoint, self.step):
+            if isinstance(v, int) and v < 1:
+                raise ValueError(f"a stop point is a checkpoint or step of at least 1, not {v}")
         return self
 
 
@@ -117,7 +120,7 @@ class Stage(Strict):
     kind: Literal["train", "tool"] = "train"
     when: str | None = None
     cwd: str = "src"
-    command: list[str | FlagArg]
+    command: list[str | FlagArg] = Field(min_length=1)
     env: dict[str, str | None] = Field(default_factory=dict)
     inputs: dict[str, InputRef | str] = Field(default_factory=dict)
     outputs: dict[str, str] = Field(default_factory=dict)

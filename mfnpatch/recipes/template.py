@@ -116,13 +116,15 @@ class Scope:
         return m is not None and not m.group(1).startswith("inputs.") and self.lookup(m.group(1)) in (None, "")
 
     def number(self, v: int | str, what: str) -> int:
-        if isinstance(v, int):
-            return v
-        text = self.render(v)
+        """A checkpoint or step number: an integer of at least 1."""
+        text = str(v) if isinstance(v, int) else self.render(v)
         try:
-            return int(text)
+            n = int(text)
         except ValueError:
             raise RecipeError(f"{what}: {text!r} is not a number") from None
+        if n < 1:
+            raise RecipeError(f"{what}: {n}: checkpoints and steps count from 1")
+        return n
 
 
 def render_command(command: list, scope: Scope) -> list[Text]:

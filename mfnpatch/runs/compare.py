@@ -23,6 +23,7 @@ from typing import Any
 from mfnpatch.errors import EXIT_FAILURE, EXIT_OK, MfnError
 from mfnpatch.logs.events import Summary
 from mfnpatch.logs.parser import summarize
+from mfnpatch.runs.files import FileCheck, check_files, is_model
 from mfnpatch.runs.provenance import run_provenance
 from mfnpatch.runs.record import DataFingerprint, RunRecord
 
@@ -38,6 +39,8 @@ class StageSide:
     checkpoints: dict[str, str] = field(default_factory=dict)
     command: dict[str, Any] | None = None
     stop_step: int | None = None  # a planned stop point: what the process printed beyond it is not the plan's
+    models: dict[str, str] = field(default_factory=dict)  # the model files its outputs hold, as on disk now
+    changed: list[FileCheck] = field(default_factory=list)  # recorded files whose bytes are not the record's
 
 
 @dataclass
@@ -109,6 +112,12 @@ def describe(r: Row) -> str:
     where = f"{r.stage}: " if r.stage else ""
     if r.what == "dataset":
         return f"the data of {r.key}: {r.note}"
+    if r.what == "on disk":
+        return f"{where}{r.key}: {r.note}"
+    if r.what == "model":
+        if r.a is None or r.b is None:
+            return f"{where}model file {r.key}: only in {'B' if r.a is None else 'A'}"
+        return f"{where}model file {r.key}: sha256 {str(r.a)[:12]} in A, {str(r.b)[:12]} in B"
     if r.what == "verification":
         if r.a is None or r.b is None:
             return f"{where}{r.key}: only in {'B' if r.a is None else 'A'} ({r.a if r.a is not None else r.b})"
@@ -173,8 +182,21 @@ def load_side(spec: Path, stage: str | None = None) -> Side:
             stop = None
             if s.stop and s.status == "done" and s.end == "stopped":
                 stop = s.stop.value * verbose_of(s.argv) if s.stop.kind == "checkpoint" else s.stop.value
+            roots = [run_dir, Path(rec.tree)]
             here = {_relocated(path, moved_from, run_dir): digest for path, digest in s.checkpoints.items()}
-            stages[s.name] = StageSide(s.name, summary, _checkpoints_now(here, subs, notes), cmd, stop)
+            files = {_relocated(path, moved_from, run_dir): digest for path, digest in s.files.items()}
+            logs = {str(run_dir / s.log): s.log_sha256} if s.log and s.log_sha256 else {}
+            logs |= {str(run_dir / g.log): g.log_sha256 for g in s.segments if g.log_sha256}
+            side = StageSide(s.name, summary, _checkpoints_now(here, subs, roots), cmd, stop)
+            for c in check_files({**here, **files, **logs}, roots):
+                key = _normalize(c.path, subs)
+                if c.state == "missing":
+                    notes.append(f"{key}: no longer on disk; its recorded sha256 is compared")
+                elif c.state != "same":
+                    side.changed.append(FileCheck(key, c.recorded, c.now, c.state))
+            side.models = {_normalize(c.path, subs): c.now or c.recorded for c in check_files(files, roots)
+                           if is_model(c.path) and c.state != "outside"}  # fmt: skip
+            stages[s.name] = side
         prov = run_provenance(rec, lambda obj: _normalize(obj, subs))
         interp = rec.environment.interpreter
         ctx = {
@@ -212,28 +234,19 @@ def _relocated(path: str, moved_from: str | None, run_dir: Path) -> str:
     return path
 
 
-def _checkpoints_now(recorded: dict[str, str], subs: list[tuple[str, str]], notes: list[str]) -> dict[str, str]:
-    """A run's checkpoint hashes as they are on disk now (a file changed since the run is what is compared,
-    and said); a file that is gone keeps its recorded hash, and is said too."""
-    from mfnpatch.fsutil import sha256_file
-
-    out = {}
-    for path, digest in recorded.items():
-        key = _normalize(path, subs)
-        p = Path(path)
-        if p.is_file():
-            now = sha256_file(p)
-            if now != digest:
-                notes.append(f"{key}: changed on disk since the run recorded it ({digest[:12]} -> {now[:12]})")
-            out[key] = now
-        else:
-            notes.append(f"{key}: no longer on disk; its recorded sha256 is compared")
-            out[key] = digest
-    return out
+def _checkpoints_now(recorded: dict[str, str], subs: list[tuple[str, str]], roots: list[Path]) -> dict[str, str]:
+    """A run's checkpoint hashes as they are on disk now — a file gone, or outside the run and its tree (never
+    read), keeps its recorded hash; a file changed since the run, or outside it, is a difference of its own
+    (``StageSide.changed``)."""
+    return {_normalize(c.path, subs): c.now or c.recorded for c in check_files(recorded, roots)}
 
 
 # --------------------------------------------------------------------------------------------
 # Comparing
+
+
+ON_DISK = {"changed": "changed since recorded", "outside": "outside the run and its tree: not read",
+           "missing": "no longer on disk", "same": "as recorded"}  # fmt: skip
 
 
 def compare_sides(a: Side, b: Side, tolerance: float = 0.0) -> Comparison:
@@ -261,8 +274,20 @@ def compare_sides(a: Side, b: Side, tolerance: float = 0.0) -> Comparison:
             if a.kind == "run" and b.kind == "run":
                 rows.append(Row(n, "provenance", "stage", n if side == "A" else None, n if side == "B" else None,
                                 same=False, note=f"only in {side}"))  # fmt: skip
+    for label, one in (("A", a), ("B", b)):
+        for n, st in one.stages.items():
+            for c in st.changed:
+                what = {"changed": "changed since recorded", "outside": "outside the run and its tree: not read"}[
+                    c.state
+                ]
+                now = f" (now {c.now[:12]})" if c.now else ""
+                rows.append(Row(n, "on disk", c.path, c.recorded, c.now, same=False,
+                                note=f"{label}: {what}{now}"))  # fmt: skip
     for n in names:
         sa, sb = a.stages[n], b.stages[n]
+        for f in sorted(set(sa.models) | set(sb.models)):
+            ha, hb = sa.models.get(f), sb.models.get(f)
+            rows.append(Row(n, "model", f, ha, hb, same=ha == hb and ha is not None))
         if sa.command is not None and sb.command is not None:
             rows.append(Row(n, "provenance", "command", sa.command, sb.command, same=sa.command == sb.command))
         stops = [x for x in (sa.stop_step, sb.stop_step) if x is not None]

@@ -12,7 +12,8 @@ from pathlib import Path
 from typing import Any
 
 from mfnpatch.checkpoint import Checkpoint
-from mfnpatch.fsutil import atomic_write, sha256_file
+from mfnpatch.errors import MfnError
+from mfnpatch.fsutil import UnsafePath, atomic_write, inside, sha256_file
 from mfnpatch.logs.events import (
     CheckpointSaved,
     CheckpointWritten,
@@ -22,6 +23,7 @@ from mfnpatch.logs.events import (
     Verification,
 )
 from mfnpatch.recipes.expand import PlannedStage
+from mfnpatch.runs.files import output_files
 from mfnpatch.runs.outcome import stage_checks, stage_outcome
 from mfnpatch.runs.process import ProcessResult, run_process
 from mfnpatch.runs.record import RunError, SegmentRecord, StageRecord, now
@@ -77,11 +79,18 @@ def shift(ev: Event, step_off: int, save_off: int) -> Event:
     return dataclasses.replace(ev, **changes) if changes else ev
 
 
-def copy_checkpoint(src: str, dst: str, cwd: Path) -> None:
-    """A stage's ``copy``: the symbol and params of ``src`` (PREFIX,N) under the prefix ``dst``."""
+def copy_checkpoint(src: str, dst: str, cwd: Path, roots: tuple[Path, ...] = ()) -> None:
+    """A stage's ``copy``: the symbol and params of ``src`` (PREFIX,N) under the prefix ``dst``, which must lie
+    (symlinks resolved) inside one of ``roots`` (the tree, the run directory): mfnpatch writes there itself."""
     ck = Checkpoint.parse(src, "copy:")
     target = Checkpoint(dst, ck.number)
     for a, b in zip(ck.files(cwd), target.files(cwd), strict=True):
+        where = b.resolve()
+        if roots and not any(where == r.resolve() or r.resolve() in where.parents for r in roots):
+            raise RunError(
+                f"copy: {b} resolves to {where}, outside the tree and the run directory: refused",
+                hint="copy to a prefix inside the patched tree or the run directory",
+            )
         if not a.is_file():
             raise RunError(f"copy: {a} does not exist", hint="the stage that writes it did not complete")
         atomic_write(b, a.read_bytes())
@@ -106,7 +115,11 @@ class StageRun:
 
     def execute(self, ps: PlannedStage, srec: StageRecord, run_dir: Path, tree_root: Path, inputs: dict[str, str],
                 resume: ResumePlan | None, provenance: tuple[str, dict[str, str]]) -> StageRecord:  # fmt: skip
-        cwd = tree_root / ps.cwd
+        try:
+            cwd = inside(tree_root, tree_root / ps.cwd, f"stage {ps.name}'s cwd")  # a link planted in the tree
+        except UnsafePath as e:
+            raise RunError(e.message, hint="remove the link from the tree (mfnpatch status shows what else "
+                           "differs), or use a fresh tree") from None  # fmt: skip
         srec.provenance, srec.provenance_parts = provenance
         if resume is None:
             log_rel = f"stages/{ps.name}.log"
@@ -141,7 +154,7 @@ class StageRun:
         t0 = time.monotonic()
         if log_path.exists():  # a rerun of the stage (--resume): keep the old log beside the new one
             log_path.rename(log_path.with_name(f"{log_path.stem}.{time.strftime('%Y%m%d-%H%M%S')}.log"))
-        result = self._run(ps, run_ps, cwd, log_path, total, offsets)
+        result = self._run(ps, run_ps, cwd, log_path, total, offsets, (tree_root, run_dir))
         seconds = round(time.monotonic() - t0, 3)
         srec.seconds = round((srec.seconds or 0.0) + seconds, 3) if resume else seconds
         srec.finished = now()
@@ -165,6 +178,7 @@ class StageRun:
                           set(summary.checkpoints) if summary else set())  # fmt: skip
         srec.status, srec.end, srec.ended = o.status, result.end, o.ended
         if srec.status == "done":
+            srec.files = output_files(ps.outputs, cwd, skip=set(srec.checkpoints))
             self.judge(ps, srec, summary, cwd)
             self.more_checks(ps, srec, tree_root)
         self.observer.stage_finished(ps, srec)
@@ -176,7 +190,7 @@ class StageRun:
         srec.passed = all(c.verdict == "pass" for c in checks if c.required)
 
     def _run(self, ps: PlannedStage, run_ps: PlannedStage, cwd: Path, log_path: Path, total: int | None,
-             offsets: tuple[int, int]) -> ProcessResult | _NotStarted:  # fmt: skip
+             offsets: tuple[int, int], roots: tuple[Path, ...] = ()) -> ProcessResult | _NotStarted:  # fmt: skip
         live = LiveState(total=total)
 
         def on_events(events: list[Event]) -> None:
@@ -193,7 +207,12 @@ class StageRun:
         try:
             cwd.mkdir(parents=True, exist_ok=True)
             for src, dst in run_ps.copies:
-                copy_checkpoint(src, dst, cwd)
+                copy_checkpoint(src, dst, cwd, roots)
+        except MfnError as e:  # the stage fails, recorded as such; the run goes on to its end and its report
+            return _NotStarted(f"could not start: {e.message}")
+        except OSError as e:
+            return _NotStarted(f"could not start: {e}")
+        try:
             result = run_process(run_ps.argv, cwd, self.env(run_ps), log_path, run_ps.stop, on_events,
                                  interrupted=self.interrupted, on_output=on_output)  # fmt: skip
         except OSError as e:

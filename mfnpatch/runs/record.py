@@ -8,7 +8,6 @@ write it through these models. A run's state maps to an exit code in one place (
 from __future__ import annotations
 
 import fcntl
-import json
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -21,7 +20,7 @@ from mfnpatch.checkpoint import StopPoint
 from mfnpatch.errors import EXIT_INTERRUPTED, EXIT_OK, MfnError
 from mfnpatch.fsutil import atomic_write_json
 from mfnpatch.logs.verdicts import Check
-from mfnpatch.schema import Strict, validate
+from mfnpatch.schema import Strict, load_json, validate
 
 RECORD = "record.json"
 SCHEMA = 2  # 2: a stage's and a segment's `end` (how its process ended) is typed; 1 said it in words only
@@ -147,6 +146,8 @@ class StageRecord(Strict):
     attempts: list[AttemptRecord] = Field(default_factory=list)
     # sha256 of each checkpoint file the stage's log says it saved (params and symbol), by absolute path
     checkpoints: dict[str, str] = Field(default_factory=dict)
+    # sha256 of every other file its outputs name (converted models, result files, data), by absolute path
+    files: dict[str, str] = Field(default_factory=dict)
 
     @property
     def ok(self) -> bool:
@@ -229,6 +230,8 @@ class ExecutorInfo(Strict):
     kind: Literal["local", "slurm"] = "local"
     pid: int | None = None
     host: str | None = None
+    pid_started: int | None = None  # the local runner's start (clock ticks since boot), to know its pid is still it
+    boot_id: str | None = None  # the boot it started in
     options: SlurmOptionsInfo | None = None
     python: str | None = None
     submitted: str | None = None
@@ -356,9 +359,9 @@ def load_record(run_dir: Path) -> RunRecord:
     if not p.is_file():
         raise RunError(f"{run_dir}: no {RECORD} (not a run directory)", hint="runs live under runs/; see ls runs/")
     try:
-        data = json.loads(p.read_text())
-    except ValueError as e:
-        raise RunError(f"{p}: unreadable ({e})") from None
+        data = load_json(p)
+    except MfnError as e:
+        raise RunError(e.message, hint="a run record is written by mfnpatch recipe run; this one is damaged") from None
     return parse_record(data, p)
 
 

@@ -103,6 +103,8 @@ def merge(parts: list[tuple[Summary, Segment]]) -> Summary:
         out.lines += s.lines
         out.unknown_lines += s.unknown_lines
         out.warnings += s.warnings
+        out.malformed_lines += s.malformed_lines
+        out.malformed += [f"{seg.log}: {m}" for m in s.malformed]
         out.speed_lines += s.speed_lines
         if s.median_samples_per_sec is not None:
             speeds.append(s.median_samples_per_sec)

@@ -36,7 +36,9 @@ from mfnpatch.runs.dataplan import Checker, check_made_data, preflight
 from mfnpatch.runs.determinism import describe as describe_determinism
 from mfnpatch.runs.determinism import free_cpus, seed_env
 from mfnpatch.runs.execute import Observer, StageRun
+from mfnpatch.runs.files import changed_since_recorded
 from mfnpatch.runs.handover import as_seen_from, input_checkpoint, pick_checkpoint
+from mfnpatch.runs.liveness import boot_id, run_lock_path, start_ticks
 from mfnpatch.runs.provenance import changed_parts, stage_parts
 from mfnpatch.runs.provenance import key as provenance_key
 from mfnpatch.runs.record import (
@@ -56,7 +58,7 @@ from mfnpatch.runs.record import (
     now,
     write_record,
 )
-from mfnpatch.runs.resume import Reached, ResumeError, ResumePlan, plan_resume, usable_checkpoints
+from mfnpatch.runs.resume import Reached, ResumeError, ResumePlan, checkpoint_ref, plan_resume, usable_checkpoints
 from mfnpatch.runs.summaries import checkpoint_hashes, stage_metrics, stage_summary
 
 
@@ -103,7 +105,7 @@ def run_lock(run_dir: Path) -> Iterator[None]:
     """One runner per run directory: a second `recipe run` (a --resume, or the same --run-dir) while the
     first still runs is refused at once, before it writes anything. The lock file sits beside the run
     directory (``.NAME.mfnpatch-lock``), so the run directory holds only the run."""
-    lock = locked(run_dir.parent / f".{run_dir.name}.mfnpatch-lock", f"the run {run_dir}", timeout=0,
+    lock = locked(run_lock_path(run_dir), f"the run {run_dir}", timeout=0,
                   on_wait=lambda text: None)  # fmt: skip
     try:
         lock.__enter__()
@@ -158,7 +160,8 @@ class Runner:
 
     def launch(self, plan: Plan, rec: RunRecord, run_dir: Path, tree_root: Path, previous, fresh_dir) -> RunRecord:
         """Run the selected stages (a Slurm run submits them instead)."""
-        rec.executor = ExecutorInfo(kind="local", pid=os.getpid(), host=platform.node())
+        rec.executor = ExecutorInfo(kind="local", pid=os.getpid(), host=platform.node(),
+                                    pid_started=start_ticks(os.getpid()), boot_id=boot_id())  # fmt: skip
         self._write(run_dir, rec)
         self.obs.run_started(run_dir, plan)
         self._install_signals()
@@ -378,7 +381,7 @@ class Runner:
                 self._complete_from_segments(ps, srec, run_dir, tree_root)
                 self._write(run_dir, rec)
                 continue
-            self._check_input_files(ps, inputs, tree_root)
+            self._check_input_files(ps, inputs, tree_root, rec)
             srec = self.stage_run.execute(ps, srec, run_dir, tree_root, inputs, resume, (key, parts))
             self._write(run_dir, rec)
             if srec.status == "interrupted":
@@ -446,20 +449,35 @@ class Runner:
             out[key] = str(as_seen_from(ck, src_cwd, user_cwd)) if ck else f"{prefix},{number}"
         return out
 
-    def _check_input_files(self, ps: PlannedStage, inputs: dict[str, str], tree_root: Path) -> None:
-        """Right before a stage runs: the checkpoints its log-resolved inputs name are on disk."""
+    def _check_input_files(self, ps: PlannedStage, inputs: dict[str, str], tree_root: Path, rec: RunRecord) -> None:
+        """Right before a stage runs: the checkpoints its log-resolved inputs name are on disk, with the bytes the
+        run recorded for them."""
         from mfnpatch.checkpoint import Checkpoint
 
         for key, value in inputs.items():
             ck = Checkpoint.parse(value)
+            src = ps.inputs[key].ref.stage
             missing = [str(p) for p in ck.missing(tree_root / ps.cwd)]
             if missing:
-                src = ps.inputs[key].ref.stage
                 raise RunError(
                     f"stage {ps.name} needs checkpoint {ck.number} of {src}: its log saved it, but "
                     f"{', '.join(missing)} is missing",
                     hint=f"the checkpoint files were moved or deleted; rerun stage {src}",
                 )
+            self._refuse_changed(rec.stage(src), ck.files(tree_root / ps.cwd), f"stage {ps.name}'s input {key}")
+
+    def _refuse_changed(self, srec: StageRecord, files, what: str) -> None:
+        """A checkpoint whose bytes are not the ones the run recorded is not used (``--force`` uses it, said)."""
+        lines = changed_since_recorded(srec.checkpoints, files)
+        if lines and self.opts.force:
+            self.obs.note(f"{what}: checkpoint files changed since recorded ({'; '.join(lines)}); used (--force)")
+        elif lines:
+            raise RunError(
+                f"{what}: checkpoint files of stage {srec.name} changed since the run recorded them; refusing to "
+                "use them",
+                details=lines,
+                hint="restore them, or use them anyway with --force (recorded), or rerun the stage",
+            )
 
     def _resume_plan(self, ps, srec, run_dir, tree_root, key, parts) -> ResumePlan | Reached | None:
         """How an interrupted or failed training stage continues: a resumed segment from its last saved
@@ -482,6 +500,8 @@ class Runner:
         usable = usable_checkpoints(merged, prefix0, tree_root / ps.cwd)
         if not usable:
             return None
+        last = checkpoint_ref(merged.checkpoints[max(usable)], prefix0, max(usable))
+        self._refuse_changed(srec, last.files(tree_root / ps.cwd), f"resuming stage {ps.name}")
         if ps.stop and ps.stop.kind == "checkpoint" and max(usable) >= ps.stop.value:
             return Reached(ps.stop.value)
         try:

@@ -12,7 +12,9 @@ from pathlib import Path
 from typing import Any
 
 from mfnpatch.errors import EXIT_NOTHING_TO_DO, EXIT_OK
+from mfnpatch.runs.files import check_files
 from mfnpatch.runs.handover import verbose_of
+from mfnpatch.runs.liveness import RunnerSeen, identify
 from mfnpatch.runs.record import RunError, RunRecord, load_record, record_lock
 from mfnpatch.runs.summaries import stage_summary
 
@@ -46,6 +48,12 @@ def live_rows(run_dir: Path, rec: RunRecord, states: dict[str, JobState] | None 
                 row["requeued"] = len(s.attempts) - 1
         if s.checks:
             row["checks"] = f"{sum(c.verdict == 'pass' for c in s.checks)}/{len(s.checks)}"
+        if s.status == "done":
+            bad = [c for c in check_files({**s.checkpoints, **s.files}, [run_dir, Path(rec.tree)]) if
+                   c.state in ("changed", "outside")]  # fmt: skip
+            if bad:
+                row["changed"] = [f"{c.path} ({'changed since recorded' if c.state == 'changed' else 'outside'})"
+                                  for c in bad]  # fmt: skip
         if s.kind == "train" and s.status in ("running", "interrupted", "done", "failed") and s.log:
             summ = stage_summary(run_dir, s)
             if summ is not None:
@@ -57,6 +65,15 @@ def live_rows(run_dir: Path, rec: RunRecord, states: dict[str, JobState] | None 
                 row["accuracy"] = {t: x.last_accuracy for t, x in summ.targets().items()}
         rows.append(row)
     return rows
+
+
+def runner_of(run_dir: Path, rec: RunRecord) -> RunnerSeen | None:
+    """A local run that its record says is running on this machine: whether its runner still is (None: not
+    such a run, or on another host, where it cannot be seen from here)."""
+    ex = rec.executor
+    if ex.kind != "local" or rec.status != "running" or (ex.host and ex.host != platform.node()):
+        return None
+    return identify(Path(run_dir), ex.pid, ex.pid_started, ex.boot_id)
 
 
 def stale(rec: RunRecord, rows: list[dict]) -> list[str] | None:
@@ -105,22 +122,26 @@ def cancel_local(run_dir: Path) -> CancelResult:
     records it as interrupted."""
     with record_lock(run_dir):
         rec = load_record(run_dir)
-    pid, host = rec.executor.pid, rec.executor.host
-    if rec.status != "running" or not pid:
+    host = rec.executor.host
+    if rec.status != "running":
         return CancelResult("local", [], None, [], f"the run is {rec.status}: nothing to cancel")
     if host and host != platform.node():
         raise RunError(f"the run is running on {host}, not here", hint=f"run mfnpatch recipe cancel on {host}")
-    try:
-        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
-    except OSError:
-        return CancelResult("local", [], None, [], f"its runner (pid {pid}) is no longer running")
-    if b"mfnpatch" not in cmdline:
-        return CancelResult("local", [], None, [], f"pid {pid} is no longer this run's runner")
-    os.kill(int(pid), signal.SIGTERM)
+    seen = runner_of(run_dir, rec)
+    if seen is None or not seen.alive:
+        why = seen.why if seen is not None else "no runner recorded"
+        return CancelResult("local", [], None, [], f"the run was interrupted ({why}): nothing signalled; "
+                                                   f"continue it with --resume {run_dir}")  # fmt: skip
+    pid = seen.pid  # identified above as this run's runner
+    assert pid is not None
+    if pid == 1:  # the init process of a container the runner is: signalling it is the container's business
+        why = "the runner is pid 1 (a container's init process): nothing signalled; stop the container, or send it "
+        return CancelResult("local", [], None, [], why + "SIGTERM yourself")
+    os.kill(pid, signal.SIGTERM)
     return CancelResult(
         "local",
         [],
-        int(pid),
+        pid,
         [s.name for s in rec.stages if s.status == "running"],
         f"sent SIGTERM to the runner (pid {pid}); it stops the stage and records it as interrupted",
     )

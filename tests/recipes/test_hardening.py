@@ -108,3 +108,49 @@ def test_a_trailing_newline_is_no_part_of_a_name_key_or_resource():
 
     for pattern, ok in ((ENV_KEY, "OMP_NUM_THREADS"), (STAGE_NAME, "softmax"), (RESOURCE_VALUE, "3-00:00:00")):
         assert pattern.match(ok) and not pattern.match(ok + "\n")
+
+
+PY = "  python: {default: python,"
+CONVERT = 'command: ["${mfnpatch}", convert, ncnn,'
+HOSTILE = [
+    (lambda t: t.replace(PY, "  laughs: &a [x, x, x]\n  more: [*a, *a]\n" + PY), "YAML anchors and aliases"),
+    (lambda t: t.replace("pin: 4bc8132", "pin: 4bc8132\ndeep: " + "[" * 5000 + "]" * 5000), "nested more than 64"),
+    (lambda t: t.replace("per_batch_size: {default: 512,", "per_batch_size: {default: " + "9" * 5000 + ","),
+     "a number of 5000 characters"),
+    (lambda t: t.replace("stages:\n", "stages:\n  ? [a, b]\n  : 1\n", 1), "a mapping key must be a plain value"),
+    (lambda t: t.replace(CONVERT, "command: []\n    old: " + CONVERT[9:]), "command: List should have at least 1"),
+    (lambda t: t.replace("    outputs: {bench:", "    stop: {checkpoint: -5}\n    outputs: {bench:"),
+     "a stop point is a checkpoint or step of at least 1, not -5"),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("mutate, words", HOSTILE)
+def test_hostile_yaml_in_a_recipe_is_one_located_error_line(tmp_path, cli, mutate, words):
+    text = load_recipe("may16").path.read_text()
+    bad = mutate(text)
+    assert bad != text
+    p = tmp_path / "r.yaml"
+    p.write_text(bad)
+    r = cli("recipe", "plan", p)
+    assert r.code == EXIT_FAILURE and words in r.err and str(p) in r.err, r.err
+    assert "internal error" not in r.err and "Traceback" not in r.err
+
+
+def test_non_finite_values_and_unknown_references_in_set_values(cli):
+    r = cli("recipe", "plan", "may16", "--set", "per_batch_size=nan")
+    assert r.code == EXIT_FAILURE and "'nan' is not a int" in r.err
+    r = cli("recipe", "plan", "may16", "--set", "msg=${stages.x.outputs.y}")
+    assert r.code == EXIT_FAILURE and "no parameter 'msg'" in r.err
+    r = cli("recipe", "plan", "may16", "--set", "softmax_lr_steps=${stages.x.outputs.y}")
+    assert r.code == EXIT_FAILURE and "unknown parameter '${stages.x.outputs.y}'" in r.err
+    r = cli("recipe", "plan", "may16", "--json")
+    assert r.code == 0 and "NaN" not in r.out and "Infinity" not in r.out
+
+
+def test_json_output_is_strict_json_whatever_the_values():
+    import json
+
+    from mfnpatch.cli.app import finite
+
+    text = json.dumps(finite({"a": float("nan"), "b": [float("inf"), 1.5], "c": {"d": -float("inf")}}), allow_nan=False)
+    assert json.loads(text) == {"a": None, "b": [None, 1.5], "c": {"d": None}}
