@@ -84,7 +84,7 @@ def env_create(
 ):
     """Make an environment from its lock (pip install --require-hashes); whole, or nothing left behind."""
     from mfnpatch.environments.create import create_env
-    from mfnpatch.environments.doctor import check
+    from mfnpatch.environments.doctor import check, only_this_machine
     from mfnpatch.environments.spec import load_env, parse_lock
 
     spec_env = load_env(name)  # an unknown name is the usual clear error, before anything is made
@@ -103,7 +103,18 @@ def env_create(
         path = create_env(name, prefix, find_links=find_links, offline=offline, force=force, on_line=line)
     out.print(f"[green]created[/] {escape(str(path))} from the {name} lock")
     doc = check(name, path)
+    if not doc.can_run and only_this_machine(doc):  # made right; for other machines (GPU nodes)
+        err.print(f"[yellow]warning[/]: the environment is complete, but this machine cannot run it: "
+                  f"{escape(doc.verdict)}")  # fmt: skip
+        where = f"mfnpatch env check {name} --prefix {escape(str(path))}"
+        err.print(f"[yellow]note[/]: check it where it will run: {where}")
+        return EXIT_OK
+    for f in doc.findings:
+        if f.ok is False:
+            out.print(f"  [red]FAIL[/] {f.what:8s} {escape(f.detail)}")
     out.print(escape(doc.verdict))
+    if doc.fix:
+        out.print(f"[yellow]fix[/]: {escape(doc.fix)}")
     return doc.exit_code
 
 

@@ -8,6 +8,7 @@ import os
 import shutil
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -46,13 +47,39 @@ def create_env(
     if env.spec.kind == "conda":
         return _create_conda(env, prefix)
     prefix = Path(prefix).absolute()
+    old: Path | None = None
+    if prefix.is_symlink() or (prefix.exists() and not prefix.is_dir()):
+        raise EnvError(f"--prefix {prefix} is {'a symlink' if prefix.is_symlink() else 'a file'}: refused",
+                       hint="give the path of a new directory, or of an environment mfnpatch made")  # fmt: skip
     if prefix.exists() and any(prefix.iterdir()):
         if (prefix / INCOMPLETE).exists():
             shutil.rmtree(prefix)  # a create that was killed: nothing of value in it
-        elif force:
-            shutil.rmtree(prefix)
-        else:
+        elif not (prefix / MARKER).is_file():
+            raise EnvError(
+                f"{prefix} exists and is not an environment mfnpatch made (no {MARKER}): refused, nothing deleted"
+                + (", --force or not" if force else ""),
+                hint="choose another --prefix; --force replaces only an environment made by mfnpatch env create",
+            )
+        elif not force:
             raise EnvError(f"{prefix} exists", hint="choose another --prefix, or --force to replace it")
+        else:  # moved aside, not deleted, until the new one is complete (a venv cannot be built elsewhere and moved)
+            old = Path(tempfile.mkdtemp(prefix=f".{prefix.name}.mfnpatch-old-", dir=prefix.parent))
+            os.rename(prefix, old / "env")
+    try:
+        _create_venv(env, name, prefix, find_links, offline, on_line)
+    except BaseException:
+        if old is not None:  # the previous environment comes back as it was
+            shutil.rmtree(prefix, ignore_errors=True)
+            os.rename(old / "env", prefix)
+            old.rmdir()
+        raise
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+    return prefix
+
+
+def _create_venv(env: Env, name: str, prefix: Path, find_links: Path | None, offline: bool,
+                 on_line: Callable[[str], None] | None) -> None:  # fmt: skip
     locks = env.locks()
     for lock, _ in locks:
         parse_lock(lock)  # a lock without hashes is refused before anything is made
@@ -81,7 +108,6 @@ def create_env(
     except BaseException:
         shutil.rmtree(prefix, ignore_errors=True)
         raise
-    return prefix
 
 
 HOOK = "_mfnpatch_cuda_libs"  # the module, .pth and .json names in the environment's site-packages

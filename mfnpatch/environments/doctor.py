@@ -129,6 +129,7 @@ class Facts:
     gpu: GpuReport
     closure: Closure | None = None  # libmxnet.so's link closure, as the environment's loader finds it
     wheel_dirs: list[str] = field(default_factory=list)  # site-packages/nvidia/*/lib, preloaded or not
+    marker: dict | str | None = None  # the environment's marker: what env create wrote, "unreadable", or None
 
 
 def gather(name: str | None = None, prefix: Path | None = None, nvidia_smi: str | None = None) -> tuple[Env, Facts]:
@@ -157,7 +158,20 @@ def gather(name: str | None = None, prefix: Path | None = None, nvidia_smi: str 
         closure = link_closure(lib, hooked, driver=cuda.driver if cuda else ("libcuda.so.1",),
                                providers=cuda.wheels if cuda else {})  # fmt: skip
     return env, Facts(name, python, info, locked, env.lock_sha256(), str(lib) if fat else None, fat,
-                      query_gpus(nvidia_smi), closure, [str(d) for d in wheel_dirs])  # fmt: skip
+                      query_gpus(nvidia_smi), closure, [str(d) for d in wheel_dirs],
+                      read_marker(Path(info.get("prefix") or sys.prefix)))  # fmt: skip
+
+
+def read_marker(prefix: Path) -> dict | str | None:
+    """What `env create` wrote into the environment: its name and the sha256 of the lock it was made from."""
+    m = Path(prefix) / MARKER
+    if not m.is_file():
+        return None
+    try:
+        data = json.loads(m.read_text()[:100_000])
+    except (OSError, ValueError):
+        return "unreadable"
+    return data if isinstance(data, dict) and data.get("name") and data.get("lock_sha256") else "unreadable"
 
 
 def _hooked_dirs(purelib: Path) -> list[Path]:
@@ -215,6 +229,17 @@ def diagnose(env: Env, facts: Facts) -> Doctor:
     doc.findings.append(
         Finding("lock", not missing and not wrong, detail, None if not (missing or wrong) else create_fix)
     )
+    # Which lock the environment was made from (its marker says; the packages above are what is installed)
+    if facts.marker == "unreadable":
+        doc.findings.append(Finding("marker", False, f"{MARKER} is unreadable or incomplete: the environment's "
+                                    "origin is unknown", create_fix))  # fmt: skip
+    elif isinstance(facts.marker, dict):
+        made, now = facts.marker.get("lock_sha256"), facts.lock_sha256
+        same = made == now and facts.marker.get("name") == name
+        text = f"made by env create from the {facts.marker.get('name')} lock {str(made)[:12]}"
+        if not same:
+            text += f"; the {name} lock is now {str(now)[:12]}"
+        doc.findings.append(Finding("marker", same, text, None if same else create_fix))
     # MXNet
     if "mxnet" in info:
         feats = info.get("features", {})
@@ -374,6 +399,12 @@ def _kernel_fix(cc: tuple[int, int] | None) -> str:
             "cu117 --prefix DIR, then mfnpatch recipe run may16 --profile cu117 --env-prefix DIR"
         )
     return "use the cu101 environment (sm_30 to sm_75)"
+
+
+def only_this_machine(doc: Doctor) -> bool:
+    """The environment is whole; what fails is this machine's GPUs or driver (a login node, a container build)."""
+    failing = [f for f in doc.findings if f.ok is False]
+    return bool(failing) and all(map(_about_this_machines_gpus, failing))
 
 
 def _about_this_machines_gpus(f: Finding) -> bool:

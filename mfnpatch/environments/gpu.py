@@ -146,7 +146,12 @@ def parse_query_csv(text: str) -> list[Gpu]:
             cc = (int(a), int(b))
         else:
             cc = _cc_from_name(d.get("name", ""))
-        gpus.append(Gpu(int(d.get("index", len(gpus))), d.get("name", "?"), cc, d.get("driver_version", "?")))
+        index, name, driver = d.get("index", str(len(gpus))), d.get("name", ""), d.get("driver_version", "")
+        if not index.isdigit():
+            raise ValueError(f"GPU index {index!r}")
+        if not name or not re.fullmatch(r"\d+(\.\d+)+", driver):
+            raise ValueError(f"GPU {index}: name {name!r}, driver {driver!r}")
+        gpus.append(Gpu(int(index), name, cc, driver))
     return gpus
 
 
@@ -157,14 +162,20 @@ def query_gpus(nvidia_smi: str | None = None) -> GpuReport:
     fields = "index,name,compute_cap,driver_version"
     for attempt in (fields, "index,name,driver_version"):  # old drivers do not know compute_cap
         try:
-            r = subprocess.run(
-                [exe, f"--query-gpu={attempt}", "--format=csv"], capture_output=True, text=True, timeout=60
-            )
+            r = subprocess.run([exe, f"--query-gpu={attempt}", "--format=csv"], capture_output=True, timeout=60)
         except (OSError, subprocess.TimeoutExpired) as e:
             return GpuReport(False, [], f"nvidia-smi failed: {e}")
+        stdout = r.stdout.decode("utf-8", "replace")
         if r.returncode == 0:
-            return GpuReport(True, parse_query_csv(r.stdout))
-        msg = (r.stdout + r.stderr).strip().splitlines()
+            try:
+                gpus = parse_query_csv(stdout)
+                if not gpus:
+                    raise ValueError("no rows")
+                return GpuReport(True, gpus)
+            except ValueError:
+                shown = (stdout.strip().splitlines() or [""])[0][:80]
+                return GpuReport(False, [], f"nvidia-smi printed what is not its CSV output: {shown!r}")
+        msg = (stdout + r.stderr.decode("utf-8", "replace")).strip().splitlines()
         if attempt == fields and any("compute_cap" in m for m in msg):
             continue
         return GpuReport(False, [], f"nvidia-smi failed (exit {r.returncode}): {msg[-1] if msg else ''}")

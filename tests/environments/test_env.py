@@ -10,13 +10,13 @@ import os
 import shutil
 import struct
 import subprocess
-import sys
 import urllib.request
 import zipfile
 from pathlib import Path
 
 import pytest
 import tomllib
+from envkit import fake_smi, local_env
 
 from mfnpatch.environments.create import create_env
 from mfnpatch.environments.doctor import check
@@ -209,28 +209,6 @@ def test_kernel_coverage_rule(cc, sass, ptx, expect):
 # nvidia-smi and the doctor
 
 
-def fake_smi(tmp_path: Path, query: str | None = None, *, rc: int = 0, old_driver: bool = False) -> str:
-    exe = tmp_path / "nvidia-smi"
-    script = "#!/bin/sh\n"
-    if rc:
-        script += (
-            "echo \"NVIDIA-SMI has failed because it couldn't communicate with the NVIDIA driver. "
-            'Make sure that the latest NVIDIA driver is installed and running."\n'
-            f"exit {rc}\n"
-        )
-    elif old_driver:
-        script += (
-            'case "$*" in *compute_cap*) echo \'Field "compute_cap" is not a valid field to query.\'; exit 2;; '
-            "esac\n"
-            f"cat <<'EOF'\n{query}\nEOF\n"
-        )
-    else:
-        script += f"cat <<'EOF'\n{query}\nEOF\n"
-    exe.write_text(script)
-    exe.chmod(0o755)
-    return str(exe)
-
-
 def test_recorded_h200_query_parses(tmp_path):
     gpus = parse_query_csv((H200 / "nvidia-smi-query.csv").read_text())
     assert [(g.index, g.name, g.cc, g.driver) for g in gpus] == [(0, "NVIDIA H200", (9, 0), "580.159.04")]
@@ -304,45 +282,9 @@ def test_recipe_run_refuses_an_environment_that_cannot_run(runfx, cli, tmp_path,
 # Creating and locking for real
 
 
-def _wheel(tmp_path: Path, name: str = "mfnfixture", version: str = "1.0") -> Path:
-    src = tmp_path / f"src-{name}"
-    (src / name).mkdir(parents=True)
-    (src / name / "__init__.py").write_text("VALUE = 1\n")
-    (src / "pyproject.toml").write_text(
-        f'[build-system]\nrequires = ["hatchling"]\nbuild-backend = "hatchling.build"\n'
-        f'[project]\nname = "{name}"\nversion = "{version}"\n'
-    )
-    out = tmp_path / "wheels"
-    subprocess.run(
-        [sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation", "-w", str(out), str(src)],
-        check=True,
-    )
-    return next(out.glob(f"{name}-{version}-*.whl"))
-
-
-def _local_env(tmp_path: Path, monkeypatch, digest: str | None = None) -> tuple[str, Path]:
-    import hashlib
-
-    whl = _wheel(tmp_path)
-    root = tmp_path / "envs"
-    d = root / "local"
-    d.mkdir(parents=True)
-    h = digest or hashlib.sha256(whl.read_bytes()).hexdigest()
-    (d / "pip.in").write_text("mfnfixture==1.0\n")
-    (d / "pip.lock").write_text(f"mfnfixture==1.0 \\\n    --hash=sha256:{h}\n")
-    (d / "env.yaml").write_text(json.dumps({
-        "schema": 1, "name": "local", "kind": "pip", "description": "a tiny local environment", "why": "tests",
-        "python": f"{sys.version_info.major}.{sys.version_info.minor}", "platform": "x86_64-manylinux_2_28",
-        "pip": {"requirements": "pip.in", "lock": "pip.lock"}, "mxnet": {"package": "mxnet", "version": "1.9.1"},
-        "patches": "mfn",
-    }))  # fmt: skip
-    monkeypatch.setenv("MFNPATCH_ENVS", str(root))
-    return "local", whl.parent
-
-
 @pytest.mark.slow  # over 5 s: a real pip install into a new venv
 def test_create_from_a_lock_offline(tmp_path, monkeypatch):
-    name, wheels = _local_env(tmp_path, monkeypatch)
+    name, wheels = local_env(tmp_path, monkeypatch)
     prefix = tmp_path / "env"
     create_env(name, prefix, find_links=wheels, offline=True)
     marker = json.loads((prefix / "mfnpatch-env.json").read_text())
@@ -360,7 +302,7 @@ def test_create_from_a_lock_offline(tmp_path, monkeypatch):
 
 @pytest.mark.slow
 def test_a_wrong_hash_leaves_nothing(tmp_path, monkeypatch):
-    name, wheels = _local_env(tmp_path, monkeypatch, digest="0" * 64)
+    name, wheels = local_env(tmp_path, monkeypatch, digest="0" * 64)
     prefix = tmp_path / "env"
     with pytest.raises(EnvError, match="failed") as e:
         create_env(name, prefix, find_links=wheels, offline=True)
@@ -370,7 +312,7 @@ def test_a_wrong_hash_leaves_nothing(tmp_path, monkeypatch):
 
 @pytest.mark.slow
 def test_an_interrupted_create_leaves_nothing(tmp_path, monkeypatch):
-    name, wheels = _local_env(tmp_path, monkeypatch)
+    name, wheels = local_env(tmp_path, monkeypatch)
     prefix = tmp_path / "env"
 
     def stop(line):
