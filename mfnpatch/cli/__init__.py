@@ -6,6 +6,7 @@ environments, deploy), the progress view apart (progress), the shared parts in a
 
 from __future__ import annotations
 
+import os
 import signal
 import sys
 import traceback
@@ -41,6 +42,10 @@ def main(argv: list[str] | None = None) -> None:
     signal.signal(signal.SIGTERM, _interrupt)
     signal.signal(signal.SIGINT, _interrupt)
     code = run(argv)
+    try:
+        sys.stdout.flush()
+    except BrokenPipeError:  # the reader went away with output still buffered: nothing more to say
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
     sys.exit(code)
 
 
@@ -75,6 +80,10 @@ def run(argv: list[str] | None = None) -> int:
         return EXIT_INTERRUPTED
     except BrokenPipeError:
         return EXIT_OK
+    except SystemExit:  # click ends a command whose stdout pipe closed with exit 1 (after pacifying it)
+        if type(sys.stdout).__name__ == "PacifyFlushWrapper":
+            return EXIT_OK
+        raise
     except OSError as e:  # permissions, a read-only or full disk ...: ordinary, not a bug
         if CTX.debug:
             traceback.print_exc()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import sys
 from pathlib import Path
@@ -19,8 +20,20 @@ from mfnpatch.errors import (
     UsageError,
 )
 
-out = Console(highlight=False, soft_wrap=True)
-err = Console(stderr=True, highlight=False, soft_wrap=True)
+
+class _Console(Console):
+    def on_broken_pipe(self) -> None:
+        """Output to a closed pipe (``mfnpatch status | head``): stop quietly, exit 0, as git does on EPIPE (rich
+        exits 1). What is still buffered goes to /dev/null, so nothing is said at exit either."""
+        self.quiet = True
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, (sys.stderr if self.stderr else sys.stdout).fileno())
+        raise BrokenPipeError
+
+
+# emoji=False: a user's value such as ':x:' is printed as written, never as an emoji
+out = _Console(highlight=False, soft_wrap=True, emoji=False)
+err = _Console(stderr=True, highlight=False, soft_wrap=True, emoji=False)
 
 
 class _Ctx:
@@ -101,9 +114,29 @@ def _root(
     CTX.debug = debug or bool(os.environ.get("MFNPATCH_DEBUG"))
 
 
+def finite(obj: Any) -> Any:
+    """``obj`` with every non-finite float (NaN, Infinity: not JSON) as null."""
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {k: finite(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [finite(v) for v in obj]
+    return obj
+
+
 def emit_json(obj: Any) -> None:
-    sys.stdout.write(json.dumps(obj, indent=2, default=str) + "\n")
-    sys.stdout.flush()
+    """Results as JSON on stdout: strict JSON (never NaN or Infinity)."""
+    write_stdout(json.dumps(finite(obj), indent=2, default=str, allow_nan=False) + "\n")
+
+
+def write_stdout(text: str) -> None:
+    """Text to stdout; a closed pipe ends the command quietly (see _Console.on_broken_pipe)."""
+    try:
+        sys.stdout.write(text)
+        sys.stdout.flush()
+    except BrokenPipeError:
+        out.on_broken_pipe()
 
 
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print the result as JSON (for scripts).")]

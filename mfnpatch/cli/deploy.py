@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import sys
 from dataclasses import asdict
 from pathlib import Path
 from typing import Annotated
@@ -18,6 +17,7 @@ from mfnpatch.cli.app import (
     emit_json,
     err,
     out,
+    write_stdout,
 )
 from mfnpatch.errors import (
     EXIT_OK,
@@ -137,7 +137,7 @@ def bench_cmd(
     if as_json:
         emit_json(asdict(res))
         return EXIT_OK
-    sys.stdout.write(table(res) + "\n")
+    write_stdout(table(res) + "\n")
     return EXIT_OK
 
 
