@@ -24,8 +24,6 @@ import ast
 import os
 import re
 import stat
-from collections import Counter
-from dataclasses import dataclass, field
 from pathlib import Path
 
 from mfnpatch.logs.events import (
@@ -47,14 +45,15 @@ from mfnpatch.logs.events import (
     Verification,
     Warn,
 )
+from mfnpatch.logs.speed import NOT_RARE, NUM, TS, SpeedStats, parse_speed
 
 # --------------------------------------------------------------------------------------------
 # Patterns (on latin-1 text: one char per byte, so any input decodes and offsets match bytes)
 
-_TS = r"(?:\[(?P<ts>\d{4}-\d\d-\d\d \d\d:\d\d:\d\d)\][ \t]*)?"
+_TS = TS
 # unambiguous (\d+(?:\.\d*)? rather than \d+\.?\d*): a digit run is split one way only, so a long one
 # cannot make the regex backtrack over every split
-_NUM = r"[-+]?(?:\d+(?:\.\d*)?|\.\d+)(?:[eE][-+]?\d+)?|nan|inf"
+_NUM = NUM
 _RARE = re.compile(
     _TS
     + r"(?:INFO:root:)?(?:"
@@ -108,16 +107,9 @@ _STATELESS = frozenset({"known", "dmlc"})
 # lines whose handlers note where they are (a malformed value, a step that goes backwards, a run's start)
 _NOTING = frozenset({"ver", "high", "lbe", "cfg"})
 _SPEED_VALUE = re.compile(r"\tSpeed: ([\d.]+)")
-_SPEED_LINE = re.compile(
-    _TS
-    + r"(?:INFO:root:)?(?:Epoch|Iter)\[(?P<e>\d+)\] Batch \[(?:(?P<b0>\d+)-)?(?P<b>\d+)\]\tSpeed: (?P<v>"
-    + _NUM
-    + r") samples/sec(?P<m>.*)$"
-)
-_METRIC = re.compile(r"\t([\w-]+)=(" + _NUM + r")")
 _CKPT_NUMBER = re.compile(r"-(\d{4})\.params$")
 _PY3_FLOAT = re.compile(r"\d\.\d{15,}")
-_NOT_RARE = "\tSpeed: "
+_NOT_RARE = NOT_RARE
 _TESTING = "testing verification.."
 _INFER = "infer time "
 
@@ -184,57 +176,6 @@ def parse_namespace(text: str) -> dict:
             except (ValueError, SyntaxError, TypeError, MemoryError, RecursionError):
                 out[m.group(1)] = v
         return out
-
-
-# --------------------------------------------------------------------------------------------
-# Speed statistics (bounded)
-
-
-def _parse_speed(line: str):
-    m = _SPEED_LINE.match(line)
-    if m is None:
-        return None
-    metrics = {k: float(v) for k, v in _METRIC.findall(m.group("m"))}
-    return int(m.group("e")), int(m.group("b")), float(m.group("v")), metrics, m.group("b0") is not None
-
-
-@dataclass
-class SpeedStats:
-    """Speedometer lines: count, a histogram of samples/s, and a decimated (epoch, batch, metrics) curve."""
-
-    count: int = 0
-    histogram: Counter = field(default_factory=Counter)
-    curve: list[tuple[int, int, float, dict]] = field(default_factory=list)  # (epoch, batch, speed, metrics)
-    stride: int = 1
-    max_points: int = 1024
-    new_format: bool | None = None
-    _seen: int = 0
-
-    def median(self) -> float | None:
-        if not self.histogram:
-            return None
-        items = sorted((float(k), n) for k, n in self.histogram.items())
-        half = sum(n for _, n in items) / 2
-        acc = 0
-        for v, n in items:
-            acc += n
-            if acc >= half:
-                return v
-        return items[-1][0]
-
-    def sample(self, lines: list[str], speed_lines: int) -> None:
-        """Parse every ``stride``-th line that is a Speedometer line; first double the stride (and halve
-        the curve) while this piece would overfill the curve, so the curve stays bounded."""
-        while len(self.curve) + speed_lines // self.stride + 1 > self.max_points:
-            self.curve = self.curve[::2]
-            self.stride *= 2
-        n = len(lines)
-        for i in range((-self._seen) % self.stride, n, self.stride):
-            if _NOT_RARE in lines[i]:
-                p = _parse_speed(lines[i])
-                if p is not None:
-                    self.curve.append(p[:4])
-        self._seen += n
 
 
 # --------------------------------------------------------------------------------------------
@@ -346,7 +287,7 @@ class LogParser:
             i = len(lines) - 1
             while i > 0 and _NOT_RARE not in lines[i]:
                 i -= 1
-            last = _parse_speed(lines[i])
+            last = parse_speed(lines[i])
             if last is not None:
                 e, b, v, metrics, new_format = last
                 if self.speed.new_format is None:

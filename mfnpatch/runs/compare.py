@@ -285,13 +285,17 @@ def compare_sides(a: Side, b: Side, tolerance: float = 0.0) -> Comparison:
                                 note=f"{label}: {what}{now}"))  # fmt: skip
     for n in names:
         sa, sb = a.stages[n], b.stages[n]
-        for f in sorted(set(sa.models) | set(sb.models)):
-            ha, hb = sa.models.get(f), sb.models.get(f)
-            rows.append(Row(n, "model", f, ha, hb, same=ha == hb and ha is not None))
-        if sa.command is not None and sb.command is not None:
-            rows.append(Row(n, "provenance", "command", sa.command, sb.command, same=sa.command == sb.command))
         stops = [x for x in (sa.stop_step, sb.stop_step) if x is not None]
         stop = min(stops) if stops else None
+        late = [f for f in sorted(set(sa.models) | set(sb.models)) if _after_stop(f, stop, sa, sb)]
+        for f in sorted(set(sa.models) | set(sb.models)):
+            if f not in late:
+                ha, hb = sa.models.get(f), sb.models.get(f)
+                rows.append(Row(n, "model", f, ha, hb, same=ha == hb and ha is not None))
+        if late:
+            notes.append(f"{n}: {len(late)} model file(s) saved after the planned stop not compared")
+        if sa.command is not None and sb.command is not None:
+            rows.append(Row(n, "provenance", "command", sa.command, sb.command, same=sa.command == sb.command))
         vrows = _verification_rows(n, sa.summary, sb.summary, tolerance)
         beyond = [r for r in vrows if stop is not None and r.step is not None and r.step > stop]
         rows += [r for r in vrows if r not in beyond]
@@ -304,8 +308,7 @@ def compare_sides(a: Side, b: Side, tolerance: float = 0.0) -> Comparison:
             else:
                 skipped = 0
                 for f in sorted(set(sa.checkpoints) | set(sb.checkpoints)):
-                    num = re.search(r"-(\d{4})\.params$", f)
-                    if stop is not None and num and int(num.group(1)) * _save_every(sa, sb) > stop:
+                    if _after_stop(f, stop, sa, sb):
                         skipped += 1
                         continue
                     ha, hb = sa.checkpoints.get(f), sb.checkpoints.get(f)
@@ -313,6 +316,12 @@ def compare_sides(a: Side, b: Side, tolerance: float = 0.0) -> Comparison:
                 if skipped:
                     notes.append(f"{n}: {skipped} checkpoint file(s) after the planned stop not compared")
     return Comparison(a.path, b.path, tolerance, rows, notes)
+
+
+def _after_stop(f: str, stop: int | None, sa: StageSide, sb: StageSide) -> bool:
+    """A checkpoint (``…-NNNN.params``) saved after the planned stop: the process went on until stopped."""
+    num = re.search(r"-(\d{4})\.params$", f)
+    return stop is not None and num is not None and int(num.group(1)) * _save_every(sa, sb) > stop
 
 
 def _dataset_row(key: str, fa: DataFingerprint | None, fb: DataFingerprint | None, in_a: bool, in_b: bool) -> Row:
