@@ -65,44 +65,37 @@ class NcnnWriter:
     def write(self) -> tuple[str, bytes]:
         import numpy as np
 
-        # Dropout is the identity at inference: its consumers read its input
-        alias: dict[int, int] = {}
-
-        def real(i: int) -> int:
-            while i in alias:
-                i = alias[i]
-            return i
-
-        for i, n in enumerate(self.nodes):
-            if n["op"] == "Dropout":
-                alias[i] = n["inputs"][0][0]
+        # Consumers as mxnet2ncnn counts them: every non-weight input of every op (the graph's outputs are not
+        # consumers). A blob read more than once gets a Split right after its layer, named splitncnn_<k> in order
+        # of appearance; its copies are handed out from the last down: the first consumer (in node order) reads
+        # <blob>_splitncnn_<refcount-1>, the last reads <blob>_splitncnn_0.
         consumers: Counter = Counter()
-        for i, n in enumerate(self.nodes):
-            if i in alias:
+        for n in self.nodes:
+            if n["op"] == "null":
                 continue
             for src, _, _ in n["inputs"]:
                 if self.nodes[src]["op"] != "null" or self.nodes[src]["name"] == "data":
-                    consumers[real(src)] += 1
-        for h in self.g["heads"]:
-            consumers[real(h[0])] += 1
-        used: Counter = Counter()
+                    consumers[src] += 1
+        left = Counter(consumers)
+        splits = 0
 
         def blob(src: int) -> str:
-            src = real(src)
             base = self.blob_of[src]
             if consumers[src] > 1:
-                used[src] += 1
-                return f"{base}_splitncnn_{used[src] - 1}"
+                left[src] -= 1
+                return f"{base}_splitncnn_{left[src]}"
             return base
 
         def emit(op: str, name: str, ins: list[str], outs: list[str], params: str = "") -> None:
             self.layers.append(f"{op:<24} {name:<32} {len(ins)} {len(outs)} {' '.join(ins + outs)} {params}".rstrip())
 
         def after(idx: int, name: str) -> None:
+            nonlocal splits
             self.blob_of[idx] = name
             if consumers[idx] > 1:
                 outs = [f"{name}_splitncnn_{i}" for i in range(consumers[idx])]
-                emit("Split", f"splitncnn_{idx}", [name], outs)
+                emit("Split", f"splitncnn_{splits}", [name], outs)
+                splits += 1
 
         for i, n in enumerate(self.nodes):
             op, name = n["op"], n["name"]
@@ -110,8 +103,6 @@ class NcnnWriter:
                 if name == "data":
                     emit("Input", "data", [], ["data"], f"0={INPUT_SHAPE[3]} 1={INPUT_SHAPE[2]} 2={INPUT_SHAPE[1]}")
                     after(i, "data")
-                continue
-            if i in alias:
                 continue
             data_inputs = [
                 s for s, _, _ in n["inputs"] if self.nodes[s]["op"] != "null" or self.nodes[s]["name"] == "data"
@@ -125,6 +116,8 @@ class NcnnWriter:
             ins = [blob(s) for s in data_inputs]
             if op == "Flatten":
                 emit("Flatten", name, ins, [name])
+            elif op == "Dropout":  # the identity at inference (ncnn's Dropout, scale 1), kept as mxnet2ncnn keeps it
+                emit("Dropout", name, ins, [name])
             elif op == "Convolution":
                 k = _tuple(_attr(n, "kernel"), (1, 1))
                 s = _tuple(_attr(n, "stride"), (1, 1))
