@@ -88,6 +88,11 @@ convert_app = typer.Typer(
     no_args_is_help=True,
 )
 app.add_typer(convert_app, name="convert")
+deploy_app = typer.Typer(
+    help="What an app needs to run the converted model: the reference face crop (deploy align).",
+    no_args_is_help=True,
+)
+app.add_typer(deploy_app, name="deploy")
 data_app = typer.Typer(
     help="Training data: check a dataset (data check), build one from your faces (data build), a synthetic one.",
     no_args_is_help=True,

@@ -14,6 +14,7 @@ from mfnpatch.cli.app import (
     JsonOpt,
     app,
     convert_app,
+    deploy_app,
     emit_json,
     err,
     out,
@@ -152,3 +153,36 @@ def _bench_reference() -> dict:
     return {"source": b.source, "device": b.device, "model": b.model,
             "threads": {t: r.model_dump() for t, r in b.threads.items()},
             "folding_gain_estimate": b.folding_gain_estimate}  # fmt: skip
+
+
+@deploy_app.command("align")
+def deploy_align(
+    image: Annotated[Path, typer.Argument(help="A photo (JPEG, PNG, BMP), read as OpenCV's imread reads it (BGR).")],
+    landmarks: Annotated[
+        str,
+        typer.Option(
+            "--landmarks",
+            help="x1,y1,…,x5,y5 in image pixels: left eye, right eye, nose tip, left and right mouth corners "
+            "(what a face detector such as RetinaFace or MTCNN gives).",
+        ),
+    ],
+    output: Annotated[Path, typer.Option("--output", "-o", help="The 112x112 crop (.png to compare pixels).")],
+    as_json: JsonOpt = False,
+):
+    """The reference 112x112 crop: the similarity transform of the five landmarks onto InsightFace's template
+    (as its norm_crop does), so an app's own alignment can be compared with it pixel for pixel.
+
+    Example: mfnpatch deploy align face.jpg --landmarks 180,210,260,208,222,255,190,300,252,298 -o crop.png
+    """
+    from mfnpatch.deploy.align import align, parse_landmarks
+
+    CTX.json = as_json
+    a = align(image, parse_landmarks(landmarks), output)
+    if as_json:
+        emit_json(asdict(a))
+        return EXIT_OK
+    m = a.matrix
+    out.print(f"wrote {escape(a.output)} (112x112, from {escape(a.image)}, {a.image_size[1]}x{a.image_size[0]})")
+    out.print(f"  M = [[{m[0][0]:.6f}, {m[0][1]:.6f}, {m[0][2]:.4f}], [{m[1][0]:.6f}, {m[1][1]:.6f}, {m[1][2]:.4f}]]")
+    out.print(f"  landmarks land {a.residual_px:.2f} px from the template on average")
+    return EXIT_OK
