@@ -49,17 +49,33 @@ def convert_ncnn_cmd(
     verify_after: Annotated[
         bool, typer.Option("--verify", help="Then verify all engines (writes verify.json).")
     ] = False,
+    flush_denormals: Annotated[
+        bool,
+        typer.Option(
+            "--flush-denormals",
+            help="Zero every weight below 1e-30 (denormals included) before converting: they slow ARM CPUs.",
+        ),
+    ] = False,
     as_json: JsonOpt = False,
 ):
-    """MXNet -> ONNX -> ncnn (pnnx, BatchNorm folded), plus the unfolded ncnn model the seed's mxnet2ncnn made."""
+    """MXNet -> ONNX -> ncnn (pnnx, BatchNorm folded), plus the unfolded ncnn model the seed's mxnet2ncnn made.
+
+    Reports how many weights are denormal or below 1e-30, per parameter in convert.json (--flush-denormals
+    zeroes them, for every engine)."""
     from mfnpatch.deploy.convert import convert_ncnn
 
     CTX.json = as_json
     if as_json:
-        r = convert_ncnn(checkpoint, output, verify_after=verify_after)
+        r = convert_ncnn(checkpoint, output, verify_after=verify_after, flush_denormals=flush_denormals)
     else:
         with err.status("converting …") as st:
-            r = convert_ncnn(checkpoint, output, verify_after=verify_after, on_step=lambda s: st.update(escape(s)))
+            r = convert_ncnn(
+                checkpoint,
+                output,
+                verify_after=verify_after,
+                flush_denormals=flush_denormals,
+                on_step=lambda s: st.update(escape(s)),
+            )
     code = r.exit_code
     if as_json:
         from dataclasses import asdict
@@ -74,9 +90,24 @@ def convert_ncnn_cmd(
     for label, m in (("folded", r.folded), ("unfolded", r.unfolded)):
         layers = sum(m["layers"].values())
         out.print(f"  ncnn {label:8s} {escape(m['param'])}: {layers} layers, {m['batchnorm']} BatchNorm")
+    if r.denormals is not None:
+        _print_denormals(r.denormals)
     if r.verify:
         _print_verify(r.verify)
     return code
+
+
+def _print_denormals(d: dict) -> None:
+    if not d["below"]:
+        out.print(f"  weights   none of {d['weights']} is denormal or below 1e-30")
+        return
+    worst = sorted(d["params"], key=lambda p: -p["below"])[:3]
+    where = ", ".join(f"{p['name']} {p['below']}" for p in worst) + (", …" if len(d["params"]) > 3 else "")
+    what = "zeroed" if d["flushed"] else "kept (--flush-denormals zeroes them)"
+    out.print(
+        f"  weights   {d['below']} of {d['weights']} below 1e-30 ({d['denormal']} denormal) in "
+        f"{len(d['params'])} parameter(s): {escape(where)}; {what}"
+    )
 
 
 def _print_verify(v: dict) -> None:

@@ -24,6 +24,8 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from mfnpatch.deploy.denormals import count as count_denormals
+from mfnpatch.deploy.denormals import flush
 from mfnpatch.deploy.export import export_onnx
 from mfnpatch.deploy.mxnet import ConvertError, _mx, check_input_shape, load_checkpoint, slim_symbol
 from mfnpatch.deploy.ncnn import layer_counts, param_io, run_pnnx, write_unfolded
@@ -50,6 +52,7 @@ class ConvertResult:
     onnx_check: dict
     seconds: float
     verify: dict | None = None
+    denormals: dict | None = None  # the slim model's weights below 1e-30 (denormals.py), and whether flushed
 
     @property
     def exit_code(self) -> int:
@@ -78,7 +81,9 @@ def _relocate(x, old: str, new: str):
     return x
 
 
-def convert_ncnn(spec: str, out_dir: Path, *, verify_after: bool = False, on_step=None) -> ConvertResult:
+def convert_ncnn(
+    spec: str, out_dir: Path, *, verify_after: bool = False, flush_denormals: bool = False, on_step=None
+) -> ConvertResult:
     """Convert into a staging directory beside ``out_dir`` and swap it into place at the end: a failed or
     interrupted conversion leaves ``out_dir`` as it was."""
     out_dir = Path(out_dir).absolute()
@@ -87,7 +92,7 @@ def convert_ncnn(spec: str, out_dir: Path, *, verify_after: bool = False, on_ste
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     stage = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.converting-", dir=out_dir.parent))
     try:
-        result = _convert_into(spec, stage, verify_after=verify_after, on_step=on_step)
+        result = _convert_into(spec, stage, verify_after=verify_after, flush_denormals=flush_denormals, on_step=on_step)
         result = ConvertResult(**_relocate(asdict(result), str(stage), str(out_dir)))
         atomic_write_json(stage / "convert.json", asdict(result))
         if result.verify:
@@ -104,13 +109,18 @@ def convert_ncnn(spec: str, out_dir: Path, *, verify_after: bool = False, on_ste
         shutil.rmtree(stage, ignore_errors=True)
 
 
-def _convert_into(spec: str, out_dir: Path, *, verify_after: bool, on_step) -> ConvertResult:
+def _convert_into(spec: str, out_dir: Path, *, verify_after: bool, flush_denormals: bool, on_step) -> ConvertResult:
     t0 = time.perf_counter()
     say = on_step or (lambda s: None)
     mx = _mx()
     sym, arg, aux = load_checkpoint(spec)
     sym, arg = slim_symbol(sym, arg)
     check_input_shape(sym, arg)
+    denormals = count_denormals({**arg, **aux})
+    if flush_denormals and denormals.below:
+        say(f"zeroing {denormals.below} weights below 1e-30")
+        arg, aux = flush(arg), flush(aux)
+    denormals.flushed = flush_denormals
     say("saving the slim MXNet model")
     with replacing(out_dir / "mxnet-0000.params") as tmp:
         mx.nd.save(str(tmp), {**{f"arg:{k}": v for k, v in arg.items()}, **{f"aux:{k}": v for k, v in aux.items()}})
@@ -139,7 +149,7 @@ def _convert_into(spec: str, out_dir: Path, *, verify_after: bool, on_step) -> C
                 "io": param_io(fparam)},
         unfolded={"param": str(uparam), "bin": str(ubin), "layers": dict(ul), "batchnorm": ul.get("BatchNorm", 0),
                   "io": param_io(uparam)},
-        fixes=fixes, onnx_check=check, seconds=0.0,
+        fixes=fixes, onnx_check=check, seconds=0.0, denormals=denormals.to_dict(),
     )  # fmt: skip
     if result.folded["batchnorm"]:
         raise ConvertError(f"pnnx left {result.folded['batchnorm']} BatchNorm layers unfolded in {fparam}")
