@@ -24,6 +24,7 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from mfnpatch.deploy import contract
 from mfnpatch.deploy.denormals import count as count_denormals
 from mfnpatch.deploy.denormals import flush
 from mfnpatch.deploy.export import export_onnx
@@ -153,6 +154,8 @@ def _convert_into(spec: str, out_dir: Path, *, verify_after: bool, flush_denorma
     )  # fmt: skip
     if result.folded["batchnorm"]:
         raise ConvertError(f"pnnx left {result.folded['batchnorm']} BatchNorm layers unfolded in {fparam}")
+    say("writing the deployment contract (deploy.json)")
+    contract.write(out_dir, contract.make(out_dir, sym, arg))
     if verify_after:
         say("verifying MXNet, onnxruntime and both ncnn models on the same inputs")
         result.verify = asdict(verify(out_dir))

@@ -155,6 +155,10 @@ def verify(model_dir: Path, n: int = 10, threshold: float = 0.9999) -> VerifyRes
             f"{d}: not a converted model directory ({missing[0]} is missing)",
             hint=f"make it with: mfnpatch convert ncnn PREFIX,EPOCH -o {d}",
         )
+    if (d / "deploy.json").exists():  # older conversions have none; a present one must be as written
+        from mfnpatch.deploy.contract import load as load_contract
+
+        load_contract(d)
     sym, arg, aux = mx.model.load_checkpoint(str(d / "mxnet"), 0)
     inputs = test_inputs(n)
     ref = embeddings_mxnet(sym, arg, aux, inputs)

@@ -1,0 +1,159 @@
+"""The deployment contract, ``deploy.json`` beside the converted models: what an app must feed the model and
+what it gets back — the input blob, its shape, layout, colour order and pixel range, the normalisation the
+graph already does (the app must not repeat it), the output blob and whether to L2-normalise it, and the
+112x112 alignment template. Every value is read from the converted models themselves, never assumed.
+
+The file carries a digest of its content: mfnpatch reads it back only as written, and a hand-edited contract
+is refused (an app developer who changes it should regenerate it instead)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from mfnpatch.deploy.align import POINTS, SIZE, TEMPLATE
+from mfnpatch.deploy.mxnet import FOLDED, INPUT_SHAPE, ConvertError
+from mfnpatch.deploy.ncnn import param_io
+from mfnpatch.fsutil import atomic_write, sha256_bytes
+from mfnpatch.schema import SchemaError, load_json
+
+NAME = "deploy.json"
+SCALARS = {"_minus_scalar": "subtract", "_plus_scalar": "add", "_mul_scalar": "multiply", "_div_scalar": "divide"}
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Step(_Strict):
+    op: Literal["subtract", "add", "multiply", "divide"]
+    value: float
+
+
+class Model(_Strict):
+    param: str
+    bin: str
+    input_blob: str
+    output_blob: str
+
+
+class Input(_Strict):
+    shape: list[int] = Field(min_length=4, max_length=4)
+    layout: Literal["NCHW"]
+    dtype: Literal["float32"]
+    colour_order: Literal["RGB"]
+    pixel_range: list[float] = Field(min_length=2, max_length=2)
+    opencv_imread: str
+    normalisation_in_graph: list[Step]
+    app_normalises: bool
+
+
+class Output(_Strict):
+    blob_mxnet: str
+    dim: int = Field(ge=1)
+    l2_normalise: bool
+    compare: str
+
+
+class Alignment(_Strict):
+    size: list[int] = Field(min_length=2, max_length=2)
+    points: list[str] = Field(min_length=5, max_length=5)
+    template: list[list[float]] = Field(min_length=5, max_length=5)
+    method: str
+
+
+class Contract(_Strict):
+    schema_version: Literal[1] = 1
+    models: dict[str, Model]
+    input: Input
+    output: Output
+    alignment: Alignment
+    thresholds: dict | None = None  # measured on the verification pairs (convert evaluate); None until then
+    golden: list[dict] = Field(default_factory=list)
+
+
+def _canonical(obj: dict) -> bytes:
+    return json.dumps(obj, sort_keys=True, separators=(",", ":"), allow_nan=False).encode()
+
+
+def normalisation(g: dict) -> list[Step]:
+    """The scalar ops the graph applies to ``data`` before anything else (the pinned fmobilefacenet.py:
+    subtract 127.5, multiply 0.0078125)."""
+    nodes = g["nodes"]
+    at = next((i for i, n in enumerate(nodes) if n["op"] == "null" and n["name"] == "data"), None)
+    steps: list[Step] = []
+    while at is not None:
+        nxt = [i for i, n in enumerate(nodes) if n["op"] != "null" and any(s == at for s, _, _ in n["inputs"])]
+        if len(nxt) != 1 or nodes[nxt[0]]["op"] not in SCALARS:
+            break
+        n = nodes[nxt[0]]
+        steps.append(Step(op=SCALARS[n["op"]], value=float(n["attrs"]["scalar"])))  # type: ignore[arg-type]
+        at = nxt[0]
+    return steps
+
+
+def make(model_dir: Path, sym, arg) -> Contract:
+    """The contract of a converted model directory, read from its graph and its ncnn models."""
+    d = Path(model_dir)
+    g = json.loads(sym.tojson())
+    steps = normalisation(g)
+    _, out_shapes, _ = sym.infer_shape(data=INPUT_SHAPE, **{k: v.shape for k, v in arg.items()})
+    models = {}
+    for label, sub in (("ncnn folded", d), ("ncnn unfolded", d / "unfolded")):
+        i, o = param_io(sub / f"{FOLDED}.param")
+        models[label] = Model(param=str((sub / f"{FOLDED}.param").relative_to(d)),
+                              bin=str((sub / f"{FOLDED}.bin").relative_to(d)), input_blob=i, output_blob=o)  # fmt: skip
+    return Contract(
+        models=models,
+        input=Input(
+            shape=list(INPUT_SHAPE), layout="NCHW", dtype="float32", colour_order="RGB", pixel_range=[0.0, 255.0],
+            opencv_imread="BGR: convert with cv2.cvtColor(img, cv2.COLOR_BGR2RGB) before feeding the model",
+            normalisation_in_graph=steps, app_normalises=not steps,
+        ),
+        output=Output(blob_mxnet=sym.list_outputs()[0].removesuffix("_output"), dim=int(out_shapes[0][1]),
+                      l2_normalise=True, compare="cosine similarity of the L2-normalised embeddings"),
+        alignment=Alignment(size=[SIZE, SIZE], points=list(POINTS), template=[list(p) for p in TEMPLATE],
+                            method="similarity transform of the 5 landmarks onto the template, then warpAffine "
+                                   "(InsightFace's norm_crop; mfnpatch deploy align makes the reference crop)"),
+    )  # fmt: skip
+
+
+def write(model_dir: Path, contract: Contract) -> Path:
+    body = contract.model_dump(mode="json")
+    doc = body | {"digest": "sha256:" + sha256_bytes(_canonical(body))}
+    path = Path(model_dir) / NAME
+    atomic_write(path, json.dumps(doc, indent=2) + "\n")
+    return path
+
+
+def load(model_dir: Path) -> Contract:
+    """``deploy.json`` as written; a missing, hand-edited or malformed contract is a ConvertError naming it."""
+    path = Path(model_dir) / NAME
+    hint = f"regenerate it: mfnpatch convert ncnn PREFIX,EPOCH -o {model_dir}"
+    if not path.is_file():
+        raise ConvertError(f"{path}: no deployment contract", hint=hint)
+    try:
+        doc = load_json(path, limit=4 << 20)
+    except SchemaError as e:
+        raise ConvertError(str(e), hint=hint) from None
+    if not isinstance(doc, dict) or not isinstance(doc.get("digest"), str):
+        raise ConvertError(f"{path}: not a deployment contract (no digest)", hint=hint)
+    digest = doc.pop("digest")
+    if digest != "sha256:" + sha256_bytes(_canonical(doc)):
+        raise ConvertError(f"{path}: edited by hand (its digest does not match its content)", hint=hint)
+    try:
+        contract = Contract.model_validate(doc)
+    except ValidationError as e:
+        first = e.errors()[0]
+        where = ".".join(str(x) for x in first["loc"])
+        raise ConvertError(f"{path}: {where}: {first['msg']}", hint=hint) from None
+    for label, m in contract.models.items():
+        p = Path(model_dir) / m.param
+        if not p.is_file():
+            raise ConvertError(f"{path}: {label}: {p} is missing", hint=hint)
+        if param_io(p) != (m.input_blob, m.output_blob):
+            raise ConvertError(f"{path}: {label}: blobs {m.input_blob}/{m.output_blob} are not {p}'s", hint=hint)
+    return contract
