@@ -15,6 +15,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from mfnpatch.deploy.align import POINTS, SIZE, TEMPLATE
+from mfnpatch.deploy.export import graph
 from mfnpatch.deploy.mxnet import FOLDED, INPUT_SHAPE, ConvertError
 from mfnpatch.deploy.ncnn import param_io
 from mfnpatch.fsutil import atomic_write, sha256_bytes
@@ -98,8 +99,7 @@ def normalisation(g: dict) -> list[Step]:
 def make(model_dir: Path, sym, arg) -> Contract:
     """The contract of a converted model directory, read from its graph and its ncnn models."""
     d = Path(model_dir)
-    g = json.loads(sym.tojson())
-    steps = normalisation(g)
+    steps = normalisation(graph(sym))
     _, out_shapes, _ = sym.infer_shape(data=INPUT_SHAPE, **{k: v.shape for k, v in arg.items()})
     models = {}
     for label, sub in (("ncnn folded", d), ("ncnn unfolded", d / "unfolded")):

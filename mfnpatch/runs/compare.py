@@ -187,15 +187,16 @@ def load_side(spec: Path, stage: str | None = None) -> Side:
             files = {_relocated(path, moved_from, run_dir): digest for path, digest in s.files.items()}
             logs = {str(run_dir / s.log): s.log_sha256} if s.log and s.log_sha256 else {}
             logs |= {str(run_dir / g.log): g.log_sha256 for g in s.segments if g.log_sha256}
-            side = StageSide(s.name, summary, _checkpoints_now(here, subs, roots), cmd, stop)
-            for c in check_files({**here, **files, **logs}, roots):
+            checks = {c.path: c for c in check_files({**here, **files, **logs}, roots)}
+            side = StageSide(s.name, summary, _hashes_now(here, checks, subs), cmd, stop)
+            for c in checks.values():
                 key = _normalize(c.path, subs)
                 if c.state == "missing":
                     notes.append(f"{key}: no longer on disk; its recorded sha256 is compared")
                 elif c.state != "same":
                     side.changed.append(FileCheck(key, c.recorded, c.now, c.state))
-            side.models = {_normalize(c.path, subs): c.now or c.recorded for c in check_files(files, roots)
-                           if is_model(c.path) and c.state != "outside"}  # fmt: skip
+            models = [p for p in files if is_model(p) and checks[p].state != "outside"]
+            side.models = _hashes_now(models, checks, subs)
             stages[s.name] = side
         prov = run_provenance(rec, lambda obj: _normalize(obj, subs))
         interp = rec.environment.interpreter
@@ -234,11 +235,11 @@ def _relocated(path: str, moved_from: str | None, run_dir: Path) -> str:
     return path
 
 
-def _checkpoints_now(recorded: dict[str, str], subs: list[tuple[str, str]], roots: list[Path]) -> dict[str, str]:
-    """A run's checkpoint hashes as they are on disk now — a file gone, or outside the run and its tree (never
+def _hashes_now(paths, checks: dict[str, FileCheck], subs: list[tuple[str, str]]) -> dict[str, str]:
+    """The hashes of ``paths`` as they are on disk now — a file gone, or outside the run and its tree (never
     read), keeps its recorded hash; a file changed since the run, or outside it, is a difference of its own
     (``StageSide.changed``)."""
-    return {_normalize(c.path, subs): c.now or c.recorded for c in check_files(recorded, roots)}
+    return {_normalize(p, subs): checks[p].now or checks[p].recorded for p in paths}
 
 
 # --------------------------------------------------------------------------------------------
@@ -277,12 +278,9 @@ def compare_sides(a: Side, b: Side, tolerance: float = 0.0) -> Comparison:
     for label, one in (("A", a), ("B", b)):
         for n, st in one.stages.items():
             for c in st.changed:
-                what = {"changed": "changed since recorded", "outside": "outside the run and its tree: not read"}[
-                    c.state
-                ]
                 now = f" (now {c.now[:12]})" if c.now else ""
                 rows.append(Row(n, "on disk", c.path, c.recorded, c.now, same=False,
-                                note=f"{label}: {what}{now}"))  # fmt: skip
+                                note=f"{label}: {ON_DISK[c.state]}{now}"))  # fmt: skip
     for n in names:
         sa, sb = a.stages[n], b.stages[n]
         stops = [x for x in (sa.stop_step, sb.stop_step) if x is not None]
