@@ -18,7 +18,7 @@ from mfnpatch.deploy.align import POINTS, SIZE, TEMPLATE
 from mfnpatch.deploy.export import graph
 from mfnpatch.deploy.mxnet import FOLDED, INPUT_SHAPE, ConvertError
 from mfnpatch.deploy.ncnn import param_io
-from mfnpatch.fsutil import atomic_write, sha256_bytes
+from mfnpatch.fsutil import UnsafePath, atomic_write, inside, sha256_bytes
 from mfnpatch.schema import SchemaError, load_json
 
 NAME = "deploy.json"
@@ -151,7 +151,10 @@ def load(model_dir: Path) -> Contract:
         where = ".".join(str(x) for x in first["loc"])
         raise ConvertError(f"{path}: {where}: {first['msg']}", hint=hint) from None
     for label, m in contract.models.items():
-        p = Path(model_dir) / m.param
+        try:  # a path from the file: never read one outside the model directory
+            p = inside(model_dir, Path(model_dir) / m.param, f"{path}: {label}: param")
+        except UnsafePath as e:
+            raise ConvertError(e.message, hint=hint) from None
         if not p.is_file():
             raise ConvertError(f"{path}: {label}: {p} is missing", hint=hint)
         if param_io(p) != (m.input_blob, m.output_blob):

@@ -75,6 +75,8 @@ def test_a_hand_edited_contract_is_refused(converted, tmp_path, cli):
         (lambda d: d["output"].__setitem__("dim", 0), "output.dim"),
         (lambda d: d.__setitem__("extra", 1), "extra"),
         (lambda d: d["models"]["ncnn unfolded"].__setitem__("output_blob", "pre_fc1"), "are not"),
+        (lambda d: d["models"]["ncnn unfolded"].__setitem__("param", "../../../etc/passwd"), "outside"),
+        (lambda d: d["models"]["ncnn unfolded"].__setitem__("param", "/etc/passwd"), "outside"),
     ],
 )
 def test_a_consistent_but_wrong_contract_is_refused(converted, tmp_path, cli, change, says):
