@@ -29,9 +29,10 @@ def interleaved(d: Path, threads: int, runs: int) -> dict[str, list[float]]:
     import ncnn
     import numpy as np
 
+    from mfnpatch.deploy.engines import ncnn_net
     from mfnpatch.deploy.mxnet import FOLDED
     from mfnpatch.deploy.ncnn import param_io
-    from mfnpatch.deploy.verify import ncnn_net, test_inputs
+    from mfnpatch.deploy.verify import test_inputs
 
     x = np.ascontiguousarray(test_inputs(1, seed=3)[0])
     nets = {}

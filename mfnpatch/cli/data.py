@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated
 
@@ -10,7 +9,7 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from mfnpatch.cli.app import CTX, JsonOpt, data_app, emit_json, err, out
+from mfnpatch.cli.app import CTX, JsonOpt, data_app, emit_json, err, out, progress_bar
 from mfnpatch.errors import EXIT_OK, UsageError
 
 TargetsOpt = Annotated[
@@ -26,33 +25,6 @@ def parse_targets(text: str) -> list[str]:
     if not names or bad:
         raise UsageError(f"--targets {text!r}: write names like lfw,cfp_fp,agedb_30", hint="each names DIR/<name>.bin")
     return names
-
-
-@contextmanager
-def progress_bar(enabled: bool):
-    """A rich progress bar on stderr (a terminal only); yields the ``progress(what, done, total)`` callback."""
-    if not (enabled and err.is_terminal):
-        yield None
-        return
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextColumn, TimeRemainingColumn
-
-    bar = Progress(
-        TextColumn("{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeRemainingColumn(),
-        console=err,
-        transient=True,
-    )
-    tasks: dict[str, TaskID] = {}
-
-    def update(what: str, done: int, total: int) -> None:
-        if what not in tasks:
-            tasks[what] = bar.add_task(escape(what), total=total)
-        bar.update(tasks[what], completed=done, total=total)
-
-    with bar:
-        yield update
 
 
 @data_app.command("check")

@@ -18,11 +18,13 @@ from mfnpatch.cli.app import (
     emit_json,
     err,
     out,
+    progress_bar,
     write_stdout,
 )
 from mfnpatch.errors import (
     EXIT_OK,
     MfnError,
+    UsageError,
 )
 
 # --------------------------------------------------------------------------------------------
@@ -56,15 +58,28 @@ def convert_ncnn_cmd(
             help="Zero every weight below 1e-30 (denormals included) before converting: they slow ARM CPUs.",
         ),
     ] = False,
+    evaluate_data: Annotated[
+        Path | None,
+        typer.Option(
+            "--evaluate",
+            metavar="DATA",
+            help="Then measure every engine on DATA's verification sets (convert evaluate; writes evaluate.json "
+            "and the thresholds and golden inputs of deploy.json).",
+        ),
+    ] = None,
+    sets: SetsOpt = "lfw,cfp_fp,agedb_30",
+    threads: ThreadsOpt = None,
     as_json: JsonOpt = False,
 ):
     """MXNet -> ONNX -> ncnn (pnnx, BatchNorm folded), plus the unfolded ncnn model the seed's mxnet2ncnn made.
 
     Reports how many weights are denormal or below 1e-30, per parameter in convert.json (--flush-denormals
-    zeroes them, for every engine)."""
+    zeroes them, for every engine, and keeps the original weights in unflushed/ for evaluate and bench)."""
     from mfnpatch.deploy.convert import convert_ncnn
 
     CTX.json = as_json
+    set_names = _sets(sets) if evaluate_data is not None else []
+    nthreads = _threads(threads)
     if as_json:
         r = convert_ncnn(checkpoint, output, verify_after=verify_after, flush_denormals=flush_denormals)
     else:
@@ -77,10 +92,12 @@ def convert_ncnn_cmd(
                 on_step=lambda s: st.update(escape(s)),
             )
     code = r.exit_code
+    ev = None
+    if evaluate_data is not None:
+        ev = _run_evaluate(output, evaluate_data, set_names, None, nthreads, as_json)
+        code = max(code, ev.exit_code)
     if as_json:
-        from dataclasses import asdict
-
-        emit_json(asdict(r) | {"exit_code": code})
+        emit_json(asdict(r) | {"evaluate": ev.to_dict() if ev else None, "exit_code": code})
         return code
     out.print(f"[green]converted[/] {escape(checkpoint)} -> {escape(str(output))} in {r.seconds:.1f} s")
     out.print(
@@ -94,7 +111,122 @@ def convert_ncnn_cmd(
         _print_denormals(r.denormals)
     if r.verify:
         _print_verify(r.verify)
+    if ev is not None:
+        _print_evaluate(ev)
     return code
+
+
+SetsOpt = Annotated[str, typer.Option("--sets", help="Verification sets, comma separated: DATA/<set>.bin for each.")]
+ThreadsOpt = Annotated[
+    int | None,
+    typer.Option("--threads", min=1, help="Threads per engine (default: every core; MXNet's if not yet started)."),
+]
+
+
+def _sets(text: str) -> list[str]:
+    from mfnpatch.deploy.evaluate import parse_sets
+
+    try:
+        return parse_sets(text)
+    except MfnError as e:
+        raise UsageError(e.message) from None
+
+
+def _threads(threads: int | None) -> int:
+    """--threads, and MXNet's thread count with it: MXNet reads OMP_NUM_THREADS once, when it is imported."""
+    import os
+    import sys
+
+    n = threads or (len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1)
+    if "mxnet" not in sys.modules and (threads is not None or "OMP_NUM_THREADS" not in os.environ):
+        os.environ["OMP_NUM_THREADS"] = str(n)
+    return n
+
+
+def _run_evaluate(model_dir: Path, data: Path, sets: list[str], engines: list[str] | None, threads: int, quiet: bool):
+    from mfnpatch.deploy.evaluate import evaluate
+
+    with progress_bar(not quiet, lines=True) as progress:
+        return evaluate(model_dir, data, sets, engines, threads, on_progress=progress)
+
+
+def _print_evaluate(ev) -> None:
+    w = max([8, *(len(r.engine) for r in ev.rows)])
+    out.print(f"{'set':9s} {'engine':{w}s} {'accuracy':>17s} {'threshold (cos)':>16s} {'vs MXNet':>9s} "
+              f"{'min cosine':>10s} {'images/s':>8s}")  # fmt: skip
+    for r in ev.rows:
+        delta = "–" if r.delta is None else f"{r.delta:+.5f}"
+        cos = "–" if r.min_cosine is None else f"{r.min_cosine:.7f}"
+        flag = "" if r.holds else "  [red]outside[/]"
+        acc, thr = f"{r.accuracy:.5f} ± {r.std:.5f}", f"{r.threshold:.3f} ({r.threshold_cosine:.3f})"
+        out.print(f"{escape(r.set):9s} {escape(r.engine):{w}s} {acc:>17s} {thr:>16s} {delta:>9s} {cos:>10s} "
+                  f"{r.images_per_s:8,.0f}{flag}")  # fmt: skip
+    sets = ", ".join(f"{s['name']} {s['pairs']} pairs" for s in ev.sets)
+    out.print(f"  sets      {escape(sets)} (10 folds, with flip, as the pinned verification.py); "
+              f"{ev.threads} thread(s)")  # fmt: skip
+    out.print(f"  fp16      {escape(ev.fp16['note'])}")
+    dn = ev.denormals
+    kept = " (converted with --flush-denormals: the rows 'denormals kept' are the original weights)"
+    out.print(f"  weights   {dn['below_1e-30']} of {dn['weights']} below 1e-30"
+              + (kept if dn["flushed_at_conversion"] else ""))  # fmt: skip
+    for name, th in ev.thresholds.get("sets", {}).items():
+        fars = "; ".join(
+            f"FAR {f['far']:g}: cosine > {f['threshold']:.3f}, TAR {f['tar']:.4f}"
+            + ("" if f["resolvable"] else f" (not measurable with {th['different']} different pairs)")
+            for f in th["far"]
+        )
+        out.print(f"  {escape(name):9s} best accuracy at cosine > {th['best_accuracy_threshold']:.3f} "
+                  f"({th['best_accuracy']:.4f}); {escape(fars)}")  # fmt: skip
+    out.print(f"  deploy.json thresholds and {len(ev.golden)} golden inputs (golden/*.png with MXNet's embeddings) "
+              "written")  # fmt: skip
+    tol = ev.tolerance
+    rule = (f"accuracy within {tol['accuracy']} (or 1 pair) of MXNet's, every embedding's cosine >= "
+            f"{tol['cosine']['fp32']} (fp32) / {tol['cosine']['fp16']} (fp16)")  # fmt: skip
+    if ev.passed:
+        out.print(f"[green]PASS[/]: every engine holds on every set: {rule}")
+        return
+    out.print(f"[red]FAIL[/]: {escape(', '.join(ev.outside))} outside ({rule})")
+    for r in ev.rows:
+        if not r.holds:
+            out.print(f"  {escape(r.set)} {escape(r.engine)}: {escape(r.why)}")
+    for engine, div in ev.divergence.items():
+        out.print(f"  {escape(engine)} on {escape(div['probe'])}: {escape(div['text'])}")
+
+
+@convert_app.command("evaluate")
+def convert_evaluate(
+    model_dir: Annotated[Path, typer.Argument(help="A directory made by mfnpatch convert ncnn.")],
+    data: Annotated[Path, typer.Option("--data", help="The directory holding the verification sets (<set>.bin).")],
+    sets: SetsOpt = "lfw,cfp_fp,agedb_30",
+    engines: Annotated[
+        str | None,
+        typer.Option("--engines", help="Engines beside MXNet, comma separated (default: all five)."),
+    ] = None,
+    threads: ThreadsOpt = None,
+    as_json: JsonOpt = False,
+):
+    """Accuracy of the converted models on the verification sets, through every engine.
+
+    The pinned verification.py's protocol (10 folds, with flip: accuracy ± std, the best threshold) on each set
+    for MXNet, onnxruntime, ncnn folded and unfolded, each ncnn model with fp16 storage and arithmetic off and
+    on (what ARMv8.2 phones run), and, where the model has denormal weights, before and after flushing them.
+    Exit 0 only when every engine is within the tolerance of MXNet's row; an engine outside is taken apart layer
+    by layer and the first layer whose output diverges from MXNet's is named. Writes evaluate.json, and the
+    cosine thresholds (best accuracy, FAR 1e-3 and 1e-4 with TAR) and golden inputs into deploy.json.
+
+    Example: mfnpatch convert evaluate models/ncnn --data ~/datasets/faces_ms1m_112x112
+    """
+    CTX.json = as_json
+    set_names = _sets(sets)
+    names = None
+    if engines is not None:
+        names = [e.strip() for e in engines.split(",") if e.strip()]
+    ev = _run_evaluate(model_dir, data, set_names, names, _threads(threads), as_json)
+    if as_json:
+        emit_json(ev.to_dict())
+        return ev.exit_code
+    _print_evaluate(ev)
+    return ev.exit_code
 
 
 def _print_denormals(d: dict) -> None:

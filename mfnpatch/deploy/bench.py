@@ -1,5 +1,7 @@
-"""`mfnpatch bench MODEL_DIR`: benchncnn-style latency at batch 1 for ncnn (folded and unfolded BatchNorm),
-onnxruntime and MXNet, beside the seed's Snapdragon 625 numbers and a FLOP bound for this machine.
+"""`mfnpatch bench MODEL_DIR`: benchncnn-style latency at batch 1 for ncnn (folded and unfolded BatchNorm, in
+float32, and folded with ncnn's fp16 options on as benchncnn runs it on a phone; with the original weights too
+when the model was converted with ``--flush-denormals``), onnxruntime and MXNet, beside the seed's Snapdragon
+625 numbers and a FLOP bound for this machine.
 
 Each engine and thread count is timed over ``loops`` runs after ``warmup`` runs (min / max / avg ms). MXNet
 reads its thread count when it starts, so it is timed in a fresh process per thread count.
@@ -16,9 +18,10 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from mfnpatch.deploy.engines import ncnn_net
 from mfnpatch.deploy.mxnet import FOLDED, ConvertError
 from mfnpatch.deploy.ncnn import param_io
-from mfnpatch.deploy.verify import ncnn_net, test_inputs
+from mfnpatch.deploy.verify import test_inputs
 from mfnpatch.fsutil import atomic_write_json
 
 # MobileFaceNet: 221 M multiply-adds (the paper, Table 2's model), so about 0.44 GFLOP per 112x112 image.
@@ -136,8 +139,16 @@ def bench(
             )
     if loops < 1 or not threads or min(threads) < 1:
         raise ConvertError("--loops and --threads must be positive")
-    engines = engines or ["ncnn folded", "ncnn unfolded", "onnxruntime", "mxnet"]
-    x = test_inputs(1, seed=3)[0]
+    kept = d / "unflushed"
+    engines = engines or [
+        "ncnn folded",
+        "ncnn unfolded",
+        "ncnn folded fp16",
+        *(["ncnn folded, denormals kept"] if (kept / f"{FOLDED}.param").is_file() else []),
+        "onnxruntime",
+        "mxnet",
+    ]
+    x = np.ascontiguousarray(test_inputs(1, seed=3)[0])  # referenced while ncnn.Mat borrows it
     np.save(d / ".bench-input.npy", x[None])
     res = BenchResult(str(d), loops, warmup, cpu=cpu_peak())
     try:
@@ -146,10 +157,10 @@ def bench(
                 if engine.startswith("ncnn"):
                     import ncnn
 
-                    sub = d if engine == "ncnn folded" else d / "unfolded"
-                    net = ncnn_net(sub / f"{FOLDED}.param", sub / f"{FOLDED}.bin", t)
+                    sub = d / "unfolded" if "unfolded" in engine else kept if "denormals kept" in engine else d
+                    net = ncnn_net(sub / f"{FOLDED}.param", sub / f"{FOLDED}.bin", t, fp16=engine.endswith("fp16"))
                     in_name, out_name = param_io(sub / f"{FOLDED}.param")
-                    mat = ncnn.Mat(np.ascontiguousarray(x)).clone()
+                    mat = ncnn.Mat(x).clone()
 
                     def run(net=net, in_name=in_name, out_name=out_name, mat=mat):
                         ex = net.create_extractor()
@@ -197,20 +208,28 @@ def bench(
 def table(res: BenchResult) -> str:
     """The result as benchncnn prints it, with the reference and the FLOP bound."""
     out = []
+    w = max([16, *(len(r.engine) for r in res.rows)])
     for t in sorted({r.threads for r in res.rows}):
         out += [f"loop_count = {res.loops}", f"num_threads = {t}", "powersave = 0"]
         for r in (r for r in res.rows if r.threads == t):
-            out.append(f"{r.engine:>16s}  min = {r.min:7.2f}  max = {r.max:7.2f}  avg = {r.avg:7.2f}")
+            out.append(f"{r.engine:>{w}s}  min = {r.min:7.2f}  max = {r.max:7.2f}  avg = {r.avg:7.2f}")
         bound = res.flop_bound_ms.get(t)
         if bound:
             out.append(
-                f"{'FLOP bound':>16s}  {bound:7.2f} ms ({MODEL_GFLOP} GFLOP at {res.cpu['peak_gflops_per_core']} "
+                f"{'FLOP bound':>{w}s}  {bound:7.2f} ms ({MODEL_GFLOP} GFLOP at {res.cpu['peak_gflops_per_core']} "
                 f"GFLOP/s per core x {min(t, res.cpu['cores'])})"
             )
         if t in res.folded_gain:
             out.append(
-                f"{'':>16s}  folding BatchNorm: {100 * res.folded_gain[t]:+.1f} % vs unfolded; "
+                f"{'':>{w}s}  folding BatchNorm: {100 * res.folded_gain[t]:+.1f} % vs unfolded; "
                 f"ncnn folded / onnxruntime = {res.ncnn_vs_onnxruntime.get(t, float('nan')):.2f}"
+            )
+        by = {r.engine: r for r in res.rows if r.threads == t}
+        if "ncnn folded" in by and "ncnn folded, denormals kept" in by:
+            kept, flushed = by["ncnn folded, denormals kept"].avg, by["ncnn folded"].avg
+            out.append(
+                f"{'':>{w}s}  denormals flushed: {flushed:.2f} ms, kept: {kept:.2f} ms "
+                f"({100 * (1 - flushed / kept):+.1f} %; ARM CPUs without flush-to-zero pay far more for them)"
             )
         out.append("")
     ref = res.reference

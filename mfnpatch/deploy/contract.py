@@ -66,14 +66,46 @@ class Alignment(_Strict):
     method: str
 
 
+class FarPoint(_Strict):
+    far: float = Field(gt=0, lt=1)
+    threshold: float
+    tar: float = Field(ge=0, le=1)
+    measured_far: float = Field(ge=0, le=1)
+    resolvable: bool
+    note: str = ""
+
+
+class SetThresholds(_Strict):
+    pairs: int = Field(ge=1)
+    same: int = Field(ge=0)
+    different: int = Field(ge=0)
+    best_accuracy_threshold: float
+    best_accuracy: float = Field(ge=0, le=1)
+    far: list[FarPoint]
+
+
+class Thresholds(_Strict):
+    measured_with: str
+    sets: dict[str, SetThresholds]
+    all: SetThresholds | None = None
+
+
+class Golden(_Strict):
+    image: str  # relative to the model directory: a PNG an app decodes (BGR as imread gives it) and feeds as RGB
+    set: str
+    index: int = Field(ge=0)
+    embedding: list[float] = Field(min_length=1)  # MXNet's raw output (before L2 normalisation)
+    min_cosine: float = Field(gt=0, le=1)  # what an app's pipeline must reach against it
+
+
 class Contract(_Strict):
     schema_version: Literal[1] = 1
     models: dict[str, Model]
     input: Input
     output: Output
     alignment: Alignment
-    thresholds: dict | None = None  # measured on the verification pairs (convert evaluate); None until then
-    golden: list[dict] = Field(default_factory=list)
+    thresholds: Thresholds | None = None  # measured on the verification pairs (convert evaluate); None until then
+    golden: list[Golden] = Field(default_factory=list)
 
 
 def _canonical(obj: dict) -> bytes:
@@ -121,6 +153,12 @@ def make(model_dir: Path, sym, arg) -> Contract:
     )  # fmt: skip
 
 
+def measured(contract: Contract, thresholds: dict, golden: list[dict]) -> Contract:
+    """The contract with what ``convert evaluate`` measured: thresholds and golden inputs (validated)."""
+    body = contract.model_dump(mode="json") | {"thresholds": thresholds, "golden": golden}
+    return Contract.model_validate(body)
+
+
 def write(model_dir: Path, contract: Contract) -> Path:
     body = contract.model_dump(mode="json")
     doc = body | {"digest": "sha256:" + sha256_bytes(_canonical(body))}
@@ -159,4 +197,15 @@ def load(model_dir: Path) -> Contract:
             raise ConvertError(f"{path}: {label}: {p} is missing", hint=hint)
         if param_io(p) != (m.input_blob, m.output_blob):
             raise ConvertError(f"{path}: {label}: blobs {m.input_blob}/{m.output_blob} are not {p}'s", hint=hint)
+    for i, g in enumerate(contract.golden):
+        try:
+            p = inside(model_dir, Path(model_dir) / g.image, f"{path}: golden[{i}].image")
+        except UnsafePath as e:
+            raise ConvertError(e.message, hint=hint) from None
+        if not p.is_file():
+            raise ConvertError(f"{path}: golden[{i}]: {p} is missing", hint="measure again: mfnpatch convert evaluate "
+                               f"{model_dir} --data DATA")  # fmt: skip
+        if len(g.embedding) != contract.output.dim:
+            raise ConvertError(f"{path}: golden[{i}]: {len(g.embedding)} values, the output has {contract.output.dim}",
+                               hint=hint)  # fmt: skip
     return contract

@@ -27,10 +27,11 @@ from pathlib import Path
 from mfnpatch.deploy import contract
 from mfnpatch.deploy.denormals import count as count_denormals
 from mfnpatch.deploy.denormals import flush
+from mfnpatch.deploy.engines import embeddings_mxnet, embeddings_onnx
 from mfnpatch.deploy.export import export_onnx
 from mfnpatch.deploy.mxnet import ConvertError, _mx, check_input_shape, load_checkpoint, slim_symbol
 from mfnpatch.deploy.ncnn import layer_counts, param_io, run_pnnx, write_unfolded
-from mfnpatch.deploy.verify import compare, embeddings_mxnet, embeddings_onnx, test_inputs, verify
+from mfnpatch.deploy.verify import compare, test_inputs, verify
 from mfnpatch.fsutil import atomic_write, atomic_write_json, replacing
 
 # MXNet's MKLDNN subgraph backend breaks asnumpy() on the slim model ("We can't generate TBlob for MKLDNN
@@ -110,22 +111,34 @@ def convert_ncnn(
         shutil.rmtree(stage, ignore_errors=True)
 
 
+def _save_mxnet(d: Path, sym, arg, aux) -> None:
+    mx = _mx()
+    d.mkdir(parents=True, exist_ok=True)
+    with replacing(d / "mxnet-0000.params") as tmp:
+        mx.nd.save(str(tmp), {**{f"arg:{k}": v for k, v in arg.items()}, **{f"aux:{k}": v for k, v in aux.items()}})
+    atomic_write(d / "mxnet-symbol.json", sym.tojson())
+
+
 def _convert_into(spec: str, out_dir: Path, *, verify_after: bool, flush_denormals: bool, on_step) -> ConvertResult:
     t0 = time.perf_counter()
     say = on_step or (lambda s: None)
-    mx = _mx()
     sym, arg, aux = load_checkpoint(spec)
     sym, arg = slim_symbol(sym, arg)
     check_input_shape(sym, arg)
     denormals = count_denormals({**arg, **aux})
     if flush_denormals and denormals.below:
+        # the original weights stay beside, as MXNet and folded ncnn models, so that convert evaluate and
+        # bench can show the accuracy and the latency before and after
+        say("saving the model as it was, denormals kept (unflushed/)")
+        _save_mxnet(out_dir / "unflushed", sym, arg, aux)
+        export_onnx(sym, arg, aux, out_dir / "unflushed" / "model.onnx")
+        run_pnnx(out_dir / "unflushed" / "model.onnx", out_dir / "unflushed")
+        (out_dir / "unflushed" / "model.onnx").unlink()
         say(f"zeroing {denormals.below} weights below 1e-30")
         arg, aux = flush(arg), flush(aux)
     denormals.flushed = flush_denormals
     say("saving the slim MXNet model")
-    with replacing(out_dir / "mxnet-0000.params") as tmp:
-        mx.nd.save(str(tmp), {**{f"arg:{k}": v for k, v in arg.items()}, **{f"aux:{k}": v for k, v in aux.items()}})
-    atomic_write(out_dir / "mxnet-symbol.json", sym.tojson())
+    _save_mxnet(out_dir, sym, arg, aux)
     say("writing the unfolded ncnn model (one layer per MXNet op)")
     uparam, ubin = write_unfolded(sym, arg, aux, out_dir / "unfolded")
     say("exporting ONNX (MXNet exporter + fixes)")

@@ -8,6 +8,7 @@ import shutil
 import struct
 import subprocess
 from collections import Counter
+from dataclasses import dataclass
 from pathlib import Path
 
 from mfnpatch.deploy.export import _fix_gamma, graph, param_inputs
@@ -244,10 +245,30 @@ def layer_counts(param: Path) -> Counter:
     return Counter(line.split()[0] for line in lines[2:] if line.strip())
 
 
+@dataclass(frozen=True)
+class Layer:
+    """One line of an ncnn param file: its type, name, input blobs and output blobs."""
+
+    type: str
+    name: str
+    bottoms: tuple[str, ...]
+    tops: tuple[str, ...]
+
+
+def param_layers(param: Path) -> list[Layer]:
+    """The layers of an ncnn param file, in file order (which is an order that computes every input first)."""
+    out = []
+    for ln in Path(param).read_text().splitlines()[2:]:
+        p = ln.split()
+        if not p:
+            continue
+        nin, nout = int(p[2]), int(p[3])
+        out.append(Layer(p[0], p[1], tuple(p[4 : 4 + nin]), tuple(p[4 + nin : 4 + nin + nout])))
+    return out
+
+
 def param_io(param: Path) -> tuple[str, str]:
     """The input blob and the last layer's output blob of an ncnn param file."""
-    lines = [ln.split() for ln in Path(param).read_text().splitlines()[2:] if ln.strip()]
-    first = next(p for p in lines if p[0] == "Input")
-    last = lines[-1]
-    nin, nout = int(last[2]), int(last[3])
-    return first[4], last[4 + nin + nout - 1]
+    layers = param_layers(param)
+    first = next(x for x in layers if x.type == "Input")
+    return first.tops[0], layers[-1].tops[-1]

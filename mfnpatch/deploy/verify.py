@@ -1,5 +1,6 @@
 """Proof that every converted model computes what the MXNet model computes: embeddings of the same inputs
-from MXNet, onnxruntime and both ncnn models, compared by cosine similarity."""
+from MXNet, onnxruntime and both ncnn models (float32: ncnn's fp16 options off), compared by cosine
+similarity."""
 
 from __future__ import annotations
 
@@ -7,8 +8,8 @@ import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from mfnpatch.deploy.engines import embeddings_mxnet, embeddings_ncnn, embeddings_onnx
 from mfnpatch.deploy.mxnet import FOLDED, ConvertError, _mx
-from mfnpatch.deploy.ncnn import param_io
 from mfnpatch.fsutil import atomic_write_json
 
 # MXNet's MKLDNN subgraph backend breaks asnumpy() on the slim model ("We can't generate TBlob for MKLDNN
@@ -53,63 +54,6 @@ def test_inputs(n: int = 10, seed: int = 0):
     return out
 
 
-def embeddings_mxnet(sym, arg, aux, inputs):
-    mx = _mx()
-    ex = sym.simple_bind(mx.cpu(), data=(1, *inputs.shape[1:]), grad_req="null")
-    ex.copy_params_from(arg, aux, allow_extra_params=True)
-    outs = []
-    for x in inputs:
-        ex.forward(is_train=False, data=mx.nd.array(x[None]))
-        outs.append(ex.outputs[0].asnumpy().reshape(-1))
-    import numpy as np
-
-    return np.stack(outs)
-
-
-def embeddings_onnx(path: Path, inputs, threads: int = 1):
-    import numpy as np
-    import onnxruntime as ort
-
-    so = ort.SessionOptions()
-    so.intra_op_num_threads = threads
-    so.log_severity_level = 3
-    s = ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
-    name = s.get_inputs()[0].name
-    return np.stack([s.run(None, {name: x[None]})[0].reshape(-1) for x in inputs])
-
-
-def ncnn_net(param: Path, binf: Path, threads: int = 1):
-    try:
-        import ncnn
-    except ImportError:
-        raise ConvertError("the ncnn Python package is not installed", hint="pip install ncnn") from None
-    net = ncnn.Net()
-    net.opt.num_threads = threads
-    if net.load_param(str(param)) != 0:
-        raise ConvertError(f"{param}: ncnn cannot load this param file")
-    if net.load_model(str(binf)) != 0:
-        raise ConvertError(f"{binf}: ncnn cannot load this model file")
-    return net
-
-
-def embeddings_ncnn(param: Path, binf: Path, inputs, threads: int = 1):
-    import ncnn
-    import numpy as np
-
-    net = ncnn_net(param, binf, threads)
-    in_name, out_name = param_io(param)
-    outs = []
-    for x in inputs:
-        ex = net.create_extractor()
-        # ncnn.Mat(arr) borrows the array's memory: without clone() the binding can segfault once it is freed
-        ex.input(in_name, ncnn.Mat(np.ascontiguousarray(x)).clone())
-        rc, out = ex.extract(out_name)
-        if rc != 0:
-            raise ConvertError(f"{param}: ncnn failed to compute {out_name} (error {rc})")
-        outs.append(np.array(out).reshape(-1).copy())
-    return np.stack(outs)
-
-
 def compare(ref, got) -> dict:
     import numpy as np
 
@@ -126,6 +70,22 @@ def compare(ref, got) -> dict:
 
 # --------------------------------------------------------------------------------------------
 # convert verify
+
+
+MODEL_FILES = ("mxnet-symbol.json", "mxnet-0000.params", "model.onnx", f"{FOLDED}.param", f"{FOLDED}.bin",
+               f"unfolded/{FOLDED}.param", f"unfolded/{FOLDED}.bin")  # fmt: skip
+
+
+def check_model_dir(d: Path) -> None:
+    """A directory made by ``convert ncnn``, with every model file; a ConvertError naming the first missing."""
+    if not d.is_dir():
+        raise ConvertError(f"{d}: no such directory", hint=f"make it with: mfnpatch convert ncnn PREFIX,EPOCH -o {d}")
+    missing = [str(d / f) for f in MODEL_FILES if not (d / f).is_file()]
+    if missing:
+        raise ConvertError(
+            f"{d}: not a converted model directory ({missing[0]} is missing)",
+            hint=f"make it with: mfnpatch convert ncnn PREFIX,EPOCH -o {d}",
+        )
 
 
 @dataclass
@@ -147,14 +107,7 @@ def verify(model_dir: Path, n: int = 10, threshold: float = 0.9999) -> VerifyRes
     """Embeddings of MXNet, onnxruntime and both ncnn models on the same n inputs (face-like and noise)."""
     mx = _mx()
     d = Path(model_dir)
-    need = [d / "mxnet-symbol.json", d / "mxnet-0000.params", d / "model.onnx", d / f"{FOLDED}.param",
-            d / f"{FOLDED}.bin", d / "unfolded" / f"{FOLDED}.param", d / "unfolded" / f"{FOLDED}.bin"]  # fmt: skip
-    missing = [str(p) for p in need if not p.is_file()]
-    if missing:
-        raise ConvertError(
-            f"{d}: not a converted model directory ({missing[0]} is missing)",
-            hint=f"make it with: mfnpatch convert ncnn PREFIX,EPOCH -o {d}",
-        )
+    check_model_dir(d)
     if (d / "deploy.json").exists():  # older conversions have none; a present one must be as written
         from mfnpatch.deploy.contract import load as load_contract
 

@@ -17,7 +17,7 @@ from mfnpatch.runs.record import RunRecord
 from mfnpatch.runs.summaries import stage_summary
 from mfnpatch.verify.report import ICON, cell
 
-TOOL_OUTPUT_LINES = 30
+TOOL_OUTPUT_LINES = 40
 _ENGINE_CHATTER = re.compile(r"\[\d\d:\d\d:\d\d\] \S+:\d+: ")
 
 

@@ -85,7 +85,8 @@ def _ort_cosine(path: Path, d: Path) -> float:
     import mxnet as mx
     import numpy as np
 
-    from mfnpatch.deploy.verify import embeddings_mxnet, embeddings_onnx, test_inputs
+    from mfnpatch.deploy.engines import embeddings_mxnet, embeddings_onnx
+    from mfnpatch.deploy.verify import test_inputs
 
     sym, arg, aux = mx.model.load_checkpoint(str(d / "mxnet"), 0)
     x = test_inputs(3)
@@ -167,7 +168,13 @@ def test_bench_brief(converted, cli):
     r = cli("bench", d, "--threads", "1", "--loops", "2", "--warmup", "1", "--json")
     assert r.code == 0, r.err
     res = r.json()
-    assert [row["engine"] for row in res["rows"]] == ["ncnn folded", "ncnn unfolded", "onnxruntime", "mxnet"]
+    assert [row["engine"] for row in res["rows"]] == [
+        "ncnn folded",
+        "ncnn unfolded",
+        "ncnn folded fp16",
+        "onnxruntime",
+        "mxnet",
+    ]
     assert all(row["min"] <= row["avg"] <= row["max"] for row in res["rows"])
     assert res["flop_bound_ms"]["1"] > 0 and res["reference"]["threads"]["8"]["avg"] == 28.87
     assert json.loads((d / "bench.json").read_text())["rows"]

@@ -52,7 +52,8 @@ def test_flushed_for_every_engine_and_the_same_embeddings(checkpoint, tmp_path, 
     import mxnet as mx
     import numpy as np
 
-    from mfnpatch.deploy.verify import embeddings_mxnet, embeddings_ncnn, test_inputs
+    from mfnpatch.deploy.engines import embeddings_mxnet, embeddings_ncnn
+    from mfnpatch.deploy.verify import test_inputs
 
     kept, flushed = tmp_path / "kept", tmp_path / "flushed"
     assert cli("convert", "ncnn", checkpoint, "-o", kept).code == 0
@@ -74,3 +75,47 @@ def test_flushed_for_every_engine_and_the_same_embeddings(checkpoint, tmp_path, 
     b = embeddings_ncnn(flushed / "mobilefacenet.param", flushed / "mobilefacenet.bin", x)
     cos = (a * b).sum(1) / (np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1))
     assert cos.min() >= 0.9999
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    from mfnpatch.datasets.synth import synth
+
+    d = tmp_path_factory.mktemp("dn-data") / "data"
+    synth(d, ids=4, per_id=2, pairs=20)
+    return d
+
+
+@pytest.mark.slow
+def test_accuracy_and_latency_before_and_after_flushing(checkpoint, data, tmp_path, cli):
+    flushed = tmp_path / "flushed"
+    assert cli("convert", "ncnn", checkpoint, "-o", flushed, "--flush-denormals").code == 0
+    kept = flushed / "unflushed"
+    assert {p.name for p in kept.iterdir()} == {"mxnet-symbol.json", "mxnet-0000.params", "mobilefacenet.param",
+                                                "mobilefacenet.bin"}  # fmt: skip
+    r = cli("convert", "evaluate", flushed, "--data", data, "--sets", "lfw", "--engines", "ncnn folded", "--json")
+    assert r.code == 0, r.err
+    ev = r.json()
+    assert ev["engines"] == ["mxnet", "ncnn folded", "mxnet, denormals kept", "ncnn folded, denormals kept"]
+    assert ev["denormals"]["flushed_at_conversion"] and ev["denormals"]["below_1e-30"] == 0
+    rows = {row["engine"]: row for row in ev["rows"]}
+    assert rows["mxnet, denormals kept"]["reference"] == "mxnet" and rows["mxnet, denormals kept"]["holds"]
+    assert rows["ncnn folded, denormals kept"]["reference"] == "mxnet, denormals kept"
+    assert all(row["holds"] for row in ev["rows"])
+    r = cli("bench", flushed, "--threads", "1", "--loops", "2", "--warmup", "1", "--json")
+    assert r.code == 0, r.err
+    assert "ncnn folded, denormals kept" in [row["engine"] for row in r.json()["rows"]]
+    text = cli("bench", flushed, "--threads", "1", "--loops", "2", "--warmup", "1").out
+    assert "denormals flushed:" in text
+
+
+@pytest.mark.slow
+def test_a_model_with_denormals_is_measured_flushed_too(checkpoint, data, tmp_path, cli):
+    out = tmp_path / "kept"
+    assert cli("convert", "ncnn", checkpoint, "-o", out).code == 0
+    r = cli("convert", "evaluate", out, "--data", data, "--sets", "lfw", "--engines", "ncnn folded", "--json")
+    assert r.code == 0, r.err
+    ev = r.json()
+    assert ev["engines"] == ["mxnet", "ncnn folded", "mxnet, denormals flushed"]
+    assert ev["denormals"]["below_1e-30"] == 5 and not ev["denormals"]["flushed_at_conversion"]
+    assert all(row["holds"] for row in ev["rows"])

@@ -42,8 +42,8 @@ def test_splits_are_named_and_wired_as_mxnet2ncnn_does(tmp_path):
     import mxnet as mx
     import numpy as np
 
+    from mfnpatch.deploy.engines import embeddings_mxnet, embeddings_ncnn
     from mfnpatch.deploy.ncnn import write_unfolded
-    from mfnpatch.deploy.verify import embeddings_mxnet, embeddings_ncnn
 
     sym = _tiny(mx)
     shapes, _, _ = sym.infer_shape(data=(1, 3, 8, 8))

@@ -99,6 +99,14 @@ def test_files_models_and_report(smoke):
         assert (ncnn / f).is_file()
     verify = json.loads((ncnn / "verify.json").read_text())
     assert verify["min_cosine"] >= 0.9999
+    # convert evaluate on the synthetic sets: every engine, the trained model's real accuracy, the contract measured
+    ev = json.loads((ncnn / "evaluate.json").read_text())
+    assert ev["passed"] and [s["name"] for s in ev["sets"]] == ["lfw", "cfp_fp", "agedb_30"]
+    assert len(ev["rows"]) == 18 and all(r["holds"] for r in ev["rows"])
+    mx_lfw = next(r for r in ev["rows"] if (r["set"], r["engine"]) == ("lfw", "mxnet"))
+    assert mx_lfw["accuracy"] >= 0.8  # as the finetune stage's own last verification (the profile's floor)
+    deal = json.loads((ncnn / "deploy.json").read_text())
+    assert set(deal["thresholds"]["sets"]) == {"lfw", "cfp_fp", "agedb_30"} and len(deal["golden"]) == 6
     bench = json.loads((ncnn / "bench.json").read_text())
     assert len(bench["rows"]) >= 2 and all(r["avg"] > 0 for r in bench["rows"])
     report = (run / "report.md").read_text()
