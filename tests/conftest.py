@@ -230,6 +230,8 @@ source: tests
 pin: {short}
 patches: fake
 environment: cpu
+# the fake trainer's verification starts at 0.3 + 0.01 a step: at chance for its first rounds, as no real run is
+sentinels: {{chance: off}}
 parameters:
   python: {{default: "${{python_exe}}"}}
   data_dir: {{default: "${{run_dir}}/data", type: path}}
@@ -332,7 +334,8 @@ def runfx(fake_base: FakeBase, tmp_path, monkeypatch) -> RunFx:
     monkeypatch.setenv("MFNPATCH_PINS", str(root / "pins"))
     monkeypatch.setenv("MFNPATCH_PATCHES", str(root / "patches"))
     monkeypatch.setenv("MFNPATCH_UPSTREAM", str(root / "upstream"))
-    for var in ("FAKE_DELAY", "FAKE_CAP", "FAKE_CRASH_AT", "FAKE_CRASH_LOSS", "FAKE_WITH_BIAS", "FAKE_RATE"):
+    for var in ("FAKE_DELAY", "FAKE_CAP", "FAKE_CRASH_AT", "FAKE_CRASH_LOSS", "FAKE_WITH_BIAS", "FAKE_RATE",
+                "FAKE_IMAGES", "FAKE_NAN_AT", "FAKE_LR_FACTOR", "FAKE_SLOW_AT"):  # fmt: skip
         monkeypatch.delenv(var, raising=False)
     recipe = root / "fake.yaml"
     recipe.write_text(fake_base.recipe_text)

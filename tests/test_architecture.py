@@ -25,7 +25,8 @@ ALLOWED = {
 # The rooms of runs/, bottom up: a room imports only rooms below it, so following a plan through the runner
 # goes one way down (the record at the bottom; the runner, which uses them all, at the top).
 RUNS_ROOMS = ["record", "determinism", "resume", "process", "liveness", "outcome", "handover", "provenance",
-              "summaries", "files", "dataplan", "execute", "report", "status", "compare", "runner"]  # fmt: skip
+              "summaries", "files", "dataplan", "execute", "report", "status", "compare", "eta", "runner",
+              "estimate"]  # fmt: skip
 MAX_LINES = 600
 
 

@@ -20,6 +20,7 @@ from mfnpatch.cli import source  # noqa: F401
 from mfnpatch.cli import port  # noqa: F401
 from mfnpatch.cli import logs  # noqa: F401
 from mfnpatch.cli import recipes  # noqa: F401
+from mfnpatch.cli import fit  # noqa: F401
 from mfnpatch.cli import environments  # noqa: F401
 from mfnpatch.cli import deploy  # noqa: F401
 from mfnpatch.cli import data  # noqa: F401

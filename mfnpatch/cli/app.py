@@ -154,6 +154,15 @@ DestOpt = Annotated[
 ]
 DEFAULT_DEST = Path("insightface")
 ProfileOpt = Annotated[str | None, typer.Option("--profile", "-p", help="A profile of the recipe (seed, smoke ...).")]
+SetOpt = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--set",
+        help="Override a parameter, KEY=VALUE (repeatable); seed=N sets the run seed (default 0), "
+        "seed=none runs unseeded.",
+        metavar="KEY=VALUE",
+    ),
+]
 
 
 @contextmanager

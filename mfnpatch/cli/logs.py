@@ -158,6 +158,14 @@ def verify(
         str | None, typer.Option("--checkpoint", help="Checkpoint prefix of the run (for the symbol checks).")
     ] = None,
     markdown: Annotated[Path | None, typer.Option("--markdown", help="Also write a Markdown report here.")] = None,
+    explain: Annotated[
+        bool,
+        typer.Option(
+            "--explain",
+            help="Say why: what differs from the seed's stage, most important first, and where the curve first "
+            "fell behind the reference (--reference, else the stage's bundled one) at equal samples seen.",
+        ),
+    ] = False,
     as_json: JsonOpt = False,
 ):
     """Judge a training log the way the seed's author would: by the stage it ran, against the seed's numbers.
@@ -191,7 +199,7 @@ def verify(
     sets = select_sets(Catalog.scan(data_dir("patches")), patches) if patches else None
     v = do_verify(
         log, reference, tolerance=tolerance, sets=sets, checkpoint=checkpoint, recipe=recipe, profile=profile,
-        stage=stage, start_step=start_step,
+        stage=stage, start_step=start_step, explain=explain,
     )  # fmt: skip
     code = v.exit_code
     if markdown:
@@ -232,6 +240,11 @@ def verify(
             out.print(f"[cyan]note[/]: {escape(c.message)}")
     for f in v.findings:
         out.print(f"[dim]finding[/]: {escape(f)}")
+    if v.explanation is not None:
+        from mfnpatch.verify.explain import lines as explanation_lines
+
+        for line in explanation_lines(v.explanation, not v.passed):
+            out.print(escape(line))
     if v.passed:
         out.print(f"[green]PASS[/]: {v.count('pass')} checks passed")
     else:

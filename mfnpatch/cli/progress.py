@@ -78,6 +78,8 @@ class RichObserver(Observer):
         for c in rec.checks:
             if c.required and c.verdict != "pass":
                 self.progress.console.print(f"    {c.verdict}: {escape(c.message)}")
+        if rec.sentinel is not None:
+            self.progress.console.print(f"    [yellow]likeliest causes[/]: {escape(rec.sentinel.hint)}")
 
     def stage_reused(self, ps, rec):
         self.progress.console.print(f"[dim]reused[/] {ps.name}: completed earlier with the same provenance")

@@ -14,12 +14,14 @@ from mfnpatch.cli.app import (
     DEFAULT_DEST,
     JsonOpt,
     ProfileOpt,
+    SetOpt,
     emit_json,
     err,
     out,
     recipe_app,
     write_stdout,
 )
+from mfnpatch.cli.fit import FitOpt, GpuMemoryOpt, GpusOpt, fit_request, print_fit
 from mfnpatch.errors import (
     EXIT_OK,
     UsageError,
@@ -27,16 +29,6 @@ from mfnpatch.errors import (
 
 # --------------------------------------------------------------------------------------------
 # recipe
-
-SetOpt = Annotated[
-    list[str] | None,
-    typer.Option(
-        "--set",
-        help="Override a parameter, KEY=VALUE (repeatable); seed=N sets the run seed (default 0), "
-        "seed=none runs unseeded.",
-        metavar="KEY=VALUE",
-    ),
-]
 
 
 @recipe_app.command("list")
@@ -80,14 +72,20 @@ def recipe_plan(
     recipe: Annotated[str, typer.Argument(help="A recipe name (may16) or file.")],
     profile: ProfileOpt = None,
     sets: SetOpt = None,
+    gpus: GpusOpt = None,
+    fit: FitOpt = None,
+    gpu_memory: GpuMemoryOpt = None,
     as_json: JsonOpt = False,
 ):
-    """Print each stage's exact command, cwd, env, inputs and stop point, without running anything."""
+    """Print each stage's exact command, cwd, env, inputs and stop point, without running anything.
+
+    With --gpus N (and --fit), the plan is fitted to those GPUs and says how it differs from the seed's.
+    """
     from mfnpatch.recipes.expand import expand, parse_sets
     from mfnpatch.recipes.recipe import load_recipe, seed_tokens
 
     CTX.json = as_json
-    plan = expand(load_recipe(recipe), profile, parse_sets(sets or []))
+    plan = expand(load_recipe(recipe), profile, parse_sets(sets or []), fit=fit_request(gpus, fit, gpu_memory))
     if as_json:
         emit_json(plan.to_dict())
         return EXIT_OK
@@ -97,6 +95,8 @@ def recipe_plan(
         + (f", profile [bold]{profile}[/]" if profile else "")
     )
     out.print(f"pin {r.pin}, patch sets {plan.patches}, environment {plan.environment}")
+    if plan.fit is not None:
+        print_fit(plan.fit)
     from mfnpatch.runs.determinism import describe
 
     out.print(f"determinism: {escape(describe(plan.seed)['how'])}")
@@ -191,6 +191,18 @@ def recipe_run(
     no_data_check: Annotated[
         bool,
         typer.Option("--no-data-check", help="Skip the check of the training stages' data (recorded)."),
+    ] = False,
+    gpus: GpusOpt = None,
+    fit: FitOpt = None,
+    gpu_memory: GpuMemoryOpt = None,
+    no_sentinels: Annotated[
+        bool,
+        typer.Option(
+            "--no-sentinels",
+            help="Do not stop a training stage early when a sentinel fires (verification at chance, training "
+            "accuracy stuck at 0, NaN, an lr off the plan, a data stall); recorded. One sentinel: "
+            "'sentinels: {NAME: off}' in the recipe.",
+        ),
     ] = False,
     env_prefix: Annotated[
         Path | None,
@@ -294,6 +306,7 @@ def recipe_run(
         tree=tree, run_dir=run_dir, source=source, resume=resume, from_stage=from_stage, only=only,
         keep_going=keep_going, force=force, env_check=not no_env_check, env_checker=_env_checker(),
         env_prefix=env_prefix, data_check=not no_data_check, data_checker=_data_checker(),
+        sentinels=not no_sentinels, fit=fit_request(gpus, fit, gpu_memory),
     )  # fmt: skip
     from mfnpatch.cli.progress import RichObserver
 

@@ -111,6 +111,7 @@ class Gpu:
     name: str
     cc: tuple[int, int] | None
     driver: str
+    memory_mib: int | None = None  # memory.total, when nvidia-smi gave it
 
 
 @dataclass
@@ -151,7 +152,8 @@ def parse_query_csv(text: str) -> list[Gpu]:
             raise ValueError(f"GPU index {index!r}")
         if not name or not re.fullmatch(r"\d+(\.\d+)+", driver):
             raise ValueError(f"GPU {index}: name {name!r}, driver {driver!r}")
-        gpus.append(Gpu(int(index), name, cc, driver))
+        mem = re.fullmatch(r"(\d+)(?: MiB)?", d.get("memory.total", ""))
+        gpus.append(Gpu(int(index), name, cc, driver, int(mem.group(1)) if mem else None))
     return gpus
 
 
@@ -159,8 +161,8 @@ def query_gpus(nvidia_smi: str | None = None) -> GpuReport:
     exe = nvidia_smi or os.environ.get("MFNPATCH_NVIDIA_SMI") or shutil.which("nvidia-smi")
     if not exe or not (Path(exe).exists() or shutil.which(exe)):
         return GpuReport(False, [], "nvidia-smi not found: no NVIDIA driver on this machine")
-    fields = "index,name,compute_cap,driver_version"
-    for attempt in (fields, "index,name,driver_version"):  # old drivers do not know compute_cap
+    fields = "index,name,compute_cap,driver_version,memory.total"
+    for attempt in (fields, "index,name,driver_version,memory.total"):  # old drivers do not know compute_cap
         try:
             r = subprocess.run([exe, f"--query-gpu={attempt}", "--format=csv"], capture_output=True, timeout=60)
         except (OSError, subprocess.TimeoutExpired) as e:

@@ -113,6 +113,15 @@ class Warn(Event):
 
 
 @dataclass(slots=True)
+class Malformed(Event):
+    """A known line whose values no healthy run prints (an accuracy or a learning rate that is nan, inf or out
+    of range): never evidence of a result, but a sign of a run gone wrong."""
+
+    text: str
+    value: float | None = None  # the value it printed, when it is a number
+
+
+@dataclass(slots=True)
 class RunEnded(Event):
     reason: str  # force-ended | error | interrupted
     detail: str

@@ -53,12 +53,28 @@ class BenchReference(Strict):
     folding_gain_estimate: float
 
 
+class StageThroughput(Strict):
+    samples_per_sec: float = Field(gt=0)
+    verification_seconds: float = Field(ge=0)
+    note: str = ""
+
+
+class ThroughputReference(Strict):
+    """The seed's own training speed, read from its logs (recipe estimate's reference row)."""
+
+    source: str
+    device: str
+    total_batch: int = Field(ge=1)
+    stages: dict[str, StageThroughput]
+
+
 class Expected(Strict):
     schema_: Literal[1] = Field(alias="schema")
     references: dict[str, ReferenceEntry]
     targets: dict[str, StageTargets]
     results: dict[str, StageTargets]
     bench: BenchReference
+    throughput: ThroughputReference | None = None
 
 
 def load_expected(path: Path | None = None) -> Expected:

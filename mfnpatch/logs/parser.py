@@ -38,6 +38,7 @@ from mfnpatch.logs.events import (
     LrBatchEpoch,
     LrChange,
     LrSteps,
+    Malformed,
     Pretrained,
     RunEnded,
     Speed,
@@ -120,6 +121,10 @@ MAX_NOTED = 10  # malformed lines and backward steps noted by line number; the r
 class _Malformed(Exception):
     """A known line whose values no run prints (an accuracy of nan, 1e308 or -1.5): counted, never evidence."""
 
+    def __init__(self, message: str, value: float | None = None):
+        super().__init__(message)
+        self.value = value
+
 
 def _shown(text: str) -> str:
     return text if len(text) <= 24 else f"{text[:20]}… ({len(text)} characters)"
@@ -128,14 +133,14 @@ def _shown(text: str) -> str:
 def _accuracy(text: str, what: str) -> float:
     v = float(text)
     if not 0.0 <= v <= 1.0:  # false for nan too
-        raise _Malformed(f"{what} {_shown(text)} is not in [0, 1]")
+        raise _Malformed(f"{what} {_shown(text)} is not in [0, 1]", v)
     return v
 
 
 def _finite(text: str, what: str) -> float:
     v = float(text)
     if not (v >= 0.0 and v < float("inf")):
-        raise _Malformed(f"{what} {_shown(text)} is not a finite number >= 0")
+        raise _Malformed(f"{what} {_shown(text)} is not a finite number >= 0", v)
     return v
 
 
@@ -327,6 +332,9 @@ class LogParser:
                 self.s.malformed_lines += 1
                 if len(self.s.malformed) < MAX_NOTED:
                     self.s.malformed.append(f"line {self._line}: {bad}")
+                if emit:
+                    line = self._line if kind in _NOTING else 0
+                    events.append(Malformed(line, _s(m.group("ts")), str(bad), bad.value))
                 continue
             if ev is not None and emit:
                 if kind not in _NOTING:

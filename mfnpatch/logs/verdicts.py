@@ -176,6 +176,28 @@ def shift_summary(s: Summary, offset: int) -> Summary:
     )  # fmt: skip
 
 
+def scale_summary(s: Summary, factor: float) -> Summary:
+    """A summary whose steps are counted in another run's batches: step x ``factor`` (the log's total batch over
+    the other's), so that the same step means the same number of samples seen."""
+    if factor == 1:
+        return s
+
+    def st(x: int) -> int:
+        return round(x * factor)
+
+    return replace(
+        s,
+        verifications={t: {st(k): v for k, v in steps.items()} for t, steps in s.verifications.items()},
+        checkpoints={n: {**c, "step": st(c["step"]) if c.get("step") is not None else None}
+                     for n, c in s.checkpoints.items()},
+        train_curve=[(st(k) if k is not None else None, a) for k, a in s.train_curve],
+        lr_changes={st(k): lr for k, lr in s.lr_changes.items()},
+        lr_points={st(k): lr for k, lr in s.lr_points.items()},
+        last_step=st(s.last_step) if s.last_step is not None else None,
+        highest=(st(s.highest[0]), s.highest[1]) if s.highest else None,
+    )  # fmt: skip
+
+
 def config_findings(log: Summary, ref: Summary) -> list[str]:
     if ref.config is None:
         return ["the reference has no configuration line (an excerpt): configuration not compared"]

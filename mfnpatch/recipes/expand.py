@@ -17,7 +17,9 @@ from typing import Any
 
 from mfnpatch.checkpoint import StopPoint
 from mfnpatch.logs.expected import Expectation
+from mfnpatch.logs.sentinels import Sentinels, all_off
 from mfnpatch.recipes import RecipeError
+from mfnpatch.recipes.fit import FitDecision, Rule, fit_parameters
 from mfnpatch.recipes.recipe import (
     BUILTINS,
     DEFAULT_SEED,
@@ -78,6 +80,9 @@ class PlannedStage:
     resources: dict[str, str] = field(default_factory=dict)  # rendered; only what is set
     data: PlannedData | None = None
     filled: dict[str, str] = field(default_factory=dict)  # the inputs the slots are filled with
+    # what is watched while it runs (training stages): the defaults, then the recipe's, the profile's, the
+    # stage's and the profile's stage's sentinels: settings
+    sentinels: Sentinels = field(default_factory=all_off)
 
     def _values(self) -> dict[str, str]:
         known = {k: i.value if i.value is not None else f"<{k}: {i.describe}>" for k, i in self.inputs.items()}
@@ -125,6 +130,7 @@ class Plan:
     stages: list[PlannedStage]
     hazards: list[str]
     seed: int | None = DEFAULT_SEED  # the run seed (None: unseeded), see mfnpatch/runs/seedhook
+    fit: FitDecision | None = None  # the GPUs and batch (recipes/fit.py), for a recipe with a fit: section
 
     def stage(self, name: str) -> PlannedStage:
         for s in self.stages:
@@ -151,6 +157,7 @@ class Plan:
             "parameters": self.parameters,
             "seed": self.seed,
             "hazards": self.hazards,
+            "fit": self.fit.to_dict() if self.fit else None,
             "stages": [
                 {
                     "name": s.name,
@@ -238,11 +245,22 @@ def parse_sets(pairs: list[str]) -> dict[str, str]:
     return out
 
 
+@dataclass
+class FitRequest:
+    """``--gpus``/``--fit`` and what the machine says about its GPUs (nvidia-smi), for ``recipes.fit``."""
+
+    rule: Rule | None = None
+    gpus: list[str] | None = None
+    memory_mib: float | None = None
+    gpu_name: str | None = None
+
+
 def expand(
     loaded: LoadedRecipe,
     profile: str | None = None,
     overrides: dict[str, str] | None = None,
     builtins: dict[str, Any] | None = None,
+    fit: FitRequest | None = None,
 ) -> Plan:
     r = loaded.recipe
     if profile is not None and profile not in r.profiles:
@@ -271,6 +289,15 @@ def expand(
     values = {
         k: (coerce(v, specs[k].type, k) if not (isinstance(v, str) and VAR.search(v)) else v) for k, v in values.items()
     }
+    decision = None
+    fit = fit or FitRequest()
+    if r.fit is not None:  # on typed values; what it sets is typed the same way
+        decision = fit_parameters(r.fit, values, fit.rule, fit.gpus, fit.memory_mib, fit.gpu_name,
+                                  frozenset(overrides))  # fmt: skip
+        values.update({k: coerce(v, specs[k].type, k) for k, v in decision.overrides.items()})
+    elif fit.rule is not None or fit.gpus is not None:
+        raise RecipeError(f"recipe {r.name} has no fit: section, so --gpus and --fit cannot change it",
+                          hint="set its GPU parameters with --set instead")  # fmt: skip
     scope = Scope(values, {
         "run_dir": "<run_dir>", "tree": "<tree>", "cpu_count": "<cpu_count>", "cpu_free": "<cpu_free>",
         "mfnpatch": ["mfnpatch"], "python_exe": "python", **(builtins or {}),
@@ -330,6 +357,11 @@ def expand(
                                [t.strip() for t in scope.render(st.data.targets).split(",") if t.strip()],
                                variant or None)  # fmt: skip
         copy_args = [(scope.parts(c.checkpoint), scope.parts(c.to)) for c in st.copy_]
+        sentinels = all_off()
+        if st.kind == "train":
+            sentinels = Sentinels()
+            for spec in (r.sentinels, prof.sentinels if prof else None, st.sentinels, pst.sentinels if pst else None):
+                sentinels = sentinels.merged(spec)
         scope.inputs = {}
         stages.append(
             PlannedStage(
@@ -355,6 +387,7 @@ def expand(
                 template=st,
                 resources={k: v for k, v in res.items() if v != ""},  # "0" GPUs is kept: it asks for none
                 data=data,
+                sentinels=sentinels,
             )
         )
     # stop points derived from what later stages need
@@ -374,8 +407,9 @@ def expand(
         stages=stages,
         hazards=[],
         seed=seed,
+        fit=decision,
     )
-    plan.hazards = hazards(plan)
+    plan.hazards = hazards(plan) + (decision.warnings if decision else [])
     return plan
 
 

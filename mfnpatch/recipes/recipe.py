@@ -21,15 +21,18 @@ import re
 import shlex
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import Field, model_validator
+from pydantic import AfterValidator, Field, ValidationError, model_validator
 
 from mfnpatch.errors import MfnError
 from mfnpatch.fsutil import UnsafePath, confined, sha256_bytes
 from mfnpatch.logs.expected import Expectation
+from mfnpatch.logs.sentinels import NAMES as SENTINELS
+from mfnpatch.logs.sentinels import Sentinels
 from mfnpatch.recipes import RecipeError
+from mfnpatch.recipes.fit import FitSpec
 from mfnpatch.recipes.template import VAR, templated
 from mfnpatch.resources import data_dir
 from mfnpatch.schema import SchemaError, Strict, load_yaml, locate, validate
@@ -115,6 +118,26 @@ class DataSpec(Strict):
     variant: str | None = None
 
 
+def _sentinel_spec(v: Any) -> dict[str, Any]:
+    """A recipe's ``sentinels:``: each name ``off`` or some of its settings, checked against the settings'
+    model so that a misspelt name or key is an error with its file and line."""
+    if not isinstance(v, dict):
+        raise ValueError(f"a mapping of sentinel names ({', '.join(SENTINELS)}) to off or their settings")
+    unknown = [k for k in v if k not in SENTINELS]
+    if unknown:
+        raise ValueError(f"no sentinel {unknown[0]!r} (sentinels: {', '.join(SENTINELS)})")
+    try:
+        Sentinels().merged(v)
+    except ValidationError as e:
+        first = e.errors()[0]
+        where = ".".join(str(x) for x in first["loc"] if str(x) == str(x).lower())  # not the union's class names
+        raise ValueError(f"{where}: {first['msg']}") from None
+    return v
+
+
+SentinelSpec = Annotated[dict[str, Any], AfterValidator(_sentinel_spec)]
+
+
 class Stage(Strict):
     title: str
     kind: Literal["train", "tool"] = "train"
@@ -132,6 +155,7 @@ class Stage(Strict):
     note: str | None = None
     resources: Resources | None = None
     data: DataSpec | None = None
+    sentinels: SentinelSpec | None = None
 
 
 class ProfileStage(Strict):
@@ -139,6 +163,7 @@ class ProfileStage(Strict):
     expect: list[Expectation] | None = None
     env: dict[str, str | None] = Field(default_factory=dict)
     resources: Resources | None = None
+    sentinels: SentinelSpec | None = None
 
 
 class Profile(Strict):
@@ -147,6 +172,7 @@ class Profile(Strict):
     patches: str | None = None
     parameters: dict[str, Any] = Field(default_factory=dict)
     stages: dict[str, ProfileStage] = Field(default_factory=dict)
+    sentinels: SentinelSpec | None = None
 
 
 class Recipe(Strict):
@@ -160,6 +186,8 @@ class Recipe(Strict):
     environment: str
     description: str = ""
     parameters: dict[str, Param | str | int | float | bool | None] = Field(default_factory=dict)
+    sentinels: SentinelSpec | None = None
+    fit: FitSpec | None = None
     stages: dict[str, Stage]
     profiles: dict[str, Profile] = Field(default_factory=dict)
 
@@ -286,6 +314,16 @@ def check_references(lr: LoadedRecipe) -> None:
                     f"{lr.where(('profiles', prof, 'stages', sname))}: profile '{prof}' names unknown stage '{sname}'",
                     hint=f"stages: {', '.join(names)}",
                 )
+    if r.fit is not None:
+        f = r.fit
+        named: list[tuple[str, str | None]] = [
+            ("gpus", f.gpus), ("per_gpu_batch", f.per_gpu_batch), ("verbose", f.verbose), ("slurm_gpus", f.slurm_gpus),
+            *(("steps", x) for x in f.steps), *(("lr", x) for x in f.lr),
+        ]  # fmt: skip
+        for role, named_param in named:
+            if named_param is not None and named_param not in params:
+                raise RecipeError(f"{lr.where(('fit', role))}: fit names unknown parameter '{named_param}'",
+                                  hint=f"parameters: {', '.join(params)}")  # fmt: skip
     _params_acyclic(lr, params)
 
 

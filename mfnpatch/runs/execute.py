@@ -22,12 +22,13 @@ from mfnpatch.logs.events import (
     Summary,
     Verification,
 )
+from mfnpatch.logs.sentinels import LrPlan, Watch
 from mfnpatch.recipes.expand import PlannedStage
 from mfnpatch.runs.files import output_files
 from mfnpatch.runs.outcome import stage_checks, stage_outcome
 from mfnpatch.runs.process import ProcessResult, run_process
-from mfnpatch.runs.record import RunError, SegmentRecord, StageRecord, now
-from mfnpatch.runs.resume import DIFFERENCES, ResumePlan
+from mfnpatch.runs.record import RunError, SegmentRecord, SentinelTrip, StageRecord, now
+from mfnpatch.runs.resume import DIFFERENCES, ResumePlan, get_opt
 from mfnpatch.runs.summaries import checkpoint_hashes, stage_metrics, stage_summary
 from mfnpatch.verify.facts import gather_facts
 
@@ -154,7 +155,12 @@ class StageRun:
         t0 = time.monotonic()
         if log_path.exists():  # a rerun of the stage (--resume): keep the old log beside the new one
             log_path.rename(log_path.with_name(f"{log_path.stem}.{time.strftime('%Y%m%d-%H%M%S')}.log"))
-        result = self._run(ps, run_ps, cwd, log_path, total, offsets, (tree_root, run_dir))
+        watch = watch_for(ps)
+        srec.sentinels = {n: getattr(ps.sentinels, n).model_dump() for n in ps.sentinels.active()}
+        srec.sentinel = None
+        result = self._run(ps, run_ps, cwd, log_path, total, offsets, (tree_root, run_dir), watch)
+        if watch is not None and watch.tripped is not None and result.end == "sentinel":
+            srec.sentinel = SentinelTrip(**watch.tripped.to_dict())
         seconds = round(time.monotonic() - t0, 3)
         srec.seconds = round((srec.seconds or 0.0) + seconds, 3) if resume else seconds
         srec.finished = now()
@@ -190,7 +196,8 @@ class StageRun:
         srec.passed = all(c.verdict == "pass" for c in checks if c.required)
 
     def _run(self, ps: PlannedStage, run_ps: PlannedStage, cwd: Path, log_path: Path, total: int | None,
-             offsets: tuple[int, int], roots: tuple[Path, ...] = ()) -> ProcessResult | _NotStarted:  # fmt: skip
+             offsets: tuple[int, int], roots: tuple[Path, ...] = (),
+             watch: Watch | None = None) -> ProcessResult | _NotStarted:  # fmt: skip
         live = LiveState(total=total)
 
         def on_events(events: list[Event]) -> None:
@@ -199,6 +206,13 @@ class StageRun:
                     ev = shift(ev, *offsets)
                 live.update(ev)
                 self.observer.stage_event(ps, ev, live)
+                trip = watch.feed(ev) if watch is not None else None
+                if trip is not None:
+                    self.observer.note(f"{ps.name}: the {trip.sentinel} sentinel fired: {trip.why}; stopping the stage")
+
+        def tripped() -> str | None:
+            t = watch.tripped if watch is not None else None
+            return f"the {t.sentinel} sentinel fired: {t.why}" if t is not None else None
 
         def on_output(data: bytes) -> None:
             if ps.kind != "train":
@@ -214,7 +228,7 @@ class StageRun:
             return _NotStarted(f"could not start: {e}")
         try:
             result = run_process(run_ps.argv, cwd, self.env(run_ps), log_path, run_ps.stop, on_events,
-                                 interrupted=self.interrupted, on_output=on_output)  # fmt: skip
+                                 interrupted=self.interrupted, on_output=on_output, tripped=tripped)  # fmt: skip
         except OSError as e:
             return _NotStarted(f"could not start: {e}")
         self.parse_cpu += result.parse_cpu
@@ -227,6 +241,21 @@ class StageRun:
             if beyond > n:
                 result.ended += f"; it had written up to {kind} {beyond + off} when it ended"
         return result
+
+
+def watch_for(ps: PlannedStage) -> Watch | None:
+    """The sentinels of a training stage, with the learning rate its command plans (``--lr``, default 0.1 as the
+    pinned code's; ``--lr-steps``, or the code's own default schedule when the command leaves it out)."""
+    if ps.kind != "train" or not ps.sentinels.active():
+        return None
+    argv = ps.argv
+    try:
+        base = float(get_opt(argv, "--lr") or 0.1)
+        raw = get_opt(argv, "--lr-steps")
+        steps = [int(x) for x in raw.split(",") if x.strip()] if raw else None
+    except ValueError:  # a command the recipe wrote unusually: the lr sentinel cannot know the plan
+        return Watch(ps.sentinels, None)
+    return Watch(ps.sentinels, LrPlan(base, steps))
 
 
 class _NotStarted(ProcessResult):

@@ -69,10 +69,12 @@ def run_process(
     *,
     interrupted: Callable[[], str | None] = lambda: None,
     on_output: Callable[[bytes], None] | None = None,
+    tripped: Callable[[], str | None] = lambda: None,
 ) -> ProcessResult:
     """Run ``argv`` in ``cwd`` with ``env``, appending its output (stdout and stderr) to ``log``; events go to
     ``on_events`` as they are parsed, in the process's own numbering; ``stop`` is checked in that numbering.
-    ``interrupted()`` returns a signal name when the caller was asked to stop (the process is then stopped)."""
+    ``interrupted()`` returns a signal name when the caller was asked to stop, ``tripped()`` why a sentinel
+    fired on the events (the process is then stopped, as at a stop point: between two saves)."""
     proc = subprocess.Popen(argv, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                             stdin=subprocess.DEVNULL, preexec_fn=_child_setup)  # fmt: skip
     parser = LogParser(events=True, path=str(log))
@@ -124,7 +126,7 @@ def run_process(
             elif data and len(data) < (1 << 16) and stop_reason is None and interrupted() is None:
                 # little output: let more collect in the pipe until the next tick (a full read skips this)
                 time.sleep(max(0.0, last + 1.0 / PARSE_HZ - time.monotonic()))
-            if stop_reason is None and interrupted() is None:
+            if stop_reason is None and interrupted() is None and tripped() is None:
                 continue
             terminate(proc, symbols)
             while True:  # drain what the process printed before it ended
@@ -143,9 +145,12 @@ def run_process(
     proc.stdout.close()  # type: ignore[union-attr]
     summary = parser.summary()
     signalled = interrupted()
+    sentinel = tripped()
     end: End
     if signalled:
         end, ended = "interrupted", f"interrupted ({signalled}); the process was stopped"
+    elif sentinel and not stop_reason:
+        end, ended = "sentinel", f"stopped by mfnpatch: {sentinel}"
     elif stop_reason:
         end, ended = "stopped", f"stopped at {stop_reason} (planned), by mfnpatch"
     elif code == 0:

@@ -24,7 +24,8 @@ from mfnpatch.schema import Strict, load_json, validate
 
 RECORD = "record.json"
 SCHEMA = 2  # 2: a stage's and a segment's `end` (how its process ended) is typed; 1 said it in words only
-End = Literal["exited", "stopped", "interrupted", "not started"]  # how a stage's process ended
+# how a stage's process ended; "sentinel": stopped early because a sentinel fired (logs/sentinels.py)
+End = Literal["exited", "stopped", "interrupted", "not started", "sentinel"]
 StageStatus = Literal["pending", "queued", "running", "done", "failed", "interrupted", "skipped", "cancelled"]
 # incomplete: every stage that ran passed, but some were not run (--only, --from)
 RunStatus = Literal["queued", "running", "passed", "failed", "interrupted", "incomplete", "cancelled"]
@@ -91,6 +92,16 @@ class SegmentRecord(Strict):
     log_sha256: str | None = None
 
 
+class SentinelTrip(Strict):
+    """The sentinel that stopped a training stage (mfnpatch.logs.sentinels): which, why, where, what to look at."""
+
+    sentinel: str
+    why: str
+    step: int | None = None
+    line: int = 0  # in the segment's log
+    hint: str = ""
+
+
 class JobRecord(Strict):
     """The Slurm job that runs a stage."""
 
@@ -148,6 +159,10 @@ class StageRecord(Strict):
     checkpoints: dict[str, str] = Field(default_factory=dict)
     # sha256 of every other file its outputs name (converted models, result files, data), by absolute path
     files: dict[str, str] = Field(default_factory=dict)
+    # the sentinels watched while it ran (name -> settings; empty: none, e.g. --no-sentinels) and the one that
+    # stopped it
+    sentinels: dict[str, Any] = Field(default_factory=dict)
+    sentinel: SentinelTrip | None = None
 
     @property
     def ok(self) -> bool:
@@ -164,6 +179,11 @@ class RecipeInfo(Strict):
     seed_update: str | None = None
     overrides: dict[str, str] = Field(default_factory=dict)
     cpu_free: int | None = None  # ${cpu_free} when the run started (a resumed run keeps it)
+    # the plan fitted to the GPUs (recipes/fit.py): rule, GPUs, total batch, what changed from the seed's
+    fit: dict[str, Any] | None = None
+    warnings: list[str] = Field(default_factory=list)  # the plan's hazards (a silent change of the total batch …)
+    # the last `recipe estimate` of this plan on this host when the run started: its ETA
+    estimate: dict[str, Any] | None = None
 
 
 class PinInfo(Strict):

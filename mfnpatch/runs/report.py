@@ -70,6 +70,7 @@ def run_markdown(rec: RunRecord, inputs: ReportInputs) -> str:
         f"- host: {rec.host.hostname} ({rec.host.cpus} CPUs); started {rec.started}, finished {rec.finished}",
         "- " + _determinism_line(rec),
         *_data_lines(rec),
+        *_fit_lines(rec),
         "",
         "| stage | status | how it ended | seconds | checks |",
         "| --- | --- | --- | ---: | --- |",
@@ -107,6 +108,15 @@ def run_markdown(rec: RunRecord, inputs: ReportInputs) -> str:
             ]
         for note in s.notes:
             lines += [f"Note: {note}.", ""]
+        if s.sentinel is not None:
+            trip = s.sentinel
+            at = f" at step {trip.step}" if trip.step is not None else ""
+            lines += [f"**Stopped by the `{trip.sentinel}` sentinel**{at} (log line {trip.line}): {trip.why}. "
+                      f"Likeliest causes: {trip.hint}. Its last saved checkpoint is kept; `--no-sentinels` (or "
+                      f"`sentinels: {{{trip.sentinel}: off}}` in the recipe) runs on regardless.", ""]  # fmt: skip
+        elif s.kind == "train" and s.status != "pending":
+            watched = ", ".join(s.sentinels) if s.sentinels else "none (--no-sentinels or all off in the recipe)"
+            lines += [f"Sentinels watched: {watched}.", ""]
         if s.inputs:
             lines += ["Inputs: " + ", ".join(f"{k} = `{v}`" for k, v in s.inputs.items()), ""]
         t = s.metrics.targets
@@ -132,6 +142,27 @@ def run_markdown(rec: RunRecord, inputs: ReportInputs) -> str:
         if s.log:
             lines += [f"Log: [{s.log}]({s.log})", ""]
     return "\n".join(lines) + "\n"
+
+
+def _fit_lines(rec: RunRecord) -> list[str]:
+    """The GPUs and the batch, how the plan was fitted to them, and what that changed from the seed's plan."""
+    out = []
+    f = rec.recipe.fit
+    if f:
+        n = len(f["gpus"]) or 1
+        same = "the seed's experiment" if not f["differs"] else "**not the seed's experiment**"
+        out.append(f"- fit: `{f['rule'] or 'as given'}`: {n} GPU(s) x {f['per_gpu']} = total batch {f['total']} "
+                   f"(the seed's {f['seed_total']}): {same}")  # fmt: skip
+        for c in f["changes"]:
+            word = "changed from the seed" if f["differs"] else "set"
+            out.append(f"  - {word}: `{c['parameter']}` {c['seed']} -> {c['now']} ({c['why']})")
+    out += [f"- **warning**: {w}" for w in rec.recipe.warnings]
+    est = rec.recipe.estimate
+    if est:
+        actual = sum(s.seconds or 0 for s in rec.stages if s.kind == "train") / 3600
+        out.append(f"- estimate (recipe estimate of {est.get('made')}): {est['hours']:.2f} h of training; it took "
+                   f"{actual:.2f} h")  # fmt: skip
+    return out
 
 
 def _data_lines(rec: RunRecord) -> list[str]:

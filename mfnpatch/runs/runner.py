@@ -30,11 +30,13 @@ from typing import Any
 from mfnpatch import __version__
 from mfnpatch.errors import Interrupted, MfnError
 from mfnpatch.fsutil import Busy, atomic_write, locked
-from mfnpatch.recipes.expand import Plan, PlannedStage, expand
+from mfnpatch.logs.sentinels import all_off
+from mfnpatch.recipes.expand import FitRequest, Plan, PlannedStage, expand
 from mfnpatch.recipes.recipe import LoadedRecipe
 from mfnpatch.runs.dataplan import Checker, check_made_data, preflight
 from mfnpatch.runs.determinism import describe as describe_determinism
 from mfnpatch.runs.determinism import free_cpus, seed_env
+from mfnpatch.runs.eta import eta_of
 from mfnpatch.runs.execute import Observer, StageRun
 from mfnpatch.runs.files import changed_since_recorded
 from mfnpatch.runs.handover import as_seen_from, input_checkpoint, pick_checkpoint
@@ -77,6 +79,8 @@ class RunOptions:
     env_prefix: Path | None = None  # the environment the stages run in (its bin/ goes first on PATH)
     data_check: bool = True
     data_checker: Checker | None = None  # (dataset dir, targets, variant) -> the check's result (runs/dataplan.py)
+    sentinels: bool = True  # False: --no-sentinels (each stage's record says what was watched)
+    fit: FitRequest | None = None  # --gpus/--fit: the plan fitted to the GPUs (recipes/fit.py)
 
 
 def probe_python(python: str, env: dict[str, str]) -> InterpreterInfo:
@@ -224,7 +228,10 @@ class Runner:
             "mfnpatch": [sys.executable, "-m", "mfnpatch"],
             "python_exe": sys.executable,
         }
-        plan = expand(self.loaded, self.profile, self.overrides, self._builtins)
+        plan = expand(self.loaded, self.profile, self.overrides, self._builtins, self.opts.fit)
+        if not self.opts.sentinels:
+            for s in plan.stages:
+                s.sentinels = all_off()
         self._seed = plan.seed
         self._cwd_of = {s.name: s.cwd for s in plan.stages}
         self._outputs = {s.name: s.outputs for s in plan.stages}
@@ -315,6 +322,14 @@ class Runner:
         (run_dir / "stages").mkdir(parents=True, exist_ok=True)
         rec.recipe.overrides = dict(self.overrides)
         rec.recipe.cpu_free = int(self._builtins["cpu_free"])
+        rec.recipe.fit = plan.fit.to_dict() if plan.fit else None
+        rec.recipe.warnings = list(plan.hazards)
+        for h in plan.hazards:
+            self.obs.note(f"warning: {h}")
+        eta = eta_of(plan, platform.node(), self._builtins) if previous is None else None
+        if eta is not None:
+            rec.recipe.estimate, line = eta
+            self.obs.note(line)
         return run_dir, self.launch(plan, rec, run_dir, tree.root, previous, fresh_dir)
 
     def _preflight(self, plan: Plan, previous: RunRecord | None):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from mfnpatch.verify.explain import lines as explanation_lines
 from mfnpatch.verify.verify import Verification
 
 ICON = {"pass": "pass", "fail": "**FAIL**", "unmeasured": "unmeasured", "n/a": "n/a"}
@@ -43,6 +44,8 @@ def verification_markdown(v: Verification) -> str:
         lines += ["## What failed", ""] + [f"- {c.message}" for c in failing] + [""]
     if v.findings:
         lines += ["## Findings", ""] + [f"- {f}" for f in v.findings] + [""]
+    if v.explanation is not None:
+        lines += ["## Why (verify --explain)", "", "```", *explanation_lines(v.explanation, not v.passed), "```", ""]
     return "\n".join(lines)
 
 

@@ -18,8 +18,18 @@ from mfnpatch.logs.events import Summary
 from mfnpatch.logs.evidence import evidence_checks, python_finding
 from mfnpatch.logs.expected import load_expected, resolve_reference
 from mfnpatch.logs.parser import summarize
-from mfnpatch.logs.verdicts import Check, Verdict, compare_to_reference, config_findings, evaluate_stage, shift_summary
+from mfnpatch.logs.verdicts import (
+    Check,
+    Verdict,
+    compare_to_reference,
+    config_findings,
+    evaluate_stage,
+    scale_summary,
+    shift_summary,
+)
 from mfnpatch.source.patchset import PatchSet
+from mfnpatch.verify.explain import Explanation, seed_total_of, total_batch
+from mfnpatch.verify.explain import explain as explain_run
 from mfnpatch.verify.facts import gather_facts
 from mfnpatch.verify.stagematch import StageMatch, detect_stage
 
@@ -32,6 +42,7 @@ class Verification:
     checks: list[Check] = field(default_factory=list)
     findings: list[str] = field(default_factory=list)
     match: StageMatch | None = None
+    explanation: Explanation | None = None  # verify --explain
 
     @property
     def passed(self) -> bool:
@@ -73,6 +84,7 @@ class Verification:
             "counts": {v: self.count(v) for v in ("pass", "fail", "unmeasured", "n/a")},
             "checks": [c.to_dict() for c in self.checks],
             "findings": self.findings,
+            "explanation": self.explanation.to_dict() if self.explanation else None,
         }
 
 
@@ -105,6 +117,7 @@ def verify(
     profile: str | None = None,
     stage: str | None = None,
     start_step: int | None = None,
+    explain: bool = False,
 ) -> Verification:
     """Judge a training log: by the recipe stage it ran (detected from its arguments, or ``stage``), against
     a reference log when one is given, and against patch sets."""
@@ -131,6 +144,11 @@ def verify(
                               group="log"))  # fmt: skip
         v.findings += [f"malformed: {m}" for m in log.malformed[1:]]
     if match.signature is not None:
+        mine, seed_total = total_batch(log.config), seed_total_of(match.signature)
+        if mine and seed_total and mine[0] != seed_total:
+            v.findings.append(f"total batch {mine[0]} ({mine[1]}), the seed's stage {seed_total}: another "
+                              "experiment (its steps see other numbers of samples; verify --explain says what else "
+                              "differs)")  # fmt: skip
         sig = match.signature
         what = (
             "exactly"
@@ -153,6 +171,8 @@ def verify(
         expectations = [e for e in match.signature.expect if not (reference and e.reference == reference)]
         v.checks += evaluate_stage(expectations, gather_facts(expectations, staged, Path.cwd()),
                                    steps_unknown=steps_unknown)  # fmt: skip
+    ref: Summary | None = None
+    ref_name: str | None = None
     if reference is not None:
         ref_path, ref_name = resolve_reference(reference)
         ref = summarize(ref_path)
@@ -166,11 +186,30 @@ def verify(
             v.findings.append(
                 f"the reference is a {rstage} log, this log ran {match.stage}: their steps are different stages' steps"
             )
-        v.checks += compare_to_reference(staged, ref, ref_name, tolerance, steps_unknown)
+        against = staged
+        mine, theirs = total_batch(log.config), total_batch(ref.config)
+        ref_total = theirs[0] if theirs else (seed_total_of(match.signature) if match.signature else None)
+        if mine and ref_total and mine[0] != ref_total:
+            against = scale_summary(staged, mine[0] / ref_total)
+            v.findings.append(f"total batch {mine[0]} in the log, {ref_total} in the reference"
+                              + ("" if theirs else " (the seed's: the reference does not say)")
+                              + f": compared at equal samples seen (log step s = reference step s x "
+                              f"{mine[0] / ref_total:g})")  # fmt: skip
+        v.checks += compare_to_reference(against, ref, ref_name, tolerance, steps_unknown)
         v.findings += config_findings(log, ref)
     if sets:
         v.checks += evidence_checks(log, sets, checkpoint)
         v.findings += python_finding(log, sets)
+    if explain and match.signature is not None:
+        if ref is None:  # the bundled reference of the stage, if there is one
+            for name, r in load_expected().references.items():
+                if r.stage == match.stage:
+                    ref_path, ref_name = resolve_reference(name)
+                    ref = summarize(ref_path)
+                    break
+        v.explanation = explain_run(staged, match.signature, ref, ref_name)
+    elif explain:
+        v.findings.append("--explain: the log matches no recipe stage, so there is no seed's stage to explain it by")
     if log.ending:
         v.findings.append(f"the run ended: {log.how_it_ended()}")
     if log.unknown_lines:

@@ -161,6 +161,16 @@ stages:
         ("bad-yaml", "stages:\n", "stages: [\n"),
         ("missing-key", "pin: 4bc8132\n", ""),
         ("input-two-ways", '{pre: "a@2"}', "{pre: {stage: a, checkpoint: 2, last: true}}"),
+        (
+            "unknown-sentinel",
+            "    outputs: {checkpoint: m/a}\n",
+            "    outputs: {checkpoint: m/a}\n    sentinels: {stal: off}\n",
+        ),
+        (
+            "sentinel-setting",
+            "    outputs: {checkpoint: m/a}\n",
+            "    outputs: {checkpoint: m/a}\n    sentinels: {stall: {below: 2}}\n",
+        ),
     ],
 )
 def test_bad_recipes_have_golden_errors(tmp_path, cli, golden, case, old, new):
@@ -205,3 +215,21 @@ def test_seed_commands_are_shell_words():
         for s in load_recipe(str(path)).recipe.stages.values():
             if s.seed_command:
                 assert shlex.split(s.seed_command)
+
+
+def test_sentinels_merge_recipe_profile_and_stage(tmp_path):
+    text = GOOD.replace("environment: cpu\n", "environment: cpu\nsentinels: {stall: {below: 0.3}, lr: off}\n")
+    text = text.replace(
+        "    outputs: {checkpoint: m/a}\n",
+        "    outputs: {checkpoint: m/a}\n    sentinels: {chance: {after_rounds: 3}}\n",
+    )
+    text += "profiles:\n  p:\n    description: p\n    sentinels: {stall: {lines: 5}}\n"
+    text += "    stages: {a: {sentinels: {train_acc: off}}}\n"
+    p = tmp_path / "s.yaml"
+    p.write_text(text)
+    a = expand(load_recipe(str(p))).stage("a").sentinels
+    assert a.stall.below == 0.3 and a.lr == "off" and a.chance.after_rounds == 3 and a.train_acc != "off"
+    a = expand(load_recipe(str(p)), "p").stage("a").sentinels
+    assert (a.stall.below, a.stall.lines) == (0.3, 5) and a.train_acc == "off" and a.chance.after_rounds == 3
+    # a tool stage watches nothing; a stage the recipe says nothing about gets the recipe's and the defaults
+    assert expand(load_recipe(str(p))).stage("b").sentinels.active() == ["chance", "train_acc", "nonfinite", "stall"]

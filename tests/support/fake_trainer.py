@@ -11,6 +11,9 @@ mx.model.save_checkpoint, trains until killed (or --max-steps), and is steered b
   FAKE_WITH_BIAS  1: the softmax symbol has an fc7_bias node (as without the no-bias patch)
   FAKE_RANDOM     1: draw from Python's random like the real code (its shuffle): each accuracy loses up to
                   0.001 and each .params file holds a random word, so an unseeded run differs from the last
+  FAKE_NAN_AT     from this step, the Speedometer's acc is nan (a diverged run)
+  FAKE_LR_FACTOR  the lr the lr-batch-epoch lines print is the real one times this (a schedule gone wrong)
+  FAKE_SLOW_AT    from this step, the Speedometer's samples/sec is a tenth (a data stall)
 """
 
 import argparse
@@ -78,6 +81,9 @@ def main():
     rate = float(os.environ.get("FAKE_RATE", "0.01"))
     cap = float(os.environ.get("FAKE_CAP", "0.99"))
     crash_at = int(os.environ.get("FAKE_CRASH_AT", "0"))
+    nan_at = int(os.environ.get("FAKE_NAN_AT", "0"))
+    lr_factor = float(os.environ.get("FAKE_LR_FACTOR", "1"))
+    slow_at = int(os.environ.get("FAKE_SLOW_AT", "0"))
     if os.environ.get("FAKE_CRASH_LOSS") not in (None, str(args.loss_type)):
         crash_at = 0
     cvd = os.environ.get("CUDA_VISIBLE_DEVICES", "").strip()
@@ -128,16 +134,19 @@ def main():
                 print("lr change to", lr)
             if nbatch and nbatch % 20 == 0:
                 acc = min(cap, base + rate * step) / 2
+                if nan_at and step >= nan_at:
+                    acc = float("nan")
+                speed = 1000.0 / (1 + delay * 100) / (10 if slow_at and step >= slow_at else 1)
                 logging.info(
                     "Epoch[%d] Batch [%d-%d]\tSpeed: %.2f samples/sec\tacc=%f",
                     epoch,
                     nbatch - 20,
                     nbatch,
-                    1000.0 / (1 + delay * 100),
+                    speed,
                     acc,
                 )
             if step % 1000 == 0:
-                print("lr-batch-epoch:", lr, nbatch, epoch)
+                print("lr-batch-epoch:", lr * lr_factor, nbatch, epoch)
             if crash_at and step >= crash_at:
                 raise KeyError("CUDA_VISIBLE_DEVICES")
             if step % args.verbose == 0:
