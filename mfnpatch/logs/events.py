@@ -152,6 +152,7 @@ class TargetSummary:
 @dataclass
 class Summary:
     path: str = "-"
+    lineage: str = "mxnet"  # whose log: the pinned MXNet code's, or arcface_torch's training.log (logs/torchlog.py)
     lines: int = 0
     unknown_lines: int = 0
     warnings: int = 0
@@ -172,6 +173,7 @@ class Summary:
     speed_lines: int = 0
     median_samples_per_sec: float | None = None
     train_curve: list[tuple[int | None, float]] = field(default_factory=list)  # (step, training accuracy)
+    loss_curve: list[tuple[int | None, float]] = field(default_factory=list)  # (step, loss): arcface_torch's logs
     checkpoints: dict[int, dict] = field(default_factory=dict)  # number -> {step, path}
     epochs: dict[int, dict] = field(default_factory=dict)  # epoch -> {metric: value, time_cost: s}
     last_step: int | None = None

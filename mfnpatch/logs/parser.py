@@ -20,7 +20,6 @@ and per checkpoint, which is what a reference check needs; it does not keep line
 
 from __future__ import annotations
 
-import ast
 import os
 import re
 import stat
@@ -46,7 +45,9 @@ from mfnpatch.logs.events import (
     Verification,
     Warn,
 )
+from mfnpatch.logs.namespace import parse_namespace
 from mfnpatch.logs.speed import NOT_RARE, NUM, TS, SpeedStats, parse_speed
+from mfnpatch.logs.torchlog import TorchLines, is_torch_log
 
 # --------------------------------------------------------------------------------------------
 # Patterns (on latin-1 text: one char per byte, so any input decodes and offsets match bytes)
@@ -155,34 +156,6 @@ def _f(x: str | None) -> float:
     return float(x) if x is not None else float("nan")
 
 
-def parse_namespace(text: str) -> dict:
-    """``Namespace(a=1, b='x')`` -> {'a': 1, 'b': 'x'} (Python 2 and 3 reprs)."""
-    inner = text.strip()
-    if inner.startswith("Namespace(") and inner.endswith(")"):
-        inner = inner[len("Namespace(") : -1]
-    src = re.sub(r"(?<=\d)L\b", "", inner)  # Python 2 longs
-    try:
-        call = ast.parse(f"f({src})", mode="eval").body
-        out = {}
-        for kw in call.keywords:  # type: ignore[attr-defined]
-            if kw.arg is None:
-                continue
-            try:
-                out[kw.arg] = ast.literal_eval(kw.value)
-            except (ValueError, SyntaxError, TypeError, MemoryError, RecursionError):
-                out[kw.arg] = ast.unparse(kw.value)
-        return out
-    except (SyntaxError, ValueError, TypeError, MemoryError, RecursionError):
-        out = {}
-        for m in re.finditer(r"(\w+)=('(?:[^'\\]|\\.)*'|\"(?:[^\"\\]|\\.)*\"|[^,]*)", src):
-            v = m.group(2).strip()
-            try:
-                out[m.group(1)] = ast.literal_eval(v)
-            except (ValueError, SyntaxError, TypeError, MemoryError, RecursionError):
-                out[m.group(1)] = v
-        return out
-
-
 # --------------------------------------------------------------------------------------------
 # The parser
 
@@ -212,6 +185,9 @@ class LogParser:
         self._targets: dict[str, str] = {}
         self._last_lbe_step = 0  # the last step an lr-batch-epoch line gave: a step before it is another run's
         self._line = 0  # the line being handled (known to handlers that note where)
+        self._torch: TorchLines | None = None  # arcface_torch's training.log, read as the pinned code's lines
+        self._mode: str | None = None  # None until the first text: "mxnet" or "torch"
+        self._tcarry = ""
         self._handlers = {
             "ver": self._ver, "infer": self._infer_time, "high": self._high, "lbe": self._lbe, "lrc": self._lrc,
             "save": self._save, "saved": self._saved, "em": self._em, "et": self._et, "cfg": self._cfg,
@@ -233,6 +209,10 @@ class LogParser:
         self._cr = text.endswith("\r")
         if "\r" in text:
             text = text.replace("\r\n", "\n").replace("\r", "\n")
+        if self._mode != "mxnet":
+            text = self._lineage(text)
+            if not text:
+                return []
         try:
             return self._process(text)
         except Exception:  # a parser must never take a run down: count what it could not read
@@ -241,16 +221,43 @@ class LogParser:
             self.s.unknown_lines += n
             return []
 
+    def _lineage(self, text: str) -> str:
+        """Until the first line is known: hold; then, for arcface_torch's log, its lines in the pinned format."""
+        if self._mode is None:
+            head = (self._tcarry + text).lstrip()
+            if not head or ("\n" not in head and len(head) < len("Training: ")):
+                self._tcarry += text
+                return ""
+            self._mode = "torch" if is_torch_log(head) or head.startswith("Training: ") else "mxnet"
+            if self._mode == "mxnet":
+                text, self._tcarry = self._tcarry + text, ""
+                return text
+            self._torch = TorchLines()
+            self.s.lineage = "arcface_torch"
+        assert self._torch is not None
+        lines = (self._tcarry + text).split("\n")
+        self._tcarry = lines.pop()
+        out = [y for x in lines for y in self._torch.line(x)]
+        return "\n".join(out) + "\n" if out else ""
+
     def close(self) -> list[Event]:
+        held: list[Event] = []
+        if self._mode is None and self._tcarry:  # a log shorter than its first line's prefix: read as it is
+            self._mode, text, self._tcarry = "mxnet", self._tcarry, ""
+            held = self.feed_bytes(text.encode("latin-1"))
+        elif self._torch is not None:
+            rest = self._torch.line(self._tcarry) if self._tcarry else []
+            text, self._tcarry = "\n".join(rest + self._torch.close()), ""
+            self._carry += text
         tail, self._carry = self._carry, ""
         if not tail:
-            return []
+            return held
         try:
-            return self._process(tail + "\n")
+            return held + self._process(tail + "\n")
         except Exception:
             self.s.lines += 1
             self.s.unknown_lines += 1
-            return []
+            return held
 
     def summary(self) -> Summary:
         s = self.s
@@ -260,6 +267,9 @@ class LogParser:
         s.speed_lines = self.speed.count
         s.median_samples_per_sec = self.speed.median()
         s.train_curve = [(self.step_of(e, b), m["acc"]) for e, b, _, m in self.speed.curve if "acc" in m]
+        s.loss_curve = [(self.step_of(e, b), m["loss"]) for e, b, _, m in self.speed.curve if "loss" in m]
+        if self._mode == "torch":  # its lr is on every Speed line (a polynomial decay, not lr steps)
+            s.lr_points = {k: m["lr"] for e, b, _, m in self.speed.curve if "lr" in m and (k := self.step_of(e, b))}
         return s
 
     # -- chunk processing

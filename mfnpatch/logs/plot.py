@@ -36,7 +36,7 @@ def plot_curves(s: Summary, out: Path, reference: Summary | None = None, title: 
             "plotting needs matplotlib", hint="pip install matplotlib (it is in the cpu environment)"
         ) from None
     check_replaceable(Path(out))  # before the work, not after
-    if not s.verifications and not s.train_curve:
+    if not s.verifications and not s.train_curve and not s.loss_curve:
         raise MfnError(f"{s.path}: nothing to plot (no verification or Speedometer lines)")
     fig, (ax1, ax2) = plt.subplots(2, 1, figsize=(9, 7), sharex=True, gridspec_kw={"height_ratios": [3, 2]})
     colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
@@ -59,9 +59,12 @@ def plot_curves(s: Summary, out: Path, reference: Summary | None = None, title: 
         ax1.legend(fontsize=8, loc="lower right")
     ax1.set_title(title or Path(s.path).name)
     curve = [(st, a) for st, a in s.train_curve if st is not None]
+    what = "training accuracy"
+    if not curve and s.loss_curve:  # arcface_torch logs its loss, not an accuracy
+        curve, what = [(st, a) for st, a in s.loss_curve if st is not None], "training loss"
     if curve:
-        ax2.plot([p for p, _ in curve], [a for _, a in curve], ".", ms=2, color="tab:gray", label="training accuracy")
-    ax2.set_ylabel("training accuracy")
+        ax2.plot([p for p, _ in curve], [a for _, a in curve], ".", ms=2, color="tab:gray", label=what)
+    ax2.set_ylabel(what)
     ax2.set_xlabel("step")
     ax2.grid(alpha=0.3)
     sched = lr_schedule(s)

@@ -1,0 +1,120 @@
+"""arcface_torch's training.log, read by the one parser: lines built from its real format strings
+(utils_logging.init_logging, CallBackLogging, CallBackVerification, the config dump of train_v2.py), in any
+chunking; and the published mbf logs when MFNPATCH_ARCFACE_LOGS points at a clone of their repository."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from mfnpatch.logs.events import Config, Speed, Verification
+from mfnpatch.logs.parser import LogParser, summarize_text
+from mfnpatch.logs.sentinels import Sentinels, Watch
+
+CFG = [("margin_list", "[1.0, 0.5, 0.0]"), ("network", "mbf"), ("resume", "False"), ("output", "work_dirs/ms1mv2_mbf"),
+       ("embedding_size", "512"), ("sample_rate", "1.0"), ("interclass_filtering_threshold", "0"), ("fp16", "True"),
+       ("batch_size", "128"), ("optimizer", "sgd"), ("lr", "0.1"), ("momentum", "0.9"), ("weight_decay", "0.0001"),
+       ("verbose", "2000"), ("frequent", "10"), ("rec", "/train_tmp/faces_emore"), ("num_classes", "85742"),
+       ("num_image", "5822653"), ("num_epoch", "40"), ("val_targets", "['lfw', 'cfp_fp', 'agedb_30']"),
+       ("total_batch_size", "1024"), ("total_step", "227440")]  # fmt: skip
+
+
+def stamp(i: int) -> str:
+    return f"Training: 2022-04-10 23:{14 + i // 60:02d}:{i % 60:02d},{i % 1000:03d}-"
+
+
+# arcface_torch's own format strings (utils/utils_callbacks.py), kept as it writes them
+SPEED = ("Speed %.2f samples/sec   Loss %.4f   LearningRate %.4f   Epoch: %d   Global Step: %d   "
+         "Fp16 Grad Scale: %2.f   Required: %1.f hours")  # fmt: skip
+XNORM, FLIP, HIGHEST = "[%s][%d]XNorm: %f", "[%s][%d]Accuracy-Flip: %1.5f+-%1.5f", "[%s][%d]Accuracy-Highest: %1.5f"
+
+
+def log_lines(steps=(20, 30, 40), rounds=(2000,), lr="0.1000") -> list[str]:
+    out = [stamp(0) + "rank_id: 0"]
+    for k, v in CFG:
+        out.append(stamp(1) + ": " + k + " " * (25 - len(k)) + v)  # train_v2.py: num_space = 25 - len(key)
+    out.append(stamp(2) + "Reducer buckets have been rebuilt in this iteration.")
+    i = 3
+    for s in steps:
+        out.append(stamp(i) + SPEED % (10543.27, 46.0198, float(lr), 0, s, 4096, 37))  # noqa: UP031
+        i += 1
+    for r in rounds:
+        for t, a in (("lfw", 0.96), ("cfp_fp", 0.753), ("agedb_30", 0.81717)):
+            out += [stamp(i) + XNORM % (t, r, 20.481429), stamp(i) + FLIP % (t, r, a, 0.00853),  # noqa: UP031
+                    stamp(i) + HIGHEST % (t, r, a)]  # noqa: UP031  # fmt: skip
+            i += 1
+    return out
+
+
+def test_a_torch_log_reads_as_the_pinned_codes_lines():
+    text = "\n".join(log_lines()) + "\n"
+    s = summarize_text(text, "training.log")
+    assert s.lineage == "arcface_torch" and s.unknown_lines == 0 and s.lines == len(log_lines())
+    cfg = s.config
+    assert cfg["network"] == "mbf" and cfg["batch_size"] == 1024 and cfg["per_batch_size"] == 128
+    assert cfg["ctx_num"] == 8 and cfg["emb_size"] == 512 and cfg["margin_list"] == [1.0, 0.5, 0.0]
+    assert cfg["interclass_filtering_threshold"] == 0 and cfg["lineage"] == "arcface_torch"
+    assert s.verifications["lfw"][2000][0] == 0.96 and s.verifications["agedb_30"][2000][0] == 0.81717
+    assert s.last_step == 2000 and s.speed_lines == 3 and s.median_samples_per_sec == 10543.27
+    assert [st for st, _ in s.loss_curve] == [20, 30, 40] and s.lr_points == {20: 0.1, 30: 0.1, 40: 0.1}
+
+
+def test_events_and_line_numbers_in_any_chunking():
+    lines = log_lines()
+    data = ("\n".join(lines) + "\n").encode()
+    whole = LogParser(events=True)
+    events = whole.feed_bytes(data) + whole.close()
+    for size in (1, 7, 100):
+        p = LogParser(events=True)
+        evs = []
+        for k in range(0, len(data), size):
+            evs += p.feed_bytes(data[k : k + size])
+        evs += p.close()
+        assert [(type(e).__name__, getattr(e, "step", None)) for e in evs if not isinstance(e, Speed)] == [
+            (type(e).__name__, getattr(e, "step", None)) for e in events if not isinstance(e, Speed)
+        ]
+        assert p.summary().verifications == whole.summary().verifications
+    cfg = next(e for e in events if isinstance(e, Config))
+    assert cfg.line == 1 + len(CFG)  # the config's last line: the lines after it keep their numbers
+    ver = next(e for e in events if isinstance(e, Verification) and e.target == "lfw")
+    assert lines[ver.line - 1].endswith("[lfw][2000]Accuracy-Flip: 0.96000+-0.00853")
+
+
+def test_the_sentinels_watch_a_torch_log():
+    chance = log_lines(rounds=(2000, 4000))
+    chance = [ln.replace("0.96000+-", "0.50000+-").replace("0.75300+-", "0.50000+-").replace("0.81717+-", "0.5+-")
+              for ln in chance]  # fmt: skip
+    w = Watch(Sentinels())
+    p = LogParser(events=True)
+    trips = [w.feed_all(p.feed(ln + "\n")) for ln in chance]
+    assert [t.sentinel for t in trips if t] == ["chance"]
+    nan = log_lines(steps=(20, 30))
+    at = next(i for i, ln in enumerate(nan) if "Global Step: 30" in ln)
+    nan[at] = nan[at].replace("Loss 46.0198", "Loss nan")
+    w, p = Watch(Sentinels()), LogParser(events=True)
+    assert any(t and t.sentinel == "nonfinite" for t in (w.feed_all(p.feed(ln + "\n")) for ln in nan))
+
+
+def test_an_mxnet_log_is_not_mistaken_for_one():
+    s = summarize_text("[2018-05-09 02:28:45]  [lfw][2000]Accuracy-Flip: 0.95+-0.01\n")
+    assert s.lineage == "mxnet" and s.verifications["lfw"][2000][0] == 0.95
+    assert summarize_text("Train").lines == 1  # shorter than the prefix: read as it is
+
+
+LOGS = os.environ.get("MFNPATCH_ARCFACE_LOGS", "")
+
+
+@pytest.mark.skipif(not LOGS, reason="set MFNPATCH_ARCFACE_LOGS to a clone of anxiangsir/insightface_arcface_log")
+@pytest.mark.parametrize("name,best", [("ms1mv2_mbf", (0.99750, 0.95943, 0.97183)),
+                                       ("ms1mv3_mbf", (0.99700, 0.97371, 0.97400))])  # fmt: skip
+def test_the_published_mbf_logs(tmp_path, name, best, cli):
+    raw = subprocess.run(["git", "-C", LOGS, "show", f"HEAD:{name}/training.log"], capture_output=True, check=True)
+    log = tmp_path / "training.log"
+    log.write_bytes(raw.stdout)
+    d = cli("log", "summary", log, "--json").json()
+    assert d["unknown_lines"] == 0 and d["lineage"] == "arcface_torch"
+    assert tuple(d["targets"][t]["best_accuracy"] for t in ("lfw", "cfp_fp", "agedb_30")) == best
+    assert Path(cli("log", "plot", log, "-o", tmp_path / "c.png").out.split()[-1]).is_file()
