@@ -63,12 +63,25 @@ def apply(
         typer.Option("--force", help="Reset files changed outside mfnpatch (saved under .mfnpatch/saved/) and apply."),
     ] = False,
     check: Annotated[bool, typer.Option("--check", help="Check that the series applies; write nothing.")] = False,
+    paths: Annotated[
+        str | None,
+        typer.Option(
+            "--paths",
+            help="More directories of the tree to materialise, comma separated (src,deploy); default: the "
+            "directories the patch sets touch.",
+        ),
+    ] = None,
+    full: Annotated[bool, typer.Option("--full", help="Fetch and check out the whole tree, every file.")] = False,
     as_json: JsonOpt = False,
 ):
     """Fetch a pinned InsightFace commit (verified by hash) and apply patch sets, all or nothing.
 
-    Only that one commit is fetched (depth 1) into a cache, so a second apply needs no network.
-    Applying again is a no-op (exit 2); a tree changed outside mfnpatch is refused unless --force.
+    Only that one commit is fetched (depth 1) into a cache, so a second apply needs no network; and of it only
+    the directories the patch sets touch (and --paths): its trees without their blobs, then those directories'
+    blobs (git's partial clone and sparse checkout; a source that refuses filters sends the whole commit, said
+    once). The commit and the tree id of the whole commit are verified, and every materialised file against
+    its pinned blob. --full gives the whole tree. Applying again is a no-op (exit 2); a tree changed outside
+    mfnpatch is refused unless --force.
     """
     from mfnpatch.resources import data_dir
     from mfnpatch.source.command import apply_commit
@@ -77,7 +90,8 @@ def apply(
 
     def run(on_progress=None):
         return apply_commit(commit, series, dest, data_dir("patches"), source, fuzz=fuzz, force=force, check=check,
-                            on_wait=_say, on_progress=on_progress)  # fmt: skip
+                            on_wait=_say, on_progress=on_progress,
+                            paths=[p for p in (paths or "").split(",") if p.strip()], full=full)  # fmt: skip
 
     if as_json:
         r = run()
@@ -105,7 +119,8 @@ def apply(
         if f.note:
             _say(f.note)
         how = "from the cache" if f.from_cache else f"from {f.url} in {f.seconds:.1f} s"
-        out.print(f"fetched {pin.short} {escape(how)}; verified commit and tree {pin.manifest.tree[:12]}")
+        what = f" (partial: the blobs of {', '.join(f.paths)})" if f.partial and f.paths is not None else ""
+        out.print(f"fetched {pin.short}{escape(what)} {escape(how)}; verified commit and tree {pin.manifest.tree[:12]}")
     if prepared.created:
         out.print(f"created {escape(str(tree.root))} at {escape(pin.describe())}")
     for h in outcome.moved:
@@ -201,6 +216,8 @@ def status(dest: DestOpt = DEFAULT_DEST, as_json: JsonOpt = False):
         return code
     out.print(f"tree     {escape(str(st.tree))}")
     out.print(f"pin      {escape(st.pin.describe())}, tree {st.pin.manifest.tree[:12]} verified")
+    shown = "every file" if st.paths is None else ", ".join(st.paths) + " (and the files of their parents)"
+    out.print(f"files    {escape(shown)}" + ("" if st.paths is None else " — apply --paths DIR or --full for more"))
     if st.state is None:
         out.print("applied  nothing (the pinned tree)")
     else:

@@ -188,6 +188,9 @@ class Recipe(Strict):
     parameters: dict[str, Param | str | int | float | bool | None] = Field(default_factory=dict)
     sentinels: SentinelSpec | None = None
     fit: FitSpec | None = None
+    # the directories of the pinned tree the stages read (a partial fetch materialises only these and what the
+    # patch sets touch); empty: the whole tree
+    paths: list[str] = Field(default_factory=list)
     stages: dict[str, Stage]
     profiles: dict[str, Profile] = Field(default_factory=dict)
 

@@ -238,14 +238,10 @@ class Runner:
         return plan
 
     def _prepare_tree(self, plan: Plan, sets):
-        from mfnpatch.source.tree import prepare_tree, tree_lock
-        from mfnpatch.source.worktree import apply
+        from mfnpatch.source.command import prepare_and_apply
 
-        with tree_lock(self.opts.tree, on_wait=self.obs.note):
-            prepared = prepare_tree(plan.recipe.pin, self.opts.tree, self.opts.source)
-            if prepared.tree.recovered:
-                self.obs.note(f"tree {prepared.tree.root}: {prepared.tree.recovered}")
-            outcome = apply(prepared.tree, sets, source=prepared.source)
+        prepared, outcome = prepare_and_apply(plan.recipe.pin, self.opts.tree, self.opts.source, sets,
+                                              plan.recipe.paths, on_note=self.obs.note)  # fmt: skip
         self.obs.note(
             f"tree {prepared.tree.root}: {', '.join(outcome.sets)} at {prepared.tree.pin.short} "
             f"({'already applied' if outcome.action in ('nothing', 'adopted') else outcome.action})"

@@ -9,11 +9,12 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from mfnpatch.errors import EXIT_NOTHING_TO_DO, EXIT_OK
+from mfnpatch.errors import EXIT_NOTHING_TO_DO, EXIT_OK, MfnError, UsageError
 from mfnpatch.source.diff import ApplyFailure
+from mfnpatch.source.partial import normalise, set_dirs
 from mfnpatch.source.patchset import Catalog, PatchSet, apply_series, select_sets, series_paths
 from mfnpatch.source.pin import Cache, Pin, pristine_blob, resolve_pin, resolve_source
-from mfnpatch.source.tree import Prepared, prepare_tree, tree_lock, under_a_file
+from mfnpatch.source.tree import Prepared, prepare_tree, tree_lock, under_a_file, widen
 from mfnpatch.source.worktree import ApplyOutcome
 from mfnpatch.source.worktree import apply as apply_sets
 
@@ -62,21 +63,40 @@ class ApplyResult:
 def apply_commit(commit: str, series: str | None, dest: Path, patches: Path, source: str | None = None, *,
                  fuzz: int = 0, force: bool = False, check: bool = False,
                  on_wait: Callable[[str], None] | None = None,
-                 on_progress: Callable[[str], None] | None = None) -> ApplyResult:  # fmt: skip
-    """Fetch ``commit`` into ``dest`` (verified) and apply ``series`` (default: the sets the tree has, else mfn)."""
+                 on_progress: Callable[[str], None] | None = None,
+                 paths: list[str] | None = None, full: bool = False) -> ApplyResult:  # fmt: skip
+    """Fetch ``commit`` into ``dest`` (verified) and apply ``series`` (default: the sets the tree has, else mfn).
+    A new tree materialises only the directories the sets touch and ``paths`` (a partial fetch), unless
+    ``full``; an existing sparse tree is widened to what the sets touch first."""
     pinned = resolve_pin(commit).commit  # a wrong --commit is reported before anything else
     catalog = Catalog.scan(patches)
     sets = select_sets(catalog, series, pinned) if series else None  # a bad --series fails before any fetch
+    try:
+        extra = normalise(paths or [])
+    except ValueError as e:
+        raise UsageError(f"--paths: {e}") from None
     if check and not Path(dest).exists():
         return ApplyResult(None, None, check_in_memory(commit, Path(dest), source, catalog, sets, fuzz))
     with tree_lock(dest, on_wait=on_wait):
-        prepared = prepare_tree(commit, dest, source, on_progress=on_progress)
+        first = sets or (None if Path(dest).exists() else _default_sets(catalog, pinned))
+        want = set_dirs(series_paths(first)) + extra if first else extra
+        prepared = prepare_tree(commit, dest, source, on_progress=on_progress, paths=want, full=full)
         tree = prepared.tree
         if sets is None:
             state = tree.load_state()
             sets = select_sets(catalog, ",".join(state.labels()) if state else DEFAULT_SERIES, pinned)
+            widened = widen(tree, set_dirs(series_paths(sets)), source, on_progress=on_progress)
+            prepared.fetch = prepared.fetch or widened
         outcome = apply_sets(tree, sets, fuzz=fuzz, force=force, check=check, source=prepared.source)
     return ApplyResult(outcome, prepared)
+
+
+def _default_sets(catalog: Catalog, pinned: str) -> list[PatchSet] | None:
+    """The default series, when the catalog has it (its absence is reported where the series is chosen)."""
+    try:
+        return select_sets(catalog, DEFAULT_SERIES, pinned)
+    except MfnError:
+        return None
 
 
 def check_in_memory(commit: str, dest: Path, source: str | None, catalog: Catalog, sets: list[PatchSet] | None,
@@ -86,9 +106,9 @@ def check_in_memory(commit: str, dest: Path, source: str | None, catalog: Catalo
     sets = sets or select_sets(catalog, DEFAULT_SERIES, pin.commit)
     cache = Cache()
     url, _ = resolve_source(source, pin)
-    fetched = cache.fetch(pin, url)
-    repo = cache.repo()
     paths = series_paths(sets)
+    fetched = cache.fetch(pin, url, paths=set_dirs(paths))
+    repo = cache.repo()
     pinned = set(pin.manifest.files)
     dirs = {"/".join(p.split("/")[:k]) for p in pinned for k in range(1, p.count("/") + 1)}
     for p in paths:  # the same refusals as a real apply (Tree.safe_path), against the pinned tree
@@ -102,3 +122,18 @@ def check_in_memory(commit: str, dest: Path, source: str | None, catalog: Catalo
     result = apply_series(sets, {p: pristine_blob(repo, pin, p) for p in paths}, fuzz=fuzz)
     changed = sorted(p for p in paths if result.files.get(p) is not None)
     return CheckedInMemory(pin, dest, [s.label for s in sets], changed, fetched.from_cache)
+
+
+def prepare_and_apply(commit: str, dest: Path, source: str | None, sets: list[PatchSet], paths: list[str],
+                      on_note: Callable[[str], None]) -> tuple[Prepared, ApplyOutcome]:  # fmt: skip
+    """A recipe's tree: the pin prepared under the tree's lock — only ``paths`` and what the sets touch when the
+    recipe names its paths (a partial fetch), else whole — and the sets applied."""
+    want = list(paths) + set_dirs(series_paths(sets))
+    with tree_lock(dest, on_wait=on_note):
+        prepared = prepare_tree(commit, dest, source, paths=want, full=not paths)
+        if prepared.tree.recovered:
+            on_note(f"tree {prepared.tree.root}: {prepared.tree.recovered}")
+        if prepared.fetch is not None and prepared.fetch.note:
+            on_note(prepared.fetch.note)
+        outcome = apply_sets(prepared.tree, sets, source=prepared.source)
+    return prepared, outcome

@@ -14,6 +14,7 @@ from __future__ import annotations
 import os
 import re
 import shutil
+import subprocess
 import tempfile
 import time
 from collections.abc import Callable
@@ -29,6 +30,7 @@ from mfnpatch.errors import MfnError
 from mfnpatch.fsutil import atomic_write, git_blob_id, locked, not_an_option, sha256_bytes
 from mfnpatch.resources import cache_dir, data_dir
 from mfnpatch.schema import Strict, load_model
+from mfnpatch.source.partial import FILTER_REFUSED, cone_blobs, covered, files_in, missing
 
 PIN_REF = "refs/mfnpatch/pins/"
 STATE_DIRNAME = ".mfnpatch"
@@ -209,8 +211,16 @@ class GitFailed(Exception):
         self.stderr = stderr
 
 
-def _run_git(repo: git.Repo, args: list[str], on_progress: Callable[[str], None] | None = None) -> str:
+def _run_git(repo: git.Repo, args: list[str], on_progress: Callable[[str], None] | None = None,
+             stdin: str | None = None) -> str:  # fmt: skip
     """Run git, streaming stderr progress lines to ``on_progress``; return stderr (GitFailed on failure)."""
+    if stdin is not None:
+        r = subprocess.run(["git", "-C", str(repo.git_dir), *args], input=stdin.encode(), capture_output=True,
+                           env={**os.environ, "GIT_TERMINAL_PROMPT": "0"})  # fmt: skip
+        err = r.stderr.decode("utf-8", "replace")
+        if r.returncode != 0:
+            raise GitFailed(args, r.returncode, err)
+        return err
     proc = repo.git.execute(["git", *args], as_process=True, env={"GIT_TERMINAL_PROMPT": "0"})
     chunks: list[bytes] = []
     buf = b""
@@ -246,12 +256,16 @@ class FetchResult:
     from_cache: bool
     seconds: float
     note: str | None = None  # e.g. a corrupt cache that was set aside and fetched again
+    paths: list[str] | None = None  # the directories whose blobs the cache holds for this tree (None: all)
+    blobs_fetched: int = 0  # blobs fetched for those paths (a partial fetch)
+    partial: bool = False  # the commit was fetched without its blobs (the source allows filters)
 
 
 class Cache:
     def __init__(self, root: Path | None = None):
         self.root = Path(root) if root else cache_dir()
         self.git_dir = self.root / "git"
+        self.last_stderr = ""
 
     def lock(self) -> locked:
         """Fetches into one cache take turns (``git.lock`` beside the repository)."""
@@ -262,7 +276,9 @@ class Cache:
             self.git_dir.parent.mkdir(parents=True, exist_ok=True)
             tmp = tempfile.mkdtemp(prefix=".git-init-", dir=self.git_dir.parent)  # exclusive, never a planted link
             try:
-                git.Repo.init(tmp, bare=True)
+                r = git.Repo.init(tmp, bare=True)
+                r.git.config("uploadpack.allowFilter", "true")  # trees made from it fetch their blobs lazily
+                r.close()
                 os.rename(tmp, self.git_dir)
             except OSError:
                 shutil.rmtree(tmp, ignore_errors=True)  # another process won the race
@@ -282,32 +298,65 @@ class Cache:
     def url(self) -> str:
         return self.git_dir.resolve().as_uri()
 
-    def fetch_commit(self, sha: str, url: str, on_progress: Callable[[str], None] | None = None) -> git.Repo:
-        """Fetch one commit (depth 1) into the cache; ``url`` is never read as an option (``--``)."""
+    def fetch_commit(self, sha: str, url: str, on_progress: Callable[[str], None] | None = None,
+                     blobs: bool = True) -> git.Repo:  # fmt: skip
+        """Fetch one commit (depth 1) into the cache, with its blobs or (``blobs=False``) without them (a source
+        that refuses the filter sends them anyway); ``url`` is never read as an option (``--``)."""
         not_an_option(url, "source")
         repo = self.repo()
-        args = [*GIT_NET_OPTS, "fetch", "--depth", "1", "--no-tags", "--progress", "--", url, sha]
+        flt = [] if blobs else ["--filter=blob:none"]
+        args = [*GIT_NET_OPTS, "fetch", "--depth", "1", *flt, "--no-tags", "--progress", "--", url, sha]
         try:
-            _run_git(repo, args, on_progress)
+            self.last_stderr = _run_git(repo, args, on_progress)
         except GitFailed as e:
             raise _classify_fetch_error(url, sha, e.stderr) from None
         return repo
 
-    def fetch(self, pin: Pin, url: str, on_progress: Callable[[str], None] | None = None) -> FetchResult:
-        """Make sure the cache holds the pinned commit, fetching only that commit (depth 1). A cache whose
-        copy does not verify (a truncated pack, a tampered object) is set aside and fetched again, once."""
+    def fetch_blobs(self, sha: str, url: str, paths: list[str] | None, on_progress=None) -> int:
+        """Fetch the blobs of ``sha`` the cone of ``paths`` needs (None: every blob) that the cache lacks; how many."""
+        repo = self.repo()
+        want = cone_blobs(repo, sha, paths)
+        lacking = sorted(set(want.values()) & missing(repo, sha))
+        if not lacking:
+            return 0
+        # no "have"s (as git's own lazy fetch): the server would leave out blobs reachable from the pinned commit
+        args = [*GIT_NET_OPTS, "-c", "fetch.negotiationAlgorithm=noop", "fetch", "--filter=blob:none", "--no-tags",
+                "--no-write-fetch-head", "--progress", "--stdin", "--", url]  # fmt: skip
+        try:
+            _run_git(repo, args, on_progress, stdin="\n".join(lacking) + "\n")
+        except GitFailed as e:
+            raise _classify_fetch_error(url, sha, e.stderr) from None
+        still = sorted(set(lacking) & missing(repo, sha))
+        if still:
+            raise CorruptCache(f"{url} did not send {len(still)} of the blobs asked for (first {still[0]})")
+        return len(lacking)
+
+    def fetch(self, pin: Pin, url: str, on_progress: Callable[[str], None] | None = None,
+              paths: list[str] | None = None) -> FetchResult:  # fmt: skip
+        """Make sure the cache holds the pinned commit, fetching only that commit (depth 1): with ``paths``, its
+        trees and only the blobs those directories need (partial clone), else all of it. A cache whose copy does
+        not verify (a truncated pack, a tampered object) is set aside and fetched again, once."""
         t0 = time.perf_counter()
         note = None
         with self.lock():
             for attempt in (1, 2):
                 try:
-                    if self.has_commit(pin.commit):
-                        verify_commit(self.repo(), pin)
-                        return FetchResult(pin.commit, url, True, time.perf_counter() - t0, note)
-                    repo = self.fetch_commit(pin.commit, url, on_progress)
+                    cached = self.has_commit(pin.commit)
+                    partial = False
+                    if not cached:
+                        repo = self.fetch_commit(pin.commit, url, on_progress, blobs=paths is None)
+                        refused = paths is not None and FILTER_REFUSED in self.last_stderr
+                        if refused:
+                            said = f"{url} refuses partial fetches: the whole commit was fetched (depth 1)"
+                            note = f"{note}; {said}" if note else said
+                        partial = paths is not None and not refused
+                    repo = self.repo()
                     verify_commit(repo, pin)
-                    repo.git.update_ref(PIN_REF + pin.commit, pin.commit)
-                    return FetchResult(pin.commit, url, False, time.perf_counter() - t0, note)
+                    n = self.fetch_blobs(pin.commit, url, paths, on_progress)
+                    if not cached:
+                        repo.git.update_ref(PIN_REF + pin.commit, pin.commit)
+                    return FetchResult(pin.commit, url, cached and not n, time.perf_counter() - t0, note, paths, n,
+                                       partial)  # fmt: skip
                 except (CorruptCache, git.GitCommandError, ValueError, OSError) as e:
                     if attempt == 2:
                         raise CorruptCache(
@@ -358,17 +407,27 @@ def _exclude_state_dir(repo: git.Repo) -> None:
         atomic_write(excl, text + ("" if text.endswith("\n") or not text else "\n") + line + "\n")
 
 
-def create_tree(pin: Pin, cache: Cache, dest: Path) -> None:
-    """Check the pinned commit out of the cache into ``dest`` (created whole, or not at all)."""
+def create_tree(pin: Pin, cache: Cache, dest: Path, paths: list[str] | None = None) -> None:
+    """Check the pinned commit out of the cache into ``dest`` (created whole, or not at all): every file, or with
+    ``paths`` a sparse checkout of those directories whose blobs come from the cache as git needs them."""
     dest = Path(dest)
     dest.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.mfnpatch-tmp-", dir=dest.parent))  # exclusive: never a link
     try:
         repo = git.Repo.init(tmp)
-        repo.git.fetch("--depth", "1", "--no-tags", "--quiet", cache.url(), pin.commit)
+        if paths is None:
+            repo.git.fetch("--depth", "1", "--no-tags", "--quiet", cache.url(), pin.commit)
+        else:
+            cache.repo().git.config("uploadpack.allowFilter", "true")  # a cache made before it allowed filters
+            for key, value in (("url", cache.url()), ("promisor", "true"), ("partialclonefilter", "blob:none")):
+                repo.git.config(f"remote.{CACHE_REMOTE}.{key}", value)
+            repo.git.fetch("--depth", "1", "--filter=blob:none", "--no-tags", "--quiet", CACHE_REMOTE, pin.commit)
+            repo.git.sparse_checkout("set", "--cone", *paths)
         repo.git.update_ref(PIN_REF + pin.commit, pin.commit)
         repo.git.checkout("--quiet", "--detach", pin.commit)
         verify_commit(repo, pin)
+        if paths is not None:
+            verify_files(repo, pin, paths)
         _exclude_state_dir(repo)
         repo.close()
         if dest.exists():
@@ -377,6 +436,21 @@ def create_tree(pin: Pin, cache: Cache, dest: Path) -> None:
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+CACHE_REMOTE = "mfnpatch-cache"  # a sparse tree's promisor remote: the cache, where its missing blobs come from
+
+
+def verify_files(repo: git.Repo, pin: Pin, paths: list[str] | None, exclude: list[str] | None = None) -> None:
+    """Each file a tree materialises (in the cone of ``paths``, not in that of ``exclude``) holds its pinned blob:
+    a cache object changed under the same id is caught."""
+    blobs = {p: e.blob for p, e in pin.manifest.files.items()
+             if (paths is None or covered(p, paths)) and not (exclude is not None and covered(p, exclude))}  # fmt: skip
+    bad = files_in(Path(repo.working_tree_dir or ""), {p: b for p, b in blobs.items()
+                                                        if pin.manifest.files[p].mode != "120000"})  # fmt: skip
+    if bad:
+        more = f" (and {len(bad) - 1} more)" if len(bad) > 1 else ""
+        raise CorruptCache(f"{bad[0][0]}: {bad[0][1]}{more}", hint="the cache is corrupt: set it aside and fetch again")
 
 
 def open_tree(dest: Path, pins: list[Pin] | None = None) -> tuple[git.Repo, Pin]:

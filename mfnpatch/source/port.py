@@ -38,6 +38,7 @@ from mfnpatch.fsutil import UnsafePath, atomic_write, confined, inside, not_an_o
 from mfnpatch.schema import SchemaError, load_json
 from mfnpatch.source.diff import ApplyFailure, Patch, PatchSetError
 from mfnpatch.source.hunks import apply_patch
+from mfnpatch.source.partial import set_dirs
 from mfnpatch.source.patchset import SERIES_FILE, SET_FILE, SUMS_FILE, Catalog, PatchSet, apply_series, load_set
 from mfnpatch.source.pin import Cache, Pin, load_pins, manifest_yaml, record_manifest, resolve_pin, resolve_source
 
@@ -176,16 +177,21 @@ class _Sources:
 
 
 def _fetch(
-    base: Pin, to: str, source: str | None, on_progress: Callable[[str], None] | None
+    base: Pin, to: str, source: str | None, on_progress: Callable[[str], None] | None, paths: list[str]
 ) -> tuple[_Sources, Pin | None]:
+    """Both commits in the cache, each with the blobs of the directories the set touches (a partial fetch)."""
     cache = Cache()
     url, _ = resolve_source(source, base)
-    cache.fetch(base, url, on_progress)  # verified against the pin, as apply does
+    dirs = set_dirs(paths)
+    cache.fetch(base, url, on_progress, paths=dirs)  # verified against the pin, as apply does
+    target_pin = next((p for p in load_pins() if p.commit == to), None)
     with cache.lock():
         if not cache.has_commit(to):
-            cache.fetch_commit(to, url, on_progress)
+            cache.fetch_commit(to, url, on_progress, blobs=False)
+        # a target without a pin gets one when the port is written, and a pin records every file's sha256: all of
+        # its blobs, fetched now (so that --continue needs no network)
+        cache.fetch_blobs(to, url, dirs if target_pin is not None else None, on_progress)
         repo = cache.repo()
-    target_pin = next((p for p in load_pins() if p.commit == to), None)
     return _Sources(repo, base, to), target_pin
 
 
@@ -276,9 +282,9 @@ def port(
         keep_conflicts = Path(keep_conflicts)
         if keep_conflicts.exists() and any(keep_conflicts.iterdir()):
             raise PortError(f"--keep-conflicts {keep_conflicts}: exists and is not empty", hint="name a new directory")
-    src, target_pin = _fetch(base_pin, target, source, on_progress)
-    report = PortReport(ps.name, ps.version, base_pin.commit, target, dry_run=dry_run)
     paths = list(dict.fromkeys(p for patch in ps.patches for p in patch.paths))
+    src, target_pin = _fetch(base_pin, target, source, on_progress, paths)
+    report = PortReport(ps.name, ps.version, base_pin.commit, target, dry_run=dry_run)
     base_files = {p: src.read(base_pin.commit, p) for p in paths}
     theirs_files = {p: src.read(target, p) for p in paths}
     resolved: dict[str, dict[str, str]] = state.get("resolved", {})

@@ -33,9 +33,11 @@ from mfnpatch.fsutil import (
 )
 from mfnpatch.schema import Strict, load_json, validate
 from mfnpatch.source.diff import ApplyFailure
+from mfnpatch.source.partial import normalise, sparse_paths
 from mfnpatch.source.pin import (
     STATE_DIRNAME,
     Cache,
+    CorruptCache,
     FetchResult,
     Pin,
     PinError,
@@ -45,6 +47,7 @@ from mfnpatch.source.pin import (
     pristine_blob,
     resolve_pin,
     resolve_source,
+    verify_files,
 )
 
 STATE_FILE = "state.json"
@@ -126,6 +129,11 @@ class Tree:
     repo: git.Repo
     pin: Pin
     recovered: str | None = None  # what `recover` did when the tree was opened (an interrupted write phase)
+
+    @property
+    def paths(self) -> list[str] | None:
+        """The directories the tree materialises (a sparse checkout), or None when it holds every file."""
+        return sparse_paths(self.repo)
 
     @property
     def state_dir(self) -> Path:
@@ -273,7 +281,8 @@ class Prepared:
         f = self.fetch
         if f is None:
             return None
-        return {"url": f.url, "from_cache": f.from_cache, "seconds": round(f.seconds, 3), "note": f.note}
+        return {"url": f.url, "from_cache": f.from_cache, "seconds": round(f.seconds, 3), "note": f.note,
+                "partial": f.partial, "paths": f.paths, "blobs_fetched": f.blobs_fetched}  # fmt: skip
 
 
 def prepare_tree(
@@ -283,10 +292,15 @@ def prepare_tree(
     cache: Cache | None = None,
     pins: list[Pin] | None = None,
     on_progress=None,
+    paths: list[str] | None = None,
+    full: bool = True,
 ) -> Prepared:
-    """Open ``dest`` if it is a checkout of the pin; otherwise fetch the commit and create it."""
+    """Open ``dest`` if it is a checkout of the pin; otherwise fetch the commit and create it. With ``full=False``
+    only the directories ``paths`` are materialised (partial clone, sparse checkout); an existing sparse tree is
+    widened to them, fetching only the blobs it lacks; ``full`` makes a sparse tree whole."""
     pin = resolve_pin(commit, pins)
     dest = real_dest(dest)
+    want = None if full else normalise(paths or [])
     if dest.exists() and not is_empty_dir(dest):
         repo, tpin = open_tree(dest, pins)
         if tpin.commit != pin.commit:
@@ -296,15 +310,46 @@ def prepare_tree(
             )
         tree = Tree(dest, repo, pin)
         tree.recovered = recover(tree)
-        return Prepared(tree, False, None, None)
+        fetched = widen(tree, want, source, cache, on_progress)
+        return Prepared(tree, False, fetched, source if fetched else None)
     if dest.exists() and not dest.is_dir():
         raise PinError(f"--dest {dest} is a file", hint="choose a directory path")
     cache = cache or Cache()
     url, _origin = resolve_source(source, pin)
-    fetched = cache.fetch(pin, url, on_progress)
-    create_tree(pin, cache, dest)
+    fetched = cache.fetch(pin, url, on_progress, paths=want)
+    try:
+        create_tree(pin, cache, dest, want)
+    except CorruptCache as e:  # an object of the cache changed under its id: set it aside, fetch again, once
+        with cache.lock():
+            aside = cache.set_aside()
+        fetched = cache.fetch(pin, url, on_progress, paths=want)
+        fetched.note = f"the cache was corrupt ({e.message}); set aside as {aside} and fetched again"
+        create_tree(pin, cache, dest, want)
     repo = git.Repo(dest)
     return Prepared(Tree(dest, repo, pin), True, fetched, url)
+
+
+def widen(tree: Tree, want: list[str] | None, source: str | None, cache: Cache | None = None,
+          on_progress=None) -> FetchResult | None:  # fmt: skip
+    """Materialise more of a sparse tree: the blobs it lacks fetched into the cache, then checked out (``want``
+    None: the whole tree). None when the tree already holds them."""
+    have = tree.paths
+    if have is None:
+        return None  # already whole
+    if want is not None and all(any(w == h or w.startswith(h + "/") for h in have) for w in want):
+        return None
+    cache = cache or Cache()
+    url, _ = resolve_source(source, tree.pin)
+    union = None if want is None else normalise(have + want)
+    fetched = cache.fetch(tree.pin, url, on_progress, paths=union)
+    cache.repo().git.config("uploadpack.allowFilter", "true")
+    if union is None:
+        tree.repo.git.sparse_checkout("disable")
+    else:
+        tree.repo.git.sparse_checkout("set", "--cone", *union)
+    # what was materialised now holds its pinned blobs (the files before it may be patched: mfnpatch's to judge)
+    verify_files(tree.repo, tree.pin, union, exclude=have)
+    return fetched
 
 
 # --------------------------------------------------------------------------------------------

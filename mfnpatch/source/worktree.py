@@ -315,6 +315,7 @@ class Status:
     state: TreeState | None
     files: list[FileStatus]
     other_changes: list[str]
+    paths: list[str] | None = None  # the directories the tree materialises (None: every file)
 
     @property
     def drifted(self) -> list[str]:
@@ -342,6 +343,7 @@ class Status:
             "drift": self.drifted,
             "other_changes": self.other_changes,
             "clean": self.clean,
+            "paths": self.paths,
         }
 
 
@@ -364,7 +366,7 @@ def status(tree: Tree) -> Status:
                 kind = "missing" if cur is None else "drifted"
             files.append(FileStatus(p, kind))
     exclude = set(state.files) if state else set()
-    return Status(tree.root, tree.pin, state, files, tree.other_changes(exclude))
+    return Status(tree.root, tree.pin, state, files, tree.other_changes(exclude), tree.paths)
 
 
 def diff(tree: Tree) -> str:

@@ -66,7 +66,7 @@ def test_a_second_runner_on_a_running_run_is_refused_and_writes_nothing(cli, run
 def test_a_stage_cwd_that_is_a_link_planted_in_the_tree_is_refused(cli, runfx, tmp_path):
     text = runfx.recipe.read_text().replace("    kind: tool\n    cwd: src\n", "    kind: tool\n    cwd: deploy\n", 1)
     runfx.recipe.write_text(text)
-    assert cli("apply", "-c", runfx.sha[:7], "--series", "fake", "--dest", runfx.tree).code == EXIT_OK
+    assert cli("apply", "-c", runfx.sha[:7], "--series", "fake", "--dest", runfx.tree, "--full").code == EXIT_OK
     outside = tmp_path / "outside"
     outside.mkdir()
     import shutil

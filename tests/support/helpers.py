@@ -119,6 +119,7 @@ def make_upstream(root: Path, history: int = 2, extra_files: dict[str, bytes] | 
     root = Path(root)
     root.mkdir(parents=True)
     git(root, "init", "-q", "-b", "master")
+    git(root, "config", "uploadpack.allowFilter", "true")  # as GitHub: partial fetches (tests turn it off)
     for i in range(history):
         atomic_write(root / "README.md", f"# insightface (fixture)\nrevision {i}\n")
         atomic_write(root / "src" / "noise.bin", random.Random(i).randbytes(2048))
