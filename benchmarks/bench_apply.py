@@ -3,11 +3,19 @@
     python benchmarks/bench_apply.py [--source PATH]   (default: $MFNPATCH_UPSTREAM, else a synthetic upstream)
 
 Bytes are counted exactly where they leave the source: git's upload-pack runs pack-objects through
-``uploadpack.packObjectsHook`` (set in a temporary global git config), and the hook counts the pack
-bytes it forwards. Both measurements go over file://, side by side in one run.
+``uploadpack.packObjectsHook`` (set in a temporary global git config, which also turns the source's
+``uploadpack.allowFilter`` on or off), and the hook counts the pack bytes it forwards, every request of the
+apply summed. All rows go over file://, side by side in one run:
 
-Targets (issue 2): a cold apply transfers at most 25 % of a full clone's bytes, and apply from a
-local mirror takes under 5 s.
+- cold apply of may16's paths (the commit's trees, then the blobs of src and deploy/*: what recipe run
+  fetches), then widening that tree by one more directory; a plain apply (only the files directly in the
+  directories the mfn and py3 sets touch);
+- the same cold apply against a source that refuses filters (the fallback: the whole commit, depth 1);
+- cold apply --full (the whole commit at depth 1: what apply fetched before);
+- a warm cache, nothing to do, and a full clone.
+
+Targets: a cold apply of may16's paths at most 5 % of a full clone's bytes (issue 27); any cold apply at
+most 25 % and under 5 s from a local mirror (issue 2).
 """
 
 from __future__ import annotations
@@ -46,12 +54,14 @@ class Counter:
         hook = work / "count-pack.py"
         hook.write_text(HOOK.format(python=sys.executable, count=str(self.count)))
         hook.chmod(0o755)
+        self.hook = hook
         self.gitconfig = work / "gitconfig"
-        self.gitconfig.write_text(f"[uploadpack]\n\tpackObjectsHook = {hook}\n")
 
-    def env(self) -> dict:
+    def env(self, allow_filter: bool = True) -> dict:
         if self.count.exists():
             self.count.unlink()
+        self.gitconfig.write_text(f"[uploadpack]\n\tpackObjectsHook = {self.hook}\n"
+                                  f"\tallowFilter = {'true' if allow_filter else 'false'}\n")  # fmt: skip
         return {**os.environ, "GIT_CONFIG_GLOBAL": str(self.gitconfig)}
 
     def bytes(self, served: str) -> int:
@@ -122,27 +132,33 @@ def main() -> int:
         counter = Counter(work)
         base_env = {k: v for k, v in os.environ.items() if k != "MFNPATCH_UPSTREAM"} | extra
 
+        series = ["--series", "mfn,py3"] if args.source else []
+        widen_dir = "3rdparty" if args.source else "models"
+
+        def apply(tag: str, *extra_args: str, allow_filter: bool = True, cache: str | None = None):
+            env = counter.env(allow_filter) | {k: v for k, v in base_env.items() if k.startswith("MFNPATCH_")}
+            env["MFNPATCH_CACHE"] = str(work / (cache or f"cache-{tag}"))
+            cmd = [sys.executable, "-m", "mfnpatch", "apply", "--commit", commit, *series, "--source", url]
+            cmd += ["--dest", str(work / f"tree-{tag}"), "--json", *extra_args]
+            dt, r = timed(cmd, env)
+            if r.returncode not in (0, 2):
+                print(r.stderr, file=sys.stderr)
+                raise SystemExit(1)
+            return dt, counter.bytes(source), json.loads(r.stdout)
+
         cold = []
         cold_bytes = 0
         for i in range(args.repeat):
-            env = counter.env() | {k: v for k, v in base_env.items() if k.startswith("MFNPATCH_")}
-            env["MFNPATCH_CACHE"] = str(work / f"cache{i}")
-            cmd = [sys.executable, "-m", "mfnpatch", "apply", "--commit", commit, "--source", url]
-            cmd += ["--dest", str(work / f"tree{i}"), "--json"]
-            dt, r = timed(cmd, env)
-            if r.returncode != 0:
-                print(r.stderr, file=sys.stderr)
-                return 1
+            dt, cold_bytes, _ = apply(f"cold{i}", "--paths", "src,deploy/*")  # may16's paths (recipe run's)
             cold.append(dt)
-            cold_bytes = counter.bytes(source)
-        env = counter.env() | {k: v for k, v in base_env.items() if k.startswith("MFNPATCH_")}
-        env["MFNPATCH_CACHE"] = str(work / "cache0")
-        warm_cmd = [sys.executable, "-m", "mfnpatch", "apply", "--commit", commit, "--source", url]
-        warm_cmd += ["--dest", str(work / "warm"), "--json"]
-        warm_dt, r = timed(warm_cmd, env)
-        warm_bytes = counter.bytes(source)
-        again_dt, r2 = timed(warm_cmd, env)
-        assert r2.returncode == 2, r2.stderr
+        sets_dt, sets_bytes, _ = apply("sets-only")
+        widen_dt, widen_bytes, _ = apply("cold0", "--paths", widen_dir, cache="cache-cold0")
+        fall_dt, fall_bytes, fall = apply("fallback", allow_filter=False)
+        assert "refuses partial fetches" in (fall["fetch"]["note"] or ""), fall["fetch"]
+        full_dt, full_bytes, _ = apply("full", "--full")
+        warm_dt, warm_bytes, _ = apply("warm", cache="cache-cold0")
+        again_dt, _, again = apply("warm", cache="cache-cold0")
+        assert again["exit_code"] == 2, again
 
         clone_dt, r = timed(["git", "clone", "-q", "--mirror", url, str(work / "full.git")], counter.env())
         clone_bytes = counter.bytes(source)
@@ -157,7 +173,11 @@ def main() -> int:
         cold.sort()
         median = cold[len(cold) // 2]
         rows = [
-            ("cold apply (empty cache)", cold_bytes, median, f"median of {len(cold)}"),
+            ("cold apply, may16's paths", cold_bytes, median, f"src, deploy/*; median of {len(cold)}"),
+            ("cold apply, the sets' files only", sets_bytes, sets_dt, "the directories of the files they touch"),
+            (f"widen by {widen_dir}/", widen_bytes, widen_dt, "--paths: only its blobs"),
+            ("cold apply, filter refused", fall_bytes, fall_dt, "fallback: the whole commit, depth 1"),
+            ("cold apply --full", full_bytes, full_dt, "depth 1 (apply before partial fetches)"),
             ("apply, new tree, warm cache", warm_bytes, warm_dt, "nothing from the source"),
             ("apply again (nothing to do)", 0, again_dt, "exit 2"),
             ("full clone", clone_bytes, clone_dt, clone_note),
@@ -175,11 +195,13 @@ def main() -> int:
         for w, b, s, n in rows:
             pct = f"{100 * b / clone_bytes:.1f}" if clone_bytes else "-"
             print(f"{w:32s} {b:14,d} {pct:>10s} {s:8.2f}  {n}")
-        ok_bytes = result["ratio"] is not None and result["ratio"] <= 0.25
-        print(
-            f"target: cold apply <= 25 % of a full clone's bytes: {'met' if ok_bytes else 'NOT met'} "
-            f"({100 * result['ratio']:.1f} %)"
-        )
+        ratio = result["ratio"]
+        ok = ratio is not None and ratio <= 0.05
+        print(f"target: cold apply of may16's paths <= 5 % of a full clone's bytes: {'met' if ok else 'NOT met'} "
+              f"({100 * ratio:.1f} %)")  # fmt: skip
+        full_ratio = full_bytes / clone_bytes if clone_bytes else None
+        print(f"target: a cold --full apply <= 25 %: {'met' if full_ratio and full_ratio <= 0.25 else 'NOT met'} "
+              f"({100 * (full_ratio or 0):.1f} %)")  # fmt: skip
         print(f"target: apply from a local mirror < 5 s: {'met' if median < 5 else 'NOT met'} ({median:.2f} s)")
         return 0
     finally:

@@ -216,7 +216,7 @@ def status(dest: DestOpt = DEFAULT_DEST, as_json: JsonOpt = False):
         return code
     out.print(f"tree     {escape(str(st.tree))}")
     out.print(f"pin      {escape(st.pin.describe())}, tree {st.pin.manifest.tree[:12]} verified")
-    shown = "every file" if st.paths is None else ", ".join(st.paths) + " (and the files of their parents)"
+    shown = "every file" if st.paths is None else ", ".join(st.paths) + " (and the files at the root)"
     out.print(f"files    {escape(shown)}" + ("" if st.paths is None else " — apply --paths DIR or --full for more"))
     if st.state is None:
         out.print("applied  nothing (the pinned tree)")

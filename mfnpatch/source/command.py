@@ -11,7 +11,7 @@ from pathlib import Path
 
 from mfnpatch.errors import EXIT_NOTHING_TO_DO, EXIT_OK, MfnError, UsageError
 from mfnpatch.source.diff import ApplyFailure
-from mfnpatch.source.partial import normalise, set_dirs
+from mfnpatch.source.partial import normalise, set_paths
 from mfnpatch.source.patchset import Catalog, PatchSet, apply_series, select_sets, series_paths
 from mfnpatch.source.pin import Cache, Pin, pristine_blob, resolve_pin, resolve_source
 from mfnpatch.source.tree import Prepared, prepare_tree, tree_lock, under_a_file, widen
@@ -79,13 +79,13 @@ def apply_commit(commit: str, series: str | None, dest: Path, patches: Path, sou
         return ApplyResult(None, None, check_in_memory(commit, Path(dest), source, catalog, sets, fuzz))
     with tree_lock(dest, on_wait=on_wait):
         first = sets or (None if Path(dest).exists() else _default_sets(catalog, pinned))
-        want = set_dirs(series_paths(first)) + extra if first else extra
+        want = set_paths(series_paths(first)) + extra if first else extra
         prepared = prepare_tree(commit, dest, source, on_progress=on_progress, paths=want, full=full)
         tree = prepared.tree
         if sets is None:
             state = tree.load_state()
             sets = select_sets(catalog, ",".join(state.labels()) if state else DEFAULT_SERIES, pinned)
-            widened = widen(tree, set_dirs(series_paths(sets)), source, on_progress=on_progress)
+            widened = widen(tree, set_paths(series_paths(sets)), source, on_progress=on_progress)
             prepared.fetch = prepared.fetch or widened
         outcome = apply_sets(tree, sets, fuzz=fuzz, force=force, check=check, source=prepared.source)
     return ApplyResult(outcome, prepared)
@@ -107,7 +107,7 @@ def check_in_memory(commit: str, dest: Path, source: str | None, catalog: Catalo
     cache = Cache()
     url, _ = resolve_source(source, pin)
     paths = series_paths(sets)
-    fetched = cache.fetch(pin, url, paths=set_dirs(paths))
+    fetched = cache.fetch(pin, url, paths=set_paths(paths))
     repo = cache.repo()
     pinned = set(pin.manifest.files)
     dirs = {"/".join(p.split("/")[:k]) for p in pinned for k in range(1, p.count("/") + 1)}
@@ -128,7 +128,7 @@ def prepare_and_apply(commit: str, dest: Path, source: str | None, sets: list[Pa
                       on_note: Callable[[str], None]) -> tuple[Prepared, ApplyOutcome]:  # fmt: skip
     """A recipe's tree: the pin prepared under the tree's lock — only ``paths`` and what the sets touch when the
     recipe names its paths (a partial fetch), else whole — and the sets applied."""
-    want = list(paths) + set_dirs(series_paths(sets))
+    want = list(paths) + set_paths(series_paths(sets))
     with tree_lock(dest, on_wait=on_note):
         prepared = prepare_tree(commit, dest, source, paths=want, full=not paths)
         if prepared.tree.recovered:

@@ -1,7 +1,11 @@
 """Fetching less: a pinned commit's trees without their blobs (git's partial clone, ``--filter=blob:none``), then
-only the blobs of the paths a tree materialises (a sparse checkout in cone mode: each directory named, with the
-files directly in it and in its parents). The commit and the tree id of the whole commit are verified as for a
-full fetch; each materialised file is checked against the pin manifest's blob id.
+only the blobs of the paths a tree materialises (a sparse checkout). The commit and the tree id of the whole
+commit are verified as for a full fetch; each materialised file is checked against the pin manifest's blob id.
+
+A path is a directory with everything under it (``src``), or the files directly in a directory (``deploy/*``:
+``model_slim.py`` without the 11 MB of ``deploy/mtcnn-model``); the files at the root are always there. A patch
+set needs the files directly in the directories of the files it touches; a recipe names the directories its
+stages read (may16: ``src`` and ``deploy/*``).
 
 A server that refuses filters (no ``uploadpack.allowFilter``) sends the whole commit instead: git says
 "filtering not recognized by server", and the fetch is then today's depth-1 fetch, said once.
@@ -15,40 +19,58 @@ from pathlib import Path, PurePosixPath
 import git
 
 FILTER_REFUSED = "filtering not recognized by server"
+FILES = "/*"  # "dir/*": the files directly in dir
 
 
 def normalise(paths: list[str]) -> list[str]:
-    """Directory paths of the tree, relative, without duplicates or ones inside another (cone mode's sets)."""
+    """Paths of the tree (``dir`` or ``dir/*``), relative, without duplicates or ones another already holds."""
     out: set[str] = set()
     for p in paths:
-        q = str(PurePosixPath(p.strip().strip("/")))
+        raw = p.strip()
+        files = raw.endswith(FILES)
+        q = str(PurePosixPath((raw[: -len(FILES)] if files else raw).strip("/")))
         if q in ("", "."):
-            continue
-        if q.startswith("..") or PurePosixPath(q).is_absolute() or ".." in PurePosixPath(q).parts:
-            raise ValueError(f"{p!r}: a path inside the tree, like src or recognition/arcface_torch")
-        out.add(q)
-    return sorted(q for q in out if not any(q != o and q.startswith(o + "/") for o in out))
+            continue  # the root's files are always there
+        if PurePosixPath(q).is_absolute() or ".." in PurePosixPath(q).parts or "*" in q:
+            raise ValueError(f"{p!r}: a directory inside the tree (src, recognition/arcface_torch) or its files "
+                             "(deploy/*)")
+        out.add(q + FILES if files else q)
+    return sorted(x for x in out if not any(x != o and holds(o, x) for o in out))
 
 
-def set_dirs(paths: list[str]) -> list[str]:
-    """The directories a tree must materialise for these files: each file's own directory (the root's files are
-    in every cone)."""
-    return normalise([str(PurePosixPath(p).parent) for p in paths])
+def holds(entry: str, other: str) -> bool:
+    """Whether path ``entry`` holds everything path ``other`` does."""
+    if entry.endswith(FILES):
+        return other == entry
+    d = other[: -len(FILES)] if other.endswith(FILES) else other
+    return d == entry or d.startswith(entry + "/")
 
 
-def covered(path: str, cone: list[str]) -> bool:
-    """Whether a file ``path`` is in the cone of ``cone`` (under one of its directories, or directly in one of
-    their parents, the root included)."""
+def set_paths(files: list[str]) -> list[str]:
+    """What a tree must materialise for a patch set touching ``files``: the files directly in their directories."""
+    return normalise([str(PurePosixPath(p).parent) + FILES for p in files])
+
+
+def covered(path: str, paths: list[str]) -> bool:
+    """Whether the file ``path`` is materialised by ``paths`` (the root's files always are)."""
     parent = str(PurePosixPath(path).parent)
-    parent = "" if parent == "." else parent
-    if parent == "":
+    if parent == ".":
         return True
-    for d in cone:
-        if path.startswith(d + "/"):
-            return True
-        if d == parent or d.startswith(parent + "/"):  # a file directly in an ancestor of a cone directory
+    for e in paths:
+        if e.endswith(FILES):
+            if parent == e[: -len(FILES)]:
+                return True
+        elif path.startswith(e + "/"):
             return True
     return False
+
+
+def patterns(paths: list[str]) -> list[str]:
+    """The sparse-checkout patterns (non-cone) of ``paths``: the root's files, then each path."""
+    out = ["/*", "!/*/"]
+    for e in paths:
+        out += [f"/{e}", f"!/{e[: -len(FILES)]}/*/"] if e.endswith(FILES) else [f"/{e}/"]
+    return out
 
 
 def cone_blobs(repo: git.Repo, sha: str, paths: list[str] | None) -> dict[str, str]:
@@ -73,15 +95,20 @@ def missing(repo: git.Repo, sha: str) -> set[str]:
 
 
 def sparse_paths(repo: git.Repo) -> list[str] | None:
-    """The directories a tree materialises, or None when it is whole (no sparse checkout)."""
+    """The paths a tree materialises, or None when it is whole (no sparse checkout)."""
     try:
         on = repo.git.config("--get", "core.sparseCheckout").strip()
     except git.GitCommandError:
         return None
     if on != "true":
         return None
-    listed = repo.git.sparse_checkout("list").splitlines()
-    return sorted(x.strip() for x in listed if x.strip())
+    out = []
+    for pat in repo.git.sparse_checkout("list").splitlines():
+        pat = pat.strip()
+        if not pat or pat.startswith("!") or pat == "/*":
+            continue
+        out.append(pat.strip("/") if pat.endswith("/") else pat.lstrip("/"))
+    return normalise(out)
 
 
 def files_in(root: Path, blobs: dict[str, str]) -> list[tuple[str, str]]:

@@ -30,7 +30,7 @@ from mfnpatch.errors import MfnError
 from mfnpatch.fsutil import atomic_write, git_blob_id, locked, not_an_option, sha256_bytes
 from mfnpatch.resources import cache_dir, data_dir
 from mfnpatch.schema import Strict, load_model
-from mfnpatch.source.partial import FILTER_REFUSED, cone_blobs, covered, files_in, missing
+from mfnpatch.source.partial import FILTER_REFUSED, cone_blobs, covered, files_in, missing, patterns
 
 PIN_REF = "refs/mfnpatch/pins/"
 STATE_DIRNAME = ".mfnpatch"
@@ -422,7 +422,7 @@ def create_tree(pin: Pin, cache: Cache, dest: Path, paths: list[str] | None = No
             for key, value in (("url", cache.url()), ("promisor", "true"), ("partialclonefilter", "blob:none")):
                 repo.git.config(f"remote.{CACHE_REMOTE}.{key}", value)
             repo.git.fetch("--depth", "1", "--filter=blob:none", "--no-tags", "--quiet", CACHE_REMOTE, pin.commit)
-            repo.git.sparse_checkout("set", "--cone", *paths)
+            set_sparse(repo, paths)
         repo.git.update_ref(PIN_REF + pin.commit, pin.commit)
         repo.git.checkout("--quiet", "--detach", pin.commit)
         verify_commit(repo, pin)
@@ -439,6 +439,12 @@ def create_tree(pin: Pin, cache: Cache, dest: Path, paths: list[str] | None = No
 
 
 CACHE_REMOTE = "mfnpatch-cache"  # a sparse tree's promisor remote: the cache, where its missing blobs come from
+
+
+def set_sparse(repo: git.Repo, paths: list[str]) -> None:
+    """The tree's sparse checkout: exactly ``paths`` (non-cone patterns: whole directories or a directory's files)."""
+    subprocess.run(["git", "-C", str(repo.working_tree_dir), "sparse-checkout", "set", "--no-cone", "--stdin"],
+                   input="\n".join(patterns(paths)) + "\n", text=True, capture_output=True, check=True)  # fmt: skip
 
 
 def verify_files(repo: git.Repo, pin: Pin, paths: list[str] | None, exclude: list[str] | None = None) -> None:

@@ -38,7 +38,7 @@ from mfnpatch.fsutil import UnsafePath, atomic_write, confined, inside, not_an_o
 from mfnpatch.schema import SchemaError, load_json
 from mfnpatch.source.diff import ApplyFailure, Patch, PatchSetError
 from mfnpatch.source.hunks import apply_patch
-from mfnpatch.source.partial import set_dirs
+from mfnpatch.source.partial import set_paths
 from mfnpatch.source.patchset import SERIES_FILE, SET_FILE, SUMS_FILE, Catalog, PatchSet, apply_series, load_set
 from mfnpatch.source.pin import Cache, Pin, load_pins, manifest_yaml, record_manifest, resolve_pin, resolve_source
 
@@ -182,7 +182,7 @@ def _fetch(
     """Both commits in the cache, each with the blobs of the directories the set touches (a partial fetch)."""
     cache = Cache()
     url, _ = resolve_source(source, base)
-    dirs = set_dirs(paths)
+    dirs = set_paths(paths)
     cache.fetch(base, url, on_progress, paths=dirs)  # verified against the pin, as apply does
     target_pin = next((p for p in load_pins() if p.commit == to), None)
     with cache.lock():

@@ -33,7 +33,7 @@ from mfnpatch.fsutil import (
 )
 from mfnpatch.schema import Strict, load_json, validate
 from mfnpatch.source.diff import ApplyFailure
-from mfnpatch.source.partial import normalise, sparse_paths
+from mfnpatch.source.partial import holds, normalise, sparse_paths
 from mfnpatch.source.pin import (
     STATE_DIRNAME,
     Cache,
@@ -47,6 +47,7 @@ from mfnpatch.source.pin import (
     pristine_blob,
     resolve_pin,
     resolve_source,
+    set_sparse,
     verify_files,
 )
 
@@ -336,7 +337,7 @@ def widen(tree: Tree, want: list[str] | None, source: str | None, cache: Cache |
     have = tree.paths
     if have is None:
         return None  # already whole
-    if want is not None and all(any(w == h or w.startswith(h + "/") for h in have) for w in want):
+    if want is not None and all(any(holds(h, w) for h in have) for w in want):
         return None
     cache = cache or Cache()
     url, _ = resolve_source(source, tree.pin)
@@ -346,7 +347,7 @@ def widen(tree: Tree, want: list[str] | None, source: str | None, cache: Cache |
     if union is None:
         tree.repo.git.sparse_checkout("disable")
     else:
-        tree.repo.git.sparse_checkout("set", "--cone", *union)
+        set_sparse(tree.repo, union)
     # what was materialised now holds its pinned blobs (the files before it may be patched: mfnpatch's to judge)
     verify_files(tree.repo, tree.pin, union, exclude=have)
     return fetched

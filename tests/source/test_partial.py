@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from mfnpatch.source.partial import cone_blobs, covered, missing, normalise, set_dirs
+from mfnpatch.source.partial import cone_blobs, covered, missing, normalise, patterns, set_paths
 
 
 def git(cwd: Path, *args: str) -> str:
@@ -23,16 +23,19 @@ def cache_objects(cache: Path) -> set[str]:
     return set(out.split())
 
 
-def test_paths_and_cones():
-    assert normalise(["src/", "src/eval", "deploy"]) == ["deploy", "src"]
-    with pytest.raises(ValueError):
-        normalise(["../etc"])
-    assert set_dirs(["src/train_softmax.py", "src/eval/verification.py", "deploy/model_slim.py", "README.md"]) == [
-        "deploy", "src"]  # fmt: skip
-    cone = ["recognition/arcface_torch"]
-    assert covered("README.md", cone) and covered("recognition/README.md", cone)
-    assert covered("recognition/arcface_torch/configs/mbf.py", cone)
-    assert not covered("recognition/partial_fc/x.py", cone) and not covered("src/a.py", cone)
+def test_paths_and_what_they_hold():
+    assert normalise(["src/", "src/eval", "deploy/*", "deploy/*"]) == ["deploy/*", "src"]
+    assert normalise(["src/eval/*", "src"]) == ["src"] and normalise(["deploy", "deploy/*"]) == ["deploy"]
+    for bad in ("../etc", "a/../../b", "a/*/b"):
+        with pytest.raises(ValueError):
+            normalise([bad])
+    assert set_paths(["src/train_softmax.py", "src/eval/verification.py", "deploy/model_slim.py", "README.md"]) == [
+        "deploy/*", "src/*", "src/eval/*"]  # fmt: skip
+    paths = ["recognition/arcface_torch", "deploy/*"]
+    assert covered("README.md", paths) and covered("recognition/arcface_torch/configs/mbf.py", paths)
+    assert covered("deploy/model_slim.py", paths) and not covered("deploy/mtcnn-model/det1.params", paths)
+    assert not covered("recognition/README.md", paths) and not covered("src/a.py", paths)
+    assert patterns(["src", "deploy/*"]) == ["/*", "!/*/", "/src/", "/deploy/*", "!/deploy/*/"]
 
 
 def test_a_cold_apply_fetches_only_the_touched_directories(cli, fx, tmp_path):
@@ -53,9 +56,9 @@ def test_a_cold_apply_fetches_only_the_touched_directories(cli, fx, tmp_path):
     assert blobs["models/det1-0001.params"] in lacking
     assert not lacking & {blobs["src/train_softmax.py"], blobs["deploy/model_slim.py"], blobs["README.md"]}
     s = cli("status", "--dest", str(fx.dest), "--json").json()
-    assert s["paths"] == ["deploy", "src"] and s["clean"]
+    assert s["paths"] == ["deploy/*", "src/*"] and s["clean"]  # the files of the directories demo touches
     text = cli("status", "--dest", str(fx.dest)).out
-    assert "files    deploy, src (and the files of their parents)" in text
+    assert "files    deploy/*, src/* (and the files at the root)" in text
 
 
 def test_widening_fetches_only_the_missing_blobs(cli, fx):
@@ -72,7 +75,7 @@ def test_widening_fetches_only_the_missing_blobs(cli, fx):
     blobs = cone_blobs(gitpython.Repo(cache / "git"), fx.sha, None)
     assert added == {blobs["models/det1-0001.params"]}  # exactly the one blob models/ lacked
     assert (fx.dest / "models" / "det1-0001.params").read_bytes() == bytes(range(256)) * 8
-    assert cli("status", "--dest", str(fx.dest), "--json").json()["paths"] == ["deploy", "models", "src"]
+    assert cli("status", "--dest", str(fx.dest), "--json").json()["paths"] == ["deploy/*", "models", "src/*"]
     r = cli("apply", "--commit", fx.short, "--full", "--source", str(fx.upstream), "--dest", str(fx.dest), "--json")
     assert r.code == 2 and cli("status", "--dest", str(fx.dest), "--json").json()["paths"] is None
 
@@ -96,7 +99,7 @@ def test_a_set_touching_a_path_outside_the_sparse_set_fetches_it_first(cli, tmp_
     r = cli("apply", "--commit", sha[:7], "--series", "a,b", "--source", str(up), "--dest", str(dest))
     assert r.code == 0, r.err
     assert (dest / "tools" / "check.py").read_text() == "print('checked')\n"
-    assert cli("status", "--dest", str(dest), "--json").json()["paths"] == ["src", "tools"]
+    assert cli("status", "--dest", str(dest), "--json").json()["paths"] == ["src/*", "tools/*"]
     assert cli("unapply", "--dest", str(dest)).code == 0
     assert (dest / "tools" / "check.py").read_text() == "print('check')\n"
 
@@ -127,7 +130,7 @@ def test_a_materialised_file_that_is_not_its_pinned_blob_is_a_corrupt_cache(cli,
     assert cli("apply", "--commit", fx.short, "--series", "demo", "--source", str(fx.upstream), "--dest",
                str(fx.dest)).code == 0  # fmt: skip
     repo, pin = gitpython.Repo(fx.dest), resolve_pin(fx.short)
-    verify_files(repo, pin, ["deploy", "src"], exclude=["deploy", "src"])  # nothing new to check
+    verify_files(repo, pin, ["deploy/*", "src/*"], exclude=["deploy/*", "src/*"])  # nothing new to check
     (fx.dest / "README.md").write_text("tampered\n")
     with pytest.raises(CorruptCache, match="README.md: content is not blob"):
-        verify_files(repo, pin, ["deploy", "src"])
+        verify_files(repo, pin, ["deploy/*", "src/*"])
