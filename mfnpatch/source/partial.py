@@ -32,8 +32,9 @@ def normalise(paths: list[str]) -> list[str]:
         if q in ("", "."):
             continue  # the root's files are always there
         if PurePosixPath(q).is_absolute() or ".." in PurePosixPath(q).parts or "*" in q:
-            raise ValueError(f"{p!r}: a directory inside the tree (src, recognition/arcface_torch) or its files "
-                             "(deploy/*)")
+            raise ValueError(
+                f"{p!r}: a directory inside the tree (src, recognition/arcface_torch) or its files (deploy/*)"
+            )
         out.add(q + FILES if files else q)
     return sorted(x for x in out if not any(x != o and holds(o, x) for o in out))
 
