@@ -433,12 +433,13 @@ def pin_record(
         str, typer.Option("--upstream", help="The public URL to record.")
     ] = "https://github.com/deepinsight/insightface.git",
     name: Annotated[str, typer.Option("--name")] = "insightface",
+    note: Annotated[str, typer.Option("--note", help="Why this commit is pinned (kept in the manifest).")] = "",
 ):
     """(Maintainers) Fetch a commit and write its pin manifest (tree id, blob id and sha256 of every file)."""
     from mfnpatch.fsutil import atomic_write
     from mfnpatch.source.pin import manifest_yaml, record_pin
 
-    m = record_pin(commit, source, name, upstream)
+    m = record_pin(commit, source, name, upstream).model_copy(update={"note": note})
     atomic_write(output, manifest_yaml(m))
     out.print(f"wrote {escape(str(output))}: {m.commit[:7]} tree {m.tree[:12]}, {len(m.files)} files")
     return EXIT_OK

@@ -64,6 +64,7 @@ class PinManifest(Strict):
     date: str
     subject: str
     tree: str = Field(pattern=r"^[0-9a-f]{40}$")
+    note: str = ""  # why this commit is pinned
     files: dict[str, PinnedFile]
 
     @property
@@ -552,7 +553,7 @@ def manifest_yaml(m: PinManifest) -> str:
     """The manifest as YAML, written by a serialiser (a value with a newline or a quote stays one value)."""
     check_labels(m.name, m.upstream)
     head = {"schema": 1, "name": m.name, "upstream": m.upstream, "commit": m.commit, "date": m.date,
-            "subject": m.subject, "tree": m.tree}  # fmt: skip
+            "subject": m.subject, "tree": m.tree, **({"note": m.note} if m.note else {})}  # fmt: skip
     files = {path: {"blob": f.blob, "sha256": f.sha256, "mode": f.mode} for path, f in m.files.items()}
     text = yaml.safe_dump(head, sort_keys=False, allow_unicode=True, width=1 << 30)
     text += yaml.safe_dump({"files": files}, sort_keys=False, allow_unicode=True, width=1 << 30,

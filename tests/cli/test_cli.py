@@ -121,8 +121,8 @@ def test_bundled_patches_list_and_show(cli):
     assert r.code == 0 and "Origin: vendor, seed step 2" in r.out and "Applies-To: 4bc8132" in r.out
     show = cli("patches", "show", "py3", "--json").json()
     assert all(set(p["header"]) >= {"Description", "Origin", "Applies-To", "Last-Update"} for p in show["patches"])
-    pins = cli("pin", "list", "--json").json()
-    assert pins[0]["commit"].startswith("4bc8132") and pins[0]["files"] == 95
+    pins = {p["commit"][:7]: p for p in cli("pin", "list", "--json").json()}
+    assert set(pins) == {"4bc8132", "0159b24"} and pins["4bc8132"]["files"] == 95 and pins["0159b24"]["files"] == 1351
 
 
 def test_patches_lock_writes_sums(fx, cli):
