@@ -58,8 +58,12 @@ def wait_for(cond, timeout=120, what=""):
 
 def submit_until_softmax_saves(cli, runfx, monkeypatch, *extra: str) -> tuple[Path, str]:
     """Submit the chain with a slow trainer and wait until softmax has saved its first checkpoint:
-    the run directory and softmax's job id."""
+    the run directory and softmax's job id. Softmax then holds (FAKE_HOLD) until release_hold: whatever
+    the test does to it next reaches a stage that is surely mid-training, however loaded the machine."""
     monkeypatch.setenv("FAKE_DELAY", "0.05")
+    hold = runfx.root / "hold"
+    hold.touch()
+    monkeypatch.setenv("FAKE_HOLD", str(hold))
     assert submit(cli, runfx, *extra).code == 0
     rd = runfx.run_dir()
     log = rd / "stages" / "softmax.log"
@@ -74,9 +78,14 @@ def follow(cli, rd, timeout=240):
     return r
 
 
-def release_requeued(c, jid: str) -> None:
+def release_hold(runfx) -> None:
+    (runfx.root / "hold").unlink(missing_ok=True)
+
+
+def release_requeued(c, jid: str, runfx) -> None:
     """Slurm holds a requeued batch job back for about two minutes (EligibleTime = requeue + 120 s) before
-    it may start again; the tests let it start now."""
+    it may start again; the tests let it start now (and the trainer run on past its first checkpoint)."""
+    release_hold(runfx)
 
     def pending_and_node_clean() -> bool:
         node = c.run("sinfo", "-h", "-o", "%T", check=False).stdout.strip()
@@ -264,7 +273,7 @@ def test_requeued_mid_stage_resumes_from_its_checkpoint(cli, runfx, slurm_env, m
     checkpoint as a resumed segment, and the chain goes on from the stage's checkpoint 5."""
     rd, jid = submit_until_softmax_saves(cli, runfx, monkeypatch)
     slurm_env.run("scontrol", "requeue", jid)
-    release_requeued(slurm_env, jid)
+    release_requeued(slurm_env, jid, runfx)
     s = follow(cli, rd)
     assert s.code == 0, s.out + s.err
     rec = load_record(rd)
@@ -286,7 +295,7 @@ def test_requeued_mid_stage_resumes_from_its_checkpoint(cli, runfx, slurm_env, m
 def test_past_max_requeues_the_stage_fails_and_the_rest_is_cancelled(cli, runfx, slurm_env, monkeypatch):
     rd, jid = submit_until_softmax_saves(cli, runfx, monkeypatch, "--max-requeues", "0")
     slurm_env.run("scontrol", "requeue", jid)
-    release_requeued(slurm_env, jid)
+    release_requeued(slurm_env, jid, runfx)
     s = follow(cli, rd)
     assert s.code == 1, s.out + s.err
     rec = load_record(rd)
@@ -306,7 +315,7 @@ def test_preempted_by_a_higher_priority_job_resumes_from_its_checkpoint(cli, run
                            f"--output={slurm_env.root}/urgent-%j.out", "--wrap", "sleep 2").stdout.strip()  # fmt: skip
     wait_for(lambda: urgent not in squeue(slurm_env), 60, "the urgent job to run and end")
     assert "DUE TO PREEMPTION" in next((rd / "slurm").glob("softmax-*.out")).read_text()
-    release_requeued(slurm_env, jid)
+    release_requeued(slurm_env, jid, runfx)
     s = follow(cli, rd)
     assert s.code == 0, s.out + s.err
     sm = load_record(rd).stage("softmax")
@@ -345,7 +354,7 @@ def time_limit_requeue(cli, runfx, slurm_env, monkeypatch, tmp_path) -> None:
     assert sm.attempts[0].ended and "the time limit is near: requeued to resume" in sm.attempts[0].ended
     assert sm.attempts[0].finished and sm.status == "interrupted"
     assert "| softmax | interrupted |" in (rd / "report.md").read_text()
-    release_requeued(slurm_env, jid)
+    release_requeued(slurm_env, jid, runfx)
     s = follow(cli, rd)
     assert s.code == 0, s.out + s.err
     sm = load_record(rd).stage("softmax")
@@ -386,6 +395,7 @@ def test_a_job_killed_unrecorded_is_stale_and_resubmission_resumes(cli, runfx, s
     ]
     assert len(job_pids) == 1
     os.kill(job_pids[0], signal.SIGKILL)  # the job's runner dies without a word, as on a node failure
+    release_hold(runfx)
     s = follow(cli, rd)
     assert s.code == 1 and "stale" in s.err and f"softmax (job {jid}" in s.err and "--resume" in s.err
     assert load_record(rd).stage("softmax").status == "running"  # as the killed job left it

@@ -14,6 +14,8 @@ mx.model.save_checkpoint, trains until killed (or --max-steps), and is steered b
   FAKE_NAN_AT     from this step, the Speedometer's acc is nan (a diverged run)
   FAKE_LR_FACTOR  the lr the lr-batch-epoch lines print is the real one times this (a schedule gone wrong)
   FAKE_SLOW_AT    from this step, the Speedometer's samples/sec is a tenth (a data stall)
+  FAKE_HOLD       a file: after each checkpoint, training waits while it exists (a test sends its signal
+                  to a stage that is surely mid-training, however slow the machine, then removes it)
 """
 
 import argparse
@@ -84,6 +86,7 @@ def main():
     nan_at = int(os.environ.get("FAKE_NAN_AT", "0"))
     lr_factor = float(os.environ.get("FAKE_LR_FACTOR", "1"))
     slow_at = int(os.environ.get("FAKE_SLOW_AT", "0"))
+    hold = os.environ.get("FAKE_HOLD", "")
     if os.environ.get("FAKE_CRASH_LOSS") not in (None, str(args.loss_type)):
         crash_at = 0
     cvd = os.environ.get("CUDA_VISIBLE_DEVICES", "").strip()
@@ -162,6 +165,10 @@ def main():
                     print("saving", save)
                     sys.stdout.flush()
                     save_checkpoint(args.prefix, save, args.loss_type)
+                    sys.stdout.flush()
+                    sys.stderr.flush()
+                    while hold and os.path.exists(hold):
+                        time.sleep(0.05)
                 highest = max(highest, acc)
                 print("[%d]Accuracy-Highest: %1.5f" % (step, highest))
             if args.max_steps > 0 and step > args.max_steps:
