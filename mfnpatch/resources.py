@@ -23,10 +23,11 @@ OVERRIDES = {
 }
 
 
-def data_dir(name: str) -> Path:
-    """The directory holding bundled data ``name`` (one of OVERRIDES)."""
+def data_dir(name: str, bundled: bool = False) -> Path:
+    """The directory holding bundled data ``name`` (one of OVERRIDES); bundled: the shipped one, whatever
+    the environment variable says (what mfnpatch itself knows, e.g. the builds the doctor suggests)."""
     env = OVERRIDES.get(name)
-    if env and os.environ.get(env):
+    if env and os.environ.get(env) and not bundled:
         p = Path(os.environ[env]).expanduser()
         if not p.is_dir():
             raise MfnError(f"{env}={p} is not a directory", hint=f"unset {env} to use the bundled {name}/")

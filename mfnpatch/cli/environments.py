@@ -27,16 +27,17 @@ from mfnpatch.errors import (
 
 @env_app.command("list")
 def env_list(as_json: JsonOpt = False):
-    """The environments, their Python, MXNet build and lock state."""
+    """The environments, their Python, framework build (MXNet or PyTorch), GPU kernels and lock state."""
     from mfnpatch.environments.spec import list_envs
 
     CTX.json = as_json
     rows: list[dict[str, Any]] = []
     for e in list_envs():
-        m = e.spec.mxnet
+        m = e.spec.build
         rows.append({
-            "name": e.name, "kind": e.spec.kind, "python": e.spec.python, "mxnet": f"{m.package} {m.version}",
-            "cuda": m.cuda, "gpu_archs": m.gpu_archs, "lock_sha256": e.lock_sha256(),
+            "name": e.name, "kind": e.spec.kind, "python": e.spec.python, "lineage": e.spec.lineage,
+            "build": f"{m.package} {m.version}", "cuda": m.cuda, "gpu_archs": m.gpu_archs,
+            "lock_sha256": e.lock_sha256(),
             "locks": {str(p.name): p.is_file() for p, _ in e.locks()}
             | ({e.spec.conda.lock: e.path(e.spec.conda.lock).is_file()} if e.spec.conda else {}),
             "description": e.spec.description,
@@ -47,14 +48,26 @@ def env_list(as_json: JsonOpt = False):
     for r in rows:
         locks = ", ".join(f"{k} {'ok' if v else '[yellow]missing[/]'}" for k, v in r["locks"].items())
         cuda = f", CUDA {r['cuda']}, SASS {', '.join(f'sm_{a}' for a in r['gpu_archs'])}" if r["cuda"] else ""
-        out.print(f"[bold]{r['name']}[/] ({r['kind']}): Python {r['python']}, {r['mxnet']}{cuda}")
+        head = f"[bold]{r['name']}[/] ({r['kind']}, {r['lineage']} lineage)"
+        out.print(f"{head}: Python {r['python']}, {r['build']}{cuda}")
         out.print(f"  {escape(r['description'])}")
         out.print(f"  locks: {locks}")
     return EXIT_OK
 
 
 @env_app.command("lock")
-def env_lock(name: Annotated[str, typer.Argument(help="cpu, cu101 or cu112.")]):
+def env_lock(
+    name: Annotated[str, typer.Argument(help="An environment of mfnpatch env list, e.g. cpu or torch-cu12.")],
+    find_links: Annotated[
+        Path | None,
+        typer.Option(
+            "--find-links",
+            help="A directory of wheels the resolver may take files from besides the indexes (e.g. where a "
+            "local-version wheel such as torch 2.13.0+cpu lies when its index cannot be reached); the lock "
+            "records only names, versions and hashes, never this directory.",
+        ),
+    ] = None,
+):
     """Resolve an environment with the real resolvers (uv for pip, conda-lock for conda) into hash-pinned locks.
 
     A lock is replaced only when its resolver succeeds; what could not be locked is said, with why.
@@ -62,7 +75,7 @@ def env_lock(name: Annotated[str, typer.Argument(help="cpu, cu101 or cu112.")]):
     from mfnpatch.environments.lock import lock_env
 
     with err.status(f"locking {name} …"):
-        rep = lock_env(name)
+        rep = lock_env(name, find_links=find_links)
     for line in rep.locked:
         out.print(f"[green]locked[/] {escape(line)}")
     for c in rep.changes:
@@ -76,9 +89,21 @@ def env_lock(name: Annotated[str, typer.Argument(help="cpu, cu101 or cu112.")]):
 
 @env_app.command("create")
 def env_create(
-    name: Annotated[str, typer.Argument(help="cpu, cu117 (pip only), or a conda environment with its conda-lock.yml.")],
+    name: Annotated[
+        str,
+        typer.Argument(
+            help="cpu, cu117, torch-cpu, torch-cu12 (pip only), or a conda environment with its conda-lock.yml."
+        ),
+    ],
     prefix: Annotated[Path, typer.Option("--prefix", help="Where to make it.")],
-    find_links: Annotated[Path | None, typer.Option("--find-links", help="A directory of wheels to use.")] = None,
+    find_links: Annotated[
+        Path | None,
+        typer.Option(
+            "--find-links",
+            help="A directory of wheels to use; with it, an environment's extra index (PyTorch's CPU index for "
+            "torch-cpu) is not asked: the files must be there or on the configured indexes.",
+        ),
+    ] = None,
     offline: Annotated[bool, typer.Option("--offline", help="Use --find-links only, no index.")] = False,
     force: Annotated[bool, typer.Option("--force", help="Replace an existing directory at --prefix.")] = False,
 ):
@@ -116,6 +141,38 @@ def env_create(
     if doc.fix:
         out.print(f"[yellow]fix[/]: {escape(doc.fix)}")
     return doc.exit_code
+
+
+@env_app.command("gpus")
+def env_gpus(
+    markdown: Annotated[
+        bool, typer.Option("--markdown", help="A Markdown table (as in docs/environments.md).")
+    ] = False,
+    as_json: JsonOpt = False,
+):
+    """Which environment has kernels for which GPU: every GPU generation the doctor knows, against the kernel
+    lists of the bundled GPU environments (read from their libraries), and the environment each lineage
+    would use. The doctor decides with the same lists (mfnpatch env check)."""
+    from mfnpatch.environments.doctor import gpu_table, gpu_table_markdown
+
+    CTX.json = as_json
+    if as_json:
+        emit_json(gpu_table())
+        return EXIT_OK
+    if markdown:
+        out.print(gpu_table_markdown(), end="", markup=False, highlight=False, soft_wrap=True)
+        return EXIT_OK
+    from rich.table import Table
+
+    rows = gpu_table()
+    envs = list(rows[0]["kernels"]) if rows else []
+    t = Table("GPUs", "arch", *envs, "MXNet lineage", "PyTorch lineage")
+    for r in rows:
+        t.add_row(", ".join(r["gpus"]), r["cc"],
+                  *[(r["kernels"][e] or "—").split(" (")[0] for e in envs],
+                  r["use"]["mxnet"] or "[red]none[/]", r["use"]["torch"] or "[red]none[/]")  # fmt: skip
+    out.print(t)
+    return EXIT_OK
 
 
 @env_app.command("doctor", hidden=True)  # the same command under the name users reach for

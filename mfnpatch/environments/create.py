@@ -94,8 +94,10 @@ def _create_venv(env: Env, name: str, prefix: Path, find_links: Path | None, off
             src += ["--find-links", str(find_links)]
         if offline:
             src += ["--no-index"]
-        for lock, no_deps in locks:
-            cmd = [*pip, "install", "--require-hashes", "--progress-bar", "off", *src, "-r", str(lock)]
+        parts = [env.spec.pip] + ([env.spec.no_deps] if env.spec.no_deps else [])
+        for (lock, no_deps), part in zip(locks, parts, strict=True):
+            extra = ["--extra-index-url", part.index] if part.index and not (find_links or offline) else []
+            cmd = [*pip, "install", "--require-hashes", "--progress-bar", "off", *src, *extra, "-r", str(lock)]
             if no_deps:
                 cmd.insert(cmd.index("--require-hashes"), "--no-deps")
             _run_logged(cmd, on_line)
@@ -134,7 +136,7 @@ def install_loader_hook(env: Env, purelib: Path, on_line: Callable[[str], None] 
     assert env.spec.cuda_libraries is not None
     lib = purelib / "mxnet" / "libmxnet.so"
     if not lib.is_file():
-        raise EnvError(f"{lib}: not installed; the {env.name} lock should have installed {env.spec.mxnet.package}")
+        raise EnvError(f"{lib}: not installed; the {env.name} lock should have installed {env.spec.build.package}")
     wheels = env.spec.cuda_libraries
     closure = link_closure(lib, wheel_lib_dirs(purelib), driver=wheels.driver, providers=wheels.wheels)
     missing = [x for x in closure.missing if x.soname not in wheels.driver]

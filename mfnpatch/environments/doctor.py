@@ -15,7 +15,18 @@ from pathlib import Path
 from mfnpatch.environments.create import HOOK, wheel_lib_dirs
 from mfnpatch.environments.elf import Closure, link_closure
 from mfnpatch.environments.gpu import FatbinInfo, GpuReport, covered, fatbin_archs, query_gpus, version_tuple
-from mfnpatch.environments.spec import INCOMPLETE, MARKER, Env, EnvError, load_env, normalize, parse_lock
+from mfnpatch.environments.spec import (
+    INCOMPLETE,
+    MARKER,
+    Env,
+    EnvError,
+    EnvSpec,
+    MXNetBuild,
+    load_env,
+    normalize,
+    parse_lock,
+)
+from mfnpatch.schema import load_model
 
 # --------------------------------------------------------------------------------------------
 # The doctor
@@ -34,6 +45,15 @@ try:
     out["features"] = {f.name: f.enabled for f in mx.runtime.Features().values()}
 except Exception as e:
     out["mxnet_error"] = f"{type(e).__name__}: {e}"[:400]
+spec = importlib.util.find_spec("torch")
+if spec and spec.submodule_search_locations:
+    out["torch_dir"] = list(spec.submodule_search_locations)[0]
+    try:
+        import torch
+        out["torch"] = torch.__version__
+        out["torch_cuda"] = torch.version.cuda
+    except Exception as e:
+        out["torch_error"] = f"{type(e).__name__}: {e}"[:400]
 import sysconfig
 out["purelib"] = sysconfig.get_paths()["purelib"]
 hook = sys.modules.get("_mfnpatch_cuda_libs")
@@ -141,15 +161,16 @@ def gather(name: str | None = None, prefix: Path | None = None, nvidia_smi: str 
     locked: dict[str, str] = {}
     for lock, _ in env.locks():
         locked.update({pkg: entry["version"] for pkg, entry in parse_lock(lock).items()})
-    installed = {normalize(k) for k in info["packages"]}
-    installed_build = next((k for k in installed if k.startswith("mxnet")), None)
-    lib = Path(info["mxnet_dir"]) / "libmxnet.so" if info.get("mxnet_dir") else None
-    if installed_build and installed_build != normalize(env.spec.mxnet.package):
+    build = env.spec.build
+    installed = {normalize(k): v for k, v in info["packages"].items()}
+    mod_dir = info.get(f"{build.import_name}_dir")
+    lib = Path(mod_dir).parent / build.library if mod_dir else None
+    if installed_build(installed, build) not in (None, (normalize(build.package), build.version)):
         lib = None  # its library says nothing about the environment's build
     fat = fatbin_archs(lib) if lib is not None and lib.is_file() else None
     closure, wheel_dirs = None, []
     if lib is not None and lib.is_file():
-        purelib = Path(info.get("purelib") or Path(info["mxnet_dir"]).parent)
+        purelib = Path(info.get("purelib") or Path(mod_dir or "").parent)
         wheel_dirs = wheel_lib_dirs(purelib)
         hooked = _hooked_dirs(purelib) if info.get("loader_hook") is not None else []
         if env.spec.kind == "conda":
@@ -160,6 +181,16 @@ def gather(name: str | None = None, prefix: Path | None = None, nvidia_smi: str 
     return env, Facts(name, python, info, locked, env.lock_sha256(), str(lib) if fat else None, fat,
                       query_gpus(nvidia_smi), closure, [str(d) for d in wheel_dirs],
                       read_marker(Path(info.get("prefix") or sys.prefix)))  # fmt: skip
+
+
+def installed_build(installed: dict[str, str], build: MXNetBuild) -> tuple[str, str] | None:
+    """(distribution, version) of the installed build of the environment's framework: for MXNet any mxnet*
+    distribution (mxnet, mxnet-cu117, ...), for PyTorch the torch distribution; None when none is."""
+    if build.import_name == "mxnet":
+        name = next((k for k in installed if k == "mxnet" or k.startswith("mxnet-")), None)
+    else:
+        name = normalize(build.package) if normalize(build.package) in installed else None
+    return (name, installed[name]) if name else None
 
 
 def read_marker(prefix: Path) -> dict | str | None:
@@ -240,55 +271,68 @@ def diagnose(env: Env, facts: Facts) -> Doctor:
         if not same:
             text += f"; the {name} lock is now {str(now)[:12]}"
         doc.findings.append(Finding("marker", same, text, None if same else create_fix))
-    # MXNet
-    if "mxnet" in info:
-        feats = info.get("features", {})
-        on = [k for k, v in feats.items() if v and k in ("CUDA", "CUDNN", "NCCL", "MKLDNN", "OPENMP", "BLAS_OPEN")]
-        doc.findings.append(Finding("mxnet", True, f"MXNet {info['mxnet']} imports; features: {', '.join(on)}"))
-        doc.facts["features"] = feats
-    else:
-        err = info.get("mxnet_error", "not installed")
-        fix = create_fix
-        if "np.bool" in err or "'bool'" in err:
-            fix = "numpy >= 1.24 breaks MXNet 1.9 (np.bool): pin numpy<1.24, as the lock does; " + create_fix
-        elif "libcud" in err or "libnccl" in err:
-            fix = f"the CUDA {env.spec.mxnet.cuda} runtime is missing: the {name} environment brings it with conda"
-        doc.findings.append(Finding("mxnet", False, f"import mxnet failed: {err}", fix))
+    build = env.spec.build
+    # MXNet (the framework of the mxnet lineage; in a torch environment, the CPU wheel of its .rec reader)
+    if env.spec.mxnet is not None:
+        if "mxnet" in info:
+            feats = info.get("features", {})
+            on = [k for k, v in feats.items() if v and k in ("CUDA", "CUDNN", "NCCL", "MKLDNN", "OPENMP", "BLAS_OPEN")]
+            doc.findings.append(Finding("mxnet", True, f"MXNet {info['mxnet']} imports; features: {', '.join(on)}"))
+            doc.facts["features"] = feats
+        else:
+            err = info.get("mxnet_error", "not installed")
+            fix = create_fix
+            if "np.bool" in err or "'bool'" in err:
+                fix = "numpy >= 1.24 breaks MXNet 1.9 (np.bool): pin numpy<1.24, as the lock does; " + create_fix
+            elif "libcud" in err or "libnccl" in err:
+                fix = f"the CUDA {env.spec.mxnet.cuda} runtime is missing: the {name} environment brings it"
+            doc.findings.append(Finding("mxnet", False, f"import mxnet failed: {err}", fix))
+    # PyTorch (the arcface_torch lineage)
+    if env.spec.torch is not None:
+        if "torch" in info:
+            cuda = f"built with CUDA {info['torch_cuda']}" if info.get("torch_cuda") else "a CPU build"
+            doc.findings.append(Finding("torch", True, f"PyTorch {info['torch']} imports; {cuda}"))
+            doc.facts["torch"] = info["torch"]
+        else:
+            err = info.get("torch_error", "not installed")
+            doc.findings.append(Finding("torch", False, f"import torch failed: {err}", create_fix))
     # The library's GPU code
-    build = env.spec.mxnet.package
-    installed_build = next((k for k in installed if k.startswith("mxnet")), None)
-    if installed_build and installed_build != normalize(build):
+    have = installed_build({normalize(k): v for k, v in info["packages"].items()}, build)
+    if have is not None and have != (normalize(build.package), build.version):
         doc.findings.append(
             Finding(
-                "mxnet",
+                build.import_name,
                 False,
-                f"the installed MXNet build is {installed_build}, the {name} environment's is {build}",
+                f"the installed {build.import_name} build is {have[0]} {have[1]}, the {name} environment's is "
+                f"{build.package} {build.version}",
                 create_fix,
             )
         )
+    library = Path(build.library).name
     if facts.fatbin is not None:
         doc.findings.append(Finding("kernels", None, f"{facts.library}: {facts.fatbin.describe()}"))
         sass, ptx = sorted(facts.fatbin.sass), sorted(facts.fatbin.ptx)
-        source = "libmxnet.so"
+        source = library
     else:
-        sass, ptx = env.spec.mxnet.gpu_archs, env.spec.mxnet.ptx
-        source = f"the {name} manifest ({env.spec.mxnet.package} {env.spec.mxnet.version} is not installed here)"
+        sass, ptx = build.gpu_archs, build.ptx
+        source = f"the {name} manifest ({build.package} {build.version} is not installed here)"
     doc.facts["sass"], doc.facts["ptx"] = sass, ptx
-    # Link closure: what libmxnet.so needs, found where the loader will look
+    # Link closure: what the library needs, found where the loader will look
     if facts.closure is not None:
         doc.findings += _link_findings(env, facts)
     # GPUs and driver
     gpu = facts.gpu
     doc.facts["gpus"] = [asdict(g) for g in gpu.gpus]
-    needs_gpu = env.spec.mxnet.cuda is not None
+    doc.facts["driver_cuda"] = gpu.cuda
+    needs_gpu = build.cuda is not None
     if not gpu.found:
         doc.findings.append(
             Finding(
                 "gpu",
                 False if needs_gpu else None,
                 gpu.problem or "no GPU",
-                "the cu environments need an NVIDIA GPU; on this machine use the cpu environment "
-                "(mfnpatch recipe run may16 --profile smoke)"
+                f"the {name} environment needs an NVIDIA GPU; on this machine use the "
+                f"{_cpu_env(env)} environment ({_recipe_line(_cpu_env(env))})"
                 if needs_gpu
                 else None,
             )
@@ -312,25 +356,29 @@ def diagnose(env: Env, facts: Facts) -> Doctor:
                 Finding(
                     "gpu",
                     False,
-                    f"GPU {g.index} {g.name} ({cc}): no kernels for it in "
-                    f"{env.spec.mxnet.package} {env.spec.mxnet.version} (SASS "
+                    f"GPU {g.index} {g.name} ({cc}): no kernels for it in {build.package} {build.version} (SASS "
                     f"{', '.join(f'sm_{a}' for a in sass) or 'none'}; "
                     f"{'PTX ' + ', '.join(str(a) for a in ptx) if ptx else 'no PTX'}; from {source})",
-                    _kernel_fix(g.cc),
+                    kernel_fix(g.cc, env),
                 )
             )
-        if env.spec.mxnet.driver_min:
-            ok = version_tuple(g.driver) >= version_tuple(env.spec.mxnet.driver_min)
+        if build.driver_min:
+            ok = version_tuple(g.driver) >= version_tuple(build.driver_min)
+            major = build.cuda.split(".")[0] if build.cuda else ""
+            says = f", CUDA {gpu.cuda}" if gpu.cuda else ""
+            if ok and gpu.cuda and version_tuple(gpu.cuda)[:1] < version_tuple(major):
+                ok = False  # a driver for an older CUDA major cannot run this runtime at all
             doc.findings.append(
                 Finding(
                     "driver",
                     ok,
-                    f"driver {g.driver} (CUDA {env.spec.mxnet.cuda} needs >= {env.spec.mxnet.driver_min})",
-                    None if ok else f"update the NVIDIA driver to {env.spec.mxnet.driver_min} or newer",
+                    f"driver {g.driver}{says} ({build.package} {build.version}'s CUDA {build.cuda} needs a CUDA "
+                    f"{major} driver >= {build.driver_min})",
+                    None if ok else f"update the NVIDIA driver to {build.driver_min} or newer",
                 )
             )
     # the verdict names the most fundamental blocker first: hardware cannot be fixed by reinstalling
-    order = {"libcuda": 0, "gpu": 1, "driver": 2, "python": 3, "links": 4, "mxnet": 5, "lock": 6}
+    order = {"libcuda": 0, "gpu": 1, "driver": 2, "python": 3, "links": 4, "mxnet": 5, "torch": 5, "lock": 6}
     bad = sorted((f for f in doc.findings if f.ok is False), key=lambda f: order.get(f.what, 9))
     doc.can_run = not bad
     if doc.can_run:
@@ -356,11 +404,11 @@ def _link_findings(env: Env, facts: Facts) -> list[Finding]:
     counts = {w: len(closure.found(w)) for w in ("environment", "beside", "system")}
     if not missing:
         parts = [f"{counts['environment']} from the environment's NVIDIA wheels" if counts["environment"] else "",
-                 f"{counts['beside']} beside libmxnet.so" if counts["beside"] else "",
+                 f"{counts['beside']} beside {Path(closure.root).name}" if counts["beside"] else "",
                  f"{counts['system']} from the system" if counts["system"] else ""]  # fmt: skip
         n = len(closure.links) - len(closure.missing) - len(closure.found("driver"))
         found = ", ".join(p for p in parts if p)
-        out.append(Finding("links", True, f"libmxnet.so's link closure: {n} libraries found ({found})"))
+        out.append(Finding("links", True, f"{Path(closure.root).name}'s link closure: {n} libraries found ({found})"))
     for x in missing:
         detail = f"{x.soname} (needed by {x.needed_by}) is not found"
         where = [d for d in facts.wheel_dirs if (Path(d) / x.soname).is_file()]
@@ -376,29 +424,126 @@ def _link_findings(env: Env, facts: Facts) -> list[Finding]:
         if x.where == "driver":
             out.append(Finding("libcuda", True, f"{soname} (the NVIDIA driver's) at {x.path}"))
         else:
-            need = f" >= {env.spec.mxnet.driver_min}" if env.spec.mxnet.driver_min else ""
+            need = f" >= {env.spec.build.driver_min}" if env.spec.build.driver_min else ""
             detail = (f"the NVIDIA driver is not installed on this machine: {soname}, which {x.needed_by} needs, "
                       "is not found (it comes with the driver, never with the environment)")  # fmt: skip
             fix = (f"install the NVIDIA driver{need} (it provides {soname}); on a machine without an NVIDIA GPU "
-                   "use the cpu environment (mfnpatch recipe run may16 --profile smoke)")  # fmt: skip
+                   f"use the {_cpu_env(env)} environment ({_recipe_line(_cpu_env(env))})")  # fmt: skip
             out.append(Finding("libcuda", False, detail, fix))
     return out
 
 
-def _kernel_fix(cc: tuple[int, int] | None) -> str:
+LINEAGES = {
+    "mxnet": "the seed's MXNet code at InsightFace 4bc8132, MobileFaceNet as y1",
+    "torch": "InsightFace's arcface_torch, MobileFaceNet as mbf",
+}
+
+
+def _bundled() -> list[Env]:
+    """The environments mfnpatch ships (not a test's MFNPATCH_ENVS): what the doctor knows of builds."""
+    from mfnpatch.resources import data_dir
+
+    root = data_dir("envs", bundled=True)
+    return [Env(load_model(d / "env.yaml", EnvSpec), d) for d in sorted(root.iterdir()) if (d / "env.yaml").is_file()]
+
+
+def recipe_for(env_name: str) -> tuple[str, str | None] | None:
+    """(recipe, profile) of a bundled recipe that runs in the environment: its default environment, else a
+    profile's (the smoke profile last)."""
+    import yaml
+
+    from mfnpatch.resources import data_dir
+
+    found: list[tuple[int, str, str | None]] = []
+    for p in sorted(data_dir("recipes", bundled=True).glob("*.yaml")):
+        try:
+            d = yaml.safe_load(p.read_text()) or {}
+        except (OSError, yaml.YAMLError):
+            continue
+        if not isinstance(d, dict) or d.get("schema") != 1 or not isinstance(d.get("stages"), dict):
+            continue
+        if d.get("environment") == env_name:
+            found.append((0, p.stem, None))
+        for prof, pd in (d.get("profiles") or {}).items():
+            if isinstance(pd, dict) and pd.get("environment") == env_name:
+                found.append((1 if prof != "smoke" else 2, p.stem, prof))
+    # the newest plan of a lineage first: may16 over may09
+    found.sort(key=lambda t: (t[0], [-ord(c) for c in t[1]]))
+    return (found[0][1], found[0][2]) if found else None
+
+
+def _recipe_line(env_name: str) -> str:
+    r = recipe_for(env_name)
+    if r is None:
+        return "mfnpatch recipe run RECIPE"
+    return f"mfnpatch recipe run {r[0]}" + (f" --profile {r[1]}" if r[1] else "")
+
+
+def _cpu_env(env: Env) -> str:
+    return "torch-cpu" if env.spec.lineage == "torch" else "cpu"
+
+
+def kernel_fix(cc: tuple[int, int] | None, env: Env) -> str:
+    """The environment to use instead, from what the bundled manifests say their libraries carry: the same
+    lineage first, pip-only first; else the other lineage, said as such."""
     if cc is None:
-        return "find the GPU's compute capability; then choose the environment whose MXNet build has kernels for it"
-    if cc >= (9, 0):
         return (
-            "no official MXNet build has kernels for sm_90 or newer: run the CPU smoke profile "
-            "(mfnpatch recipe run may16 --profile smoke), or build MXNet from source with CUDA >= 11.8 for sm_90"
+            "find the GPU's compute capability; then choose the environment whose build has kernels for it "
+            "(mfnpatch env gpus)"
         )
-    if cc >= (8, 0):
-        return (
-            "use the cu117 environment (pip only; mxnet-cu117 1.9.1 has sm_80 and sm_86 kernels): mfnpatch env create "
-            "cu117 --prefix DIR, then mfnpatch recipe run may16 --profile cu117 --env-prefix DIR"
-        )
-    return "use the cu101 environment (sm_30 to sm_75)"
+    sm = f"sm_{cc[0]}{cc[1]}"
+    fits = [e for e in _bundled() if e.spec.build.cuda and covered(cc, e.spec.build.gpu_archs, e.spec.build.ptx)]
+    fits.sort(key=lambda e: (e.spec.lineage != env.spec.lineage, e.spec.kind != "pip", e.name))
+    if not fits:
+        return (f"no build mfnpatch knows has kernels for {sm}: run the CPU smoke profile "
+                f"({_recipe_line(_cpu_env(env))}), or build the framework from source for {sm}")  # fmt: skip
+    e = fits[0]
+    b = e.spec.build
+    how = covered(cc, b.gpu_archs, b.ptx)
+    prep = f"mfnpatch env create {e.name} --prefix DIR, then {_recipe_line(e.name)} --env-prefix DIR"
+    text = (f"use the {e.name} environment ({'pip only; ' if e.spec.kind == 'pip' else ''}{b.package} {b.version} "
+            f"has {how} kernels for {sm}): {prep}")  # fmt: skip
+    if e.spec.lineage != env.spec.lineage:
+        what = LINEAGES[e.spec.lineage]
+        text += (f"; that is the {e.spec.lineage} lineage ({what}): no {env.spec.build.import_name} build mfnpatch "
+                 f"knows has kernels for {sm}"
+                 + (" (MXNet is retired; building it from source with CUDA >= 11.8 is the only other way)"
+                    if env.spec.lineage == "mxnet" else ""))  # fmt: skip
+    return text
+
+
+def gpu_table() -> list[dict]:
+    """Which environment runs which GPU, from the bundled manifests' kernel lists (what the doctor decides
+    with): one row per compute capability of the GPUs the doctor knows by name, oldest first."""
+    from mfnpatch.environments.gpu import KNOWN_CC
+
+    envs = [e for e in _bundled() if e.spec.build.cuda]
+    by_cc: dict[tuple[int, int], list[str]] = {}
+    for name, cc in KNOWN_CC.items():
+        by_cc.setdefault(cc, []).append(name)
+    rows = []
+    for cc in sorted(by_cc):
+        kernels = {e.name: covered(cc, e.spec.build.gpu_archs, e.spec.build.ptx) for e in envs}
+        best = {}
+        for lineage in LINEAGES:
+            fits = [e for e in envs if e.spec.lineage == lineage and kernels[e.name]]
+            fits.sort(key=lambda e: (e.spec.kind != "pip", e.name))
+            best[lineage] = fits[0].name if fits else None
+        rows.append({"cc": f"sm_{cc[0]}{cc[1]}", "gpus": sorted(by_cc[cc]), "kernels": kernels, "use": best})
+    return rows
+
+
+def gpu_table_markdown() -> str:
+    rows = gpu_table()
+    envs = list(rows[0]["kernels"]) if rows else []
+    head = ["GPUs", "arch", *envs, "MXNet lineage (may16)", "PyTorch lineage (mbf)"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for r in rows:
+        cells = [", ".join(r["gpus"]), r["cc"]]
+        cells += [(r["kernels"][e] or "—").replace(" (compiled by the driver at first use)", "") for e in envs]
+        cells += [r["use"]["mxnet"] or "none: no build", r["use"]["torch"] or "none: no build"]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
 
 
 def only_this_machine(doc: Doctor) -> bool:

@@ -101,7 +101,8 @@ KNOWN_CC = {
     "P40": (6, 1), "P100": (6, 0), "P4": (6, 1), "V100": (7, 0), "T4": (7, 5), "A100": (8, 0), "A30": (8, 0),
     "A10": (8, 6), "A40": (8, 6), "RTX 30": (8, 6), "RTX 20": (7, 5), "TITAN V": (7, 0), "TITAN X": (6, 1),
     "GTX 10": (6, 1), "L4": (8, 9), "L40": (8, 9), "RTX 40": (8, 9), "H100": (9, 0), "H200": (9, 0),
-    "H800": (9, 0), "GH200": (9, 0), "B200": (10, 0),
+    "H800": (9, 0), "GH200": (9, 0), "B200": (10, 0), "B100": (10, 0), "RTX 50": (12, 0),
+    "RTX PRO 6000": (12, 0),
 }  # fmt: skip
 
 
@@ -119,6 +120,30 @@ class GpuReport:
     found: bool
     gpus: list[Gpu]
     problem: str | None = None  # nvidia-smi absent or failing
+    cuda: str | None = None  # the newest CUDA the driver supports ("CUDA Version" of nvidia-smi), when it says
+
+
+_CUDA_VERSION = re.compile(r"CUDA Version\s*:\s*(\d+\.\d+)")
+
+
+def parse_driver_cuda(text: str) -> str | None:
+    """The driver's CUDA version from `nvidia-smi --version` ("CUDA Version : 13.0") or the header of a
+    plain `nvidia-smi` ("CUDA Version: 12.2")."""
+    m = _CUDA_VERSION.search(text)
+    return m.group(1) if m else None
+
+
+def driver_cuda(exe: str) -> str | None:
+    for args in (["--version"], []):  # --version is newer (R525+); the table's header has it on every driver
+        try:
+            r = subprocess.run([exe, *args], capture_output=True, timeout=60)
+        except (OSError, subprocess.TimeoutExpired):
+            return None
+        if r.returncode == 0:
+            v = parse_driver_cuda(r.stdout.decode("utf-8", "replace"))
+            if v:
+                return v
+    return None
 
 
 def _cc_from_name(name: str) -> tuple[int, int] | None:
@@ -173,7 +198,7 @@ def query_gpus(nvidia_smi: str | None = None) -> GpuReport:
                 gpus = parse_query_csv(stdout)
                 if not gpus:
                     raise ValueError("no rows")
-                return GpuReport(True, gpus)
+                return GpuReport(True, gpus, cuda=driver_cuda(exe))
             except ValueError:
                 shown = (stdout.strip().splitlines() or [""])[0][:80]
                 return GpuReport(False, [], f"nvidia-smi printed what is not its CSV output: {shown!r}")

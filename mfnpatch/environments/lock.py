@@ -35,7 +35,8 @@ def _uv() -> str:
     return exe
 
 
-def _lock_pip(env: Env, part: LockPart, no_deps: bool, report: LockReport, uv: str) -> None:
+def _lock_pip(env: Env, part: LockPart, no_deps: bool, report: LockReport, uv: str,
+              find_links: Path | None = None) -> None:  # fmt: skip
     req, lock = env.path(part.requirements), env.path(part.lock)
     old = parse_lock(lock) if lock.is_file() else {}
     tmp = lock.with_name(f".{lock.name}.new")
@@ -46,6 +47,10 @@ def _lock_pip(env: Env, part: LockPart, no_deps: bool, report: LockReport, uv: s
            "--custom-compile-command", f"mfnpatch env lock {env.name}"]  # fmt: skip
     if no_deps:
         cmd.append("--no-deps")
+    if part.index and not find_links:
+        cmd += ["--extra-index-url", part.index, "--index-strategy", "unsafe-best-match"]
+    if find_links:
+        cmd += ["--find-links", str(Path(find_links).absolute())]
     r = subprocess.run(cmd, capture_output=True, text=True, cwd=env.dir)
     if r.returncode != 0:
         tmp.unlink(missing_ok=True)
@@ -70,14 +75,15 @@ def _lock_pip(env: Env, part: LockPart, no_deps: bool, report: LockReport, uv: s
     report.locked.append(f"{part.lock}: {len(new)} packages for Python {env.spec.python} on {env.spec.platform}")
 
 
-def lock_env(name: str) -> LockReport:
-    """Resolve the environment's locks with the real resolvers; keep a previous lock when one fails."""
+def lock_env(name: str, find_links: Path | None = None) -> LockReport:
+    """Resolve the environment's locks with the real resolvers; keep a previous lock when one fails.
+    find_links: a directory of wheels besides the indexes (not written into the lock)."""
     env = load_env(name)
     report = LockReport(env=name)
     uv = _uv()
-    _lock_pip(env, env.spec.pip, False, report, uv)
+    _lock_pip(env, env.spec.pip, False, report, uv, find_links)
     if env.spec.no_deps:
-        _lock_pip(env, env.spec.no_deps, True, report, uv)
+        _lock_pip(env, env.spec.no_deps, True, report, uv, find_links)
     if env.spec.conda:
         c = env.spec.conda
         exe = shutil.which("conda-lock") or str(Path(sys.executable).with_name("conda-lock"))

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from mfnpatch.errors import MfnError
 from mfnpatch.fsutil import sha256_bytes
@@ -32,6 +32,11 @@ class EnvError(MfnError):
 class LockPart(Strict):
     requirements: str
     lock: str
+    index: str | None = Field(
+        default=None,
+        description="an index besides PyPI that a local-version pin comes from (torch==2.13.0+cpu from PyTorch's "
+        "CPU index); env create adds it, unless --find-links or --offline says where the files are",
+    )
 
 
 class CondaPart(Strict):
@@ -42,12 +47,21 @@ class CondaPart(Strict):
 
 
 class MXNetBuild(Strict):
+    """The framework build that holds the GPU kernels, its CUDA and the architectures its library carries."""
+
     package: str
     version: str
     cuda: str | None = None
     driver_min: str | None = None
-    gpu_archs: list[int] = Field(default_factory=list, description="SASS architectures in libmxnet.so")
-    ptx: list[int] = Field(default_factory=list, description="PTX architectures in libmxnet.so")
+    gpu_archs: list[int] = Field(default_factory=list, description="SASS architectures in the library")
+    ptx: list[int] = Field(default_factory=list, description="PTX architectures in the library")
+    library: str = Field(default="mxnet/libmxnet.so", description="the library with the kernels, in site-packages")
+    import_name: str = "mxnet"
+
+
+class TorchBuild(MXNetBuild):
+    library: str = "torch/lib/libtorch_cuda.so"
+    import_name: str = "torch"
 
 
 class CudaLibraries(Strict):
@@ -68,10 +82,29 @@ class EnvSpec(Strict):
     pip: LockPart
     no_deps: LockPart | None = None
     conda: CondaPart | None = None
-    mxnet: MXNetBuild
+    mxnet: MXNetBuild | None = None
+    torch: TorchBuild | None = None
     cuda_libraries: CudaLibraries | None = None
     patches: str
+    lineage: Literal["mxnet", "torch"] = Field(
+        default="mxnet", description="which lineage's recipes it runs: the pinned MXNet code or arcface_torch"
+    )
+    gpu_note: str | None = Field(default=None, description="which GPUs it is for, in a few words")
     why: str
+
+    @model_validator(mode="after")
+    def _one_build(self) -> EnvSpec:
+        if self.mxnet is None and self.torch is None:
+            raise ValueError("an environment names its framework build: mxnet: or torch:")
+        return self
+
+    @property
+    def build(self) -> MXNetBuild:
+        """The build whose library carries the GPU kernels: PyTorch's when there is one (a torch environment
+        may hold the CPU MXNet wheel for its .rec reader), else MXNet's."""
+        b = self.torch or self.mxnet
+        assert b is not None
+        return b
 
 
 @dataclass

@@ -48,7 +48,7 @@ needs_mxnet = pytest.mark.skipif(importlib.util.find_spec("mxnet") is None, reas
 
 def test_bundled_environments():
     envs = {e.name: e for e in list_envs()}
-    assert set(envs) == {"cpu", "cu101", "cu112", "cu117"}
+    assert set(envs) == {"cpu", "cu101", "cu112", "cu117", "torch-cpu", "torch-cu12"}
     cpu, cu101, cu112 = envs["cpu"], envs["cu101"], envs["cu112"]
     assert cpu.spec.python == "3.11" and cpu.spec.mxnet.cuda is None
     assert cu101.spec.mxnet.cuda == "10.1" and cu101.spec.mxnet.driver_min == "418.39"
@@ -235,7 +235,8 @@ def test_doctor_h200_with_cu101(tmp_path, gpu_envs, cli):
     doc = check("gpu101", None, smi)
     assert not doc.can_run
     assert doc.verdict.startswith("CANNOT RUN: GPU 0 NVIDIA H200 (sm_90): no kernels for it in mxnet-cu101 1.9.1")
-    assert "no official MXNet build has kernels for sm_90" in doc.fix and "--profile smoke" in doc.fix
+    assert doc.fix.startswith("use the torch-cu12 environment (pip only; torch 2.10.0 has SASS sm_90 kernels")
+    assert "no mxnet build mfnpatch knows has kernels for sm_90 (MXNet is retired" in doc.fix
     assert any(f.what == "driver" and f.ok for f in doc.findings)  # 580 >= 418.39
     r = cli("env", "check", "gpu101", "--nvidia-smi", smi)
     assert r.code == 1 and "CANNOT RUN" in r.out and "fix:" in r.out
@@ -247,13 +248,16 @@ def test_doctor_h200_with_cu101(tmp_path, gpu_envs, cli):
 def test_doctor_other_gpus(tmp_path, gpu_envs):
     a100 = fake_smi(tmp_path, "index, name, compute_cap, driver_version\n0, NVIDIA A100-SXM4-40GB, 8.0, 470.57.02")
     doc = check("gpu101", None, a100)
-    assert not doc.can_run and doc.fix.startswith("use the cu117 environment (pip only; mxnet-cu117 1.9.1 has sm_80")
-    assert "--profile cu117" in doc.fix
+    assert not doc.can_run
+    assert doc.fix.startswith("use the cu117 environment (pip only; mxnet-cu117 1.9.1 has SASS sm_80 kernels "
+                              "for sm_80)")  # fmt: skip
+    assert doc.fix.endswith("mfnpatch recipe run may16 --profile cu117 --env-prefix DIR")
     p40 = fake_smi(tmp_path, "index, name, driver_version\n0, Tesla P40, 410.48", old_driver=True)
     doc = check("gpu101", None, p40)
     gpu = next(f for f in doc.findings if f.what == "gpu")
     assert gpu.ok and "Tesla P40 (sm_61): kernels from SASS sm_60" in gpu.detail
-    assert doc.verdict.startswith("CANNOT RUN: driver 410.48 (CUDA 10.1 needs >= 418.39)")
+    assert doc.verdict.startswith("CANNOT RUN: driver 410.48 (mxnet-cu101 1.9.1's CUDA 10.1 needs a CUDA 10 "
+                                  "driver >= 418.39)")  # fmt: skip
     failing = fake_smi(tmp_path, rc=9)
     doc = check("gpu101", None, failing)
     assert doc.verdict.startswith("CANNOT RUN: nvidia-smi failed (exit 9)") and "cpu environment" in doc.fix

@@ -10,9 +10,14 @@ import sys
 from pathlib import Path
 
 
-def fake_smi(tmp_path: Path, query: str | None = None, *, rc: int = 0, old_driver: bool = False) -> str:
+def fake_smi(tmp_path: Path, query: str | None = None, *, rc: int = 0, old_driver: bool = False,
+             version: str | None = None) -> str:  # fmt: skip
+    """An nvidia-smi that prints ``query`` for --query-gpu and ``version`` (nvidia-smi --version's text, e.g.
+    the H200's recorded one) for --version."""
     exe = tmp_path / "nvidia-smi"
     script = "#!/bin/sh\n"
+    if version is not None:
+        script += f"if [ \"$1\" = --version ]; then cat <<'EOF'\n{version}\nEOF\nexit 0; fi\n"
     if rc:
         script += (
             "echo \"NVIDIA-SMI has failed because it couldn't communicate with the NVIDIA driver. "
