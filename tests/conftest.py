@@ -365,3 +365,24 @@ def gpu_envs(tmp_path, monkeypatch):
         }))  # fmt: skip
     monkeypatch.setenv("MFNPATCH_ENVS", str(root))
     return root
+
+
+# --------------------------------------------------------------------------------------------
+# The torch-cpu environment, made once per session from its lock (the PyTorch lineage's CPU runs)
+
+TORCH_WHEELS = Path(os.environ.get("MFNPATCH_TORCH_WHEELS", "/opt/wheels"))
+
+
+@pytest.fixture(scope="session")
+def torch_cpu_prefix(tmp_path_factory) -> Path:
+    """MFNPATCH_TORCH_CPU_PREFIX (an environment made by env create torch-cpu), else one made here from the lock
+    with the CPU torch wheel from MFNPATCH_TORCH_WHEELS (default /opt/wheels); skipped when neither is there."""
+    given = os.environ.get("MFNPATCH_TORCH_CPU_PREFIX")
+    if given:
+        return Path(given)
+    if not (TORCH_WHEELS.is_dir() and next(TORCH_WHEELS.glob("torch-2.13.0+cpu-cp311-*.whl"), None)):
+        pytest.skip(f"needs the torch 2.13.0+cpu wheel in {TORCH_WHEELS} (MFNPATCH_TORCH_WHEELS) or an environment "
+                    "made by `mfnpatch env create torch-cpu` in MFNPATCH_TORCH_CPU_PREFIX")  # fmt: skip
+    from mfnpatch.environments.create import create_env
+
+    return create_env("torch-cpu", tmp_path_factory.mktemp("envs") / "torch-cpu", find_links=TORCH_WHEELS)
