@@ -21,7 +21,7 @@ ROOT = Path(__file__).resolve().parents[1]
 def test_bundled_sets_are_valid_and_made_for_the_pin():
     pins = {p.commit for p in load_pins()}
     cat = Catalog.scan(data_dir("patches"))
-    assert set(cat.versions) == {"mfn", "py3"}
+    assert set(cat.versions) == {"mfn", "py3", "mbf", "torch-cpu"}  # two lineages, two pins
     for name, versions in cat.versions.items():
         for v in versions:
             s = cat.load(name, v)  # checks SHA256SUMS, DEP-3 headers, Applies-To
@@ -89,4 +89,4 @@ def test_installed_tool_finds_its_data_from_any_directory(wheel, tmp_path):
         text=True,
     )
     assert r.returncode == 0, r.stderr
-    assert [s["set"] for s in json.loads(r.stdout)] == ["mfn@1", "py3@1"]
+    assert [s["set"] for s in json.loads(r.stdout)] == ["mbf@1", "mfn@1", "py3@1", "torch-cpu@1"]

@@ -141,7 +141,7 @@ def seed_rule(m: Metric, tol: float | None, source: str) -> tuple[str, float, fl
             ">=",
             m.best,
             tol,
-            f"the seed's best {m.best:g} ({source}), a floor"
+            f"the best {m.best:g} reached ({source}), a floor"
             + (f" with tolerance {t:g}: from {m.best - t:.5g}" if t else "")
             + "; better passes",
         )

@@ -160,6 +160,23 @@ def _f(x: str | None) -> float:
 # The parser
 
 
+# What a process prints before its log's first line, whatever the lineage: Python warnings ("file.py:12:
+# FutureWarning: ...") and their indented source lines, glog lines (torchrun's "W1206 20:11:59.1 123 run.py:7] ..."),
+# rows of asterisks around them, blank lines. The lineage is decided by the first line that is none of these.
+_PREAMBLE = re.compile(r"^(?:\s.*|\S+:\d+: \w*Warning: .*|[IWEF]\d{4} \d\d:\d\d:\d\d\.\d+ .*|\*+|)$")
+PREAMBLE_LINES = 200
+
+
+def _skip_preamble(buf: str) -> str | None:
+    """The text from the first complete line that is not preamble (None: every complete line so far is)."""
+    pos = 0
+    while (nl := buf.find("\n", pos)) >= 0:
+        if not _PREAMBLE.match(buf[pos:nl]):
+            return buf[pos:]
+        pos = nl + 1
+    return None
+
+
 class LogParser:
     """Feed bytes or text in pieces of any size; get events (if ``events``) and a running summary.
 
@@ -224,10 +241,14 @@ class LogParser:
     def _lineage(self, text: str) -> str:
         """Until the first line is known: hold; then, for arcface_torch's log, its lines in the pinned format."""
         if self._mode is None:
-            head = (self._tcarry + text).lstrip()
-            if not head or ("\n" not in head and len(head) < len("Training: ")):
-                self._tcarry += text
-                return ""
+            buf = self._tcarry + text
+            head = _skip_preamble(buf)
+            if head is None:
+                self._tcarry = buf
+                if buf.count("\n") <= PREAMBLE_LINES:
+                    return ""
+                head = buf  # a long preamble of nothing but warnings: the pinned code's log
+            self._tcarry, text = buf[: len(buf) - len(head)], head
             self._mode = "torch" if is_torch_log(head) or head.startswith("Training: ") else "mxnet"
             if self._mode == "mxnet":
                 text, self._tcarry = self._tcarry + text, ""
@@ -242,10 +263,15 @@ class LogParser:
 
     def close(self) -> list[Event]:
         held: list[Event] = []
-        if self._mode is None and self._tcarry:  # a log shorter than its first line's prefix: read as it is
-            self._mode, text, self._tcarry = "mxnet", self._tcarry, ""
+        if self._mode is None and self._tcarry:  # a log that ended before its lineage was clear
+            text, self._tcarry = self._tcarry, ""
+            head = _skip_preamble(text if text.endswith("\n") else text + "\n")
+            if head is not None and head.startswith("Training: "):
+                self._mode, self._torch, self.s.lineage = "torch", TorchLines(), "arcface_torch"
+            else:
+                self._mode = "mxnet"
             held = self.feed_bytes(text.encode("latin-1"))
-        elif self._torch is not None:
+        if self._torch is not None:
             rest = self._torch.line(self._tcarry) if self._tcarry else []
             text, self._tcarry = "\n".join(rest + self._torch.close()), ""
             self._carry += text

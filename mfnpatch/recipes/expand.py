@@ -434,6 +434,6 @@ def hazards(plan: Plan) -> list[str]:
                     f"{first.name}'s checkpoints {rng}. Give it its own prefix{how} to keep them."
                 )
     for s in active:
-        if s.kind == "train" and s.stop is None:
+        if s.kind == "train" and s.stop is None and not (s.template and s.template.ends_by_itself):
             out.append(f"stage {s.name} has no stop point and nothing uses its checkpoints: it trains until stopped")
     return out

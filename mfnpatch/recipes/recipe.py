@@ -53,8 +53,12 @@ class Param(Strict):
 
 
 class FlagArg(Strict):
+    """``{flag: --lr, value: "${lr}"}``: two arguments, left out when the value is null or empty; with ``sep``
+    one argument, flag, sep and value joined (``{flag: num_epoch, sep: "=", value: ...}`` -> ``num_epoch=2``)."""
+
     flag: str
     value: str
+    sep: str | None = None
 
 
 class InputRef(Strict):
@@ -149,6 +153,11 @@ class Stage(Strict):
     outputs: dict[str, str] = Field(default_factory=dict)
     copy_: list[CopySpec] = Field(default_factory=list, alias="copy")
     stop: Stop | None = None
+    ends_by_itself: bool = Field(
+        default=False,
+        description="a training command that ends at its own schedule's end (arcface_torch's num_epoch), so no "
+        "stop point is needed",
+    )
     expect: list[Expectation] = Field(default_factory=list)
     seed_command: str | None = None
     stands_in: str | None = None

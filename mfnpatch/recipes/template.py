@@ -135,7 +135,10 @@ def render_command(command: list, scope: Scope) -> list[Text]:
         if not isinstance(item, str):  # a FlagArg
             if scope.is_null(item.value):
                 continue
-            out += [(item.flag,), scope.parts(item.value)]
+            if item.sep is not None:
+                out.append((item.flag + item.sep, *scope.parts(item.value)))
+            else:
+                out += [(item.flag,), scope.parts(item.value)]
         elif (
             (m := VAR.fullmatch(item))
             and not m.group(1).startswith("inputs.")

@@ -108,8 +108,9 @@ def test_debug_shows_traceback(fx, cli):
 
 def test_bundled_patches_list_and_show(cli):
     rows = cli("patches", "list", "--json").json()
-    assert [r["set"] for r in rows] == ["mfn@1", "py3@1"]
-    mfn, py3 = rows
+    assert [r["set"] for r in rows] == ["mbf@1", "mfn@1", "py3@1", "torch-cpu@1"]
+    mbf, mfn, py3, tcpu = rows
+    assert tcpu["opt_in"] and tcpu["after"] == ["mbf"] and not mbf["opt_in"] and len(mbf["patches"]) == 5
     assert [p["name"] for p in mfn["patches"]] == [
         "0001-fc7-no-bias.patch",
         "0002-y1-uniform-init.patch",

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from mfnpatch.logs.events import Config, Speed, Verification
-from mfnpatch.logs.parser import LogParser, summarize_text
+from mfnpatch.logs.parser import LogParser, Summary, summarize_text
 from mfnpatch.logs.sentinels import Sentinels, Watch
 
 CFG = [("margin_list", "[1.0, 0.5, 0.0]"), ("network", "mbf"), ("resume", "False"), ("output", "work_dirs/ms1mv2_mbf"),
@@ -118,3 +118,35 @@ def test_the_published_mbf_logs(tmp_path, name, best, cli):
     assert d["unknown_lines"] == 0 and d["lineage"] == "arcface_torch"
     assert tuple(d["targets"][t]["best_accuracy"] for t in ("lfw", "cfp_fp", "agedb_30")) == best
     assert Path(cli("log", "plot", log, "-o", tmp_path / "c.png").out.split()[-1]).is_file()
+
+
+def _chunks(text: str, n: int) -> Summary:
+    p = LogParser(events=False, path="stage.log")
+    for i in range(0, len(text), n):
+        p.feed(text[i : i + n])
+    p.close()
+    return p.summary()
+
+
+PREAMBLE = [
+    "/tree/recognition/arcface_torch/dataset.py:263: FutureWarning: Decorating classes is deprecated",
+    "  @torch.no_grad()",
+    "W1206 20:11:59.123000 4242 site-packages/torch/distributed/run.py:766] ",
+    "W1206 20:11:59.123000 4242 site-packages/torch/distributed/run.py:766] *****************************************",
+    "",
+]
+
+
+@pytest.mark.parametrize("chunk", [1, 7, 1 << 20])
+def test_a_stage_logs_preamble_does_not_hide_its_lineage(chunk):
+    """What a stage's stdout holds before the log's first line (Python warnings, torchrun's glog lines) is
+    skipped when the lineage is decided; the lines still count, and the MXNet lineage is unaffected."""
+    torch_text = "\n".join(PREAMBLE + log_lines()) + "\n"
+    s = _chunks(torch_text, chunk)
+    assert s.lineage == "arcface_torch" and s.lines == len(PREAMBLE) + len(log_lines())
+    assert s.verifications["lfw"][2000][0] == 0.96 and [st for st, _ in s.loss_curve] == [20, 30, 40]
+    mx_text = "\n".join(PREAMBLE[:2] + ["use cpu", "INFO:root:Epoch[0] Batch [20]\tSpeed: 500.0 samples/sec\tacc=0.1"])
+    m = _chunks(mx_text + "\n", chunk)
+    assert m.lineage == "mxnet" and m.speed_lines == 1
+    only = _chunks("\n".join(PREAMBLE[:2]), chunk)  # nothing but a warning: read as the pinned code's
+    assert only.lineage == "mxnet" and only.lines == 2

@@ -233,3 +233,22 @@ def test_sentinels_merge_recipe_profile_and_stage(tmp_path):
     assert (a.stall.below, a.stall.lines) == (0.3, 5) and a.train_acc == "off" and a.chance.after_rounds == 3
     # a tool stage watches nothing; a stage the recipe says nothing about gets the recipe's and the defaults
     assert expand(load_recipe(str(p))).stage("b").sentinels.active() == ["chance", "train_acc", "nonfinite", "stall"]
+
+
+def test_mbf_plans_torchrun_with_overrides_only_where_set():
+    """The PyTorch lineage's recipe: key=value overrides ({flag, sep: "=", value}) left out when unset, one
+    argument each when set; a training stage that ends by itself raises no 'trains until stopped' hazard."""
+    from mfnpatch.recipes.expand import expand, hazards
+    from mfnpatch.recipes.recipe import load_recipe
+
+    loaded = load_recipe("mbf")
+    real = expand(loaded)
+    argv = [a for a in next(s for s in real.stages if s.name == "train").argv]
+    assert argv[:7] == ["python", "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "8",
+                        "train_v2.py"]  # fmt: skip
+    assert argv[7:9] == ["configs/ms1mv2_mbf.py", "rec=/train_tmp/faces_emore"] and len(argv) == 10
+    smoke = expand(loaded, "smoke")
+    sargv = next(s for s in smoke.stages if s.name == "train").argv
+    assert "num_epoch=2" in sargv and "fp16=False" in sargv and "num_classes=21" in sargv
+    assert smoke.environment == "torch-cpu" and real.environment == "torch-cu12"
+    assert not [h for h in hazards(real) if "trains until stopped" in h]
