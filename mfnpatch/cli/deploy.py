@@ -46,11 +46,27 @@ def convert_slim(
 
 @convert_app.command("ncnn")
 def convert_ncnn_cmd(
-    checkpoint: Annotated[str, typer.Argument(help="PREFIX,EPOCH (a training or slim checkpoint).")],
+    checkpoint: Annotated[
+        str,
+        typer.Argument(
+            help="PREFIX,EPOCH (a training or slim checkpoint), or MODEL.onnx (the PyTorch lineage: arcface_torch's "
+            "torch2onnx.py output)."
+        ),
+    ],
     output: Annotated[Path, typer.Option("--output", "-o", help="Directory for the converted models.")],
     verify_after: Annotated[
         bool, typer.Option("--verify", help="Then verify all engines (writes verify.json).")
     ] = False,
+    onnx_input_norm: Annotated[
+        str,
+        typer.Option(
+            "--onnx-input-norm",
+            metavar="MEAN,STD",
+            help="For an ONNX source: the input its graph takes is (x - MEAN) / STD of 0..255 RGB pixels "
+            "(arcface_torch: 127.5,127.5); that step is put in front of the graph, so every converted model takes "
+            "0..255 as the MXNet lineage's do.",
+        ),
+    ] = "127.5,127.5",
     flush_denormals: Annotated[
         bool,
         typer.Option(
@@ -71,17 +87,23 @@ def convert_ncnn_cmd(
     threads: ThreadsOpt = None,
     as_json: JsonOpt = False,
 ):
-    """MXNet -> ONNX -> ncnn (pnnx, BatchNorm folded), plus the unfolded ncnn model the seed's mxnet2ncnn made.
+    """MXNet -> ONNX -> ncnn (pnnx, BatchNorm folded), plus the unfolded ncnn model the seed's mxnet2ncnn made;
+    or ONNX -> ncnn for the PyTorch lineage (onnxruntime on the source graph is then the reference).
 
     Reports how many weights are denormal or below 1e-30, per parameter in convert.json (--flush-denormals
     zeroes them, for every engine, and keeps the original weights in unflushed/ for evaluate and bench)."""
     from mfnpatch.deploy.convert import convert_ncnn
 
     CTX.json = as_json
+    try:
+        mean, std = (float(x) for x in onnx_input_norm.split(","))
+    except ValueError:
+        raise UsageError(f"--onnx-input-norm {onnx_input_norm!r}: give MEAN,STD, e.g. 127.5,127.5") from None
     set_names = _sets(sets) if evaluate_data is not None else []
     nthreads = _threads(threads)
     if as_json:
-        r = convert_ncnn(checkpoint, output, verify_after=verify_after, flush_denormals=flush_denormals)
+        r = convert_ncnn(checkpoint, output, verify_after=verify_after, flush_denormals=flush_denormals,
+                         onnx_norm=(mean, std))  # fmt: skip
     else:
         with err.status("converting …") as st:
             r = convert_ncnn(
@@ -90,6 +112,7 @@ def convert_ncnn_cmd(
                 verify_after=verify_after,
                 flush_denormals=flush_denormals,
                 on_step=lambda s: st.update(escape(s)),
+                onnx_norm=(mean, std),
             )
     code = r.exit_code
     ev = None
@@ -100,11 +123,14 @@ def convert_ncnn_cmd(
         emit_json(asdict(r) | {"evaluate": ev.to_dict() if ev else None, "exit_code": code})
         return code
     out.print(f"[green]converted[/] {escape(checkpoint)} -> {escape(str(output))} in {r.seconds:.1f} s")
+    ref = "the ONNX source" if r.source_kind == "onnx" else "MXNet"
     out.print(
-        f"  ONNX      {escape(r.onnx)} (fixes: {len(r.fixes)}; onnxruntime vs MXNet cosine "
+        f"  ONNX      {escape(r.onnx)} (fixes: {len(r.fixes)}; onnxruntime vs {ref} cosine "
         f"{r.onnx_check['min_cosine']:.7f})"
     )
     for label, m in (("folded", r.folded), ("unfolded", r.unfolded)):
+        if not m:
+            continue
         layers = sum(m["layers"].values())
         out.print(f"  ncnn {label:8s} {escape(m['param'])}: {layers} layers, {m['batchnorm']} BatchNorm")
     if r.denormals is not None:
@@ -151,8 +177,9 @@ def _run_evaluate(model_dir: Path, data: Path, sets: list[str], engines: list[st
 
 
 def _print_evaluate(ev) -> None:
+    ref = "MXNet" if ev.reference == "mxnet" else ev.reference
     w = max([8, *(len(r.engine) for r in ev.rows)])
-    out.print(f"{'set':9s} {'engine':{w}s} {'accuracy':>17s} {'threshold (cos)':>16s} {'vs MXNet':>9s} "
+    out.print(f"{'set':9s} {'engine':{w}s} {'accuracy':>17s} {'threshold (cos)':>16s} {'vs ' + ref:>9s} "
               f"{'min cosine':>10s} {'images/s':>8s}")  # fmt: skip
     for r in ev.rows:
         delta = "–" if r.delta is None else f"{r.delta:+.5f}"
@@ -177,10 +204,10 @@ def _print_evaluate(ev) -> None:
         )
         out.print(f"  {escape(name):9s} best accuracy at cosine > {th['best_accuracy_threshold']:.3f} "
                   f"({th['best_accuracy']:.4f}); {escape(fars)}")  # fmt: skip
-    out.print(f"  deploy.json thresholds and {len(ev.golden)} golden inputs (golden/*.png with MXNet's embeddings) "
+    out.print(f"  deploy.json thresholds and {len(ev.golden)} golden inputs (golden/*.png with {ref}'s embeddings) "
               "written")  # fmt: skip
     tol = ev.tolerance
-    rule = (f"accuracy within {tol['accuracy']} (or 1 pair) of MXNet's, every embedding's cosine >= "
+    rule = (f"accuracy within {tol['accuracy']} (or 1 pair) of {ref}'s, every embedding's cosine >= "
             f"{tol['cosine']['fp32']} (fp32) / {tol['cosine']['fp16']} (fp16)")  # fmt: skip
     if ev.passed:
         out.print(f"[green]PASS[/]: every engine holds on every set: {rule}")

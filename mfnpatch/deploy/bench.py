@@ -130,8 +130,14 @@ def bench(
     """Time the converted models; ``reference``: the seed's own numbers, written beside as context."""
     import numpy as np
 
+    from mfnpatch.deploy.verify import source_of
+
     d = Path(model_dir)
-    for p in (d / f"{FOLDED}.param", d / "unfolded" / f"{FOLDED}.param", d / "model.onnx", d / "mxnet-symbol.json"):
+    onnx_src = source_of(d)  # a model converted from ONNX (PyTorch lineage): no MXNet, no unfolded model
+    need = [d / f"{FOLDED}.param", d / "model.onnx"]
+    if not onnx_src:
+        need += [d / "unfolded" / f"{FOLDED}.param", d / "mxnet-symbol.json"]
+    for p in need:
         if not p.is_file():
             raise ConvertError(
                 f"{d}: not a converted model directory ({p} is missing)",
@@ -140,14 +146,14 @@ def bench(
     if loops < 1 or not threads or min(threads) < 1:
         raise ConvertError("--loops and --threads must be positive")
     kept = d / "unflushed"
-    engines = engines or [
+    engines = engines or (["ncnn folded", "ncnn folded fp16", "onnxruntime"] if onnx_src else [
         "ncnn folded",
         "ncnn unfolded",
         "ncnn folded fp16",
         *(["ncnn folded, denormals kept"] if (kept / f"{FOLDED}.param").is_file() else []),
         "onnxruntime",
         "mxnet",
-    ]
+    ])  # fmt: skip
     x = np.ascontiguousarray(test_inputs(1, seed=3)[0])  # referenced while ncnn.Mat borrows it
     np.save(d / ".bench-input.npy", x[None])
     res = BenchResult(str(d), loops, warmup, cpu=cpu_peak())

@@ -53,7 +53,8 @@ class Input(_Strict):
 
 
 class Output(_Strict):
-    blob_mxnet: str
+    blob_mxnet: str | None = None  # the MXNet graph's output (MXNet lineage)
+    blob_onnx: str | None = None  # the ONNX source's output (PyTorch lineage)
     dim: int = Field(ge=1)
     l2_normalise: bool
     compare: str
@@ -147,6 +148,28 @@ def make(model_dir: Path, sym, arg) -> Contract:
         ),
         output=Output(blob_mxnet=sym.list_outputs()[0].removesuffix("_output"), dim=int(out_shapes[0][1]),
                       l2_normalise=True, compare="cosine similarity of the L2-normalised embeddings"),
+        alignment=Alignment(size=[SIZE, SIZE], points=list(POINTS), template=[list(p) for p in TEMPLATE],
+                            method="similarity transform of the 5 landmarks onto the template, then warpAffine "
+                                   "(InsightFace's norm_crop; mfnpatch deploy align makes the reference crop)"),
+    )  # fmt: skip
+
+
+def make_onnx(model_dir: Path, src) -> Contract:
+    """The contract of a model converted from an ONNX source (``onnxsource``): the normalisation that
+    ``prepare`` put in front of the graph, the source's output, the one (folded) ncnn model."""
+    d = Path(model_dir)
+    i, o = param_io(d / f"{FOLDED}.param")
+    models = {"ncnn folded": Model(param=f"{FOLDED}.param", bin=f"{FOLDED}.bin", input_blob=i, output_blob=o)}
+    steps = [Step(op="subtract", value=src.mean), Step(op="multiply", value=src.scale)]
+    return Contract(
+        models=models,
+        input=Input(
+            shape=list(INPUT_SHAPE), layout="NCHW", dtype="float32", colour_order="RGB", pixel_range=[0.0, 255.0],
+            opencv_imread="BGR: convert with cv2.cvtColor(img, cv2.COLOR_BGR2RGB) before feeding the model",
+            normalisation_in_graph=steps, app_normalises=False,
+        ),
+        output=Output(blob_onnx=src.output, dim=src.dim, l2_normalise=True,
+                      compare="cosine similarity of the L2-normalised embeddings"),
         alignment=Alignment(size=[SIZE, SIZE], points=list(POINTS), template=[list(p) for p in TEMPLATE],
                             method="similarity transform of the 5 landmarks onto the template, then warpAffine "
                                    "(InsightFace's norm_crop; mfnpatch deploy align makes the reference crop)"),

@@ -31,6 +31,7 @@ from mfnpatch.deploy.engines import embeddings_mxnet, embeddings_onnx
 from mfnpatch.deploy.export import export_onnx
 from mfnpatch.deploy.mxnet import ConvertError, _mx, check_input_shape, load_checkpoint, slim_symbol
 from mfnpatch.deploy.ncnn import layer_counts, param_io, run_pnnx, write_unfolded
+from mfnpatch.deploy.onnxsource import embeddings_source, inspect, is_onnx, prepare
 from mfnpatch.deploy.verify import compare, test_inputs, verify
 from mfnpatch.fsutil import atomic_write, atomic_write_json, replacing
 
@@ -55,6 +56,8 @@ class ConvertResult:
     seconds: float
     verify: dict | None = None
     denormals: dict | None = None  # the slim model's weights below 1e-30 (denormals.py), and whether flushed
+    source_kind: str = "mxnet"  # mxnet: a checkpoint; onnx: an ONNX model (the PyTorch lineage's torch2onnx output)
+    onnx_source: dict | None = None  # the ONNX source: its path, input, output, the normalisation put in front
 
     @property
     def exit_code(self) -> int:
@@ -84,17 +87,34 @@ def _relocate(x, old: str, new: str):
 
 
 def convert_ncnn(
-    spec: str, out_dir: Path, *, verify_after: bool = False, flush_denormals: bool = False, on_step=None
+    spec: str,
+    out_dir: Path,
+    *,
+    verify_after: bool = False,
+    flush_denormals: bool = False,
+    on_step=None,
+    onnx_norm: tuple[float, float] | None = None,
 ) -> ConvertResult:
     """Convert into a staging directory beside ``out_dir`` and swap it into place at the end: a failed or
     interrupted conversion leaves ``out_dir`` as it was."""
     out_dir = Path(out_dir).absolute()
     _check_output_dir(out_dir)
-    load_checkpoint(spec)  # a bad checkpoint fails before anything is made
+    if is_onnx(spec):
+        if flush_denormals:
+            raise ConvertError("--flush-denormals is not supported for an ONNX source yet",
+                               hint="convert without it; convert.json still counts the denormal weights")  # fmt: skip
+        inspect(Path(spec), *(onnx_norm or (127.5, 127.5)))
+    else:
+        load_checkpoint(spec)  # a bad checkpoint fails before anything is made
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     stage = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.converting-", dir=out_dir.parent))
     try:
-        result = _convert_into(spec, stage, verify_after=verify_after, flush_denormals=flush_denormals, on_step=on_step)
+        if is_onnx(spec):
+            result = _convert_onnx_into(Path(spec).absolute(), stage, onnx_norm or (127.5, 127.5),
+                                        verify_after=verify_after, on_step=on_step)  # fmt: skip
+        else:
+            result = _convert_into(spec, stage, verify_after=verify_after, flush_denormals=flush_denormals,
+                                   on_step=on_step)  # fmt: skip
         result = ConvertResult(**_relocate(asdict(result), str(stage), str(out_dir)))
         atomic_write_json(stage / "convert.json", asdict(result))
         if result.verify:
@@ -171,6 +191,50 @@ def _convert_into(spec: str, out_dir: Path, *, verify_after: bool, flush_denorma
     contract.write(out_dir, contract.make(out_dir, sym, arg))
     if verify_after:
         say("verifying MXNet, onnxruntime and both ncnn models on the same inputs")
+        result.verify = asdict(verify(out_dir))
+    result.seconds = round(time.perf_counter() - t0, 3)
+    return result
+
+
+def _convert_onnx_into(path: Path, out_dir: Path, norm: tuple[float, float], *, verify_after: bool,
+                       on_step) -> ConvertResult:  # fmt: skip
+    """An ONNX source (arcface_torch's torch2onnx.py output): the normalisation put in front of its graph, then pnnx
+    (BatchNorm folded). There is no unfolded model: the seed's mxnet2ncnn needs an MXNet symbol."""
+    import onnx
+    from onnx import numpy_helper
+
+    t0 = time.perf_counter()
+    say = on_step or (lambda s: None)
+    src = inspect(path, *norm)
+    weights = {i.name: numpy_helper.to_array(i) for i in onnx.load(str(path)).graph.initializer}
+    denormals = count_denormals({k: v for k, v in weights.items() if v.dtype.kind == "f"})
+    out_dir.mkdir(parents=True, exist_ok=True)
+    onnx_path = out_dir / "model.onnx"
+    say("putting the input normalisation in front of the ONNX graph")
+    fixes = prepare(src, onnx_path)
+    say("checking the prepared graph against the source with onnxruntime")
+    inputs = test_inputs(4, seed=7)
+    check = compare(embeddings_source(src, inputs), embeddings_onnx(onnx_path, inputs))
+    if check["min_cosine"] < 0.99999:
+        raise ConvertError(f"the prepared ONNX graph disagrees with its source (cosine {check['min_cosine']:.6f})",
+                           hint="a conversion bug: rerun with --debug and report it")  # fmt: skip
+    say("converting ONNX to ncnn with pnnx (BatchNorm folded)")
+    fparam, fbin = run_pnnx(onnx_path, out_dir)
+    fl = layer_counts(fparam)
+    if fl.get("BatchNorm", 0):
+        raise ConvertError(f"pnnx left {fl['BatchNorm']} BatchNorm layers unfolded in {fparam}")
+    result = ConvertResult(
+        source=str(path), out_dir=str(out_dir), onnx=str(onnx_path),
+        folded={"param": str(fparam), "bin": str(fbin), "layers": dict(fl), "batchnorm": 0, "io": param_io(fparam)},
+        unfolded={}, fixes=fixes, onnx_check=check, seconds=0.0, denormals=denormals.to_dict(), source_kind="onnx",
+        onnx_source={"path": str(path), "input": src.input, "output": src.output, "dim": src.dim, "mean": src.mean,
+                     "std": round(1.0 / src.scale, 6)},
+    )  # fmt: skip
+    say("writing the deployment contract (deploy.json)")
+    contract.write(out_dir, contract.make_onnx(out_dir, src))
+    if verify_after:
+        say("verifying onnxruntime and the ncnn model on the same inputs")
+        atomic_write_json(out_dir / "convert.json", asdict(result))  # verify reads the source from it
         result.verify = asdict(verify(out_dir))
     result.seconds = round(time.perf_counter() - t0, 3)
     return result

@@ -40,11 +40,12 @@ from mfnpatch.deploy.engines import (
 from mfnpatch.deploy.layers import LAYER_TOLERANCE, first_divergence
 from mfnpatch.deploy.mxnet import FOLDED, ConvertError, _mx
 from mfnpatch.deploy.protocol import app_thresholds, lfw_protocol, pair_cosines
-from mfnpatch.deploy.verify import check_model_dir
+from mfnpatch.deploy.verify import check_model_dir, source_of
 from mfnpatch.fsutil import atomic_write, atomic_write_json
 
 SETS = ("lfw", "cfp_fp", "agedb_30")
 ENGINES = ("onnxruntime", "ncnn folded", "ncnn unfolded", "ncnn folded fp16", "ncnn unfolded fp16")
+ONNX_ENGINES = ("ncnn folded", "ncnn folded fp16")  # a model converted from ONNX: onnxruntime is the reference
 ACCURACY_TOLERANCE = 0.002  # |accuracy - MXNet's|, and never less than one pair of the set
 COSINE_TOLERANCE = {"fp32": 0.9999, "fp16": 0.999}  # every image's embedding against MXNet's
 MXNET_BATCH = 1  # MXNet's CPU engine is fastest at batch 1 here (32: half the images/s, measured)
@@ -87,6 +88,7 @@ class EvaluateResult:
     golden: list[dict] = field(default_factory=list)
     threads: int = 1
     seconds: float = 0.0
+    reference: str = "mxnet"  # the engine every other is judged against (onnxruntime for an ONNX source)
 
     @property
     def passed(self) -> bool:
@@ -235,30 +237,44 @@ def evaluate(
         raise ConvertError(f"--engines: {unknown[0]!r} is not an engine", hint="engines: " + ", ".join(ENGINES))
     if threads < 1:
         raise ConvertError(f"--threads {threads}: at least 1")
-    sym, arg, aux = _mx().model.load_checkpoint(str(d / "mxnet"), 0)
+    onnx_src = source_of(d)
+    if onnx_src:  # the PyTorch lineage: onnxruntime on the converted graph is the reference; one ncnn model
+        import onnx
+        from onnx import numpy_helper
+
+        sym = arg = aux = None
+        engines = [e for e in engines if e in ONNX_ENGINES]
+        weights = {i.name: numpy_helper.to_array(i) for i in onnx.load(str(d / "model.onnx")).graph.initializer}
+        dn = count_denormals({k: v for k, v in weights.items() if v.dtype.kind == "f"})
+    else:
+        sym, arg, aux = _mx().model.load_checkpoint(str(d / "mxnet"), 0)
+        dn = count_denormals({**arg, **aux})
+    ref_engine = "onnxruntime" if onnx_src else "mxnet"
     size = (deal.input.shape[2], deal.input.shape[3])
     loaded = [load_set(Path(data_dir), name, size) for name in sets]  # all read before any engine runs
-    dn = count_denormals({**arg, **aux})
-    res = EvaluateResult(str(d), str(data_dir), engines=["mxnet", *engines], threads=threads)
+    res = EvaluateResult(str(d), str(data_dir), engines=[ref_engine, *engines], threads=threads)
+    res.reference = ref_engine
     res.sets = [{"name": s.name, "path": s.path, "pairs": s.pairs, "sha256": s.sha256} for s in loaded]
-    res.tolerance = {"accuracy": ACCURACY_TOLERANCE, "accuracy_rule": "|accuracy - MXNet's| <= max(0.002, 1 pair)",
+    res.tolerance = {"accuracy": ACCURACY_TOLERANCE,
+                     "accuracy_rule": f"|accuracy - {ref_engine}'s| <= max(0.002, 1 pair)",
                      "cosine": COSINE_TOLERANCE, "layer_rel_error": LAYER_TOLERANCE}  # fmt: skip
     res.fp16 = asdict(fp16_support())
     res.denormals = {"weights": dn.weights, "below_1e-30": dn.below, "denormal": dn.denormal,
                      "flushed_at_conversion": (d / "unflushed").is_dir()}  # fmt: skip
-    models = _models(d, engines, sym, arg, aux, dn)
+    models = [_Model("onnxruntime", "onnx", dir=d), *_models(d, engines, None, None, None, dn)[1:]] if onnx_src \
+        else _models(d, engines, sym, arg, aux, dn)  # fmt: skip
     res.engines = [m.engine for m in models]
     refs: dict[str, tuple] = {}  # "set" (and "set/kept") -> (embeddings, protocol) of the MXNet reference
     worst: dict[str, tuple[float, str, int]] = {}  # engine -> (cosine, set, image) of its worst image
     for s in loaded:
         for m in models:
             embs, row = _measure(m, s, threads, on_progress)
-            if m.kind == "mxnet" and m.engine != "mxnet, denormals flushed":
-                refs[s.name if m.engine == "mxnet" else f"{s.name}/kept"] = (embs, row)
-            if m.engine != "mxnet":
+            if m.engine == ref_engine or m.engine == "mxnet, denormals kept":
+                refs[s.name if m.engine == ref_engine else f"{s.name}/kept"] = (embs, row)
+            if m.engine != ref_engine:
                 # the original weights' ncnn model against the original weights' MXNet; the rest against MXNet
                 key = f"{s.name}/kept" if m.engine == "ncnn folded, denormals kept" else s.name
-                row.reference = "mxnet, denormals kept" if key.endswith("/kept") else "mxnet"
+                row.reference = "mxnet, denormals kept" if key.endswith("/kept") else ref_engine
                 ref_embs, ref_row = refs[key]
                 _judge(row, embs, ref_embs, ref_row.accuracy, m.precision)
                 cos = _image_cosines(embs[0], ref_embs[0])
@@ -272,6 +288,13 @@ def evaluate(
         if m.kind == "mxnet":
             continue  # weights changed on purpose (denormals): there is no conversion to take apart
         _, set_name, i = worst[engine]
+        if sym is None:
+            res.divergence[engine] = {
+                "probe": f"{set_name} image {i}",
+                "text": "no layer-by-layer probe for a model "
+                "converted from ONNX (pnnx renames the blobs); its worst image is named",
+            }
+            continue
         s = next(x for x in loaded if x.name == set_name)
         x1 = Images(s.images).batch(i, i + 1)
         div = first_divergence(mxnet_blobs(sym, arg, aux, x1), m.blobs(x1), LAYER_TOLERANCE[m.precision])
@@ -284,7 +307,7 @@ def evaluate(
                 "comparison, not in one layer",
             }
         )
-    _measure_contract(d, deal, loaded, refs, sym, arg, aux, res)
+    _measure_contract(d, deal, loaded, refs, ref_engine, res)
     res.seconds = round(time.perf_counter() - t0, 3)
     atomic_write_json(d / "evaluate.json", res.to_dict())
     return res
@@ -336,7 +359,7 @@ def _judge(row: Row, embs, ref_embs, ref_accuracy: float, precision: str) -> Non
 # The measured part of the deployment contract
 
 
-def _measure_contract(d: Path, deal, loaded: list[LoadedSet], refs: dict, sym, arg, aux, res: EvaluateResult) -> None:
+def _measure_contract(d: Path, deal, loaded: list[LoadedSet], refs: dict, ref_engine: str, res: EvaluateResult) -> None:
     """Thresholds on MXNet's one-embedding-per-image cosines (no flip: what an app computes), per set and over
     all pairs; golden inputs from each set with MXNet's embedding. Written only when MXNet's rows exist."""
     import cv2
@@ -349,8 +372,8 @@ def _measure_contract(d: Path, deal, loaded: list[LoadedSet], refs: dict, sym, a
         all_cos.append(cos)
         all_same.extend(s.issame)
     thresholds = {
-        "measured_with": "MXNet, one embedding per image (no flip), L2-normalised; a pair is the same person when "
-        "its cosine is above the threshold",
+        "measured_with": f"{'MXNet' if ref_engine == 'mxnet' else ref_engine}, one embedding per image (no flip), "
+        "L2-normalised; a pair is the same person when its cosine is above the threshold",
         "sets": per_set,
         "all": app_thresholds(np.concatenate(all_cos), all_same).to_dict() if len(loaded) > 1 else None,
     }

@@ -76,11 +76,26 @@ MODEL_FILES = ("mxnet-symbol.json", "mxnet-0000.params", "model.onnx", f"{FOLDED
                f"unfolded/{FOLDED}.param", f"unfolded/{FOLDED}.bin")  # fmt: skip
 
 
+ONNX_MODEL_FILES = ("model.onnx", f"{FOLDED}.param", f"{FOLDED}.bin")
+
+
+def source_of(d: Path) -> dict | None:
+    """The ONNX source a model directory was converted from (its convert.json says), or None: an MXNet one."""
+    import json
+
+    try:
+        data = json.loads((Path(d) / "convert.json").read_text())
+    except (OSError, ValueError):
+        return None
+    return data.get("onnx_source") if isinstance(data, dict) and data.get("source_kind") == "onnx" else None
+
+
 def check_model_dir(d: Path) -> None:
     """A directory made by ``convert ncnn``, with every model file; a ConvertError naming the first missing."""
     if not d.is_dir():
         raise ConvertError(f"{d}: no such directory", hint=f"make it with: mfnpatch convert ncnn PREFIX,EPOCH -o {d}")
-    missing = [str(d / f) for f in MODEL_FILES if not (d / f).is_file()]
+    files = ONNX_MODEL_FILES if source_of(d) else MODEL_FILES
+    missing = [str(d / f) for f in files if not (d / f).is_file()]
     if missing:
         raise ConvertError(
             f"{d}: not a converted model directory ({missing[0]} is missing)",
@@ -97,6 +112,7 @@ class VerifyResult:
     engines: dict = field(default_factory=dict)  # engine -> compare() against MXNet
     min_cosine: float = 0.0
     passed: bool = False
+    reference: str = "mxnet"  # the engine every other is compared with
 
     @property
     def exit_code(self) -> int:
@@ -104,14 +120,24 @@ class VerifyResult:
 
 
 def verify(model_dir: Path, n: int = 10, threshold: float = 0.9999) -> VerifyResult:
-    """Embeddings of MXNet, onnxruntime and both ncnn models on the same n inputs (face-like and noise)."""
-    mx = _mx()
+    """Embeddings of MXNet, onnxruntime and both ncnn models on the same n inputs (face-like and noise); for a
+    model converted from ONNX, onnxruntime on its graph is the reference and the ncnn model is checked."""
     d = Path(model_dir)
     check_model_dir(d)
     if (d / "deploy.json").exists():  # older conversions have none; a present one must be as written
         from mfnpatch.deploy.contract import load as load_contract
 
         load_contract(d)
+    if source_of(d):
+        inputs = test_inputs(n)
+        ref = embeddings_onnx(d / "model.onnx", inputs)
+        res = VerifyResult(str(d), n, max(1, (2 * n) // 3), threshold, reference="onnxruntime")
+        res.engines["ncnn folded"] = compare(ref, embeddings_ncnn(d / f"{FOLDED}.param", d / f"{FOLDED}.bin", inputs))
+        res.min_cosine = min(e["min_cosine"] for e in res.engines.values())
+        res.passed = res.min_cosine >= threshold
+        atomic_write_json(d / "verify.json", asdict(res))
+        return res
+    mx = _mx()
     sym, arg, aux = mx.model.load_checkpoint(str(d / "mxnet"), 0)
     inputs = test_inputs(n)
     ref = embeddings_mxnet(sym, arg, aux, inputs)

@@ -42,6 +42,55 @@ DEFINING = ("loss_type", "network")
 COMPARED = ("network", "loss_type", "lr", "lr_steps", "margin_s", "margin_m", "wd", "fc7_wd_mult", "emb_size",
             "per_batch_size")  # fmt: skip
 
+# The PyTorch lineage: arcface_torch's mbf configs at the 0159b24 pin, configs/base.py merged with each (the keys
+# a log's config block prints that decide what is trained; recognition/arcface_torch/configs/*_mbf.py).
+_MBF = {"network": "mbf", "embedding_size": 512, "sample_rate": 1.0, "fp16": True, "momentum": 0.9,
+        "weight_decay": 1e-4, "batch_size": 128, "lr": 0.1, "verbose": 2000, "optimizer": "sgd", "warmup_epoch": 0,
+        "interclass_filtering_threshold": 0, "gradient_acc": 1, "seed": 2048}  # fmt: skip
+TORCH_CONFIGS: dict[str, dict[str, Any]] = {
+    "ms1mv2_mbf": _MBF | {"margin_list": [1.0, 0.5, 0.0], "num_classes": 85742, "num_image": 5822653, "num_epoch": 40},
+    "ms1mv3_mbf": _MBF | {"margin_list": [1.0, 0.5, 0.0], "num_classes": 93431, "num_image": 5179510, "num_epoch": 40},
+    "glint360k_mbf": _MBF
+    | {"margin_list": [1.0, 0.0, 0.4], "num_classes": 360232, "num_image": 17091657, "num_epoch": 20},
+}
+TORCH_DEFINING = ("lineage", "network")
+TORCH_COMPARED = ("network", "margin_list", "embedding_size", "lr", "weight_decay", "momentum", "per_batch_size",
+                  "batch_size", "num_classes", "num_epoch", "warmup_epoch", "sample_rate", "fp16",
+                  "optimizer")  # fmt: skip
+
+
+def keys_of(cfg: dict) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """(defining, compared) keys for a log's configuration: arcface_torch's or the pinned MXNet code's."""
+    return (TORCH_DEFINING, TORCH_COMPARED) if cfg.get("lineage") == "arcface_torch" else (DEFINING, COMPARED)
+
+
+def torch_args(argv: list[str]) -> dict[str, Any] | None:
+    """A stage that runs arcface_torch's train_v2.py: its config (TORCH_CONFIGS) with the key=value overrides
+    after it, in the log's terms (batch_size the total batch, per_batch_size per GPU); None for any other."""
+    import ast
+
+    if "train_v2.py" not in argv:
+        return None
+    i = argv.index("train_v2.py")
+    name = Path(argv[i + 1]).stem if i + 1 < len(argv) else ""
+    args: dict[str, Any] = dict(TORCH_CONFIGS.get(name, {}))
+    for item in argv[i + 2 :]:
+        key, eq, value = item.partition("=")
+        if eq:
+            try:
+                args[key] = ast.literal_eval(value)
+            except (ValueError, SyntaxError):
+                args[key] = value
+    nproc = 1
+    for flag in ("--nproc_per_node", "--nproc-per-node"):
+        if flag in argv[:i] and argv.index(flag) + 1 < i:
+            nproc = int(argv[argv.index(flag) + 1])
+    per = args.get("batch_size")
+    if isinstance(per, int):
+        args["per_batch_size"], args["batch_size"] = per, per * nproc
+    args["lineage"], args["config"] = "arcface_torch", name
+    return args
+
 
 @dataclass
 class Signature:
@@ -162,8 +211,12 @@ def signatures(recipes: list[str] | None = None, profiles: bool = True) -> list[
             for s in plan.stages:
                 if s.kind != "train":
                     continue
-                args = {k: v for k, v in TRAIN_DEFAULTS.items()}
-                args.update(argv_args(s.argv))
+                targs = torch_args(s.argv)
+                if targs is not None:
+                    args = targs
+                else:
+                    args = {k: v for k, v in TRAIN_DEFAULTS.items()}
+                    args.update(argv_args(s.argv))
                 pin = s.inputs.get("pretrained")
                 in_stage = pin.ref.stage if pin else None
                 in_ckpt = pin.ref.checkpoint if pin and isinstance(pin.ref.checkpoint, int) else None
@@ -186,6 +239,8 @@ def _steps(v: Any) -> tuple[int, ...] | None:
 
 
 def _same(key: str, a: Any, b: Any) -> bool:
+    if isinstance(a, list | tuple) and isinstance(b, list | tuple):  # margin_list: (1.0, 0.5, 0.0) or [1.0, 0.5, 0.0]
+        return len(a) == len(b) and all(_same(key, x, y) for x, y in zip(a, b, strict=True))
     if key == "lr_steps":
         return _steps(a) == _steps(b)
     if isinstance(a, int | float) and isinstance(b, int | float) and not isinstance(a, bool):
@@ -231,11 +286,13 @@ def compare(cfg: dict, sig: Signature, start_step: int | None = None) -> tuple[b
     defining arguments are equal and --pretrained is what the stage starts from, or its own checkpoint."""
     resumed = resumed_of(cfg, sig, start_step)
     base, n = _pretrained(cfg)
-    eligible = all(key not in cfg or _same(key, cfg[key], sig.args.get(key)) for key in DEFINING)
+    defining, compared = keys_of(cfg)
+    eligible = all(key not in cfg or _same(key, cfg[key], sig.args.get(key)) for key in defining)
+    eligible = eligible and (cfg.get("lineage") == "arcface_torch") == (sig.args.get("lineage") == "arcface_torch")
     if resumed is None and (base is None) != (sig.input_stage is None):
         eligible = False
     diffs: list[str] = []
-    for key in COMPARED:
+    for key in compared:
         if key not in cfg:
             continue
         got, want = cfg[key], sig.args.get(key)
@@ -284,8 +341,9 @@ def detect_stage(
             raise RecipeError(f"--stage {stage}: no training stage of that name", hint=f"stages: {', '.join(have)}")
         sigs = named
     cfg = summary.config
-    if cfg is not None and stage is None and not all(k in cfg for k in DEFINING):
-        missing = [k for k in DEFINING if k not in cfg]
+    defining, compared = keys_of(cfg or {})
+    if cfg is not None and stage is None and not all(k in cfg for k in defining):
+        missing = [k for k in defining if k not in cfg]
         return StageMatch(None, [], [], None,
                           f"the log's 'Called with argument' line has no {' or '.join(missing)}: its stage cannot be "
                           f"told (comparing nothing is no match); name it with --stage")  # fmt: skip
@@ -301,7 +359,7 @@ def detect_stage(
         if ok or stage is not None:
             scored.append((len(diffs) if ok else 1000 + len(diffs), i, sig, diffs, resumed))
     if not scored:
-        seen = sorted({f"{s.stage} (loss_type {s.args['loss_type']})" for s in sigs})
+        seen = sorted({f"{s.stage} (loss_type {s.args.get('loss_type')})" for s in sigs})
         return StageMatch(None, [], [], None,
                           f"matches no recipe stage (loss_type {cfg.get('loss_type')!r}, network "
                           f"{cfg.get('network')!r}, pretrained {cfg.get('pretrained')!r}; stages: "
@@ -309,14 +367,14 @@ def detect_stage(
     scored.sort(key=lambda x: (x[0], x[1]))
     best, _, sig, diffs, resumed = scored[0]
     also = [s.label for score, _, s, _, _ in scored[1:] if score == best]
-    unread = [k for k in COMPARED if k not in cfg]
+    unread = [k for k in compared if k not in cfg]
     if stage is not None:
         how = f"given with --stage {stage}"
     elif not diffs and not unread:
         how = "every compared argument equals the recipe's"
     elif not diffs:
-        how = (f"the {len(COMPARED) - len(unread)} compared arguments the log has equal the recipe's; it lacks "
+        how = (f"the {len(compared) - len(unread)} compared arguments the log has equal the recipe's; it lacks "
                f"{', '.join(unread)}")  # fmt: skip
     else:
-        how = "the closest stage with the same loss type, network and starting point"
+        how = f"the closest stage with the same {', '.join(k.replace('_', ' ') for k in defining)} and starting point"
     return StageMatch(sig, diffs, also, resumed, how, unread)

@@ -146,7 +146,7 @@ def verify(
     if match.signature is not None:
         mine, seed_total = total_batch(log.config), seed_total_of(match.signature)
         if mine and seed_total and mine[0] != seed_total:
-            v.findings.append(f"total batch {mine[0]} ({mine[1]}), the seed's stage {seed_total}: another "
+            v.findings.append(f"total batch {mine[0]} ({mine[1]}), the recipe's stage {seed_total}: another "
                               "experiment (its steps see other numbers of samples; verify --explain says what else "
                               "differs)")  # fmt: skip
         sig = match.signature

@@ -118,6 +118,10 @@ def test_the_published_mbf_logs(tmp_path, name, best, cli):
     assert d["unknown_lines"] == 0 and d["lineage"] == "arcface_torch"
     assert tuple(d["targets"][t]["best_accuracy"] for t in ("lfw", "cfp_fp", "agedb_30")) == best
     assert Path(cli("log", "plot", log, "-o", tmp_path / "c.png").out.split()[-1]).is_file()
+    # verify tells the stage from the config the log records, and the published log passes its own checks
+    v = cli("verify", "--log", log, "--json").json()
+    assert v["passed"] and v["match"]["recipe"] == "mbf" and v["match"]["stage"] == "train" and v["match"]["exact"]
+    assert v["match"]["profile"] == (None if name == "ms1mv2_mbf" else "ms1mv3")
 
 
 def _chunks(text: str, n: int) -> Summary:

@@ -33,7 +33,7 @@ def test_every_stage_passes(smoke):
     assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
     rec = json.loads((run / "record.json").read_text())
     stages = {s["name"]: s for s in rec["stages"]}
-    assert list(stages)[:3] == ["data", "train", "export"]
+    assert list(stages) == ["data", "train", "export", "convert", "bench"]
     for name, s in stages.items():
         assert s["status"] == "done", (name, s["ended"])
         assert s["checks"] and all(c["verdict"] == "pass" for c in s["checks"]), (name, s["checks"])
@@ -72,3 +72,20 @@ def test_verify_reads_the_run(smoke, cli):
     _, run, _ = smoke
     r = cli("log", "summary", run / "work" / "training.log", "--json")
     assert r.code == 0 and r.json()["lineage"] == "arcface_torch"
+
+
+def test_the_converted_model_holds_on_the_verification_sets(smoke):
+    """convert ncnn from the ONNX graph: ncnn fp32 and fp16 within the tolerance of onnxruntime on the synthetic
+    sets, whose accuracy is the training log's last verification (the same model, the same protocol)."""
+    _, run, _ = smoke
+    ev = json.loads((run / "ncnn" / "evaluate.json").read_text())
+    assert ev["reference"] == "onnxruntime" and ev["passed"] and not ev["outside"]
+    assert ev["engines"] == ["onnxruntime", "ncnn folded", "ncnn folded fp16"]
+    s = summarize(run / "stages" / "train.log")
+    for row in ev["rows"]:
+        assert abs(row["accuracy"] - s.verifications[row["set"]][42][0]) < 1e-5, row
+    deal = json.loads((run / "ncnn" / "deploy.json").read_text())
+    assert deal["input"]["pixel_range"] == [0.0, 255.0] and not deal["input"]["app_normalises"]
+    assert deal["output"]["dim"] == 512 and len(deal["golden"]) == 6
+    bench = json.loads((run / "ncnn" / "bench.json").read_text())
+    assert {r["engine"] for r in bench["rows"]} == {"ncnn folded", "ncnn folded fp16", "onnxruntime"}
