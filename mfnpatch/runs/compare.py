@@ -294,7 +294,7 @@ def compare_sides(a: Side, b: Side, tolerance: float = 0.0) -> Comparison:
             notes.append(f"{n}: {len(late)} model file(s) saved after the planned stop not compared")
         if sa.command is not None and sb.command is not None:
             rows.append(Row(n, "provenance", "command", sa.command, sb.command, same=sa.command == sb.command))
-        vrows = _verification_rows(n, sa.summary, sb.summary, tolerance)
+        vrows = _verification_rows(n, sa.summary, _at_a_s_samples(n, sa.summary, sb.summary, notes), tolerance)
         beyond = [r for r in vrows if stop is not None and r.step is not None and r.step > stop]
         rows += [r for r in vrows if r not in beyond]
         if beyond:
@@ -341,6 +341,22 @@ def _save_every(a: StageSide, b: StageSide) -> int:
 
     cmd = a.command or b.command or {}
     return verbose_of(cmd.get("argv") or [])
+
+
+def _at_a_s_samples(stage: str, a: Summary | None, b: Summary | None, notes: list[str]) -> Summary | None:
+    """B's summary with its steps counted in A's batches when the two trained at different total batches, so that
+    a row's step is the same number of samples seen on both sides (said in the notes)."""
+    from mfnpatch.logs.verdicts import scale_summary
+    from mfnpatch.verify.explain import total_batch
+
+    if a is None or b is None:
+        return b
+    ta, tb = total_batch(a.config), total_batch(b.config)
+    if not ta or not tb or ta[0] == tb[0]:
+        return b
+    notes.append(f"{stage}: total batch {ta[0]} in A, {tb[0]} in B: verifications compared at equal samples seen "
+                 f"(B's step s is shown as A's step s x {tb[0] / ta[0]:g})")  # fmt: skip
+    return scale_summary(b, tb[0] / ta[0])
 
 
 def _verification_rows(stage: str, a: Summary | None, b: Summary | None, tol: float) -> list[Row]:

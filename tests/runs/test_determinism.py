@@ -207,3 +207,26 @@ def test_compare_refuses_what_it_cannot_compare(cli, tmp_path):
     r = cli("compare", log, log, "--tolerance", "-1")
     assert r.code == EXIT_USAGE and "--tolerance -1.0: must be a finite number >= 0" in r.err
     assert json.loads(cli("compare", log, log, "--no-plot", "--json").out)["identical"] is True
+
+
+def test_compare_runs_of_different_total_batch_at_equal_samples_seen(cli, tmp_path):
+    """A at total batch 1024 and B at 512 (half the GPUs): B's step 4000 has seen what A's step 2000 has, so that is
+    the row they share; the note says so."""
+
+    def log(name: str, batch: int, per: int, steps: dict[int, float]) -> Path:
+        p = tmp_path / name
+        lines = [f"Called with argument: Namespace(batch_size={batch}, ctx_num={batch // per}, loss_type=4, "
+                 f"network='y1', per_batch_size={per})"]  # fmt: skip
+        lines += [f"[lfw][{s}]Accuracy-Flip: {a:1.5f}+-0.01000" for s, a in steps.items()]
+        p.write_text("\n".join(lines) + "\n")
+        return p
+
+    a = log("a.log", 1024, 512, {2000: 0.99, 4000: 0.995})
+    b = log("b.log", 512, 512, {4000: 0.99, 8000: 0.995})
+    d = cli("compare", a, b, "--stage", "arcface", "--no-plot", "--json").json()
+    assert d["identical"] is True
+    rows = [r for r in d["rows"] if r["what"] == "verification"]
+    assert [(r["key"], r["a"], r["b"]) for r in rows] == [("lfw at step 2000", 0.99, 0.99),
+                                                            ("lfw at step 4000", 0.995, 0.995)]  # fmt: skip
+    assert any("total batch 1024 in A, 512 in B: verifications compared at equal samples seen" in n
+               for n in d["notes"])  # fmt: skip
