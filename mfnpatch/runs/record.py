@@ -204,6 +204,8 @@ class InterpreterInfo(Strict):
     mxnet: str | None = None
     mxnet_features: list[str] = Field(default_factory=list)
     mxnet_error: str | None = None
+    torch: str | None = None  # the PyTorch lineage's environments
+    torch_cuda: str | None = None  # the CUDA PyTorch was built with (None: a CPU build)
     error: str | None = None
 
 

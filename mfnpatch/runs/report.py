@@ -65,6 +65,7 @@ def run_markdown(rec: RunRecord, inputs: ReportInputs) -> str:
         f"- pin: `{rec.pin.commit[:7]}` (tree `{rec.pin.tree[:12]}`), patched tree `{rec.tree}`",
         "- patch sets: " + ", ".join(f"{p.name}@{p.version} (`{p.sha256[:12]}`)" for p in rec.patches),
         f"- environment: `{env.name}`; python {(interp.version if interp else None) or '?'}"
+        + (f", PyTorch {interp.torch}" if interp and interp.torch else "")
         + (f", MXNet {interp.mxnet}" if interp and interp.mxnet else "")
         + (f" (lock `{env.lock_sha256[:12]}`)" if env.lock_sha256 else ""),
         f"- host: {rec.host.hostname} ({rec.host.cpus} CPUs); started {rec.started}, finished {rec.finished}",

@@ -84,7 +84,7 @@ class RunOptions:
 
 
 def probe_python(python: str, env: dict[str, str]) -> InterpreterInfo:
-    """The interpreter a recipe runs: its path, Python and MXNet versions (MXNet may be absent)."""
+    """The interpreter a recipe runs: its path, Python, MXNet and PyTorch versions (either may be absent)."""
     exe = shutil.which(python, path=env.get("PATH"))
     out: dict[str, Any] = {"python": python, "path": exe}
     if exe is None:
@@ -94,6 +94,10 @@ def probe_python(python: str, env: dict[str, str]) -> InterpreterInfo:
         "try:\n import mxnet as mx; d['mxnet'] = mx.__version__\n"
         " d['mxnet_features'] = sorted(f.name for f in mx.runtime.Features().values() if f.enabled)\n"
         "except Exception as e:\n d['mxnet_error'] = type(e).__name__ + ': ' + str(e)[:200]\n"
+        "import importlib.util\n"
+        "if importlib.util.find_spec('torch'):\n"
+        " try:\n  import torch; d['torch'] = torch.__version__; d['torch_cuda'] = torch.version.cuda\n"
+        " except Exception:\n  pass\n"
         "print(json.dumps(d))"
     )
     try:

@@ -39,6 +39,8 @@ def test_every_stage_passes(smoke):
         assert s["checks"] and all(c["verdict"] == "pass" for c in s["checks"]), (name, s["checks"])
     assert [(x["name"], x["version"]) for x in rec["patches"]] == [("mbf", 1), ("torch-cpu", 1)]
     assert rec["environment"]["name"] == "torch-cpu"
+    assert rec["environment"]["interpreter"]["torch"] == "2.13.0+cpu"
+    assert "PyTorch 2.13.0+cpu, MXNet 1.9.1" in (run / "report.md").read_text()
     # only arcface_torch of the pinned tree's 1,351 files was checked out
     assert [p.name for p in (work / "insightface" / "recognition").iterdir()] == ["arcface_torch"]
 
