@@ -212,3 +212,14 @@ def test_env_gpus_table_is_the_one_in_the_docs(cli):
     assert rows["sm_90"]["use"] == {"mxnet": None, "torch": "torch-cu12"}
     assert rows["sm_61"]["use"] == {"mxnet": "cu117", "torch": None}
     assert "H200" in rows["sm_90"]["gpus"] and rows["sm_120"]["kernels"]["torch-cu12"] == "SASS sm_120"
+
+
+def test_the_plan_for_an_h100_uses_torch_cu12_and_the_doctor_agrees(tmp_path, cli):
+    h100 = fake_smi(tmp_path, "index, name, compute_cap, driver_version, memory.total [MiB]\n"
+                    "0, NVIDIA H100 80GB HBM3, 9.0, 550.54.15, 81559 MiB", version="CUDA Version : 12.4")  # fmt: skip
+    plan = cli("recipe", "plan", "mbf", "--json").json()
+    assert plan["environment"] == "torch-cu12"
+    doc = diagnose(*installed_as_locked(plan["environment"], h100))
+    assert doc.can_run and doc.verdict == "OK: the torch-cu12 environment can run the recipes here, on 1 GPU(s)"
+    seed = diagnose(*installed_as_locked(cli("recipe", "plan", "may16", "--json").json()["environment"], h100))
+    assert not seed.can_run and "use the torch-cu12 environment" in seed.fix and "recipe run mbf" in seed.fix
