@@ -89,8 +89,14 @@ class EstimateResult:
 
 
 def probe_argv(ps: PlannedStage, prefix: Path, probe_steps: int) -> list[str]:
-    """The stage's command for a probe: its own prefix, from scratch, a verification round halfway."""
+    """The stage's command for a probe: its own prefix (arcface_torch: output directory), from scratch, a
+    verification round halfway."""
+    from mfnpatch.recipes.arcface_torch import set_override
+
     argv = list(ps.argv)
+    if "train_v2.py" in argv:
+        argv = set_override(argv, "output", str(prefix))
+        return set_override(argv, "verbose", str(max(1, probe_steps // 2)))
     if "--pretrained" in argv:
         i = argv.index("--pretrained")
         del argv[i : i + 2]
@@ -245,6 +251,11 @@ class Estimator(Runner):
 
 
 def _per_batch(ps: PlannedStage) -> int | None:
+    from mfnpatch.recipes.arcface_torch import torch_args
+
+    targs = torch_args(ps.argv)
+    if targs is not None:
+        return targs.get("batch_size") if isinstance(targs.get("batch_size"), int) else None
     v = get_opt(ps.argv, "--per-batch-size")
     return int(v) if v and v.isdigit() else None
 

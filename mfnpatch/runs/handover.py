@@ -19,7 +19,13 @@ DEFAULT_VERBOSE = 2000  # train_softmax.py's --verbose
 
 
 def verbose_of(argv: list[str]) -> int:
-    """Steps between a stage's verifications and saves (its --verbose, else the pinned code's default)."""
+    """Steps between a stage's verifications and saves (its --verbose, else the pinned code's default; for
+    arcface_torch's train_v2.py, its config's verbose or the override)."""
+    from mfnpatch.recipes.arcface_torch import torch_args
+
+    targs = torch_args(argv)
+    if targs is not None and isinstance(targs.get("verbose"), int):
+        return targs["verbose"]
     if "--verbose" in argv:
         try:
             return int(argv[argv.index("--verbose") + 1])
@@ -29,9 +35,12 @@ def verbose_of(argv: list[str]) -> int:
 
 
 def total_steps(ps: PlannedStage) -> int | None:
-    """The step a stage stops at (checkpoint N = step N x --verbose), or None when it has no stop point."""
+    """The step a stage stops at (checkpoint N = step N x --verbose), the last step of a command that ends by
+    itself (arcface_torch: num_image // total batch x num_epoch), or None when it has no stop point."""
     if ps.stop is None:
-        return None
+        from mfnpatch.recipes.arcface_torch import total_steps as schedule_steps
+
+        return schedule_steps(ps.argv) if ps.template is not None and ps.template.ends_by_itself else None
     return ps.stop.value * verbose_of(ps.argv) if ps.stop.kind == "checkpoint" else ps.stop.value
 
 

@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from mfnpatch.logs.events import Summary
+from mfnpatch.recipes.arcface_torch import torch_args
 
 # argparse defaults of src/train_softmax.py at the pin (lines 48-85), for the flags a recipe leaves out.
 TRAIN_DEFAULTS: dict[str, Any] = {
@@ -42,17 +43,6 @@ DEFINING = ("loss_type", "network")
 COMPARED = ("network", "loss_type", "lr", "lr_steps", "margin_s", "margin_m", "wd", "fc7_wd_mult", "emb_size",
             "per_batch_size")  # fmt: skip
 
-# The PyTorch lineage: arcface_torch's mbf configs at the 0159b24 pin, configs/base.py merged with each (the keys
-# a log's config block prints that decide what is trained; recognition/arcface_torch/configs/*_mbf.py).
-_MBF = {"network": "mbf", "embedding_size": 512, "sample_rate": 1.0, "fp16": True, "momentum": 0.9,
-        "weight_decay": 1e-4, "batch_size": 128, "lr": 0.1, "verbose": 2000, "optimizer": "sgd", "warmup_epoch": 0,
-        "interclass_filtering_threshold": 0, "gradient_acc": 1, "seed": 2048}  # fmt: skip
-TORCH_CONFIGS: dict[str, dict[str, Any]] = {
-    "ms1mv2_mbf": _MBF | {"margin_list": [1.0, 0.5, 0.0], "num_classes": 85742, "num_image": 5822653, "num_epoch": 40},
-    "ms1mv3_mbf": _MBF | {"margin_list": [1.0, 0.5, 0.0], "num_classes": 93431, "num_image": 5179510, "num_epoch": 40},
-    "glint360k_mbf": _MBF
-    | {"margin_list": [1.0, 0.0, 0.4], "num_classes": 360232, "num_image": 17091657, "num_epoch": 20},
-}
 TORCH_DEFINING = ("lineage", "network")
 TORCH_COMPARED = ("network", "margin_list", "embedding_size", "lr", "weight_decay", "momentum", "per_batch_size",
                   "batch_size", "num_classes", "num_epoch", "warmup_epoch", "sample_rate", "fp16",
@@ -62,34 +52,6 @@ TORCH_COMPARED = ("network", "margin_list", "embedding_size", "lr", "weight_deca
 def keys_of(cfg: dict) -> tuple[tuple[str, ...], tuple[str, ...]]:
     """(defining, compared) keys for a log's configuration: arcface_torch's or the pinned MXNet code's."""
     return (TORCH_DEFINING, TORCH_COMPARED) if cfg.get("lineage") == "arcface_torch" else (DEFINING, COMPARED)
-
-
-def torch_args(argv: list[str]) -> dict[str, Any] | None:
-    """A stage that runs arcface_torch's train_v2.py: its config (TORCH_CONFIGS) with the key=value overrides
-    after it, in the log's terms (batch_size the total batch, per_batch_size per GPU); None for any other."""
-    import ast
-
-    if "train_v2.py" not in argv:
-        return None
-    i = argv.index("train_v2.py")
-    name = Path(argv[i + 1]).stem if i + 1 < len(argv) else ""
-    args: dict[str, Any] = dict(TORCH_CONFIGS.get(name, {}))
-    for item in argv[i + 2 :]:
-        key, eq, value = item.partition("=")
-        if eq:
-            try:
-                args[key] = ast.literal_eval(value)
-            except (ValueError, SyntaxError):
-                args[key] = value
-    nproc = 1
-    for flag in ("--nproc_per_node", "--nproc-per-node"):
-        if flag in argv[:i] and argv.index(flag) + 1 < i:
-            nproc = int(argv[argv.index(flag) + 1])
-    per = args.get("batch_size")
-    if isinstance(per, int):
-        args["per_batch_size"], args["batch_size"] = per, per * nproc
-    args["lineage"], args["config"] = "arcface_torch", name
-    return args
 
 
 @dataclass

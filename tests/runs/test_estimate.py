@@ -90,3 +90,22 @@ def test_estimate_probes_the_fake_trainer_and_run_shows_it(cli, runfx, monkeypat
     assert est["seconds"] > 0 and set(est["stages"]) == {"softmax", "arcface"}
     assert "estimate (recipe estimate of" in (runfx.run_dir() / "report.md").read_text()
     json.dumps(est)
+
+
+def test_the_pytorch_lineages_stage_is_probed_and_counted_as_train_v2_runs(tmp_path):
+    """mbf's train stage ends by itself: its steps are num_image // total batch x num_epoch (smoke: 336 // 16 x 2),
+    its rounds every `verbose` override, and a probe gets its own output directory and a round halfway, as
+    key=value overrides (train_v2.py takes no --prefix)."""
+    from mfnpatch.recipes.expand import expand
+    from mfnpatch.recipes.recipe import load_recipe
+    from mfnpatch.runs.estimate import probe_argv
+    from mfnpatch.runs.handover import total_steps, verbose_of
+
+    smoke = next(s for s in expand(load_recipe("mbf"), "smoke").stages if s.name == "train")
+    assert total_steps(smoke) == 42 and verbose_of(smoke.argv) == 21
+    real = next(s for s in expand(load_recipe("mbf")).stages if s.name == "train")
+    assert total_steps(real) == 5822653 // 1024 * 40 == 227440  # the published log's total_step
+    assert verbose_of(real.argv) == 2000
+    argv = probe_argv(smoke, tmp_path / "probe", 20)
+    assert argv[-2:] == [f"output={tmp_path / 'probe'}", "verbose=10"]
+    assert not [a for a in argv[:-2] if a.startswith(("output=", "verbose="))] and "--prefix" not in argv
