@@ -129,6 +129,21 @@ def normalisation(g: dict) -> list[Step]:
     return steps
 
 
+def _input(steps: list[Step]) -> Input:
+    """0..255 RGB NCHW, with the normalisation the graph does (the app then does none)."""
+    return Input(
+        shape=list(INPUT_SHAPE), layout="NCHW", dtype="float32", colour_order="RGB", pixel_range=[0.0, 255.0],
+        opencv_imread="BGR: convert with cv2.cvtColor(img, cv2.COLOR_BGR2RGB) before feeding the model",
+        normalisation_in_graph=steps, app_normalises=not steps,
+    )  # fmt: skip
+
+
+def _alignment() -> Alignment:
+    return Alignment(size=[SIZE, SIZE], points=list(POINTS), template=[list(p) for p in TEMPLATE],
+                     method="similarity transform of the 5 landmarks onto the template, then warpAffine "
+                            "(InsightFace's norm_crop; mfnpatch deploy align makes the reference crop)")  # fmt: skip
+
+
 def make(model_dir: Path, sym, arg) -> Contract:
     """The contract of a converted model directory, read from its graph and its ncnn models."""
     d = Path(model_dir)
@@ -141,16 +156,10 @@ def make(model_dir: Path, sym, arg) -> Contract:
                               bin=str((sub / f"{FOLDED}.bin").relative_to(d)), input_blob=i, output_blob=o)  # fmt: skip
     return Contract(
         models=models,
-        input=Input(
-            shape=list(INPUT_SHAPE), layout="NCHW", dtype="float32", colour_order="RGB", pixel_range=[0.0, 255.0],
-            opencv_imread="BGR: convert with cv2.cvtColor(img, cv2.COLOR_BGR2RGB) before feeding the model",
-            normalisation_in_graph=steps, app_normalises=not steps,
-        ),
+        input=_input(steps),
         output=Output(blob_mxnet=sym.list_outputs()[0].removesuffix("_output"), dim=int(out_shapes[0][1]),
                       l2_normalise=True, compare="cosine similarity of the L2-normalised embeddings"),
-        alignment=Alignment(size=[SIZE, SIZE], points=list(POINTS), template=[list(p) for p in TEMPLATE],
-                            method="similarity transform of the 5 landmarks onto the template, then warpAffine "
-                                   "(InsightFace's norm_crop; mfnpatch deploy align makes the reference crop)"),
+        alignment=_alignment(),
     )  # fmt: skip
 
 
@@ -163,16 +172,10 @@ def make_onnx(model_dir: Path, src) -> Contract:
     steps = [Step(op="subtract", value=src.mean), Step(op="multiply", value=src.scale)]
     return Contract(
         models=models,
-        input=Input(
-            shape=list(INPUT_SHAPE), layout="NCHW", dtype="float32", colour_order="RGB", pixel_range=[0.0, 255.0],
-            opencv_imread="BGR: convert with cv2.cvtColor(img, cv2.COLOR_BGR2RGB) before feeding the model",
-            normalisation_in_graph=steps, app_normalises=False,
-        ),
+        input=_input(steps),
         output=Output(blob_onnx=src.output, dim=src.dim, l2_normalise=True,
                       compare="cosine similarity of the L2-normalised embeddings"),
-        alignment=Alignment(size=[SIZE, SIZE], points=list(POINTS), template=[list(p) for p in TEMPLATE],
-                            method="similarity transform of the 5 landmarks onto the template, then warpAffine "
-                                   "(InsightFace's norm_crop; mfnpatch deploy align makes the reference crop)"),
+        alignment=_alignment(),
     )  # fmt: skip
 
 

@@ -20,13 +20,12 @@ from mfnpatch.environments.spec import (
     MARKER,
     Env,
     EnvError,
-    EnvSpec,
     MXNetBuild,
+    list_envs,
     load_env,
     normalize,
     parse_lock,
 )
-from mfnpatch.schema import load_model
 
 # --------------------------------------------------------------------------------------------
 # The doctor
@@ -439,14 +438,6 @@ LINEAGES = {
 }
 
 
-def _bundled() -> list[Env]:
-    """The environments mfnpatch ships (not a test's MFNPATCH_ENVS): what the doctor knows of builds."""
-    from mfnpatch.resources import data_dir
-
-    root = data_dir("envs", bundled=True)
-    return [Env(load_model(d / "env.yaml", EnvSpec), d) for d in sorted(root.iterdir()) if (d / "env.yaml").is_file()]
-
-
 def recipe_for(env_name: str) -> tuple[str, str | None] | None:
     """(recipe, profile) of a bundled recipe that runs in the environment: its default environment, else a
     profile's (the smoke profile last)."""
@@ -492,7 +483,11 @@ def kernel_fix(cc: tuple[int, int] | None, env: Env) -> str:
             "(mfnpatch env gpus)"
         )
     sm = f"sm_{cc[0]}{cc[1]}"
-    fits = [e for e in _bundled() if e.spec.build.cuda and covered(cc, e.spec.build.gpu_archs, e.spec.build.ptx)]
+    fits = [
+        e
+        for e in list_envs(bundled=True)
+        if e.spec.build.cuda and covered(cc, e.spec.build.gpu_archs, e.spec.build.ptx)
+    ]
     fits.sort(key=lambda e: (e.spec.lineage != env.spec.lineage, e.spec.kind != "pip", e.name))
     if not fits:
         return (f"no build mfnpatch knows has kernels for {sm}: run the CPU smoke profile "
@@ -517,7 +512,7 @@ def gpu_table() -> list[dict]:
     with): one row per compute capability of the GPUs the doctor knows by name, oldest first."""
     from mfnpatch.environments.gpu import KNOWN_CC
 
-    envs = [e for e in _bundled() if e.spec.build.cuda]
+    envs = [e for e in list_envs(bundled=True) if e.spec.build.cuda]
     by_cc: dict[tuple[int, int], list[str]] = {}
     for name, cc in KNOWN_CC.items():
         by_cc.setdefault(cc, []).append(name)

@@ -137,13 +137,14 @@ class Env:
         return sha256_bytes(b"\0".join(parts))
 
 
-def list_envs() -> list[Env]:
-    root = data_dir("envs")
-    return [load_env(d.name) for d in sorted(root.iterdir()) if (d / "env.yaml").is_file()]
+def list_envs(bundled: bool = False) -> list[Env]:
+    """The environments (bundled: the ones mfnpatch ships, whatever MFNPATCH_ENVS says)."""
+    root = data_dir("envs", bundled=bundled)
+    return [load_env(d.name, bundled) for d in sorted(root.iterdir()) if (d / "env.yaml").is_file()]
 
 
-def load_env(name: str) -> Env:
-    root = data_dir("envs")
+def load_env(name: str, bundled: bool = False) -> Env:
+    root = data_dir("envs", bundled=bundled)
     d = root / name
     if not (d / "env.yaml").is_file():
         names = ", ".join(sorted(p.name for p in root.iterdir() if (p / "env.yaml").is_file())) or "none"
