@@ -10,6 +10,11 @@ Security habits, one place each:
 - ``atomic_write``: the temporary file is created exclusively (``mkstemp``) beside the target and renamed
   into place; an existing target that is not a regular file (a directory, a device, a FIFO, a symlink) is
   refused, never replaced.
+- ``one_line``: a value written into one line of a line-oriented file (an sbatch script, git's sparse-checkout
+  patterns, ``train.lst``) holds no line break (nor, where the file is split on whitespace, a space or tab),
+  so it cannot be read back as more structure than the writer wrote.
+- ``read_bounded`` / ``regular_file``: a file read whole is a regular file (never a FIFO that blocks the read
+  forever, never ``/dev/zero``) of at most a stated size, checked before a byte is read.
 """
 
 from __future__ import annotations
@@ -24,7 +29,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path, PurePosixPath
 
-from mfnpatch.errors import MfnError
+from mfnpatch.errors import MfnError, from_os_error
 
 # Folders a path from data may never name: git's metadata and mfnpatch's own state in a tree.
 PROTECTED_DIRS = (".git", ".mfnpatch")
@@ -32,6 +37,108 @@ PROTECTED_DIRS = (".git", ".mfnpatch")
 
 class UnsafePath(MfnError):
     """A path or value from data that would reach outside where it belongs."""
+
+
+class TooLarge(MfnError):
+    """A file, or a size declared inside one, over the limit stated for its kind."""
+
+
+# Characters that end a line for someone: POSIX tools, git and Slurm (\n, \r), and Python's str.splitlines
+# (\v, \f, \x1c-\x1e, \x85, U+2028, U+2029) — every control character is refused with them.
+_LINE_BREAKS = {"\x85", "\u2028", "\u2029"}
+
+
+def one_line(value: object, what: str, *, file: str, hint: str, no_space: bool = False, forbid: str = "") -> str:
+    """``value`` as text, refused unless it stays one field of one line of ``file``: no control character or line
+    break; with ``no_space``, no whitespace either (a file split on whitespace would read two fields); none of
+    ``forbid`` (characters with a meaning in that file)."""
+    text = str(value)
+    bad = None
+    if any(ord(c) < 32 or ord(c) == 127 or c in _LINE_BREAKS for c in text):
+        bad = "holds a newline, tab or other control character"
+    elif no_space and any(c.isspace() for c in text):
+        bad = "holds whitespace"
+    elif forbid and any(c in forbid for c in text):
+        bad = f"holds {next(c for c in text if c in forbid)!r}, which has a meaning there"
+    if bad:
+        raise UnsafePath(f"{what} {text[:200]!r} {bad}: refused (it is written into {file})", hint=hint)
+    return text
+
+
+def kind_of(mode: int) -> str:
+    """What a file that is not a regular file is, from its ``st_mode``."""
+    if stat.S_ISDIR(mode):
+        return "a directory"
+    if stat.S_ISFIFO(mode):
+        return "a FIFO (named pipe)"
+    if stat.S_ISCHR(mode) or stat.S_ISBLK(mode):
+        return "a device"
+    if stat.S_ISSOCK(mode):
+        return "a socket"
+    return "not a regular file"
+
+
+def _size(n: int) -> str:
+    for unit, k in (("GiB", 1 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10)):
+        if n >= k:
+            return f"{n / k:.1f} {unit}"
+    return f"{n} bytes"
+
+
+def _open_regular(path: Path, what: str, limit: int, hint: str) -> tuple[int, int]:
+    """An fd of ``path`` opened without blocking (a FIFO never waits), and its size: refused unless it is a
+    regular file of at most ``limit`` bytes."""
+    name = f"{what} {path}" if what else str(path)
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
+    except FileNotFoundError:
+        raise MfnError(f"{name}: no such file", hint=hint) from None
+    except OSError as e:
+        raise from_os_error(e) from None
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise MfnError(f"{name} is {kind_of(st.st_mode)}: refused, never waited on or read", hint=hint)
+        if st.st_size > limit:
+            raise TooLarge(
+                f"{name} is {_size(st.st_size)}, over the {_size(limit)} a file of this kind holds: refused, unread",
+                hint=hint,
+            )
+        os.set_blocking(fd, True)
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd, st.st_size
+
+
+def regular_file(path: Path, what: str, limit: int, hint: str = "give the path of the file itself") -> int:
+    """The size of ``path`` once it is known to be a regular file within ``limit`` bytes (for a library that
+    opens the file itself: onnx, OpenCV)."""
+    fd, size = _open_regular(Path(path), what, limit, hint)
+    os.close(fd)
+    return size
+
+
+def read_bounded(path: Path, what: str, limit: int, hint: str = "give the path of the file itself") -> bytes:
+    """The whole of ``path``: a regular file of at most ``limit`` bytes (a FIFO, a device such as /dev/zero or a
+    huge sparse file is refused before it is read; a file that grows while read is cut at the limit and refused)."""
+    fd, _ = _open_regular(Path(path), what, limit, hint)
+    try:
+        chunks, n = [], 0
+        while n <= limit:
+            b = os.read(fd, min(1 << 20, limit + 1 - n))
+            if not b:
+                break
+            chunks.append(b)
+            n += len(b)
+    except OSError as e:
+        raise from_os_error(e) from None
+    finally:
+        os.close(fd)
+    if n > limit:
+        name = f"{what} {path}" if what else str(path)
+        raise TooLarge(f"{name} grew past {_size(limit)} while it was read: refused", hint=hint)
+    return b"".join(chunks)
 
 
 def sha256_bytes(data: bytes) -> str:
@@ -180,7 +287,10 @@ def atomic_write(path: Path, data: bytes | str, mode: int | None = None) -> None
 
 
 def atomic_write_json(path: Path, obj) -> None:
-    atomic_write(path, json.dumps(obj, indent=2, sort_keys=False, default=str) + "\n")
+    """Strict JSON (a NaN or infinity is written as null: a strict reader never meets one)."""
+    from mfnpatch.finite import finite
+
+    atomic_write(path, json.dumps(finite(obj), indent=2, sort_keys=False, default=str, allow_nan=False) + "\n")
 
 
 # --------------------------------------------------------------------------------------------

@@ -19,6 +19,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 from mfnpatch.errors import MfnError
+from mfnpatch.fsutil import TooLarge, read_bounded
 
 M = TypeVar("M", bound=BaseModel)
 
@@ -119,19 +120,13 @@ def load_yaml(path: Path, text: str | None = None) -> tuple[Any, yaml.Node | Non
 
 
 def read_text(path: Path, limit: int = MAX_BYTES) -> str:
-    """A file of ours as UTF-8 text, within the size limit; a clear error for what is not such a file."""
+    """A file of ours as UTF-8 text, within the size limit; a clear error for what is not such a file (a FIFO is
+    refused, never waited on)."""
     path = Path(path)
     try:
-        with open(path, "rb") as f:
-            data = f.read(limit + 1)
-    except FileNotFoundError:
-        raise MfnError(f"{path}: no such file") from None
-    except IsADirectoryError:
-        raise MfnError(f"{path}: a directory, not a file") from None
-    except OSError as e:
-        raise MfnError(f"{path}: unreadable ({e.strerror})") from None
-    if len(data) > limit:
-        raise SchemaError(f"{path}: more than {limit} bytes, more than a file of this kind holds")
+        data = read_bounded(path, "", limit)
+    except TooLarge:
+        raise SchemaError(f"{path}: more than {limit} bytes, more than a file of this kind holds") from None
     try:
         return data.decode("utf-8")
     except UnicodeDecodeError as e:

@@ -7,7 +7,7 @@ import ast
 from pathlib import Path
 
 PKG = Path(__file__).resolve().parents[1] / "mfnpatch"
-BASE = {"errors", "fsutil", "resources", "schema", "checkpoint"}
+BASE = {"errors", "fsutil", "resources", "schema", "checkpoint", "finite"}
 # layer -> the layers it may import (besides itself and the shared base)
 ALLOWED = {
     "base": set(),

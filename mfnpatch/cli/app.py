@@ -20,6 +20,7 @@ from mfnpatch.errors import (
     MfnError,
     UsageError,
 )
+from mfnpatch.finite import finite
 
 
 class _Console(Console):
@@ -122,17 +123,6 @@ def _root(
     CTX.debug = debug or bool(os.environ.get("MFNPATCH_DEBUG"))
 
 
-def finite(obj: Any) -> Any:
-    """``obj`` with every non-finite float (NaN, Infinity: not JSON) as null."""
-    if isinstance(obj, float):
-        return obj if math.isfinite(obj) else None
-    if isinstance(obj, dict):
-        return {k: finite(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [finite(v) for v in obj]
-    return obj
-
-
 def emit_json(obj: Any) -> None:
     """Results as JSON on stdout: strict JSON (never NaN or Infinity)."""
     write_stdout(json.dumps(finite(obj), indent=2, default=str, allow_nan=False) + "\n")
@@ -210,7 +200,6 @@ def _say(text: str) -> None:
 
 
 def _check_tolerance(tolerance: float | None) -> None:
-    import math
 
     if tolerance is not None and (not math.isfinite(tolerance) or tolerance < 0):
         raise UsageError(

@@ -41,15 +41,18 @@ GpuMemoryOpt = Annotated[
 def fit_request(gpus: str | None, fit: str | None, gpu_memory: float | None):
     """--gpus/--fit/--gpu-memory as a FitRequest, the GPUs' memory read from nvidia-smi when not given."""
     from mfnpatch.recipes.expand import FitRequest
-    from mfnpatch.recipes.fit import RULES, parse_gpus
+    from mfnpatch.recipes.fit import RULES, check_gpu_memory, parse_gpus
 
     if fit is not None and fit not in RULES:
         raise UsageError(f"--fit {fit}: use total, per-gpu or smaller-batch")
     if gpus is None and fit is None:
+        if gpu_memory is not None:
+            check_gpu_memory(gpu_memory)
         return None
     ids = parse_gpus(gpus) if gpus is not None else None
     req = FitRequest(rule=fit or "total", gpus=ids)
     if gpu_memory is not None:
+        check_gpu_memory(gpu_memory)
         req.memory_mib, req.gpu_name = gpu_memory * 1024, f"the GPU (--gpu-memory {gpu_memory:g})"
         return req
     from mfnpatch.environments.gpu import query_gpus

@@ -29,6 +29,7 @@ from mfnpatch.cluster.slurm import (
     restart_count,
     sbatch,
     scancel,
+    script_text,
     write_script,
 )
 from mfnpatch.errors import EXIT_INTERRUPTED, MfnError
@@ -121,6 +122,9 @@ class SlurmRunner(Runner):
 
     def _submit(self, plan: Plan, rec: RunRecord, run_dir: Path, tree_root: Path, previous) -> RunRecord:
         sopts = self.slurm
+        for ps in self._selected(plan):  # every value its scripts hold refused before anything is frozen or queued
+            if not ps.skipped:
+                script_text(run_dir, rec.run_id, ps.name, ps.resources, sopts)
         if previous is not None and (run_dir / FROZEN_TREE).is_dir():
             check_frozen_tree(run_dir)  # a resubmission runs the code first submitted
         else:
@@ -157,7 +161,7 @@ class SlurmRunner(Runner):
                 srec.job = JobRecord(id=jid, script=str(script.relative_to(run_dir)), submitted=now(), after=prev)
                 self.obs.note(f"submitted {ps.name}: job {jid}" + (f" (after {prev})" if prev else ""))
                 prev = jid
-        except (SlurmError, OSError) as e:
+        except (MfnError, OSError) as e:
             scancel(submitted)  # all or nothing: no half-submitted chain is left queued
             given = [f"--{k.replace('_', '-')} {v}" for k in ("partition", "account", "time", "gpus_per_node")
                      if (v := getattr(sopts, k)) is not None]  # fmt: skip

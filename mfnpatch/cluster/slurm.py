@@ -25,7 +25,7 @@ import tempfile
 from pathlib import Path
 
 from mfnpatch.errors import MfnError
-from mfnpatch.fsutil import atomic_write, atomic_write_json, sha256_file
+from mfnpatch.fsutil import atomic_write, atomic_write_json, one_line, sha256_file
 from mfnpatch.runs.record import SlurmOptionsInfo
 from mfnpatch.runs.status import JobState
 
@@ -172,38 +172,44 @@ def script_text(run_dir: Path, run_id: str, stage: str, resources: dict[str, str
     for key, v in [*res.items(), ("partition", opts.partition), ("account", opts.account)]:
         if v is not None:
             check_resource(str(v), f"--{key.replace('_', '-')}")
+
+    def sbatch_line(option: str, value: object) -> str:  # the one place a value becomes an #SBATCH line
+        one_line(
+            value,
+            f"{option} value",
+            file="the stage's sbatch script (one #SBATCH option per line)",
+            no_space=True,
+            hint="a runs directory, run id and stage name without spaces, tabs or newlines",
+        )
+        return f"#SBATCH {option}={value}"
+
     lines = [
         "#!/bin/bash",
         f"# mfnpatch run {run_id}, stage {stage}: written by `mfnpatch recipe run --executor slurm`.",
         "# It runs the stage with mfnpatch's runner (log, live checks, run record) on the compute node;",
         "# resubmitting it by hand (sbatch THIS_FILE) continues the stage from its last checkpoint.",
-        f"#SBATCH --job-name=mfn-{stage}-{run_id}"[:120],
-        f"#SBATCH --output={run_dir / SCRIPTS / stage}-%j.out",
+        sbatch_line("--job-name", f"mfn-{stage}-{run_id}"[:99]),
+        sbatch_line("--output", f"{run_dir / SCRIPTS / stage}-%j.out"),
         "#SBATCH --open-mode=append",
-        f"#SBATCH --chdir={run_dir}",
+        sbatch_line("--chdir", run_dir),
         "#SBATCH --requeue",
-        f"#SBATCH --signal=B:USR1@{opts.requeue_grace}",
+        sbatch_line("--signal", f"B:USR1@{opts.requeue_grace}"),
         "#SBATCH --kill-on-invalid-dep=yes",
         "#SBATCH --nodes=1",
     ]
     if opts.partition:
-        lines.append(f"#SBATCH --partition={opts.partition}")
+        lines.append(sbatch_line("--partition", opts.partition))
     if opts.account:
-        lines.append(f"#SBATCH --account={opts.account}")
-    if res.get("time"):
-        lines.append(f"#SBATCH --time={res['time']}")
-    if res.get("gpus_per_node") not in (None, "", "0"):
-        lines.append(f"#SBATCH --gpus-per-node={res['gpus_per_node']}")
-    if res.get("cpus_per_task"):
-        lines.append(f"#SBATCH --cpus-per-task={res['cpus_per_task']}")
-    if res.get("mem"):
-        lines.append(f"#SBATCH --mem={res['mem']}")
+        lines.append(sbatch_line("--account", opts.account))
+    for key in ("time", "gpus_per_node", "cpus_per_task", "mem"):
+        if res.get(key) not in (None, "") and not (key == "gpus_per_node" and res[key] == "0"):
+            lines.append(sbatch_line(f"--{key.replace('_', '-')}", res[key]))
     for a in opts.sbatch_args:
-        if not a.startswith("-") or any(ord(c) < 32 for c in a):
-            raise SlurmError(
-                f"--sbatch-arg {a!r}: one sbatch option on one line (it starts with '-', no newline)",
-                hint="e.g. --sbatch-arg=--qos=long",
-            )
+        if not a.startswith("-"):
+            raise SlurmError(f"--sbatch-arg {a!r}: one sbatch option (it starts with '-')",
+                             hint="e.g. --sbatch-arg=--qos=long")  # fmt: skip
+        one_line(a, "--sbatch-arg", file="the stage's sbatch script (one #SBATCH option per line)", no_space=True,
+                 hint="one sbatch option without spaces or newlines, e.g. --sbatch-arg=--qos=long")  # fmt: skip
         lines.append(f"#SBATCH {a}")
     cmd = [sys.executable, "-m", "mfnpatch", "recipe", "job", str(run_dir), stage]
     lines += ["", f"exec {shlex.join(cmd)}", ""]

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from mfnpatch.errors import MfnError
-from mfnpatch.fsutil import sha256_bytes
+from mfnpatch.fsutil import read_bounded, sha256_bytes
 
 
 class BinError(MfnError):
@@ -39,7 +39,9 @@ def _ndarray_reconstruct(subtype, shape, typecode):
         raise Refused(f"_reconstruct of {subtype!r}, not numpy.ndarray")
     if not (isinstance(shape, tuple) and all(isinstance(n, int) and n >= 0 for n in shape)):
         raise Refused(f"_reconstruct with shape {shape!r}")
-    return np.ndarray(shape, "b")  # a placeholder: its state (BUILD) gives the real dtype and bytes
+    # a placeholder of no bytes, whatever shape the pickle declares: its state (BUILD) gives the real shape,
+    # dtype and bytes, which NumPy checks against each other
+    return np.ndarray((0,), "b")
 
 
 def _dtype(spec, align=False, copy=False):
@@ -148,19 +150,21 @@ class VerificationSet:
         return len(self.issame)
 
 
+MAX_BIN_BYTES = 2 << 30  # a verification set's file: LFW's lfw.bin is 64 MB, CFP-FP's cfp_fp.bin 93 MB
+MAX_PAIRS = 100_000  # LFW, CFP-FP and AgeDB-30 hold 6,000-7,000; decoded at 112x112 this is 7.5 GB
+
+
 def load_verification(path: Path) -> VerificationSet:
-    """Read a ``.bin`` safely; a structure other than ``(bins, issame_list)`` is a BinError naming what it is."""
+    """Read a ``.bin`` safely; a structure other than ``(bins, issame_list)`` is a BinError naming what it is. Only
+    a regular file of at most MAX_BIN_BYTES is read (never a FIFO or a device)."""
     path = Path(path)
+    if not path.exists() and not path.is_symlink():
+        raise BinError(f"{path}: missing", hint="the recipe's verification targets each need DIR/<target>.bin")
     try:
-        data = path.read_bytes()
-    except FileNotFoundError:
-        raise BinError(
-            f"{path}: missing", hint="the recipe's verification targets each need DIR/<target>.bin"
-        ) from None
-    except IsADirectoryError:
-        raise BinError(f"{path}: a directory, not a verification set") from None
-    except OSError as e:
-        raise BinError(f"{path}: unreadable ({e.strerror})") from None
+        data = read_bounded(path, "verification set", MAX_BIN_BYTES,
+                            hint="a verification .bin is a file of (images, issame_list) of at most 2 GiB")  # fmt: skip
+    except MfnError as e:
+        raise BinError(e.message, hint=e.hint) from None
     return parse_verification(data, path)
 
 
@@ -199,9 +203,20 @@ def parse_verification(data: bytes, path: Path) -> VerificationSet:
     bins, issame = obj
     if not isinstance(bins, (list, tuple)) or not isinstance(issame, (list, tuple)):
         raise BinError(f"{path}: holds ({_kind(bins)}, {_kind(issame)}), not (list of images, list of bools)")
+    if len(issame) > MAX_PAIRS or len(bins) > 2 * MAX_PAIRS:
+        raise BinError(f"{path}: {len(bins):,} images and {len(issame):,} pairs, over the {MAX_PAIRS:,} pairs a "
+                       "verification set holds here (LFW, CFP-FP, AgeDB-30: 6,000-7,000)")  # fmt: skip
+    seen: set[int] = set()
+    total = 0
     images: list[bytes] = []
     kinds = set()
     for i, b in enumerate(bins):
+        # each image's bytes are in the file once: a pickle that references one object many times (its memo)
+        # would make every reference a copy, many times the file's size
+        if id(b) in seen:
+            raise BinError(f"{path}: image {i} is a second reference to an earlier image's bytes (a pickle memo "
+                           "reference); a verification set stores each image once")  # fmt: skip
+        seen.add(id(b))
         if isinstance(b, (bytes, bytearray)):
             images.append(bytes(b))
             kinds.add("bytes")
@@ -210,6 +225,9 @@ def parse_verification(data: bytes, path: Path) -> VerificationSet:
             kinds.add("numpy")
         else:
             raise BinError(f"{path}: image {i} is {_kind(b)}, not encoded image bytes")
+        total += len(images[-1])
+        if total > len(data):
+            raise BinError(f"{path}: its images hold more bytes than the file ({len(data)} bytes) holds")
     flags: list[bool] = []
     for i, s in enumerate(issame):
         if not isinstance(s, bool):

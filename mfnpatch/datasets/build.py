@@ -37,7 +37,7 @@ from mfnpatch.datasets import images as img
 from mfnpatch.datasets.bins import FOLDS, dumps_py2, fold_problem
 from mfnpatch.datasets.recordio import indexed_writer, pack
 from mfnpatch.errors import MfnError
-from mfnpatch.fsutil import atomic_write
+from mfnpatch.fsutil import UnsafePath, atomic_write, one_line, read_bounded
 
 MARKER = ".mfnpatch-build.json"
 SUFFIXES = (".jpg", ".jpeg", ".png")
@@ -87,12 +87,12 @@ def scan_images(root: Path) -> dict[str, list[Face]]:
                 f"{entry}: not an identity folder (IMAGES holds one folder per identity)",
                 hint="move loose files into a folder named after the person",
             )
-        if "\t" in entry.name or "\n" in entry.name:
-            raise BuildError(f"{entry!s:.200}: a folder name with a tab or newline", hint="rename the folder")
+        _list_field(entry.name, "identity folder name", "rename the folder")
         files = []
         for f in sorted(entry.iterdir(), key=lambda p: p.name):
             if f.name.startswith("."):
                 continue
+            _list_field(f"{entry.name}/{f.name}", "image file name", "rename the file")
             if not f.is_file() or f.suffix.lower() not in SUFFIXES:
                 raise BuildError(
                     f"{f}: not a .jpg, .jpeg or .png file", hint="an identity folder holds face images only"
@@ -109,15 +109,39 @@ def scan_images(root: Path) -> dict[str, list[Face]]:
     return people
 
 
-PAIR_LINE = re.compile(r"^\s*(\S+)\s+(\d+)\s+(?:(\d+)|(\S+)\s+(\d+))\s*$")
+def _list_field(name: str, what: str, fix: str) -> str:
+    """A name that becomes a field of a ``train.lst`` line (face2rec2 splits lines on tabs): no tab, newline or
+    other control character, checked before anything is written."""
+    try:
+        name.encode("utf-8")
+    except UnicodeEncodeError:
+        raise BuildError(f"{what} {name!r} is not UTF-8: refused (it is written into train.lst)", hint=fix) from None
+    try:
+        return one_line(name, what, file="train.lst (aligned<TAB>path<TAB>label per line)", hint=fix)
+    except UnsafePath as e:
+        raise BuildError(e.message, hint=e.hint) from None
+
+
+MAX_PAIRS_BYTES = 16 << 20
+# image numbers of at most 9 digits: int() of a longer one is slow or refused (Python's 4,300-digit limit)
+PAIR_LINE = re.compile(r"^\s*(\S+)\s+(\d{1,9})\s+(?:(\d{1,9})|(\S+)\s+(\d{1,9}))\s*$")
 
 
 def read_pairs(path: Path, people: dict[str, list[Face]]) -> list[tuple[Face, Face, bool]]:
     """An LFW-style pairs file: an optional header line of numbers, then one pair per line."""
     try:
-        lines = Path(path).read_text(encoding="utf-8").splitlines()
-    except (OSError, UnicodeDecodeError) as e:
-        raise BuildError(f"{path}: unreadable ({e})", hint="give an LFW-style pairs.txt") from None
+        lines = (
+            read_bounded(
+                Path(path), "pairs file", MAX_PAIRS_BYTES, hint="give an LFW-style pairs.txt (LFW's is 100 KB)"
+            )
+            .decode("utf-8")
+            .splitlines()
+        )
+    except MfnError as e:
+        raise BuildError(e.message, hint=e.hint) from None
+    except UnicodeDecodeError as e:
+        raise BuildError(f"{path}: not UTF-8 text ({e.reason} at byte {e.start})",
+                         hint="give an LFW-style pairs.txt") from None  # fmt: skip
     out = []
     for n, line in enumerate(lines, 1):
         if not line.strip() or (n == 1 and all(t.isdigit() for t in line.split())):
@@ -202,7 +226,10 @@ def _leftovers(out: Path) -> None:
 
 
 def _payload(face: Face, size: tuple[int, int], resize: bool) -> tuple[bytes, bool]:
-    data = face.path.read_bytes()
+    try:
+        data = read_bounded(face.path, "image", img.MAX_IMAGE_BYTES, hint="an aligned face is a JPEG or PNG file")
+    except MfnError as e:
+        raise BuildError(e.message, hint=e.hint) from None
     h, w = size
     why = img.problem(data, None, None)
     if why:
@@ -233,7 +260,10 @@ def build(
     progress: Progress | None = None,
 ) -> BuildResult:
     out = Path(out)
-    if out.exists() and (not out.is_dir() or out.is_symlink() or any(out.iterdir())):
+    if out.is_symlink():
+        raise BuildError(f"-o {out} is a symlink{' (dangling)' if not out.exists() else ''}; nothing written",
+                         hint="give a new directory for -o (data build never writes through a link)")  # fmt: skip
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise BuildError(
             f"{out} exists and is not an empty directory; nothing written",
             hint="give a new directory for -o (data build never writes into an existing dataset)",
@@ -311,7 +341,8 @@ def _write(tmp: Path, images: Path, train: dict[str, list[Face]], sets, resize, 
                 data, was = _payload(f, size, resize)
                 resized += was
                 w.write(k, pack([label, 1], k, data=data))
-                lst.append(f"1\t{f.path.relative_to(images) if f.path.is_relative_to(images) else f.path}\t{label}\n")
+                rel = f.path.relative_to(images) if f.path.is_relative_to(images) else f.path
+                lst.append(f"1\t{_list_field(str(rel), 'image path', 'rename the file')}\t{label}\n")
                 k += 1
                 done += 1
                 if progress:

@@ -33,6 +33,8 @@ from mfnpatch.datasets.decode import Pool, cores
 from mfnpatch.datasets.images import problem
 from mfnpatch.datasets.records import check_records
 from mfnpatch.datasets.report import DataError, DataReport, Progress, Row, Tally
+from mfnpatch.errors import MfnError
+from mfnpatch.fsutil import read_bounded
 
 TARGETS = ("lfw", "cfp_fp", "agedb_30")
 BIN_SAMPLE = 32  # images of each .bin decoded by default
@@ -68,8 +70,8 @@ def made_by(d: Path) -> str | None:
         p = d / name
         if p.is_file() and not p.is_symlink():
             try:
-                data = json.loads(p.read_text()[:100_000])
-            except (OSError, ValueError):
+                data = json.loads(read_bounded(p, "marker", 1 << 20))
+            except (MfnError, ValueError):
                 continue
             if isinstance(data, dict) and not data.get("writing"):
                 return what
@@ -86,7 +88,11 @@ def read_property(d: Path, tally: Tally) -> tuple[int, int, int] | None:
             hint="the pinned code reads num_classes,height,width from DIR/property (e.g. 85164,112,112)",
         )
         return None
-    text = p.read_bytes()[:4096].decode("latin1").strip()
+    try:
+        text = read_bounded(p, "property", 4096).decode("latin1").strip()
+    except MfnError as e:
+        tally.add("property", p, e.message, hint="property is one line: num_classes,height,width (e.g. 85164,112,112)")
+        return None
     parts = text.split(",")
     if len(parts) != 3 or not all(x.strip().isdigit() for x in parts):
         tally.add(
@@ -204,7 +210,7 @@ def check_dataset(
     if prop:
         report.prop = {"ids": prop[0], "height": prop[1], "width": prop[2]}
     files: dict[str, Any] = {}
-    if (d / "property").is_file():
+    if prop:  # a property that reads (a regular file of at most 4 KiB): digested
         files["property"] = file_digest(d / "property")
     files.update(check_records(d, prop, report, tally, full, workers, progress))
     maker = made_by(d)

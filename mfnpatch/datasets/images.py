@@ -7,6 +7,9 @@ so a JPEG without its end-of-image marker is called truncated before it is decod
 
 from __future__ import annotations
 
+MAX_PIXELS = 4096 * 4096  # an image's declared size, read from its header before anything is decoded
+MAX_IMAGE_BYTES = 64 << 20  # an image file read whole (data build)
+
 JPEG = b"\xff\xd8\xff"
 PNG = b"\x89PNG\r\n\x1a\n"
 JPEG_END = b"\xff\xd9"
@@ -17,6 +20,33 @@ def kind(data: bytes) -> str | None:
         return "jpeg"
     if data[:8] == PNG:
         return "png"
+    return None
+
+
+def declared_size(data: bytes) -> tuple[int, int] | None:
+    """(height, width) as the image's header declares it (Pillow reads the header only), or None when the header
+    is unreadable."""
+    import io
+
+    from PIL import Image
+
+    limit, Image.MAX_IMAGE_PIXELS = Image.MAX_IMAGE_PIXELS, None  # the size is judged here, not by Pillow's own
+    try:
+        with Image.open(io.BytesIO(data)) as im:
+            w, h = im.size
+    except Exception:  # Pillow raises many kinds on a damaged header (UnidentifiedImageError, SyntaxError, ...)
+        return None
+    finally:
+        Image.MAX_IMAGE_PIXELS = limit
+    return h, w
+
+
+def too_large(data: bytes) -> str | None:
+    """Why ``data`` must not be decoded: its header declares more than MAX_PIXELS (a small file can declare a
+    huge image and be decoded whole), or None."""
+    hw = declared_size(data)
+    if hw is not None and hw[0] * hw[1] > MAX_PIXELS:
+        return f"its header declares {hw[0]}x{hw[1]} pixels, over the {MAX_PIXELS:,} decoded here (4096x4096)"
     return None
 
 
@@ -32,6 +62,12 @@ def problem(data: bytes, height: int | None, width: int | None) -> str | None:
         return f"not a JPEG or PNG (starts with {data[:8].hex()})"
     if k == "jpeg" and JPEG_END not in data[-64:]:
         return "a truncated JPEG (no end-of-image marker)"
+    hw = declared_size(data)
+    if hw is not None and height is not None and width is not None and hw != (height, width):
+        return f"a {hw[0]}x{hw[1]} {k.upper()} where the dataset's property says {height}x{width}"  # never decoded
+    big = too_large(data)
+    if big:
+        return f"a {k.upper()} that is too large: {big}"
     img = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
     if img is None:
         return f"a {k.upper()} that does not decode"
@@ -46,6 +82,9 @@ def decode_rgb(data: bytes):
     import cv2
     import numpy as np
 
+    big = too_large(data)
+    if big:
+        raise ValueError(big)
     img = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
     if img is None:
         raise ValueError("does not decode")

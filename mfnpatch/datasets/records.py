@@ -46,6 +46,9 @@ def _where(key: int, line: int, offset: int) -> str:
     return f"key {key} (train.idx line {line}) at byte {offset}"
 
 
+RECORD_MIN = 32  # bytes of the smallest record: its 8-byte frame and 24-byte IRHeader
+
+
 def _read_header(view, size: int, offset: int, line: int, rec: Path, tally: Tally) -> _Header | None:
     check = "header record"
     try:
@@ -81,6 +84,16 @@ def _read_header(view, size: int, offset: int, line: int, rec: Path, tally: Tall
             rec,
             f"record 0's identity range [{a}, {b}) is not two increasing integers >= 2",
             _where(0, line, offset),
+        )
+        return None
+    if b > size // RECORD_MIN + 1:  # every key below b is a record, and a record takes at least RECORD_MIN bytes
+        tally.add(
+            check,
+            rec,
+            f"record 0's identity range [{a:.0f}, {b:.0f}) ends past the {size // RECORD_MIN + 1:,} records "
+            f"train.rec's {size:,} bytes can hold (a header declaring more records than the file has)",
+            _where(0, line, offset),
+            hint="rebuild train.rec/.idx with face2rec2.py or mfnpatch data build",
         )
         return None
     if rest:

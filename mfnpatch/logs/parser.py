@@ -8,8 +8,9 @@ tracebacks, ``\\r``, a truncated last line, and "Task is force ended by user".
 
 How it stays fast (target: >= 100 MB/s on one core, see benchmarks/bench_logs.py): the parser works on
 bytes; Speedometer lines, most of any log, are aggregated in bulk per chunk (a C-level ``findall`` into a
-histogram of samples/s, plus a bounded, decimated training-accuracy curve), and the last one of each
-piece fed is emitted as a ``Speed`` event for progress displays. Every other known line is matched by one
+histogram of samples/s, plus a bounded, decimated training-accuracy curve); with events asked for, each is
+also a ``Speed`` event, in line order, so a watcher's verdict depends on the lines alone, never on how the
+output was cut into pieces. Every other known line is matched by one
 regex and folded straight into the running ``Summary``; event objects are built only when the caller
 asks for them (``LogParser(events=True)``, the default). Unknown lines are counted, never fatal, and no
 exception escapes ``feed``.
@@ -25,6 +26,8 @@ import re
 import stat
 from pathlib import Path
 
+from mfnpatch.errors import MfnError
+from mfnpatch.fsutil import kind_of
 from mfnpatch.logs.events import (
     CheckpointSaved,
     CheckpointWritten,
@@ -320,34 +323,28 @@ class LogParser:
         else:
             values = _SPEED_VALUE.findall(data, 0, end)
         events: list[Event] = []
-        speed_event = None
         if values:
             self.speed.count += len(values)
             self.speed.histogram.update(values)
             self.speed.sample(lines, len(values))
-            i = len(lines) - 1
-            while i > 0 and _NOT_RARE not in lines[i]:
-                i -= 1
-            last = parse_speed(lines[i])
-            if last is not None:
-                e, b, v, metrics, new_format = last
-                if self.speed.new_format is None:
-                    self.speed.new_format = new_format
-                step = self.step_of(e, b)
-                if step:
-                    self.s.last_step = max(self.s.last_step or 0, step)
-                if self.emit:
-                    speed_event = Speed(first + i, None, e, b, v, metrics, step)
         # everything else, one line at a time, in order
         match = _RARE.match
         handlers = self._handlers
         emit = self.emit
         pos = 0  # line numbers are found only for lines that make events (list.index scans in C)
-        if emit:
-            rare = [x for x in lines if _NOT_RARE not in x and not x.endswith(_TESTING)]
+        if emit:  # every Speedometer line an event too, in line order: what a watcher decides never depends on
+            # how the output was cut into pieces (one line at a time or one burst)
+            rare = [x for x in lines if not x.endswith(_TESTING)]
         else:  # "infer time" only feeds Verification.infer_time, an event field
             rare = [x for x in lines if _NOT_RARE not in x and not x.endswith(_TESTING) and _INFER not in x]
         for ln in rare:
+            if emit and _NOT_RARE in ln:
+                at = lines.index(ln, pos)
+                sp = self._speed_line(ln, first + at)
+                if sp is not None:
+                    pos = at + 1
+                    events.append(sp)
+                    continue
             m = match(ln)
             if m is None:
                 if ln.strip():
@@ -379,19 +376,31 @@ class LogParser:
                     pos += 1
                 ev.line = self._line
                 events.append(ev)
-        if speed_event is not None:
-            at = 0
-            while at < len(events) and events[at].line < speed_event.line:
-                at += 1
-            events.insert(at, speed_event)
+        if values and not emit:  # the summary needs the last step only, once the piece's other lines are read
+            # (its head may say the batches of an epoch); events took every Speedometer line above, in order
+            i = len(lines) - 1
+            while i > 0 and _NOT_RARE not in lines[i]:
+                i -= 1
+            self._speed_line(lines[i], first + i)
         return events
+
+    def _speed_line(self, line: str, number: int) -> Speed | None:
+        """A Speedometer line: its step noted as the log's last; its event when events are asked for."""
+        p = parse_speed(line)
+        if p is None:
+            return None
+        e, b, v, metrics, new_format = p
+        if self.speed.new_format is None:
+            self.speed.new_format = new_format
+        step = self.step_of(e, b)
+        if step:
+            self.s.last_step = max(self.s.last_step or 0, step)
+        return Speed(number, None, e, b, v, metrics, step) if self.emit else None
 
     def step_of(self, epoch: int, batch: int) -> int | None:
         if epoch == 0:
             return batch + 1
-        if self.batches_per_epoch:
-            return epoch * self.batches_per_epoch + batch + 1
-        return None
+        return epoch * self.batches_per_epoch + batch + 1 if self.batches_per_epoch else None
 
     def _update_bpe(self) -> None:
         if self._images and self.batch_size:
@@ -561,32 +570,22 @@ class LogParser:
 
 def parse_text(text: str) -> tuple[list[Event], LogParser]:
     p = LogParser()
-    events = p.feed(text) + p.close()
-    return events, p
+    return p.feed(text) + p.close(), p
 
 
 def summarize(path: Path, chunk_size: int = 1 << 20) -> Summary:
-    from mfnpatch.errors import MfnError
-
-    path = Path(path)
-    hint = "give the path of a training log (stdout of train_softmax.py)"
+    path, hint = Path(path), "give the path of a training log (stdout of train_softmax.py)"
     try:
         mode = os.stat(path).st_mode
-    except FileNotFoundError:
-        raise MfnError(f"{path}: no such log file", hint=hint) from None
-    except OSError as e:
-        raise MfnError(f"{path}: cannot read the log: {e.strerror}", hint=hint) from None
-    if not stat.S_ISREG(mode):
-        kind = ("a directory" if stat.S_ISDIR(mode) else "a FIFO (named pipe)" if stat.S_ISFIFO(mode)
-                else "a device" if stat.S_ISCHR(mode) or stat.S_ISBLK(mode) else "a socket" if stat.S_ISSOCK(mode)
-                else "not a regular file")  # fmt: skip
-        raise MfnError(f"{path} is {kind}, not a log file: a log is read from a regular file",
-                       hint=hint + "; to read a stream, save it first: ... > run.log")  # fmt: skip
-    parser = LogParser(events=False, path=str(path))
-    try:
+        if not stat.S_ISREG(mode):
+            raise MfnError(f"{path} is {kind_of(mode)}, not a log file: a log is read from a regular file",
+                           hint=hint + "; to read a stream, save it first: ... > run.log")  # fmt: skip
+        parser = LogParser(events=False, path=str(path))
         with open(path, "rb") as f:
             while data := f.read(chunk_size):
                 parser.feed_bytes(data)
+    except FileNotFoundError:
+        raise MfnError(f"{path}: no such log file", hint=hint) from None
     except OSError as e:
         raise MfnError(f"{path}: cannot read the log: {e.strerror}", hint=hint) from None
     parser.close()

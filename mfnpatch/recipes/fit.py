@@ -16,6 +16,7 @@ Pure: the GPU's memory and the parameter values are given.
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
 
@@ -80,33 +81,77 @@ class FitDecision:
                 f"(the seed's {self.seed_total}): {what}")  # fmt: skip
 
 
+MAX_GPUS = 1024  # GPUs one stage runs on (one node: 8 today; the limit only keeps a typo from a huge list)
+
+
 def parse_gpus(text: str) -> list[str]:
-    """``--gpus 2`` (two GPUs: 0,1) or ``--gpus 0,2,3`` (these)."""
+    """``--gpus 2`` (two GPUs: 0,1) or ``--gpus 0,2,3`` (these); checked before any list is made."""
     t = text.strip()
-    if t.isdigit() and "," not in t:
+    if t.isascii() and t.isdigit() and "," not in t:
+        if len(t) > 4 or int(t) > MAX_GPUS:
+            raise RecipeError(
+                f"--gpus {t[:20]}{'…' if len(t) > 20 else ''}: more than the {MAX_GPUS} GPUs a stage can run on",
+                hint="give the GPUs of one node: a count (8) or indices (0,1,3)",
+            )
         n = int(t)
         if n < 1:
             raise RecipeError(f"--gpus {text}: at least 1 (an empty gpus parameter runs on the CPU)")
         return [str(i) for i in range(n)]
+    if len(t) > 8 * MAX_GPUS:
+        raise RecipeError(f"--gpus: {len(t):,} characters, more than {MAX_GPUS} GPU indices take")
     ids = [x.strip() for x in t.split(",") if x.strip()]
-    if not ids or not all(x.isdigit() for x in ids) or len(set(ids)) != len(ids):
-        raise RecipeError(f"--gpus {text!r}: write a count (2) or distinct GPU indices (0,1,3)")
+    if not ids or not all(x.isascii() and x.isdigit() and len(x) <= 4 for x in ids) or len(set(ids)) != len(ids):
+        raise RecipeError(f"--gpus {text[:80]!r}: write a count (2) or distinct GPU indices (0,1,3)")
+    if len(ids) > MAX_GPUS:
+        raise RecipeError(f"--gpus: {len(ids):,} GPUs, more than the {MAX_GPUS} a stage can run on")
     return ids
+
+
+MAX_GPU_MEMORY_GIB = 4096.0
+
+
+def check_gpu_memory(gib: float) -> float:
+    """``--gpu-memory GIB``: a finite, positive size a GPU can have."""
+    if not (math.isfinite(gib) and 0 < gib <= MAX_GPU_MEMORY_GIB):
+        raise RecipeError(f"--gpu-memory {gib:g}: not a GPU's memory in GiB (a number above 0, at most "
+                          f"{MAX_GPU_MEMORY_GIB:g})", hint="e.g. --gpu-memory 80 for an 80 GB GPU")  # fmt: skip
+    return gib
+
+
+def _int(name: str, value: Any, what: str = "a whole number") -> int:
+    """A parameter's value as a whole number, or a RecipeError naming the parameter and the value."""
+    text = str(value).strip()
+    if not (text.isascii() and text.isdigit() and len(text) <= 12):
+        raise RecipeError(f"fit: parameter {name} is {value!r}, not {what}",
+                          hint=f"--set {name}=N with N {what} (e.g. 40000)")  # fmt: skip
+    return int(text)
 
 
 def _gpu_list(value: Any) -> list[str]:
     return [x.strip() for x in str(value or "").split(",") if x.strip()]
 
 
+def _float(name: str, value: Any) -> float:
+    try:
+        x = float(str(value))
+    except ValueError:
+        x = math.nan
+    if not (math.isfinite(x) and x > 0):
+        raise RecipeError(f"fit: parameter {name} is {value!r}, not a learning rate (a finite number above 0)",
+                          hint=f"--set {name}=0.1")  # fmt: skip
+    return x
+
+
 def memory_need_mib(spec: FitSpec, per_gpu: int) -> float:
     return per_gpu * spec.memory_per_sample_mib + spec.memory_fixed_mib
 
 
-def _scale_steps(value: Any, k: float) -> tuple[str, bool]:
+def _scale_steps(name: str, value: Any, k: float) -> tuple[str, bool]:
     """A step count or a comma list of them at 1/k: (new value, whether any was rounded)."""
     out, rounded = [], False
     for part in str(value).split(","):
-        n = int(part.strip())
+        n = _int(name, part, "a step count or a comma list of them (40000,60000)") if part.strip() else \
+            _int(name, value, "a step count or a comma list of them, without an empty item")  # fmt: skip
         x = n / k
         r = max(1, round(x))
         rounded = rounded or abs(r - x) > 1e-9
@@ -127,7 +172,7 @@ def fit_parameters(
     ``set_by_user``: the parameters --set gave, whose change of the total batch is warned about)."""
     if rule is not None and rule not in RULES:
         raise RecipeError(f"--fit {rule}: use total, per-gpu or smaller-batch")
-    per0 = int(values.get(spec.per_gpu_batch) or 0)
+    per0 = _int(spec.per_gpu_batch, values.get(spec.per_gpu_batch) or 0, "a batch size")
     if per0 < 1:
         shown = values.get(spec.per_gpu_batch)
         raise RecipeError(f"fit: parameter {spec.per_gpu_batch} is {shown!r}, not a batch size")
@@ -182,19 +227,19 @@ def fit_parameters(
                 v = values.get(p)
                 if v in (None, ""):
                     continue
-                new, rounded = _scale_steps(v, k)
+                new, rounded = _scale_steps(p, v, k)
                 d.overrides[p] = new
                 d.changes.append(Change(p, v, new, why + (" (rounded to whole steps)" if rounded else "")))
             if spec.verbose:
                 v = values.get(spec.verbose)
-                every = int(v) if v not in (None, "") else spec.default_verbose
-                new, rounded = _scale_steps(every, k)
+                every = _int(spec.verbose, v) if v not in (None, "") else spec.default_verbose
+                new, rounded = _scale_steps(spec.verbose, every, k)
                 d.overrides[spec.verbose] = new
                 d.changes.append(Change(spec.verbose, every, new, why + ": every checkpoint N stays at the seed's "
                                         "samples" + (" (rounded)" if rounded else "")))  # fmt: skip
             for p, seed_lr in spec.lr.items():
                 v = values.get(p)
-                base = float(v) if v not in (None, "") else seed_lr
+                base = _float(p, v) if v not in (None, "") else seed_lr
                 new_lr = base * k
                 d.overrides[p] = f"{new_lr:.10g}"
                 d.changes.append(Change(p, base, float(f"{new_lr:.10g}"), f"linear scaling: lr x {k:g}"))

@@ -36,6 +36,7 @@ from mfnpatch.recipes.fit import FitSpec
 from mfnpatch.recipes.template import VAR, templated
 from mfnpatch.resources import data_dir
 from mfnpatch.schema import SchemaError, Strict, load_yaml, locate, validate
+from mfnpatch.source.partial import normalise
 
 DEFAULT_SEED = 0  # every run is seeded unless --set seed=none
 BUILTINS = ("run_dir", "tree", "cpu_count", "cpu_free", "mfnpatch", "python_exe")
@@ -361,6 +362,23 @@ def check_confinement(lr: LoadedRecipe) -> None:
     stages/), cwds are relative paths inside the tree, env keys are variable names, and resource values are
     single Slurm tokens (they are written into sbatch scripts)."""
     r = lr.recipe
+    # the recipe's name and a profile's name make the run's directory (runs/<name>-<profile>-<stamp>)
+    if not STAGE_NAME.match(r.name):
+        raise RecipeError(
+            f"{lr.where(('name',))}: recipe name {r.name!r} is not a plain name",
+            hint="letters, digits, _ and - (it names the run's directory, runs/<name>-<time>)",
+        )
+    for prof in r.profiles:
+        if not STAGE_NAME.match(prof):
+            raise RecipeError(
+                f"{lr.where(('profiles', prof))}: profile name {prof!r} is not a plain name",
+                hint="letters, digits, _ and - (it names the run's directory, runs/<name>-<profile>-…)",
+            )
+    for i, p in enumerate(r.paths):
+        try:
+            normalise([p])
+        except MfnError as e:
+            raise RecipeError(f"{lr.where(('paths', i))}: {e.message}", hint=e.hint) from None
     for sname, stage in r.stages.items():
         if not STAGE_NAME.match(sname):
             raise RecipeError(
@@ -468,19 +486,29 @@ def _cycle_or_order(lr: LoadedRecipe, sname: str, other: str, loc: tuple) -> Non
 
 
 def _params_acyclic(lr: LoadedRecipe, params: dict[str, Param]) -> None:
-    def visit(name, path):
-        d = params[name].default
-        for var in VAR.findall(d) if isinstance(d, str) else ():
-            if var in path:
+    """No parameter refers to itself through others: a depth-first search that finishes each parameter once, so a
+    long chain of references costs its length, never 10^depth paths."""
+    refs = {n: [v for v in VAR.findall(p.default) if v in params] if isinstance(p.default, str) else []
+            for n, p in params.items()}  # fmt: skip
+    done: set[str] = set()
+    for start in params:
+        if start in done:
+            continue
+        path = [start]
+        todo = [iter(refs[start])]
+        while todo:
+            nxt = next(todo[-1], None)
+            if nxt is None:
+                todo.pop()
+                done.add(path.pop())
+            elif nxt in path:
                 raise RecipeError(
-                    f"{lr.where(('parameters', name))}: parameters refer to each other in a cycle: "
-                    + " -> ".join([*path, var])
+                    f"{lr.where(('parameters', path[0]))}: parameters refer to each other in a cycle: "
+                    + " -> ".join([*path[path.index(nxt) :], nxt])
                 )
-            if var in params:
-                visit(var, [*path, var])
-
-    for n in params:
-        visit(n, [n])
+            elif nxt not in done:
+                path.append(nxt)
+                todo.append(iter(refs[nxt]))
 
 
 def seed_tokens(seed_command: str) -> list[str]:

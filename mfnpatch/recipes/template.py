@@ -19,6 +19,21 @@ from mfnpatch.recipes import RecipeError
 
 VAR = re.compile(r"\$\{([A-Za-z_][\w.-]*)\}")
 
+# The most characters one rendered value may hold: Linux's limit on one argument of a command (MAX_ARG_STRLEN).
+# Parameters that use each other twice over double at every step; the limit is checked before a piece is joined.
+MAX_RENDERED = 128 << 10
+
+
+def _bounded(n: int, what: str) -> int:
+    """``n``, the characters rendered so far, unless it is over MAX_RENDERED."""
+    if n > MAX_RENDERED:
+        raise RecipeError(
+            f"{what} renders to more than {MAX_RENDERED // 1024} KiB ({n:,} characters so far): parameters that use "
+            "each other more than once grow with every step",
+            hint="a value names each parameter it needs once; a command argument is at most 128 KiB",
+        )
+    return n
+
 
 @dataclass(frozen=True)
 class Slot:
@@ -62,7 +77,7 @@ class Scope:
             v = self.raw[name]
             self._rendering.append(name)
             try:
-                self.rendered[name] = self.render(v) if isinstance(v, str) else v
+                self.rendered[name] = self.render(v, f"parameter {name}") if isinstance(v, str) else v
             finally:
                 self._rendering.pop()
         return self.rendered[name]
@@ -85,21 +100,32 @@ class Scope:
             return " ".join(v)
         return "" if v is None else str(v)
 
-    def render(self, text: str) -> str:
-        """A template as a string (inputs shown as ``inputs`` says)."""
-        return VAR.sub(lambda m: self._text(self.lookup(m.group(1))), text)
+    def render(self, text: str, what: str = "a template") -> str:
+        """A template as a string (inputs shown as ``inputs`` says), at most MAX_RENDERED characters."""
+        out: list[str] = []
+        pos = n = 0
+        for m in VAR.finditer(text):
+            out += [text[pos : m.start()], self._text(self.lookup(m.group(1)))]
+            n = _bounded(n + len(out[-2]) + len(out[-1]), what)
+            pos = m.end()
+        out.append(text[pos:])
+        _bounded(n + len(out[-1]), what)
+        return "".join(out)
 
     def parts(self, text: str) -> Text:
         """A template rendered with its stage inputs left as slots."""
         out: list[str | Slot] = []
-        pos = 0
+        pos = n = 0
         for m in VAR.finditer(text):
             out.append(text[pos : m.start()])
+            n += m.start() - pos
             var = m.group(1)
             if var.startswith("inputs."):
                 out.append(Slot(var.split(".", 1)[1]))
             else:
-                out.append(self._text(self.lookup(var)))
+                value = self._text(self.lookup(var))
+                out.append(value)
+                n = _bounded(n + len(value), "a template")
             pos = m.end()
         out.append(text[pos:])
         merged: list[str | Slot] = []

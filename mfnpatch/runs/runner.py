@@ -29,7 +29,7 @@ from typing import Any
 
 from mfnpatch import __version__
 from mfnpatch.errors import Interrupted, MfnError
-from mfnpatch.fsutil import Busy, atomic_write, locked
+from mfnpatch.fsutil import Busy, atomic_write, confined, locked
 from mfnpatch.logs.sentinels import all_off
 from mfnpatch.recipes.expand import FitRequest, Plan, PlannedStage, expand
 from mfnpatch.recipes.recipe import LoadedRecipe
@@ -204,7 +204,7 @@ class Runner:
             return Path(self.opts.run_dir).absolute()
         stamp = time.strftime("%Y%m%d-%H%M%S")
         name = self.loaded.recipe.name + (f"-{self.profile}" if self.profile else "")
-        base = Path("runs") / f"{name}-{stamp}"
+        base = Path("runs") / confined(f"{name}-{stamp}", "the run's directory name")  # never outside runs/
         d, n = base, 1
         while d.exists():
             d, n = base.with_name(f"{base.name}.{n}"), n + 1

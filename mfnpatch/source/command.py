@@ -73,8 +73,8 @@ def apply_commit(commit: str, series: str | None, dest: Path, patches: Path, sou
     sets = select_sets(catalog, series, pinned) if series else None  # a bad --series fails before any fetch
     try:
         extra = normalise(paths or [])
-    except ValueError as e:
-        raise UsageError(f"--paths: {e}") from None
+    except UsageError as e:
+        raise UsageError(f"--paths: {e.message}", hint=e.hint) from None
     if check and not Path(dest).exists():
         return ApplyResult(None, None, check_in_memory(commit, Path(dest), source, catalog, sets, fuzz))
     with tree_lock(dest, on_wait=on_wait):

@@ -18,23 +18,43 @@ from pathlib import Path, PurePosixPath
 
 import git
 
+from mfnpatch.errors import UsageError
+from mfnpatch.fsutil import UnsafePath, one_line
+
 FILTER_REFUSED = "filtering not recognized by server"
 FILES = "/*"  # "dir/*": the files directly in dir
 
 
+class BadPath(UsageError):
+    """A path of the tree that is not a plain directory (or a directory's files)."""
+
+
+PATH_HINT = "a directory inside the tree (src, recognition/arcface_torch) or its files (deploy/*)"
+# what a sparse-checkout pattern reads as structure: gitignore's wildcards, negation, comments and escapes
+PATTERN_CHARS = "*?[]!#\\"
+
+
 def normalise(paths: list[str]) -> list[str]:
-    """Paths of the tree (``dir`` or ``dir/*``), relative, without duplicates or ones another already holds."""
+    """Paths of the tree (``dir`` or ``dir/*``), relative, without duplicates or ones another already holds.
+    Each becomes a line of git's sparse-checkout file, so a line break, a wildcard or another pattern character
+    in one is refused (BadPath) rather than read back as another pattern."""
     out: set[str] = set()
     for p in paths:
-        raw = p.strip()
+        raw = str(p).strip(" ")
         files = raw.endswith(FILES)
-        q = str(PurePosixPath((raw[: -len(FILES)] if files else raw).strip("/")))
+        body = raw[: -len(FILES)] if files else raw
+        try:
+            one_line(body, "path", file="the tree's sparse-checkout patterns (one per line)", forbid=PATTERN_CHARS,
+                     hint=PATH_HINT)  # fmt: skip
+        except UnsafePath as e:
+            raise BadPath(e.message, hint=PATH_HINT) from None
+        if body != body.strip():
+            raise BadPath(f"path {p!r} begins or ends with whitespace: refused", hint=PATH_HINT)
+        q = str(PurePosixPath(body.strip("/")))
         if q in ("", "."):
             continue  # the root's files are always there
-        if PurePosixPath(q).is_absolute() or ".." in PurePosixPath(q).parts or "*" in q:
-            raise ValueError(
-                f"{p!r}: a directory inside the tree (src, recognition/arcface_torch) or its files (deploy/*)"
-            )
+        if PurePosixPath(q).is_absolute() or ".." in PurePosixPath(q).parts:
+            raise BadPath(f"path {p!r} is not inside the tree: refused", hint=PATH_HINT)
         out.add(q + FILES if files else q)
     return sorted(x for x in out if not any(x != o and holds(o, x) for o in out))
 
@@ -109,7 +129,13 @@ def sparse_paths(repo: git.Repo) -> list[str] | None:
         if not pat or pat.startswith("!") or pat == "/*":
             continue
         out.append(pat.strip("/") if pat.endswith("/") else pat.lstrip("/"))
-    return normalise(out)
+    try:
+        return normalise(out)
+    except UsageError as e:
+        raise UsageError(
+            f"{repo.working_tree_dir}: its sparse-checkout file holds a pattern mfnpatch does not write ({e.message})",
+            hint=f"make the tree whole with: git -C {repo.working_tree_dir} sparse-checkout disable",
+        ) from None
 
 
 def files_in(root: Path, blobs: dict[str, str]) -> list[tuple[str, str]]:

@@ -138,6 +138,26 @@ def test_script_has_the_chain_options_and_resources(tmp_path):
     assert "#SBATCH --gpus-per-node=4" in text.splitlines()
 
 
+@pytest.mark.parametrize("where", ["run_dir", "stage", "run_id"])
+@pytest.mark.parametrize("bad", ["x\n#SBATCH --wrap=id", "x\rid", "x y", "x\ty", "x\u2028id"])
+def test_a_value_that_would_add_or_split_a_script_line_is_refused(tmp_path, where, bad):
+    from mfnpatch.fsutil import UnsafePath
+
+    args = {"run_dir": tmp_path, "run_id": "r", "stage": "softmax"} | {
+        where: tmp_path / bad if where == "run_dir" else bad
+    }
+    with pytest.raises(UnsafePath, match="it is written into the stage's sbatch script"):
+        script_text(args["run_dir"], args["run_id"], args["stage"], {}, SlurmOptions())
+
+
+def test_a_run_directory_with_a_newline_queues_nothing_and_writes_nothing(cli, runfx, tmp_path):
+    rd = tmp_path / "runs" / "a\n#SBATCH --wrap=touch PWNED"
+    r = cli("recipe", "run", runfx.recipe, "--tree", runfx.tree, "--run-dir", rd, "--executor", "slurm",
+            "--no-env-check")  # fmt: skip
+    assert r.code == 1 and "holds a newline" in r.err and "internal error" not in r.err, r.err
+    assert not rd.exists() and not (tmp_path / "PWNED").exists()
+
+
 def test_frozen_tree_is_checked(tmp_path):
     src = tmp_path / "tree"
     (src / "src").mkdir(parents=True)

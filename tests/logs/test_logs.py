@@ -37,7 +37,7 @@ needs_reference = pytest.mark.skipif(
 def test_python3_cpu_run():
     events, p = parse_text(PY3_RUN)
     kinds = [e.kind for e in events]
-    assert kinds.count("Verification") == 2 and kinds.count("Speed") == 1  # one Speed per piece fed
+    assert kinds.count("Verification") == 2 and kinds.count("Speed") == 2  # one Speed per Speedometer line
     cfg = next(e for e in events if isinstance(e, Config))
     assert cfg.args["lr_steps"] == "40,60" and cfg.args["batch_size"] == 16
     ds = next(e for e in events if isinstance(e, Dataset))

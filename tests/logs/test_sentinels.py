@@ -146,3 +146,23 @@ def test_the_seeds_complete_logs_raise_no_alarm(name, plan):
     # and each sentinel had something to watch: a seed log has every kind of line they read
     s = "\n".join(lines)
     assert "lr-batch-epoch" in s and "Speed:" in s and "Accuracy-Flip" in s
+
+
+@pytest.mark.parametrize("cut", ["lines", "one burst", "odd pieces", "bytes"])
+def test_a_verdict_depends_on_the_lines_alone_not_on_how_they_arrive(cut):
+    """The same log printed line by line, in one burst or in arbitrary pieces trips the same sentinel on the same
+    line (the training-accuracy sentinel once counted reads of the stream, not lines)."""
+    text = "".join(ln + "\n" for ln in HEAD + [speed(20 * (i + 1), acc="0.000000") for i in range(100)])
+    p, w = LogParser(events=True), Watch(Sentinels(), LrPlan(0.1, [120000, 140000]))
+    if cut == "lines":
+        pieces = text.splitlines(keepends=True)
+    elif cut in ("one burst", "bytes"):
+        pieces = [text]
+    else:
+        pieces = [text[i : i + 37] for i in range(0, len(text), 37)]
+    for piece in pieces:
+        trip = w.feed_all(p.feed_bytes(piece.encode()) if cut == "bytes" else p.feed(piece))
+        if trip is not None:
+            break
+    assert w.tripped is not None and w.tripped.sentinel == "train_acc" and w.tripped.line == len(HEAD) + 100
+    assert "first 100 Speedometer lines" in w.tripped.why

@@ -55,12 +55,15 @@ def test_a_recipe_that_names_outside_is_refused_at_load(tmp_path, cli, old, new,
 def test_a_resource_value_set_on_the_command_line_cannot_add_a_script_line(tmp_path):
     with pytest.raises(RecipeError, match="is not a Slurm value"):
         expand(load_recipe("may16"), None, {"slurm_time": "1\n#SBATCH --wrap=id"})
-    from mfnpatch.cluster.slurm import SlurmError, SlurmOptions, script_text
+    from mfnpatch.cluster.slurm import SlurmOptions, script_text
+    from mfnpatch.fsutil import UnsafePath
 
     with pytest.raises(RecipeError, match="--partition: 'gpu\\\\nid' is not a Slurm value"):
         script_text(tmp_path, "r", "softmax", {}, SlurmOptions(partition="gpu\nid"))
-    with pytest.raises(SlurmError, match="one sbatch option on one line"):
+    with pytest.raises(UnsafePath, match="--sbatch-arg '--qos=x\\\\nid' holds a newline"):
         script_text(tmp_path, "r", "softmax", {}, SlurmOptions(sbatch_args=["--qos=x\nid"]))
+    with pytest.raises(UnsafePath, match="holds whitespace"):
+        script_text(tmp_path, "r", "softmax", {}, SlurmOptions(sbatch_args=["--comment=a --wrap=id"]))
 
 
 def test_printed_shell_lines_quote_what_they_print():
@@ -150,7 +153,96 @@ def test_non_finite_values_and_unknown_references_in_set_values(cli):
 def test_json_output_is_strict_json_whatever_the_values():
     import json
 
-    from mfnpatch.cli.app import finite
+    from mfnpatch.finite import finite
 
     text = json.dumps(finite({"a": float("nan"), "b": [float("inf"), 1.5], "c": {"d": -float("inf")}}), allow_nan=False)
     assert json.loads(text) == {"a": None, "b": [None, 1.5], "c": {"d": None}}
+
+
+# --------------------------------------------------------------------------------------------
+# Round 3: what becomes a run's directory, a sparse pattern; templates that blow up
+
+
+@pytest.mark.parametrize(
+    "old,new,message",
+    [
+        ("name: may16\n", "name: ../../outside\n", "recipe name '../../outside' is not a plain name"),
+        ("name: may16\n", "name: 'a\\nb'\n", "is not a plain name"),
+        ("profiles:\n  seed:\n", "profiles:\n  ../x:\n", "profile name '../x' is not a plain name"),
+        ('paths: [src, "deploy/*"]', 'paths: [src, "deploy/*\\n/etc"]', "holds a newline"),
+        ('paths: [src, "deploy/*"]', 'paths: [src, "../deploy"]', "is not inside the tree"),
+    ],
+)
+def test_what_becomes_a_run_directory_or_a_sparse_pattern_is_refused_at_load(tmp_path, cli, old, new, message):
+    p = _recipe_with(tmp_path, old, new)
+    r = cli("recipe", "plan", p)
+    assert r.code == EXIT_FAILURE and message in r.err, r.err
+    assert str(p) in r.err  # file:line:col
+
+
+def test_a_run_of_a_recipe_named_outside_creates_nothing_outside(tmp_path, cli, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "work").mkdir()
+    monkeypatch.chdir(tmp_path / "work")
+    p = _recipe_with(tmp_path, "name: may16\n", "name: ../../escaped\n")
+    r = cli("recipe", "run", p, "--profile", "smoke", "--no-env-check", "--tree", tmp_path / "tree")
+    assert r.code == EXIT_FAILURE and "is not a plain name" in r.err
+    assert sorted(x.name for x in tmp_path.iterdir()) == ["r.yaml", "work"] and not any((tmp_path / "work").iterdir())
+
+
+def _chain(tmp_path: Path, depth: int, uses: int) -> Path:
+    """Parameters p0..p{depth}, each using the one before it ``uses`` times."""
+    lines = ["  p0: {default: xxxxxxxx}"]
+    lines += ['  p{}: {{default: "{}"}}'.format(i, f"${{p{i - 1}}}" * uses) for i in range(1, depth + 1)]
+    lines.insert(0, "  python: {default: python, help: the interpreter}")
+    return _recipe_with(tmp_path, "  python: {default: python, help: the interpreter that runs the pinned code "
+                        "(the environment's python)}", "\n".join(lines))  # fmt: skip
+
+
+def test_a_chain_of_parameters_is_checked_in_time_linear_in_its_length(tmp_path, cli):
+    import time
+
+    p = _chain(tmp_path, 40, 10)  # 10^40 paths for a check that walks every path
+    t = time.perf_counter()
+    r = cli("recipe", "show", p)
+    assert time.perf_counter() - t < 20 and r.code == 0, r.err
+
+
+@pytest.mark.parametrize("how", ["recipe", "set"])
+def test_parameters_that_double_at_every_step_are_refused_before_they_grow(tmp_path, how):
+    import resource
+
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    if how == "recipe":  # 41 parameters in 600 bytes, the last worth 8 x 2^40 characters
+        p = _chain(tmp_path, 40, 2)
+        p.write_text(
+            p.read_text().replace("data_dir: {default: ../datasets/faces_ms1m_112x112", 'data_dir: {default: "${p40}"')
+        )
+        lr, sets = load_recipe(str(p)), {}
+    else:  # the same with --set values
+        lr = load_recipe("may16")
+        sets = {"data_dir": "${models_dir}${models_dir}", "models_dir": "${softmax_lr_steps}${softmax_lr_steps}"}
+        sets |= {"softmax_lr_steps": "${arcface_lr_steps}${arcface_lr_steps}", "arcface_lr_steps": "x" * 40_000}
+    with pytest.raises(RecipeError, match="renders to more than 128 KiB"):
+        expand(lr, "smoke", sets)
+    assert resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before < 200_000  # KiB: nothing near gigabytes
+
+
+@pytest.mark.parametrize(
+    "argv,said",
+    [
+        (("--gpus", "1000000000"), "more than the 1024 GPUs"),
+        (("--gpus", "0," * 5000), "more than 1024 GPU indices"),
+        (("--gpus", "1", "--gpu-memory", "inf"), "--gpu-memory inf: not a GPU's memory"),
+        (("--gpus", "1", "--gpu-memory", "1e308"), "not a GPU's memory"),
+        (("--gpus", "1", "--gpu-memory", "nan"), "--gpu-memory"),
+        (("--gpus", "2", "--fit", "per-gpu", "--set", "softmax_lr_steps=abc", "--gpu-memory", "80"),
+         "parameter softmax_lr_steps is 'abc'"),
+        (("--gpus", "2", "--fit", "per-gpu", "--set", "softmax_lr_steps=1,,2", "--gpu-memory", "80"), "'1,,2'"),
+        (("--gpus", "2", "--fit", "per-gpu", "--set", "softmax_lr_steps=1e5", "--gpu-memory", "80"), "'1e5'"),
+        (("--gpus", "2", "--fit", "per-gpu", "--set", "softmax_lr=zero", "--gpu-memory", "80"), "softmax_lr"),
+    ],
+)  # fmt: skip
+def test_fit_values_that_crashed_are_one_clear_error(cli, argv, said):
+    r = cli("recipe", "plan", "may16", *argv)
+    assert r.code in (1, 64) and said in r.err and "internal error" not in r.err, r.err

@@ -483,3 +483,27 @@ def test_dest_a_symlink_to_an_empty_or_dangling_directory_makes_the_tree_where_i
         for path in (link, target):
             s = cli("status", "--dest", path)
             assert s.code == EXIT_OK and f"tree     {target}" in s.out and "demo@1" in s.out
+
+
+# --------------------------------------------------------------------------------------------
+# Values written into git's sparse-checkout file: one path, one pattern
+
+
+@pytest.mark.parametrize("bad", ["src\n/*", "src\r\n!/*", "src/*\n/models", "s?c", "[sd]rc", "!src", "#src", "sr c\t",
+                                 "src\\"])  # fmt: skip
+def test_a_path_that_would_add_a_sparse_pattern_is_refused_and_the_tree_still_works(fx, cli, bad):
+    assert apply_cli(fx, cli).code == EXIT_OK
+    before = (fx.dest / ".git" / "info" / "sparse-checkout").read_text()
+    r = apply_cli(fx, cli, "demo", "--paths", bad)
+    assert r.code == 64 and "--paths: path" in r.err and "internal error" not in r.err, r.err
+    assert (fx.dest / ".git" / "info" / "sparse-checkout").read_text() == before
+    assert cli("status", "--dest", fx.dest).code == EXIT_OK  # not wedged
+
+
+def test_a_sparse_checkout_file_edited_by_hand_is_one_clear_error(fx, cli):
+    assert apply_cli(fx, cli).code == EXIT_OK
+    sc = fx.dest / ".git" / "info" / "sparse-checkout"
+    sc.write_text(sc.read_text() + "/src/[ab]*\n")
+    r = cli("status", "--dest", fx.dest)
+    assert r.code == 64 and "sparse-checkout file holds a pattern mfnpatch does not write" in r.err, r.err
+    assert f"git -C {fx.dest} sparse-checkout disable" in r.err
