@@ -270,16 +270,21 @@ def _print_denormals(d: dict) -> None:
 
 
 def _print_verify(v: dict) -> None:
+    from mfnpatch.finite import at_least
+
+    def num(x, fmt: str) -> str:  # NaN (or null, read back from JSON) shown as nan, never a crash
+        return format(float("nan") if x is None else x, fmt)
+
     for engine, c in v["engines"].items():
-        ok = c["min_cosine"] >= v["threshold"]
+        ok = at_least(c["min_cosine"], v["threshold"])
         out.print(
-            f"  {'[green]ok[/]  ' if ok else '[red]FAIL[/]'} {engine:14s} cosine min {c['min_cosine']:.7f}, "
-            f"max |diff| {c['max_abs_diff']:.3g} (values up to {c['max_abs_value']:.3g})"
+            f"  {'[green]ok[/]  ' if ok else '[red]FAIL[/]'} {engine:14s} cosine min {num(c['min_cosine'], '.7f')}, "
+            f"max |diff| {num(c['max_abs_diff'], '.3g')} (values up to {num(c.get('max_abs_value'), '.3g')})"
         )
     verdict = "[green]PASS[/]" if v["passed"] else "[red]FAIL[/]"
     out.print(
         f"{verdict}: {v['inputs']} inputs ({v['face_like']} face-like, {v['inputs'] - v['face_like']} noise), "
-        f"every engine cosine >= {v['threshold']}: min {v['min_cosine']:.7f}"
+        f"every engine cosine >= {v['threshold']}: min {num(v['min_cosine'], '.7f')}"
     )
 
 

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from mfnpatch.errors import MfnError
-from mfnpatch.fsutil import atomic_write
+from mfnpatch.fsutil import atomic_write, read_bounded
 
 SIZE = 112
 TEMPLATE_96x112 = ((30.2946, 51.6963), (65.5318, 51.5014), (48.0252, 71.7366), (33.5493, 92.3655), (62.7299, 92.2041))
@@ -77,14 +77,24 @@ def estimate(landmarks: list[tuple[float, float]]):
 def align(image: Path, landmarks: list[tuple[float, float]], output: Path) -> Alignment:
     """Read ``image`` (as OpenCV's ``imread`` does: BGR), crop it to 112x112 and write ``output`` atomically."""
     import cv2
+    import numpy as np
+
+    from mfnpatch.datasets.images import MAX_IMAGE_BYTES, too_large
 
     image, output = Path(image), Path(output)
     if output.suffix.lower() not in WRITABLE:
         raise AlignError(f"-o {output}: cannot tell the image format from {output.suffix or 'no suffix'!r}",
                          hint="end it with .png (lossless, for comparing pixels), .jpg or .bmp")  # fmt: skip
-    if not image.is_file():
+    if not image.exists():
         raise AlignError(f"{image}: no such file")
-    img = cv2.imread(str(image), cv2.IMREAD_COLOR)
+    try:
+        data = read_bounded(image, "image", MAX_IMAGE_BYTES, hint="give a JPEG, PNG or BMP file")
+    except MfnError as e:
+        raise AlignError(e.message, hint=e.hint) from None
+    big = too_large(data)
+    if big:
+        raise AlignError(f"{image}: {big}", hint="crop or scale the photo first")
+    img = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
     if img is None:
         raise AlignError(f"{image}: not an image OpenCV can read", hint="give a JPEG, PNG or BMP file")
     h, w = img.shape[:2]

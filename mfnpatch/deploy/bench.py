@@ -18,7 +18,7 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from mfnpatch.deploy.engines import ncnn_net
+from mfnpatch.deploy.engines import ncnn_net, onnx_session
 from mfnpatch.deploy.mxnet import FOLDED, ConvertError
 from mfnpatch.deploy.ncnn import param_io
 from mfnpatch.deploy.verify import test_inputs
@@ -175,11 +175,7 @@ def bench(
 
                     res.rows.append(_stats(engine, t, _time(run, loops, warmup)))
                 elif engine == "onnxruntime":
-                    import onnxruntime as ort
-
-                    so = ort.SessionOptions()
-                    so.intra_op_num_threads, so.inter_op_num_threads, so.log_severity_level = t, 1, 3
-                    s = ort.InferenceSession(str(d / "model.onnx"), so, providers=["CPUExecutionProvider"])
+                    s, _ = onnx_session(d / "model.onnx", t)
                     feed = {s.get_inputs()[0].name: x[None]}
                     res.rows.append(_stats(engine, t, _time(lambda s=s, feed=feed: s.run(None, feed), loops, warmup)))
                 elif engine == "mxnet":

@@ -3,8 +3,14 @@ what it gets back — the input blob, its shape, layout, colour order and pixel 
 graph already does (the app must not repeat it), the output blob and whether to L2-normalise it, and the
 112x112 alignment template. Every value is read from the converted models themselves, never assumed.
 
-The file carries a digest of its content: mfnpatch reads it back only as written, and a hand-edited contract
-is refused (an app developer who changes it should regenerate it instead)."""
+What the digest promises, and what it does not: it is a sha256 of the content, an integrity check against
+accidents (a hand edit, a merge, a truncated copy) — not tamper evidence: anyone can edit the file and compute
+the digest again. What protects the contract against a deliberate edit is that mfnpatch never trusts it:
+``load`` re-derives every field it can from the models in the directory (the models' files and blobs, the
+input's shape, colour order, range and the normalisation inside the graph, whether the app normalises, the
+output's size and blob, the alignment template) and refuses a contract that disagrees, and it computes the
+golden images' embeddings again with the reference engine. Only the thresholds, measured on verification
+data the directory does not hold, rest on the digest alone (``convert evaluate`` measures them again)."""
 
 from __future__ import annotations
 
@@ -18,7 +24,9 @@ from mfnpatch.deploy.align import POINTS, SIZE, TEMPLATE
 from mfnpatch.deploy.export import graph
 from mfnpatch.deploy.mxnet import FOLDED, INPUT_SHAPE, ConvertError
 from mfnpatch.deploy.ncnn import param_io
-from mfnpatch.fsutil import UnsafePath, atomic_write, inside, sha256_bytes
+from mfnpatch.errors import MfnError
+from mfnpatch.finite import at_least
+from mfnpatch.fsutil import UnsafePath, atomic_write, inside, read_bounded, sha256_bytes
 from mfnpatch.schema import SchemaError, load_json
 
 NAME = "deploy.json"
@@ -193,8 +201,114 @@ def write(model_dir: Path, contract: Contract) -> Path:
     return path
 
 
-def load(model_dir: Path) -> Contract:
-    """``deploy.json`` as written; a missing, hand-edited or malformed contract is a ConvertError naming it."""
+def source_of(d: Path) -> dict | None:
+    """The ONNX source a model directory was converted from (its convert.json says), or None: an MXNet one."""
+    try:
+        data = load_json(Path(d) / "convert.json", limit=4 << 20)
+    except MfnError:
+        return None
+    return data.get("onnx_source") if isinstance(data, dict) and data.get("source_kind") == "onnx" else None
+
+
+def rederive(model_dir: Path) -> Contract:
+    """The static part of the contract, computed again from the models in ``model_dir`` (as convert wrote it)."""
+    from types import SimpleNamespace
+
+    d = Path(model_dir)
+    if source_of(d) is None:
+        from mfnpatch.deploy.mxnet import _mx
+
+        sym, arg, _ = _mx().model.load_checkpoint(str(d / "mxnet"), 0)
+        return make(d, sym, arg)
+    from onnx import numpy_helper
+
+    from mfnpatch.deploy.onnxfile import check_onnx
+
+    m = check_onnx(d / "model.onnx")
+    inits = {i.name: i for i in m.graph.initializer}
+    if "mfnpatch_mean" not in inits or "mfnpatch_scale" not in inits:
+        raise ConvertError(f"{d / 'model.onnx'}: not the graph convert ncnn prepared (no normalisation in front)")
+    dims = [x.dim_value for x in m.graph.output[0].type.tensor_type.shape.dim]
+    src = SimpleNamespace(mean=float(numpy_helper.to_array(inits["mfnpatch_mean"])),
+                          scale=float(numpy_helper.to_array(inits["mfnpatch_scale"])),
+                          output=source_of(d)["output"], dim=int(dims[-1]) if dims else 0)  # type: ignore[index]  # fmt: skip
+    return make_onnx(d, src)
+
+
+def _first_difference(a, b, at: str = "") -> str | None:
+    """The first key path where ``a`` and ``b`` differ (numbers to a relative 1e-6: float32 against float64)."""
+    if isinstance(a, dict) and isinstance(b, dict):
+        for k in sorted(set(a) | set(b)):
+            hit = _first_difference(a.get(k), b.get(k), f"{at}.{k}" if at else k)
+            if hit:
+                return hit
+        return None
+    if isinstance(a, list) and isinstance(b, list):
+        if len(a) != len(b):
+            return at
+        for i, (x, y) in enumerate(zip(a, b, strict=True)):
+            hit = _first_difference(x, y, f"{at}[{i}]")
+            if hit:
+                return hit
+        return None
+    if (
+        isinstance(a, float | int)
+        and isinstance(b, float | int)
+        and not isinstance(a, bool)
+        and not isinstance(b, bool)
+    ):
+        return None if abs(a - b) <= 1e-6 * max(1.0, abs(a), abs(b)) else at
+    return None if a == b else at
+
+
+STATIC = ("models", "input", "output", "alignment")
+
+
+def check_against_models(model_dir: Path, contract: Contract, path: Path, hint: str) -> None:
+    """Refuse a contract whose static part is not what the models say, or whose golden embeddings the reference
+    engine does not compute again."""
+    import numpy as np
+
+    derived = rederive(model_dir).model_dump(mode="json")
+    said = contract.model_dump(mode="json")
+    for key in STATIC:
+        where = _first_difference(said[key], derived[key], key)
+        if where:
+            raise ConvertError(f"{path}: {where} disagrees with the models in {model_dir} (the contract says one "
+                               "thing, the converted models another)", hint=hint)  # fmt: skip
+    if not contract.golden:
+        return
+    import cv2
+
+    from mfnpatch.deploy.engines import embeddings_mxnet, embeddings_onnx
+
+    images = []
+    for i, g in enumerate(contract.golden):
+        data = read_bounded(Path(model_dir) / g.image, f"golden[{i}] image", 1 << 20, hint=hint)
+        img = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
+        if img is None or img.shape[:2] != tuple(contract.input.shape[2:]):
+            raise ConvertError(f"{path}: golden[{i}]: {g.image} is not a {contract.input.shape[2]}x"
+                               f"{contract.input.shape[3]} image", hint=hint)  # fmt: skip
+        images.append(cv2.cvtColor(img, cv2.COLOR_BGR2RGB))
+    x = np.stack(images).transpose(0, 3, 1, 2).astype(np.float32)
+    if source_of(model_dir) is None:
+        from mfnpatch.deploy.mxnet import _mx
+
+        sym, arg, aux = _mx().model.load_checkpoint(str(Path(model_dir) / "mxnet"), 0)
+        got = embeddings_mxnet(sym, arg, aux, x)
+    else:
+        got = embeddings_onnx(Path(model_dir) / "model.onnx", x)
+    for i, (g, e) in enumerate(zip(contract.golden, got, strict=True)):
+        want = np.asarray(g.embedding, np.float64)
+        cos = float(want @ e / max(np.linalg.norm(want) * np.linalg.norm(e), 1e-24))
+        if not at_least(cos, 0.99999):
+            raise ConvertError(f"{path}: golden[{i}]'s embedding is not what the model computes for {g.image} "
+                               f"(cosine {cos:.6f})", hint=hint)  # fmt: skip
+
+
+def load(model_dir: Path, against_models: bool = True) -> Contract:
+    """``deploy.json`` as written; a missing, hand-edited or malformed contract is a ConvertError naming it, and
+    so is one that the models in the directory contradict (``check_against_models``)."""
     path = Path(model_dir) / NAME
     hint = f"regenerate it: mfnpatch convert ncnn PREFIX,EPOCH -o {model_dir}"
     if not path.is_file():
@@ -234,4 +348,6 @@ def load(model_dir: Path) -> Contract:
         if len(g.embedding) != contract.output.dim:
             raise ConvertError(f"{path}: golden[{i}]: {len(g.embedding)} values, the output has {contract.output.dim}",
                                hint=hint)  # fmt: skip
+    if against_models:
+        check_against_models(model_dir, contract, path, hint)
     return contract

@@ -26,13 +26,15 @@ from pathlib import Path
 
 from mfnpatch.deploy import contract
 from mfnpatch.deploy.denormals import count as count_denormals
-from mfnpatch.deploy.denormals import flush
+from mfnpatch.deploy.denormals import flush, refuse_nonfinite
 from mfnpatch.deploy.engines import embeddings_mxnet, embeddings_onnx
 from mfnpatch.deploy.export import export_onnx
 from mfnpatch.deploy.mxnet import ConvertError, _mx, check_input_shape, load_checkpoint, slim_symbol
 from mfnpatch.deploy.ncnn import layer_counts, param_io, run_pnnx, write_unfolded
+from mfnpatch.deploy.onnxfile import load_onnx
 from mfnpatch.deploy.onnxsource import embeddings_source, inspect, is_onnx, prepare
 from mfnpatch.deploy.verify import compare, test_inputs, verify
+from mfnpatch.finite import at_least
 from mfnpatch.fsutil import atomic_write, atomic_write_json, replacing
 
 # MXNet's MKLDNN subgraph backend breaks asnumpy() on the slim model ("We can't generate TBlob for MKLDNN
@@ -67,6 +69,12 @@ class ConvertResult:
 
 def _check_output_dir(out_dir: Path) -> None:
     """-o may be new, empty, or an earlier conversion (which is replaced whole); nothing else."""
+    if out_dir.is_symlink():
+        raise ConvertError(
+            f"-o {out_dir} is a symlink{' (dangling)' if not out_dir.exists() else ''}: mfnpatch "
+            "does not write through or replace links",
+            hint="give the path of a real directory",
+        )
     if out_dir.exists() and not out_dir.is_dir():
         raise ConvertError(f"{out_dir} is a file", hint="give a directory for -o")
     if out_dir.is_dir() and any(out_dir.iterdir()) and not (out_dir / "convert.json").is_file():
@@ -146,6 +154,7 @@ def _convert_into(spec: str, out_dir: Path, *, verify_after: bool, flush_denorma
     sym, arg = slim_symbol(sym, arg)
     check_input_shape(sym, arg)
     denormals = count_denormals({**arg, **aux})
+    refuse_nonfinite(denormals, spec)
     if flush_denormals and denormals.below:
         # the original weights stay beside, as MXNet and folded ncnn models, so that convert evaluate and
         # bench can show the accuracy and the latency before and after
@@ -169,7 +178,7 @@ def _convert_into(spec: str, out_dir: Path, *, verify_after: bool, flush_denorma
     ref = embeddings_mxnet(sym, arg, aux, inputs)
     got = embeddings_onnx(onnx_path, inputs)
     check = compare(ref, got)
-    if check["min_cosine"] < 0.999:
+    if not at_least(check["min_cosine"], 0.999):
         raise ConvertError(
             f"the exported ONNX model disagrees with MXNet (cosine {check['min_cosine']:.6f})",
             hint="a conversion bug: rerun with --debug and report it",
@@ -200,14 +209,14 @@ def _convert_onnx_into(path: Path, out_dir: Path, norm: tuple[float, float], *, 
                        on_step) -> ConvertResult:  # fmt: skip
     """An ONNX source (arcface_torch's torch2onnx.py output): the normalisation put in front of its graph, then pnnx
     (BatchNorm folded). There is no unfolded model: the seed's mxnet2ncnn needs an MXNet symbol."""
-    import onnx
     from onnx import numpy_helper
 
     t0 = time.perf_counter()
     say = on_step or (lambda s: None)
     src = inspect(path, *norm)
-    weights = {i.name: numpy_helper.to_array(i) for i in onnx.load(str(path)).graph.initializer}
+    weights = {i.name: numpy_helper.to_array(i) for i in load_onnx(path).graph.initializer}
     denormals = count_denormals({k: v for k, v in weights.items() if v.dtype.kind == "f"})
+    refuse_nonfinite(denormals, str(path))
     out_dir.mkdir(parents=True, exist_ok=True)
     onnx_path = out_dir / "model.onnx"
     say("putting the input normalisation in front of the ONNX graph")
@@ -215,7 +224,7 @@ def _convert_onnx_into(path: Path, out_dir: Path, norm: tuple[float, float], *, 
     say("checking the prepared graph against the source with onnxruntime")
     inputs = test_inputs(4, seed=7)
     check = compare(embeddings_source(src, inputs), embeddings_onnx(onnx_path, inputs))
-    if check["min_cosine"] < 0.99999:
+    if not at_least(check["min_cosine"], 0.99999):
         raise ConvertError(f"the prepared ONNX graph disagrees with its source (cosine {check['min_cosine']:.6f})",
                            hint="a conversion bug: rerun with --debug and report it")  # fmt: skip
     say("converting ONNX to ncnn with pnnx (BatchNorm folded)")

@@ -16,6 +16,7 @@ class ParamCount:
     weights: int
     denormal: int  # 0 < |w| < float32's smallest normal (1.18e-38)
     below: int  # 0 < |w| < 1e-30, the denormals included
+    nonfinite: int = 0  # NaN or infinite: no engine computes anything from these
 
 
 @dataclass
@@ -23,6 +24,7 @@ class DenormalReport:
     weights: int = 0
     denormal: int = 0
     below: int = 0
+    nonfinite: int = 0
     flushed: bool = False
     params: list[ParamCount] = field(default_factory=list)  # only the parameters that have any
 
@@ -36,7 +38,11 @@ def _count(name: str, a) -> ParamCount:
     x = np.abs(np.asarray(a, dtype=np.float32))
     nz = x > 0
     return ParamCount(
-        name, int(x.size), int((nz & (x < np.finfo(np.float32).tiny)).sum()), int((nz & (x < TINY)).sum())
+        name,
+        int(x.size),
+        int((nz & (x < np.finfo(np.float32).tiny)).sum()),
+        int((nz & (x < TINY)).sum()),
+        int((~np.isfinite(x)).sum()),
     )
 
 
@@ -49,9 +55,24 @@ def count(params: dict) -> DenormalReport:
         rep.weights += c.weights
         rep.denormal += c.denormal
         rep.below += c.below
-        if c.below:
+        rep.nonfinite += c.nonfinite
+        if c.below or c.nonfinite:
             rep.params.append(c)
     return rep
+
+
+def refuse_nonfinite(rep: DenormalReport, what: str) -> None:
+    """A model with a NaN or infinite weight computes NaN for every face: refused before anything is made of it."""
+    if rep.nonfinite:
+        from mfnpatch.deploy.mxnet import ConvertError
+
+        first = next(p for p in rep.params if p.nonfinite)
+        raise ConvertError(
+            f"{what} holds {rep.nonfinite} NaN or infinite weight(s) (first in {first.name}): every embedding it "
+            "computes would be NaN",
+            hint="the training diverged: take an earlier checkpoint (mfnpatch log summary LOG shows where the "
+            "loss became NaN) or train again",
+        )
 
 
 def flush(params: dict) -> dict:

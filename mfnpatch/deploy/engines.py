@@ -14,6 +14,7 @@ from pathlib import Path
 
 from mfnpatch.deploy.mxnet import ConvertError, _mx
 from mfnpatch.deploy.ncnn import param_io, param_layers
+from mfnpatch.deploy.onnxfile import check_onnx, load_onnx
 
 # MXNet's MKLDNN subgraph backend breaks asnumpy() on the slim model ("We can't generate TBlob for MKLDNN
 # data"): inference here runs without it.
@@ -106,10 +107,11 @@ def onnx_session(path: Path, threads: int = 1, all_outputs: bool = False):
     so = ort.SessionOptions()
     so.intra_op_num_threads, so.inter_op_num_threads, so.log_severity_level = threads, 1, 3
     if not all_outputs:
+        check_onnx(path)  # onnxruntime reads the file and its external data only once they are known safe
         return ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"]), []
     import onnx
 
-    model = onnx.load(str(path))
+    model = load_onnx(path)
     so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL  # keep every node's output
     have = {o.name for o in model.graph.output}
     nodes = [(n.name or n.output[0], n.op_type, n.output[0]) for n in model.graph.node]

@@ -39,8 +39,10 @@ from mfnpatch.deploy.engines import (
 )
 from mfnpatch.deploy.layers import LAYER_TOLERANCE, first_divergence
 from mfnpatch.deploy.mxnet import FOLDED, ConvertError, _mx
+from mfnpatch.deploy.onnxfile import load_onnx
 from mfnpatch.deploy.protocol import app_thresholds, lfw_protocol, pair_cosines
 from mfnpatch.deploy.verify import check_model_dir, source_of
+from mfnpatch.finite import at_least, at_most, lowest
 from mfnpatch.fsutil import atomic_write, atomic_write_json
 
 SETS = ("lfw", "cfp_fp", "agedb_30")
@@ -239,12 +241,11 @@ def evaluate(
         raise ConvertError(f"--threads {threads}: at least 1")
     onnx_src = source_of(d)
     if onnx_src:  # the PyTorch lineage: onnxruntime on the converted graph is the reference; one ncnn model
-        import onnx
         from onnx import numpy_helper
 
         sym = arg = aux = None
         engines = [e for e in engines if e in ONNX_ENGINES]
-        weights = {i.name: numpy_helper.to_array(i) for i in onnx.load(str(d / "model.onnx")).graph.initializer}
+        weights = {i.name: numpy_helper.to_array(i) for i in load_onnx(d / "model.onnx").graph.initializer}
         dn = count_denormals({k: v for k, v in weights.items() if v.dtype.kind == "f"})
     else:
         sym, arg, aux = _mx().model.load_checkpoint(str(d / "mxnet"), 0)
@@ -269,6 +270,8 @@ def evaluate(
     for s in loaded:
         for m in models:
             embs, row = _measure(m, s, threads, on_progress)
+            if m.engine == ref_engine:
+                _refuse_nonfinite_reference(m.engine, s, embs)
             if m.engine == ref_engine or m.engine == "mxnet, denormals kept":
                 refs[s.name if m.engine == ref_engine else f"{s.name}/kept"] = (embs, row)
             if m.engine != ref_engine:
@@ -278,8 +281,8 @@ def evaluate(
                 ref_embs, ref_row = refs[key]
                 _judge(row, embs, ref_embs, ref_row.accuracy, m.precision)
                 cos = _image_cosines(embs[0], ref_embs[0])
-                i = int(np.argmin(cos))
-                if m.engine not in worst or cos[i] < worst[m.engine][0]:
+                i = int(np.argmin(np.where(np.isfinite(cos), cos, -np.inf)))  # a NaN image is the worst
+                if m.engine not in worst or not (cos[i] >= worst[m.engine][0]):
                     worst[m.engine] = (float(cos[i]), s.name, i)
             res.rows.append(row)
     res.outside = list(dict.fromkeys(r.engine for r in res.rows if not r.holds))
@@ -337,22 +340,46 @@ def _image_cosines(a, b):
 
     a = np.asarray(a, np.float64)
     b = np.asarray(b, np.float64)
-    return (a * b).sum(1) / np.maximum(np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1), 1e-24)
+    with np.errstate(invalid="ignore", over="ignore"):  # a NaN or inf embedding gives NaN: judged, not warned
+        return (a * b).sum(1) / np.maximum(np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1), 1e-24)
+
+
+def _nonfinite(embs) -> int:
+    import numpy as np
+
+    return int(sum((~np.isfinite(np.asarray(e))).any(axis=1).sum() for e in embs))
 
 
 def _judge(row: Row, embs, ref_embs, ref_accuracy: float, precision: str) -> None:
-    cos = min(float(_image_cosines(e, r).min()) for e, r in zip(embs, ref_embs, strict=True))
+    """Whether an engine's row holds against the reference's: a NaN or infinite value anywhere (an embedding, a
+    cosine, an accuracy) never holds."""
+    cos = lowest(float(_image_cosines(e, r).min()) for e, r in zip(embs, ref_embs, strict=True))
     row.delta = row.accuracy - ref_accuracy
     row.min_cosine = cos
     acc_tol = max(ACCURACY_TOLERANCE, 1.0 / row.pairs)
     cos_tol = COSINE_TOLERANCE[precision]
     why = []
-    if abs(row.delta) > acc_tol + 1e-12:
+    bad = _nonfinite(embs)
+    if bad:
+        why.append(f"{bad} of its embeddings hold NaN or infinity")
+    if not at_most(abs(row.delta), acc_tol + 1e-12):
         why.append(f"accuracy {row.accuracy:.5f} is {row.delta:+.5f} from MXNet's (tolerance {acc_tol:.5f})")
-    if cos < cos_tol:
+    if not at_least(cos, cos_tol):
         why.append(f"an embedding's cosine with MXNet's is {cos:.5f} (tolerance {cos_tol})")
     row.holds = not why
     row.why = "; ".join(why)
+
+
+def _refuse_nonfinite_reference(engine: str, s: LoadedSet, embs) -> None:
+    """The reference computes NaN or infinity: nothing can be judged against it, and no contract is measured."""
+    bad = _nonfinite(embs)
+    if bad:
+        raise ConvertError(
+            f"{engine}'s embeddings of {bad} of the {2 * len(s.images)} images of {s.name} (with flips) hold NaN "
+            "or infinity: the model cannot be evaluated, and no threshold is written",
+            hint="its weights or its input are broken: convert ncnn refuses NaN weights; convert again from a "
+            "checkpoint of a run whose loss stayed finite",
+        )
 
 
 # --------------------------------------------------------------------------------------------

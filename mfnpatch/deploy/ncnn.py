@@ -8,11 +8,11 @@ import shutil
 import struct
 import subprocess
 from collections import Counter
-from dataclasses import dataclass
 from pathlib import Path
 
 from mfnpatch.deploy.export import _fix_gamma, graph, param_inputs
 from mfnpatch.deploy.mxnet import FOLDED, INPUT_SHAPE, SUPPORTED, ConvertError
+from mfnpatch.deploy.ncnnparam import Layer, read_param
 from mfnpatch.fsutil import atomic_write
 
 # MXNet's MKLDNN subgraph backend breaks asnumpy() on the slim model ("We can't generate TBlob for MKLDNN
@@ -241,34 +241,15 @@ def run_pnnx(onnx_path: Path, out_dir: Path) -> tuple[Path, Path]:
 
 
 def layer_counts(param: Path) -> Counter:
-    lines = Path(param).read_text().splitlines()
-    return Counter(line.split()[0] for line in lines[2:] if line.strip())
-
-
-@dataclass(frozen=True)
-class Layer:
-    """One line of an ncnn param file: its type, name, input blobs and output blobs."""
-
-    type: str
-    name: str
-    bottoms: tuple[str, ...]
-    tops: tuple[str, ...]
+    return read_param(param).counts()
 
 
 def param_layers(param: Path) -> list[Layer]:
     """The layers of an ncnn param file, in file order (which is an order that computes every input first)."""
-    out = []
-    for ln in Path(param).read_text().splitlines()[2:]:
-        p = ln.split()
-        if not p:
-            continue
-        nin, nout = int(p[2]), int(p[3])
-        out.append(Layer(p[0], p[1], tuple(p[4 : 4 + nin]), tuple(p[4 + nin : 4 + nin + nout])))
-    return out
+    return read_param(param).layers
 
 
 def param_io(param: Path) -> tuple[str, str]:
     """The input blob and the last layer's output blob of an ncnn param file."""
-    layers = param_layers(param)
-    first = next(x for x in layers if x.type == "Input")
-    return first.tops[0], layers[-1].tops[-1]
+    pf = read_param(param)
+    return pf.input, pf.output

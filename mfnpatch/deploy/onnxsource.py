@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from mfnpatch.deploy.mxnet import ConvertError
+from mfnpatch.deploy.onnxfile import load_onnx
 
 INPUT = "data"
 
@@ -36,10 +37,8 @@ def inspect(path: Path, mean: float = 127.5, std: float = 127.5) -> OnnxSource:
     import onnx
 
     p = Path(path)
-    if not p.is_file():
-        raise ConvertError(f"{p}: no such ONNX file", hint="give the .onnx file torch2onnx.py wrote")
+    m = load_onnx(p)  # a regular file, declared sizes held against its bytes, external data confined
     try:
-        m = onnx.load(str(p))
         onnx.checker.check_model(m)
     except Exception as e:  # onnx raises many types for a damaged file
         raise ConvertError(f"{p}: not a valid ONNX model ({type(e).__name__}: {str(e)[:200]})") from None
@@ -65,7 +64,7 @@ def prepare(src: OnnxSource, out: Path) -> list[str]:
     import onnx
     from onnx import helper, numpy_helper
 
-    m = onnx.load(str(src.path))
+    m = load_onnx(src.path)
     g = m.graph
     inner = src.input if src.input != INPUT else "mfnpatch_normalised"
     if inner != src.input:

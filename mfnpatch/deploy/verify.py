@@ -8,8 +8,10 @@ import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from mfnpatch.deploy.contract import source_of
 from mfnpatch.deploy.engines import embeddings_mxnet, embeddings_ncnn, embeddings_onnx
 from mfnpatch.deploy.mxnet import FOLDED, ConvertError, _mx
+from mfnpatch.finite import at_least, lowest
 from mfnpatch.fsutil import atomic_write_json
 
 # MXNet's MKLDNN subgraph backend breaks asnumpy() on the slim model ("We can't generate TBlob for MKLDNN
@@ -60,6 +62,8 @@ def compare(ref, got) -> dict:
     if ref.shape != got.shape:
         return {"min_cosine": -1.0, "mean_cosine": -1.0, "max_abs_diff": float("inf"), "shape": list(got.shape)}
     cos = (ref * got).sum(1) / (np.linalg.norm(ref, axis=1) * np.linalg.norm(got, axis=1) + 1e-12)
+    if not (np.isfinite(ref).all() and np.isfinite(got).all()):
+        cos = np.full(len(ref), np.nan)  # a NaN or infinite embedding agrees with nothing, itself included
     return {
         "min_cosine": float(cos.min()),
         "mean_cosine": float(cos.mean()),
@@ -79,26 +83,16 @@ MODEL_FILES = ("mxnet-symbol.json", "mxnet-0000.params", "model.onnx", f"{FOLDED
 ONNX_MODEL_FILES = ("model.onnx", f"{FOLDED}.param", f"{FOLDED}.bin")
 
 
-def source_of(d: Path) -> dict | None:
-    """The ONNX source a model directory was converted from (its convert.json says), or None: an MXNet one."""
-    import json
-
-    try:
-        data = json.loads((Path(d) / "convert.json").read_text())
-    except (OSError, ValueError):
-        return None
-    return data.get("onnx_source") if isinstance(data, dict) and data.get("source_kind") == "onnx" else None
-
-
 def check_model_dir(d: Path) -> None:
     """A directory made by ``convert ncnn``, with every model file; a ConvertError naming the first missing."""
     if not d.is_dir():
         raise ConvertError(f"{d}: no such directory", hint=f"make it with: mfnpatch convert ncnn PREFIX,EPOCH -o {d}")
     files = ONNX_MODEL_FILES if source_of(d) else MODEL_FILES
-    missing = [str(d / f) for f in files if not (d / f).is_file()]
+    missing = [d / f for f in files if not (d / f).is_file()]
     if missing:
+        what = "is not a regular file" if os.path.lexists(missing[0]) else "is missing"
         raise ConvertError(
-            f"{d}: not a converted model directory ({missing[0]} is missing)",
+            f"{d}: not a converted model directory ({missing[0]} {what})",
             hint=f"make it with: mfnpatch convert ncnn PREFIX,EPOCH -o {d}",
         )
 
@@ -133,8 +127,8 @@ def verify(model_dir: Path, n: int = 10, threshold: float = 0.9999) -> VerifyRes
         ref = embeddings_onnx(d / "model.onnx", inputs)
         res = VerifyResult(str(d), n, max(1, (2 * n) // 3), threshold, reference="onnxruntime")
         res.engines["ncnn folded"] = compare(ref, embeddings_ncnn(d / f"{FOLDED}.param", d / f"{FOLDED}.bin", inputs))
-        res.min_cosine = min(e["min_cosine"] for e in res.engines.values())
-        res.passed = res.min_cosine >= threshold
+        res.min_cosine = lowest(e["min_cosine"] for e in res.engines.values())
+        res.passed = at_least(res.min_cosine, threshold)
         atomic_write_json(d / "verify.json", asdict(res))
         return res
     mx = _mx()
@@ -147,7 +141,7 @@ def verify(model_dir: Path, n: int = 10, threshold: float = 0.9999) -> VerifyRes
     res.engines["ncnn unfolded"] = compare(
         ref, embeddings_ncnn(d / "unfolded" / f"{FOLDED}.param", d / "unfolded" / f"{FOLDED}.bin", inputs)
     )
-    res.min_cosine = min(e["min_cosine"] for e in res.engines.values())
-    res.passed = res.min_cosine >= threshold
+    res.min_cosine = lowest(e["min_cosine"] for e in res.engines.values())
+    res.passed = at_least(res.min_cosine, threshold)
     atomic_write_json(d / "verify.json", asdict(res))
     return res
