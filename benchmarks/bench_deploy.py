@@ -62,7 +62,7 @@ def main() -> int:
     args = ap.parse_args()
     import mxnet as mx
 
-    from mfnpatch.deploy.bench import MODEL_GFLOP, bench
+    from mfnpatch.deploy.bench import bench
     from mfnpatch.deploy.convert import convert_ncnn
 
     counts = [int(t) for t in args.threads.split(",")]
@@ -105,7 +105,7 @@ def main() -> int:
                 print(f"{t:7d} {e:>14s} {r.median:10.3f} {r.min:8.3f} {r.avg:8.3f}")
             bound = res.flop_bound_ms[t]
             peak = cpu["peak_gflops_per_core"]
-            print(f"{t:7d} {'FLOP bound':>14s} {bound:10.3f}   ({MODEL_GFLOP} GFLOP / ({peak} x {t}))")
+            print(f"{t:7d} {'FLOP bound':>14s} {bound:10.3f}   ({res.gflop} GFLOP / ({peak} x {t}))")
             gain = 1 - med["folded"] / med["unfolded"]
             ratio = med["folded"] / rows[("onnxruntime", t)].median
             summary.append((t, gain, ratio, bound / med["folded"]))

@@ -18,14 +18,14 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from mfnpatch.deploy.contract import source_of
 from mfnpatch.deploy.engines import ncnn_net, onnx_session
+from mfnpatch.deploy.flops import gflop
 from mfnpatch.deploy.mxnet import FOLDED, ConvertError
 from mfnpatch.deploy.ncnn import param_io
+from mfnpatch.deploy.registry import DENORMALS_KEPT, MXNET, ONNXRUNTIME, Engine, lookup
 from mfnpatch.deploy.verify import test_inputs
 from mfnpatch.fsutil import atomic_write_json
-
-# MobileFaceNet: 221 M multiply-adds (the paper, Table 2's model), so about 0.44 GFLOP per 112x112 image.
-MODEL_GFLOP = 0.442
 
 MXNET_TIMER = r"""
 import os, sys, json, time
@@ -65,6 +65,7 @@ class BenchResult:
     warmup: int
     rows: list[Row] = field(default_factory=list)
     cpu: dict = field(default_factory=dict)
+    gflop: float = 0.0  # per image, counted from model.onnx (flops.py)
     flop_bound_ms: dict = field(default_factory=dict)  # threads -> ms
     reference: dict = field(default_factory=dict)
     folded_gain: dict = field(default_factory=dict)  # threads -> 1 - folded/unfolded (avg)
@@ -130,8 +131,6 @@ def bench(
     """Time the converted models; ``reference``: the seed's own numbers, written beside as context."""
     import numpy as np
 
-    from mfnpatch.deploy.verify import source_of
-
     d = Path(model_dir)
     onnx_src = source_of(d)  # a model converted from ONNX (PyTorch lineage): no MXNet, no unfolded model
     need = [d / f"{FOLDED}.param", d / "model.onnx"]
@@ -145,27 +144,32 @@ def bench(
             )
     if loops < 1 or not threads or min(threads) < 1:
         raise ConvertError("--loops and --threads must be positive")
-    kept = d / "unflushed"
-    engines = engines or (["ncnn folded", "ncnn folded fp16", "onnxruntime"] if onnx_src else [
-        "ncnn folded",
-        "ncnn unfolded",
-        "ncnn folded fp16",
-        *(["ncnn folded, denormals kept"] if (kept / f"{FOLDED}.param").is_file() else []),
-        "onnxruntime",
-        "mxnet",
-    ])  # fmt: skip
+    source = "onnx" if onnx_src else "mxnet"
+    kept = (d / "unflushed" / f"{FOLDED}.param").is_file()
+    chosen: list[Engine] = (
+        [lookup([e], source)[0] if isinstance(e, str) else e for e in engines] if engines
+        else [Engine("ncnn", "folded"), Engine("ncnn", "folded", "fp16"), ONNXRUNTIME] if onnx_src
+        else [Engine("ncnn", "folded"), Engine("ncnn", "unfolded"), Engine("ncnn", "folded", "fp16"),
+              *([DENORMALS_KEPT[1]] if kept else []), ONNXRUNTIME, MXNET]
+    )  # fmt: skip
+    emulated = [e.name for e in chosen if e.emulated]
+    if emulated:
+        raise ConvertError(f"bench times this machine's engines; {emulated[0]} runs under emulation, where time is "
+                           "a cost, never a phone's latency", hint="time it on the phone (benchncnn); convert "
+                           "evaluate --arm reports what emulation costs")  # fmt: skip
     x = np.ascontiguousarray(test_inputs(1, seed=3)[0])  # referenced while ncnn.Mat borrows it
     np.save(d / ".bench-input.npy", x[None])
     res = BenchResult(str(d), loops, warmup, cpu=cpu_peak())
+    res.gflop = round(gflop(d / "model.onnx"), 4)
     try:
         for t in threads:
-            for engine in engines:
-                if engine.startswith("ncnn"):
+            for e in chosen:
+                if e.kind == "ncnn":
                     import ncnn
 
-                    sub = d / "unfolded" if "unfolded" in engine else kept if "denormals kept" in engine else d
-                    net = ncnn_net(sub / f"{FOLDED}.param", sub / f"{FOLDED}.bin", t, fp16=engine.endswith("fp16"))
-                    in_name, out_name = param_io(sub / f"{FOLDED}.param")
+                    param, binf = (d / f for f in e.files())
+                    net = ncnn_net(param, binf, t, e.ncnn_options())
+                    in_name, out_name = param_io(param)
                     mat = ncnn.Mat(x).clone()
 
                     def run(net=net, in_name=in_name, out_name=out_name, mat=mat):
@@ -173,12 +177,12 @@ def bench(
                         ex.input(in_name, mat)
                         ex.extract(out_name)
 
-                    res.rows.append(_stats(engine, t, _time(run, loops, warmup)))
-                elif engine == "onnxruntime":
+                    res.rows.append(_stats(e.name, t, _time(run, loops, warmup)))
+                elif e.kind == "onnxruntime":
                     s, _ = onnx_session(d / "model.onnx", t)
                     feed = {s.get_inputs()[0].name: x[None]}
-                    res.rows.append(_stats(engine, t, _time(lambda s=s, feed=feed: s.run(None, feed), loops, warmup)))
-                elif engine == "mxnet":
+                    res.rows.append(_stats(e.name, t, _time(lambda s=s, feed=feed: s.run(None, feed), loops, warmup)))
+                elif e == MXNET:
                     env = {**os.environ, "OMP_NUM_THREADS": str(t), "MXNET_SUBGRAPH_BACKEND": "NONE"}
                     r = subprocess.run(
                         [sys.executable, "-c", MXNET_TIMER, str(d), str(loops), str(warmup)],
@@ -189,14 +193,14 @@ def bench(
                     )
                     if r.returncode != 0:
                         raise ConvertError("timing MXNet failed", details=r.stderr.strip().splitlines()[-3:])
-                    res.rows.append(_stats(engine, t, json.loads(r.stdout.strip().splitlines()[-1])))
+                    res.rows.append(_stats(e.name, t, json.loads(r.stdout.strip().splitlines()[-1])))
                 else:
-                    raise ConvertError(f"unknown engine {engine}")
+                    raise ConvertError(f"bench does not time {e.name}")
     finally:
         (d / ".bench-input.npy").unlink(missing_ok=True)
     peak = res.cpu["peak_gflops_per_core"]
     for t in threads:
-        res.flop_bound_ms[t] = round(MODEL_GFLOP / (peak * min(t, res.cpu["cores"])) * 1000, 3)
+        res.flop_bound_ms[t] = round(res.gflop / (peak * min(t, res.cpu["cores"])) * 1000, 3)
         by = {r.engine: r for r in res.rows if r.threads == t}
         if "ncnn folded" in by and "ncnn unfolded" in by:
             res.folded_gain[t] = round(1 - by["ncnn folded"].avg / by["ncnn unfolded"].avg, 4)
@@ -218,8 +222,8 @@ def table(res: BenchResult) -> str:
         bound = res.flop_bound_ms.get(t)
         if bound:
             out.append(
-                f"{'FLOP bound':>{w}s}  {bound:7.2f} ms ({MODEL_GFLOP} GFLOP at {res.cpu['peak_gflops_per_core']} "
-                f"GFLOP/s per core x {min(t, res.cpu['cores'])})"
+                f"{'FLOP bound':>{w}s}  {bound:7.2f} ms ({res.gflop} GFLOP, counted from the graph, at "
+                f"{res.cpu['peak_gflops_per_core']} GFLOP/s per core x {min(t, res.cpu['cores'])})"
             )
         if t in res.folded_gain:
             out.append(

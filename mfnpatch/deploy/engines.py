@@ -15,6 +15,7 @@ from pathlib import Path
 from mfnpatch.deploy.mxnet import ConvertError, _mx
 from mfnpatch.deploy.ncnn import param_io, param_layers
 from mfnpatch.deploy.onnxfile import check_onnx, load_onnx
+from mfnpatch.deploy.registry import BF16, FP16, Engine
 
 # MXNet's MKLDNN subgraph backend breaks asnumpy() on the slim model ("We can't generate TBlob for MKLDNN
 # data"): inference here runs without it.
@@ -23,8 +24,7 @@ os.environ.setdefault("MXNET_SUBGRAPH_BACKEND", "NONE")
 # ncnn's options for half precision. ncnn turns them on by default and honours each where the CPU can: fp16
 # storage (weights and blobs between layers) on x86 with F16C and on ARM; fp16 arithmetic only on ARMv8.2
 # (asimdhp), which is what phones since about 2018 run.
-FP16_OPTIONS = ("use_fp16_storage", "use_fp16_packed", "use_fp16_arithmetic")
-BF16_OPTIONS = ("use_bf16_storage", "use_bf16_packed")
+FP16_OPTIONS, BF16_OPTIONS = FP16, BF16
 
 
 class Images:
@@ -146,19 +146,19 @@ def onnx_blobs(path: Path, x1) -> list[tuple[str, str, str, object]]:
 # ncnn
 
 
-def ncnn_net(param: Path, binf: Path, threads: int = 1, fp16: bool = False):
-    """An ncnn net with half precision explicitly off (``fp16=False``: float32 throughout) or on."""
+def ncnn_net(param: Path, binf: Path, threads: int = 1, options: dict[str, bool] | None = None):
+    """An ncnn net with ``options`` set on it (``Engine.ncnn_options``); None: float32 throughout (every half
+    precision off)."""
     try:
         import ncnn
     except ImportError:
         raise ConvertError("the ncnn Python package is not installed", hint="pip install ncnn") from None
     net = ncnn.Net()
     net.opt.num_threads = threads
-    for opt in FP16_OPTIONS:
-        setattr(net.opt, opt, fp16)
-    for opt in BF16_OPTIONS:
+    opts = {o: False for o in FP16_OPTIONS + BF16_OPTIONS} if options is None else options
+    for opt, on in opts.items():
         if hasattr(net.opt, opt):
-            setattr(net.opt, opt, False)
+            setattr(net.opt, opt, on)
     if net.load_param(str(param)) != 0:
         raise ConvertError(f"{param}: ncnn cannot load this param file")
     if net.load_model(str(binf)) != 0:
@@ -184,10 +184,11 @@ def _ncnn_extract(net, param: Path, in_name: str, x, outputs: list[str]):
     return got
 
 
-def embeddings_ncnn(param: Path, binf: Path, inputs, threads: int = 1, fp16: bool = False, on_done=None):
+def embeddings_ncnn(param: Path, binf: Path, inputs, threads: int = 1, options: dict[str, bool] | None = None,
+                    on_done=None):  # fmt: skip
     import numpy as np
 
-    net = ncnn_net(param, binf, threads, fp16)
+    net = ncnn_net(param, binf, threads, options)
     in_name, out_name = param_io(param)
     outs = []
     for i in range(len(inputs)):
@@ -197,9 +198,11 @@ def embeddings_ncnn(param: Path, binf: Path, inputs, threads: int = 1, fp16: boo
     return np.stack(outs)
 
 
-def ncnn_blobs(param: Path, binf: Path, x1, fp16: bool = False) -> list[tuple[str, str, str, object]]:
+def ncnn_blobs(
+    param: Path, binf: Path, x1, options: dict[str, bool] | None = None
+) -> list[tuple[str, str, str, object]]:
     """(layer, type, output blob, value) of every layer but Input and Split, in file order, for one input."""
-    net = ncnn_net(param, binf, 1, fp16)
+    net = ncnn_net(param, binf, 1, options)
     in_name, _ = param_io(param)
     wanted = [(layer.name, layer.type, top) for layer in param_layers(param) if layer.type not in ("Input", "Split")
               for top in layer.tops]  # fmt: skip
@@ -247,3 +250,35 @@ def fp16_support() -> Fp16Support:
     else:
         note = "no fp16 support on this CPU: the fp16 rows compute in fp32"
     return Fp16Support(storage, asimdhp, note)
+
+
+# --------------------------------------------------------------------------------------------
+# One engine record, run
+
+
+def embed(e: Engine, d: Path, inputs, threads: int = 1, on_done=None, mx_weights=None):
+    """The embeddings engine ``e`` computes for ``inputs`` from model directory ``d`` (``mx_weights``: MXNet weights
+    in memory instead of the directory's checkpoint, for the denormal comparison)."""
+    if e.emulated:
+        from mfnpatch.deploy.arm import embed_emulated
+
+        return embed_emulated(e, d, inputs, threads, on_done)
+    if e.kind == "mxnet":
+        sym, arg, aux = mx_weights or _mx().model.load_checkpoint(str(d / "mxnet"), 0)
+        return embeddings_mxnet(sym, arg, aux, inputs, on_done=on_done)
+    if e.kind == "onnxruntime":
+        return embeddings_onnx(d / "model.onnx", inputs, threads, on_done=on_done)
+    param, binf = (d / f for f in e.files())
+    return embeddings_ncnn(param, binf, inputs, threads, options=e.ncnn_options(), on_done=on_done)
+
+
+def blobs(e: Engine, d: Path, x1) -> list:
+    """(layer, type, output, value) of every layer engine ``e`` computes for one input."""
+    if e.emulated:
+        from mfnpatch.deploy.arm import blobs_emulated
+
+        return blobs_emulated(e, d, x1)
+    if e.kind == "onnxruntime":
+        return onnx_blobs(d / "model.onnx", x1)
+    param, binf = (d / f for f in e.files())
+    return ncnn_blobs(param, binf, x1, options=e.ncnn_options())

@@ -27,27 +27,17 @@ from mfnpatch.datasets.bins import BinError, fold_problem, load_verification
 from mfnpatch.deploy import contract
 from mfnpatch.deploy.denormals import count as count_denormals
 from mfnpatch.deploy.denormals import flush
-from mfnpatch.deploy.engines import (
-    Images,
-    embeddings_mxnet,
-    embeddings_ncnn,
-    embeddings_onnx,
-    fp16_support,
-    mxnet_blobs,
-    ncnn_blobs,
-    onnx_blobs,
-)
+from mfnpatch.deploy.engines import Images, blobs, embed, embeddings_mxnet, fp16_support, mxnet_blobs
 from mfnpatch.deploy.layers import LAYER_TOLERANCE, first_divergence
 from mfnpatch.deploy.mxnet import FOLDED, ConvertError, _mx
 from mfnpatch.deploy.onnxfile import load_onnx
 from mfnpatch.deploy.protocol import app_thresholds, lfw_protocol, pair_cosines
+from mfnpatch.deploy.registry import DENORMALS_FLUSHED, DENORMALS_KEPT, HOST_ENGINES, Engine, lookup, reference
 from mfnpatch.deploy.verify import check_model_dir, source_of
 from mfnpatch.finite import at_least, at_most, lowest
 from mfnpatch.fsutil import atomic_write, atomic_write_json
 
 SETS = ("lfw", "cfp_fp", "agedb_30")
-ENGINES = ("onnxruntime", "ncnn folded", "ncnn unfolded", "ncnn folded fp16", "ncnn unfolded fp16")
-ONNX_ENGINES = ("ncnn folded", "ncnn folded fp16")  # a model converted from ONNX: onnxruntime is the reference
 ACCURACY_TOLERANCE = 0.002  # |accuracy - MXNet's|, and never less than one pair of the set
 COSINE_TOLERANCE = {"fp32": 0.9999, "fp16": 0.999}  # every image's embedding against MXNet's
 MXNET_BATCH = 1  # MXNet's CPU engine is fastest at batch 1 here (32: half the images/s, measured)
@@ -172,48 +162,39 @@ def load_set(data_dir: Path, name: str, size: tuple[int, int]) -> LoadedSet:
 class _Model:
     """What one row runs: an engine on a model directory's files (or on MXNet weights in memory)."""
 
-    engine: str
-    kind: str  # mxnet | onnx | ncnn
-    precision: str = "fp32"
-    dir: Path | None = None
-    sub: str = ""  # ncnn: "" (folded) or "unfolded"
+    engine: Engine
+    dir: Path
     mxnet: tuple | None = None  # (sym, arg, aux)
 
+    @property
+    def name(self) -> str:
+        return self.engine.name
+
     def embed(self, images: Images, threads: int, on_done=None):
-        if self.kind == "mxnet":
+        if self.engine.kind == "mxnet":
             assert self.mxnet is not None
             sym, arg, aux = self.mxnet
             return embeddings_mxnet(sym, arg, aux, images, batch=MXNET_BATCH, on_done=on_done)
-        assert self.dir is not None
-        if self.kind == "onnx":
-            return embeddings_onnx(self.dir / "model.onnx", images, threads, on_done=on_done)
-        p = self.dir / self.sub / f"{FOLDED}.param"
-        return embeddings_ncnn(p, p.with_suffix(".bin"), images, threads, fp16=self.precision == "fp16",
-                               on_done=on_done)  # fmt: skip
+        return embed(self.engine, self.dir, images, threads, on_done)
 
     def blobs(self, x1) -> list:
-        assert self.dir is not None
-        if self.kind == "onnx":
-            return onnx_blobs(self.dir / "model.onnx", x1)
-        p = self.dir / self.sub / f"{FOLDED}.param"
-        return ncnn_blobs(p, p.with_suffix(".bin"), x1, fp16=self.precision == "fp16")
+        return blobs(self.engine, self.dir, x1)
 
 
-def _models(d: Path, engines: list[str], sym, arg, aux, denormals) -> list[_Model]:
-    out = [_Model("mxnet", "mxnet", mxnet=(sym, arg, aux))]
-    for e in engines:
-        if e == "onnxruntime":
-            out.append(_Model(e, "onnx", dir=d))
-        else:
-            out.append(_Model(e, "ncnn", "fp16" if e.endswith("fp16") else "fp32", d,
-                              "unfolded" if "unfolded" in e else ""))  # fmt: skip
+def _models(d: Path, ref: Engine, engines: list[Engine], mx_weights, denormals) -> list[_Model]:
+    """The reference first, then the engines asked for, then the denormal comparison the model calls for."""
+    out = [_Model(ref, d, mxnet=mx_weights)]
+    out += [_Model(e, d) for e in engines]
+    if mx_weights is None:
+        return out
+    sym, arg, aux = mx_weights
     kept = d / "unflushed"
     if (kept / "mxnet-0000.params").is_file() and (kept / f"{FOLDED}.param").is_file():
         ksym, karg, kaux = _mx().model.load_checkpoint(str(kept / "mxnet"), 0)
-        out.append(_Model("mxnet, denormals kept", "mxnet", mxnet=(ksym, karg, kaux)))
-        out.append(_Model("ncnn folded, denormals kept", "ncnn", "fp32", kept))
+        out.append(_Model(DENORMALS_KEPT[0], d, mxnet=(ksym, karg, kaux)))
+        out.append(_Model(DENORMALS_KEPT[1], d))
     elif denormals.below:
-        out.append(_Model("mxnet, denormals flushed", "mxnet", mxnet=(sym, flush(arg), flush(aux))))
+        out.append(_Model(DENORMALS_FLUSHED, d, mxnet=(sym, flush(arg), flush(aux))))
     return out
 
 
@@ -221,11 +202,12 @@ def evaluate(
     model_dir: Path,
     data_dir: Path,
     sets: list[str] | None = None,
-    engines: list[str] | None = None,
+    engines: list[str] | list[Engine] | None = None,
     threads: int = 1,
     on_progress: Callable[[str, int, int], None] | None = None,
 ) -> EvaluateResult:
-    """Every engine on every set; writes ``evaluate.json`` and the measured part of ``deploy.json``."""
+    """Every engine on every set; writes ``evaluate.json`` and the measured part of ``deploy.json``. ``engines``:
+    records of the registry, or their names (default: every engine this machine runs for the model's source)."""
     import numpy as np
 
     t0 = time.perf_counter()
@@ -233,66 +215,62 @@ def evaluate(
     check_model_dir(d)
     deal = contract.load(d)  # a missing, hand-edited or malformed contract stops here, before any work
     sets = list(sets or SETS)
-    engines = list(engines or ENGINES)
-    unknown = [e for e in engines if e not in ENGINES]
-    if unknown:
-        raise ConvertError(f"--engines: {unknown[0]!r} is not an engine", hint="engines: " + ", ".join(ENGINES))
+    source = "onnx" if source_of(d) else "mxnet"
+    chosen = [e if isinstance(e, Engine) else lookup([e], source)[0] for e in engines] if engines \
+        else list(HOST_ENGINES[source])  # fmt: skip
     if threads < 1:
         raise ConvertError(f"--threads {threads}: at least 1")
-    onnx_src = source_of(d)
-    if onnx_src:  # the PyTorch lineage: onnxruntime on the converted graph is the reference; one ncnn model
+    ref = reference(source)
+    if source == "onnx":  # the PyTorch lineage: onnxruntime on the converted graph is the reference; one ncnn model
         from onnx import numpy_helper
 
-        sym = arg = aux = None
-        engines = [e for e in engines if e in ONNX_ENGINES]
+        mx_weights = None
+        chosen = [e for e in chosen if e.kind == "ncnn" and e.graph == "folded"]
         weights = {i.name: numpy_helper.to_array(i) for i in load_onnx(d / "model.onnx").graph.initializer}
         dn = count_denormals({k: v for k, v in weights.items() if v.dtype.kind == "f"})
     else:
-        sym, arg, aux = _mx().model.load_checkpoint(str(d / "mxnet"), 0)
-        dn = count_denormals({**arg, **aux})
-    ref_engine = "onnxruntime" if onnx_src else "mxnet"
+        mx_weights = _mx().model.load_checkpoint(str(d / "mxnet"), 0)
+        dn = count_denormals({**mx_weights[1], **mx_weights[2]})
     size = (deal.input.shape[2], deal.input.shape[3])
     loaded = [load_set(Path(data_dir), name, size) for name in sets]  # all read before any engine runs
-    res = EvaluateResult(str(d), str(data_dir), engines=[ref_engine, *engines], threads=threads)
-    res.reference = ref_engine
+    res = EvaluateResult(str(d), str(data_dir), threads=threads)
+    res.reference = ref.name
     res.sets = [{"name": s.name, "path": s.path, "pairs": s.pairs, "sha256": s.sha256} for s in loaded]
     res.tolerance = {"accuracy": ACCURACY_TOLERANCE,
-                     "accuracy_rule": f"|accuracy - {ref_engine}'s| <= max(0.002, 1 pair)",
+                     "accuracy_rule": f"|accuracy - {ref.name}'s| <= max(0.002, 1 pair)",
                      "cosine": COSINE_TOLERANCE, "layer_rel_error": LAYER_TOLERANCE}  # fmt: skip
     res.fp16 = asdict(fp16_support())
     res.denormals = {"weights": dn.weights, "below_1e-30": dn.below, "denormal": dn.denormal,
                      "flushed_at_conversion": (d / "unflushed").is_dir()}  # fmt: skip
-    models = [_Model("onnxruntime", "onnx", dir=d), *_models(d, engines, None, None, None, dn)[1:]] if onnx_src \
-        else _models(d, engines, sym, arg, aux, dn)  # fmt: skip
-    res.engines = [m.engine for m in models]
-    refs: dict[str, tuple] = {}  # "set" (and "set/kept") -> (embeddings, protocol) of the MXNet reference
-    worst: dict[str, tuple[float, str, int]] = {}  # engine -> (cosine, set, image) of its worst image
+    models = _models(d, ref, chosen, mx_weights, dn)
+    res.engines = [m.name for m in models]
+    refs: dict[Engine, dict[str, tuple]] = {}  # reference engine -> set -> (embeddings, row)
+    worst: dict[Engine, tuple[float, str, int]] = {}  # engine -> (cosine, set, image) of its worst image
     for s in loaded:
         for m in models:
             embs, row = _measure(m, s, threads, on_progress)
-            if m.engine == ref_engine:
-                _refuse_nonfinite_reference(m.engine, s, embs)
-            if m.engine == ref_engine or m.engine == "mxnet, denormals kept":
-                refs[s.name if m.engine == ref_engine else f"{s.name}/kept"] = (embs, row)
-            if m.engine != ref_engine:
-                # the original weights' ncnn model against the original weights' MXNet; the rest against MXNet
-                key = f"{s.name}/kept" if m.engine == "ncnn folded, denormals kept" else s.name
-                row.reference = "mxnet, denormals kept" if key.endswith("/kept") else ref_engine
-                ref_embs, ref_row = refs[key]
-                _judge(row, embs, ref_embs, ref_row.accuracy, m.precision)
+            if m.engine == ref:
+                _refuse_nonfinite_reference(m.name, s, embs)
+            refs.setdefault(m.engine, {})[s.name] = (embs, row)
+            against = judged_against(m.engine, ref)
+            if against is not None:
+                row.reference = against.name
+                ref_embs, ref_row = refs[against][s.name]
+                _judge(row, embs, ref_embs, ref_row.accuracy, "fp16" if m.engine.half else "fp32")
                 cos = _image_cosines(embs[0], ref_embs[0])
                 i = int(np.argmin(np.where(np.isfinite(cos), cos, -np.inf)))  # a NaN image is the worst
                 if m.engine not in worst or not (cos[i] >= worst[m.engine][0]):
                     worst[m.engine] = (float(cos[i]), s.name, i)
             res.rows.append(row)
-    res.outside = list(dict.fromkeys(r.engine for r in res.rows if not r.holds))
-    for engine in res.outside:
-        m = next(x for x in models if x.engine == engine)
-        if m.kind == "mxnet":
+    outside = list(dict.fromkeys(m.engine for m in models for r in res.rows if r.engine == m.name and not r.holds))
+    res.outside = [e.name for e in outside]
+    for e in outside:
+        m = next(x for x in models if x.engine == e)
+        if e.kind == "mxnet":
             continue  # weights changed on purpose (denormals): there is no conversion to take apart
-        _, set_name, i = worst[engine]
-        if sym is None:
-            res.divergence[engine] = {
+        _, set_name, i = worst[e]
+        if mx_weights is None:
+            res.divergence[e.name] = {
                 "probe": f"{set_name} image {i}",
                 "text": "no layer-by-layer probe for a model "
                 "converted from ONNX (pnnx renames the blobs); its worst image is named",
@@ -300,8 +278,12 @@ def evaluate(
             continue
         s = next(x for x in loaded if x.name == set_name)
         x1 = Images(s.images).batch(i, i + 1)
-        div = first_divergence(mxnet_blobs(sym, arg, aux, x1), m.blobs(x1), LAYER_TOLERANCE[m.precision])
-        res.divergence[engine] = (
+        div = first_divergence(
+            mxnet_blobs(mx_weights[0], mx_weights[1], mx_weights[2], x1),
+            m.blobs(x1),
+            LAYER_TOLERANCE["fp16" if e.half else "fp32"],
+        )
+        res.divergence[e.name] = (
             (div.to_dict() | {"probe": f"{set_name} image {i}", "text": div.line()})
             if div
             else {
@@ -310,15 +292,23 @@ def evaluate(
                 "comparison, not in one layer",
             }
         )
-    _measure_contract(d, deal, loaded, refs, ref_engine, res)
+    _measure_contract(d, deal, loaded, refs[ref], ref.name, res)
     res.seconds = round(time.perf_counter() - t0, 3)
     atomic_write_json(d / "evaluate.json", res.to_dict())
     return res
 
 
+def judged_against(e: Engine, ref: Engine) -> Engine | None:
+    """The engine a row is judged against: the original weights' ncnn model against the original weights' MXNet,
+    every other against the reference; the reference itself against nothing."""
+    if e == ref:
+        return None
+    return DENORMALS_KEPT[0] if e == DENORMALS_KEPT[1] else ref
+
+
 def _measure(m: _Model, s: LoadedSet, threads: int, on_progress) -> tuple[list, Row]:
     """One engine on one set: the embeddings of every image and of its flip, and the protocol's row."""
-    label, total, half = f"{s.name} · {m.engine}", 2 * len(s.images), len(s.images)
+    label, total, half = f"{s.name} · {m.name}", 2 * len(s.images), len(s.images)
     if on_progress:
         on_progress(label, 0, total)
     t = time.perf_counter()
@@ -330,7 +320,7 @@ def _measure(m: _Model, s: LoadedSet, threads: int, on_progress) -> tuple[list, 
         embs.append(m.embed(view, threads, cb))
     seconds = time.perf_counter() - t
     p = lfw_protocol(embs[0], embs[1], s.issame)
-    row = Row(s.name, m.engine, s.pairs, p.accuracy, p.std, p.threshold, p.threshold_cosine, p.xnorm,
+    row = Row(s.name, m.name, s.pairs, p.accuracy, p.std, p.threshold, p.threshold_cosine, p.xnorm,
               seconds=round(seconds, 3), images=total, images_per_s=round(total / max(seconds, 1e-9), 1))  # fmt: skip
     return embs, row
 

@@ -9,8 +9,9 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from mfnpatch.deploy.contract import source_of
-from mfnpatch.deploy.engines import embeddings_mxnet, embeddings_ncnn, embeddings_onnx
-from mfnpatch.deploy.mxnet import FOLDED, ConvertError, _mx
+from mfnpatch.deploy.engines import embed
+from mfnpatch.deploy.mxnet import FOLDED, ConvertError
+from mfnpatch.deploy.registry import HOST_ENGINES, Engine, reference
 from mfnpatch.finite import at_least, lowest
 from mfnpatch.fsutil import atomic_write_json
 
@@ -113,34 +114,24 @@ class VerifyResult:
         return 0 if self.passed else 1
 
 
-def verify(model_dir: Path, n: int = 10, threshold: float = 0.9999) -> VerifyResult:
-    """Embeddings of MXNet, onnxruntime and both ncnn models on the same n inputs (face-like and noise); for a
-    model converted from ONNX, onnxruntime on its graph is the reference and the ncnn model is checked."""
+def verify(model_dir: Path, n: int = 10, threshold: float = 0.9999, engines: list[Engine] | None = None
+           ) -> VerifyResult:  # fmt: skip
+    """Embeddings of the reference (MXNet, or onnxruntime on the graph of a model converted from ONNX) and of every
+    float32 engine (``engines``: records of the registry instead) on the same n inputs, face-like and noise."""
     d = Path(model_dir)
     check_model_dir(d)
     if (d / "deploy.json").exists():  # older conversions have none; a present one must be as written
         from mfnpatch.deploy.contract import load as load_contract
 
         load_contract(d)
-    if source_of(d):
-        inputs = test_inputs(n)
-        ref = embeddings_onnx(d / "model.onnx", inputs)
-        res = VerifyResult(str(d), n, max(1, (2 * n) // 3), threshold, reference="onnxruntime")
-        res.engines["ncnn folded"] = compare(ref, embeddings_ncnn(d / f"{FOLDED}.param", d / f"{FOLDED}.bin", inputs))
-        res.min_cosine = lowest(e["min_cosine"] for e in res.engines.values())
-        res.passed = at_least(res.min_cosine, threshold)
-        atomic_write_json(d / "verify.json", asdict(res))
-        return res
-    mx = _mx()
-    sym, arg, aux = mx.model.load_checkpoint(str(d / "mxnet"), 0)
+    source = "onnx" if source_of(d) else "mxnet"
+    ref = reference(source)
+    chosen = engines if engines is not None else [e for e in HOST_ENGINES[source] if not e.half]
     inputs = test_inputs(n)
-    ref = embeddings_mxnet(sym, arg, aux, inputs)
-    res = VerifyResult(str(d), n, max(1, (2 * n) // 3), threshold)
-    res.engines["onnxruntime"] = compare(ref, embeddings_onnx(d / "model.onnx", inputs))
-    res.engines["ncnn folded"] = compare(ref, embeddings_ncnn(d / f"{FOLDED}.param", d / f"{FOLDED}.bin", inputs))
-    res.engines["ncnn unfolded"] = compare(
-        ref, embeddings_ncnn(d / "unfolded" / f"{FOLDED}.param", d / "unfolded" / f"{FOLDED}.bin", inputs)
-    )
+    ref_emb = embed(ref, d, inputs)
+    res = VerifyResult(str(d), n, max(1, (2 * n) // 3), threshold, reference=ref.name)
+    for e in chosen:
+        res.engines[e.name] = compare(ref_emb, embed(e, d, inputs))
     res.min_cosine = lowest(e["min_cosine"] for e in res.engines.values())
     res.passed = at_least(res.min_cosine, threshold)
     atomic_write_json(d / "verify.json", asdict(res))
