@@ -33,10 +33,13 @@ def env_list(as_json: JsonOpt = False):
     CTX.json = as_json
     rows: list[dict[str, Any]] = []
     for e in list_envs():
-        m = e.spec.build
+        m = e.spec.build if e.spec.trains else None
         rows.append({
-            "name": e.name, "kind": e.spec.kind, "python": e.spec.python, "lineage": e.spec.lineage,
-            "build": f"{m.package} {m.version}", "cuda": m.cuda, "gpu_archs": m.gpu_archs,
+            "name": e.name, "kind": e.spec.kind, "python": e.spec.python,
+            "lineage": e.spec.lineage if m else None,
+            "build": f"{m.package} {m.version}" if m else "QEMU: " + ", ".join(e.spec.emulated.cpus if e.spec.emulated
+                                                                                else []),
+            "cuda": m.cuda if m else None, "gpu_archs": m.gpu_archs if m else [],
             "lock_sha256": e.lock_sha256(),
             "locks": {str(p.name): p.is_file() for p, _ in e.locks()}
             | ({e.spec.conda.lock: e.path(e.spec.conda.lock).is_file()} if e.spec.conda else {}),
@@ -48,7 +51,7 @@ def env_list(as_json: JsonOpt = False):
     for r in rows:
         locks = ", ".join(f"{k} {'ok' if v else '[yellow]missing[/]'}" for k, v in r["locks"].items())
         cuda = f", CUDA {r['cuda']}, SASS {', '.join(f'sm_{a}' for a in r['gpu_archs'])}" if r["cuda"] else ""
-        head = f"[bold]{r['name']}[/] ({r['kind']}, {r['lineage']} lineage)"
+        head = f"[bold]{r['name']}[/] ({r['kind']}" + (f", {r['lineage']} lineage)" if r["lineage"] else ")")
         out.print(f"{head}: Python {r['python']}, {r['build']}{cuda}")
         out.print(f"  {escape(r['description'])}")
         out.print(f"  locks: {locks}")

@@ -66,7 +66,12 @@ def create_env(
             old = Path(tempfile.mkdtemp(prefix=f".{prefix.name}.mfnpatch-old-", dir=prefix.parent))
             os.rename(prefix, old / "env")
     try:
-        _create_venv(env, name, prefix, find_links, offline, on_line)
+        if env.spec.kind == "emulated":
+            from mfnpatch.environments.emulated import create_emulated
+
+            create_emulated(env, prefix, find_links, offline, on_line)
+        else:
+            _create_venv(env, name, prefix, find_links, offline, on_line)
     except BaseException:
         if old is not None:  # the previous environment comes back as it was
             shutil.rmtree(prefix, ignore_errors=True)

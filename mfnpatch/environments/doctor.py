@@ -214,6 +214,13 @@ def _hooked_dirs(purelib: Path) -> list[Path]:
 
 
 def check(name: str | None = None, prefix: Path | None = None, nvidia_smi: str | None = None) -> Doctor:
+    env = load_env(name) if name else None
+    if env is not None and not env.spec.trains:  # an emulated phone CPU: its own doctor
+        from mfnpatch.environments.emulated import check_emulated
+
+        e = check_emulated(env, prefix)
+        return Doctor(e.env, e.interpreter, [Finding(f.what, f.ok, f.detail, f.fix) for f in e.findings], e.verdict,
+                      e.can_run, e.fix, e.facts)  # fmt: skip
     return diagnose(*gather(name, prefix, nvidia_smi))
 
 
@@ -486,7 +493,7 @@ def kernel_fix(cc: tuple[int, int] | None, env: Env) -> str:
     fits = [
         e
         for e in list_envs(bundled=True)
-        if e.spec.build.cuda and covered(cc, e.spec.build.gpu_archs, e.spec.build.ptx)
+        if e.spec.trains and e.spec.build.cuda and covered(cc, e.spec.build.gpu_archs, e.spec.build.ptx)
     ]
     fits.sort(key=lambda e: (e.spec.lineage != env.spec.lineage, e.spec.kind != "pip", e.name))
     if not fits:
@@ -512,7 +519,7 @@ def gpu_table() -> list[dict]:
     with): one row per compute capability of the GPUs the doctor knows by name, oldest first."""
     from mfnpatch.environments.gpu import KNOWN_CC
 
-    envs = [e for e in list_envs(bundled=True) if e.spec.build.cuda]
+    envs = [e for e in list_envs(bundled=True) if e.spec.trains and e.spec.build.cuda]
     by_cc: dict[tuple[int, int], list[str]] = {}
     for name, cc in KNOWN_CC.items():
         by_cc.setdefault(cc, []).append(name)

@@ -81,7 +81,11 @@ def lock_env(name: str, find_links: Path | None = None) -> LockReport:
     env = load_env(name)
     report = LockReport(env=name)
     uv = _uv()
-    _lock_pip(env, env.spec.pip, False, report, uv, find_links)
+    _lock_pip(env, env.spec.pip, env.spec.emulated is not None, report, uv, find_links)  # emulated: only what it names
+    if env.spec.emulated:
+        from mfnpatch.environments.emulated import lock_debs
+
+        report.locked += lock_debs(env)
     if env.spec.no_deps:
         _lock_pip(env, env.spec.no_deps, True, report, uv, find_links)
     if env.spec.conda:

@@ -72,10 +72,28 @@ class CudaLibraries(Strict):
     driver: list[str] = Field(default_factory=lambda: ["libcuda.so.1"], description="the driver's, from the machine")
 
 
+class Emulated(Strict):
+    """A phone's CPU on this machine: QEMU user-mode emulation (the qemu-user-static Debian package, its static
+    binary) running an aarch64 Python from Debian's arm64 packages (a sysroot, no root, no binfmt, no chroot) with
+    the aarch64 wheels of the pip lock installed beside it."""
+
+    arch: Literal["aarch64"]
+    qemu: str = Field(description="the emulator binary, as the qemu-user-static package installs it")
+    debs: str = Field(default="debs.lock", description="the Debian packages, by version and sha256")
+    debs_in: str = Field(default="debs.in", description="the package names the lock is made from")
+    suites: list[str] = Field(description="the Debian suites the packages come from, newest versions win")
+    pip_platforms: list[str] = Field(description="pip's --platform tags for the aarch64 wheels")
+    cpus: dict[str, list[str]] = Field(
+        description="the CPU classes it emulates (QEMU's -cpu, as deploy's targets "
+        "name them) and the features each must expose (auxv hwcap names)"
+    )
+    same_version_as_host: list[str] = Field(description="packages that must be the version this machine runs")
+
+
 class EnvSpec(Strict):
     schema_: Literal[1] = Field(alias="schema")
     name: str
-    kind: Literal["pip", "conda"]
+    kind: Literal["pip", "conda", "emulated"]
     description: str
     python: str
     platform: str = Field(description="uv's --python-platform for the pip lock")
@@ -85,7 +103,8 @@ class EnvSpec(Strict):
     mxnet: MXNetBuild | None = None
     torch: TorchBuild | None = None
     cuda_libraries: CudaLibraries | None = None
-    patches: str
+    emulated: Emulated | None = None
+    patches: str = ""
     lineage: Literal["mxnet", "torch"] = Field(
         default="mxnet", description="which lineage's recipes it runs: the pinned MXNet code or arcface_torch"
     )
@@ -94,9 +113,18 @@ class EnvSpec(Strict):
 
     @model_validator(mode="after")
     def _one_build(self) -> EnvSpec:
+        if self.kind == "emulated":
+            if self.emulated is None:
+                raise ValueError("an emulated environment has an emulated: section")
+            return self
         if self.mxnet is None and self.torch is None:
             raise ValueError("an environment names its framework build: mxnet: or torch:")
         return self
+
+    @property
+    def trains(self) -> bool:
+        """Whether it runs a lineage's training code (an emulated target runs deployed models only)."""
+        return self.kind != "emulated"
 
     @property
     def build(self) -> MXNetBuild:
@@ -121,14 +149,17 @@ class Env:
 
     def locks(self) -> list[tuple[Path, bool]]:
         """(lock file, install without dependencies)."""
-        out = [(self.path(self.spec.pip.lock), False)]
+        out = [(self.path(self.spec.pip.lock), self.spec.kind == "emulated")]
         if self.spec.no_deps:
             out.append((self.path(self.spec.no_deps.lock), True))
         return out
 
     def lock_sha256(self) -> str | None:
         parts = []
-        for p, _ in self.locks():
+        locks = [p for p, _ in self.locks()]
+        if self.spec.emulated:
+            locks.append(self.path(self.spec.emulated.debs))
+        for p in locks:
             if not p.is_file():
                 return None
             parts.append(p.read_bytes())

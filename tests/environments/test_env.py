@@ -48,7 +48,8 @@ needs_mxnet = pytest.mark.skipif(importlib.util.find_spec("mxnet") is None, reas
 
 def test_bundled_environments():
     envs = {e.name: e for e in list_envs()}
-    assert set(envs) == {"cpu", "cu101", "cu112", "cu117", "torch-cpu", "torch-cu12"}
+    assert set(envs) == {"cpu", "cu101", "cu112", "cu117", "torch-cpu", "torch-cu12", "arm64-qemu"}
+    assert [e for e, v in envs.items() if not v.spec.trains] == ["arm64-qemu"]
     cpu, cu101, cu112 = envs["cpu"], envs["cu101"], envs["cu112"]
     assert cpu.spec.python == "3.11" and cpu.spec.mxnet.cuda is None
     assert cu101.spec.mxnet.cuda == "10.1" and cu101.spec.mxnet.driver_min == "418.39"
