@@ -155,22 +155,39 @@ SetOpt = Annotated[
 ]
 
 
+PROGRESS_EVERY = float(os.environ.get("MFNPATCH_PROGRESS_EVERY", "30"))  # seconds between lines in a log
+
+
 @contextmanager
 def progress_bar(enabled: bool, lines: bool = False):
     """A rich progress bar on stderr (a terminal only); yields the ``progress(what, done, total)`` callback.
-    ``lines``: where stderr is not a terminal (a recipe stage's log), one line as each task completes."""
+    ``lines``: where stderr is not a terminal (a log file, a recipe stage), a line when a task starts, one every
+    PROGRESS_EVERY seconds with how far it is and an ETA, and one when it completes."""
     if not enabled or not err.is_terminal:
         if not (enabled and lines):
             yield None
             return
+        import threading
         import time
 
         started: dict[str, float] = {}
+        said: dict[str, float] = {}
+        lock = threading.Lock()
 
         def line(what: str, done: int, total: int) -> None:
-            started.setdefault(what, time.perf_counter())
-            if done >= total:
-                err.print(f"{escape(what)}: {total} in {time.perf_counter() - started[what]:.1f} s")
+            now = time.perf_counter()
+            with lock:
+                if what not in started:
+                    started[what] = said[what] = now
+                    err.print(f"{escape(what)}: 0/{total} …")
+                    return
+                took = now - started[what]
+                if done >= total:
+                    err.print(f"{escape(what)}: {total} in {took:.1f} s")
+                elif now - said[what] >= PROGRESS_EVERY and done > 0:
+                    said[what] = now
+                    eta = took / done * (total - done)
+                    err.print(f"{escape(what)}: {done}/{total} in {took:.0f} s, about {eta:.0f} s to go")
 
         yield line
         return

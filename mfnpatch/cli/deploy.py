@@ -30,6 +30,48 @@ from mfnpatch.errors import (
 # --------------------------------------------------------------------------------------------
 # convert / bench
 
+ArmOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--arm",
+        metavar="CPUS",
+        help="Also what phones compute: the model through the aarch64 build of the same ncnn on emulated CPU "
+        "classes (cortex-a53, cortex-a76, max, comma separated, or all), under QEMU (the arm64-qemu environment: "
+        "mfnpatch env create arm64-qemu --prefix DIR). Slow: about 1 s of CPU per image in fp32, 4-5 s with fp16 "
+        "arithmetic.",
+    ),
+]
+ArmEnvOpt = Annotated[
+    Path | None,
+    typer.Option("--arm-env", help="The arm64-qemu environment (default: $MFNPATCH_ARM_ENV, else "
+                 "~/.local/share/mfnpatch/arm64-qemu)."),
+]  # fmt: skip
+
+
+def _arm(cpus: str | None, env: Path | None) -> list[str]:
+    """--arm's CPU classes (checked), with --arm-env taken as the environment for this command."""
+    import os
+
+    from mfnpatch.deploy.registry import parse_targets
+
+    if env is not None:
+        os.environ["MFNPATCH_ARM_ENV"] = str(Path(env).absolute())
+    if cpus is None:
+        if env is not None:
+            raise UsageError("--arm-env without --arm: say which CPU classes to run (--arm all)")
+        return []
+    try:
+        return parse_targets(cpus)
+    except MfnError as e:
+        raise UsageError(e.message, hint=e.hint) from None
+
+
+def _step_printer(st):
+    """convert's steps: the status line on a terminal, one line each elsewhere (a log file shows progress)."""
+    if err.is_terminal:
+        return lambda s: st.update(escape(s))
+    return lambda s: err.print(escape(s))
+
 
 @convert_app.command("slim")
 def convert_slim(
@@ -85,13 +127,29 @@ def convert_ncnn_cmd(
     ] = None,
     sets: SetsOpt = "lfw,cfp_fp,agedb_30",
     threads: ThreadsOpt = None,
+    arm: ArmOpt = None,
+    arm_inputs: Annotated[
+        int, typer.Option("--arm-inputs", min=2, help="Test inputs each emulated CPU class is checked on.")
+    ] = 8,
+    arm_fix: Annotated[
+        bool,
+        typer.Option("--arm-fix/--no-arm-fix", help="Mask the layers an emulated CPU computes wrongly (default)."),
+    ] = True,
+    arm_env: ArmEnvOpt = None,
     as_json: JsonOpt = False,
 ):
     """MXNet -> ONNX -> ncnn (pnnx, BatchNorm folded), plus the unfolded ncnn model the seed's mxnet2ncnn made;
     or ONNX -> ncnn for the PyTorch lineage (onnxruntime on the source graph is then the reference).
 
     Reports how many weights are denormal or below 1e-30, per parameter in convert.json (--flush-denormals
-    zeroes them, for every engine, and keeps the original weights in unflushed/ for evaluate and bench)."""
+    zeroes them, for every engine, and keeps the original weights in unflushed/ for evaluate and bench).
+
+    With --arm, each emulated phone CPU class runs the folded model with ncnn's default options (what an app gets;
+    on ARMv8.2, fp16 arithmetic) against ncnn float32 here; a layer it computes wrongly is named and masked in the
+    .param (ncnn's per-layer feature mask, 31=), and checked again; deploy.json records, per CPU class, the options
+    verified and the layers masked and why. About 2 minutes for the three classes with 8 inputs on 2 cores.
+
+    Example: mfnpatch convert ncnn models/model-y1-arcface,40 -o models/ncnn --verify --arm all"""
     from mfnpatch.deploy.convert import convert_ncnn
 
     CTX.json = as_json
@@ -101,19 +159,14 @@ def convert_ncnn_cmd(
         raise UsageError(f"--onnx-input-norm {onnx_input_norm!r}: give MEAN,STD, e.g. 127.5,127.5") from None
     set_names = _sets(sets) if evaluate_data is not None else []
     nthreads = _threads(threads)
+    targets = _arm(arm, arm_env)
+    kw = {"verify_after": verify_after, "flush_denormals": flush_denormals, "onnx_norm": (mean, std),
+          "arm": targets, "arm_inputs": arm_inputs, "arm_fix": arm_fix}  # fmt: skip
     if as_json:
-        r = convert_ncnn(checkpoint, output, verify_after=verify_after, flush_denormals=flush_denormals,
-                         onnx_norm=(mean, std))  # fmt: skip
+        r = convert_ncnn(checkpoint, output, **kw)  # type: ignore[arg-type]
     else:
         with err.status("converting …") as st:
-            r = convert_ncnn(
-                checkpoint,
-                output,
-                verify_after=verify_after,
-                flush_denormals=flush_denormals,
-                on_step=lambda s: st.update(escape(s)),
-                onnx_norm=(mean, std),
-            )
+            r = convert_ncnn(checkpoint, output, on_step=_step_printer(st), **kw)  # type: ignore[arg-type]
     code = r.exit_code
     ev = None
     if evaluate_data is not None:
@@ -137,9 +190,27 @@ def convert_ncnn_cmd(
         _print_denormals(r.denormals)
     if r.verify:
         _print_verify(r.verify)
+    for t, c in (r.arm or {}).items():
+        _print_target(t, c)
     if ev is not None:
         _print_evaluate(ev)
     return code
+
+
+def _print_target(name: str, c: dict) -> None:
+    from mfnpatch.finite import is_finite
+
+    def cos(x) -> str:
+        return f"{x:.6f}" if is_finite(x) else "nan"
+
+    mark = "[green]ok[/]  " if c["holds"] else "[red]FAIL[/]"
+    fixed = f" -> {cos(c['min_cosine'])} with {len(c['masked'])} layer(s) masked" if c["masked"] else ""
+    out.print(f"  {mark} {name:10s} {escape(c['options'])}: min cosine {cos(c['min_cosine_before'])}{fixed} "
+              f"vs ncnn float32 here ({c['inputs']} inputs)")  # fmt: skip
+    for m in c["masked"]:
+        out.print(f"       masked {escape(m['layer'])} ({escape(m['type'])}, 31={m['featmask']}): {escape(m['why'])}")
+    if c.get("note"):
+        out.print(f"       {escape(c['note'])}")
 
 
 SetsOpt = Annotated[str, typer.Option("--sets", help="Verification sets, comma separated: DATA/<set>.bin for each.")]
@@ -169,11 +240,12 @@ def _threads(threads: int | None) -> int:
     return n
 
 
-def _run_evaluate(model_dir: Path, data: Path, sets: list[str], engines: list[str] | None, threads: int, quiet: bool):
+def _run_evaluate(model_dir: Path, data: Path, sets: list[str], engines: list[str] | None, threads: int, quiet: bool,
+                  arm: list[str] | None = None, arm_pairs: int = 20):  # fmt: skip
     from mfnpatch.deploy.evaluate import evaluate
 
     with progress_bar(not quiet, lines=True) as progress:
-        return evaluate(model_dir, data, sets, engines, threads, on_progress=progress)
+        return evaluate(model_dir, data, sets, engines, threads, on_progress=progress, arm=arm, arm_pairs=arm_pairs)
 
 
 def _print_evaluate(ev) -> None:
@@ -186,8 +258,15 @@ def _print_evaluate(ev) -> None:
         cos = "–" if r.min_cosine is None else f"{r.min_cosine:.7f}"
         flag = "" if r.holds else "  [red]outside[/]"
         acc, thr = f"{r.accuracy:.5f} ± {r.std:.5f}", f"{r.threshold:.3f} ({r.threshold_cosine:.3f})"
+        speed = f"{r.images_per_s:8,.2f}" if r.emulated else f"{r.images_per_s:8,.0f}"
         out.print(f"{escape(r.set):9s} {escape(r.engine):{w}s} {acc:>17s} {thr:>16s} {delta:>9s} {cos:>10s} "
-                  f"{r.images_per_s:8,.0f}{flag}")  # fmt: skip
+                  f"{speed}{flag}")  # fmt: skip
+    arm_rows = [r for r in ev.rows if r.emulated]
+    if arm_rows:
+        samples = sorted({f"{r.set}: {r.sampled}" for r in arm_rows})
+        out.print(f"  emulated  the rows '@ CPU' ran ncnn's ARM kernels under QEMU on a sample of each set, judged "
+                  f"against {ref} on the same images ({escape('; '.join(samples))}); their images/s are emulation's "
+                  "cost, not a phone's latency")  # fmt: skip
     sets = ", ".join(f"{s['name']} {s['pairs']} pairs" for s in ev.sets)
     out.print(f"  sets      {escape(sets)} (10 folds, with flip, as the pinned verification.py); "
               f"{ev.threads} thread(s)")  # fmt: skip
@@ -230,6 +309,17 @@ def convert_evaluate(
         typer.Option("--engines", help="Engines beside MXNet, comma separated (default: all five)."),
     ] = None,
     threads: ThreadsOpt = None,
+    arm: ArmOpt = None,
+    arm_pairs: Annotated[
+        int,
+        typer.Option(
+            "--arm-pairs",
+            min=20,
+            help="Pairs of each set the emulated CPUs compute (spread over the 10 "
+            "folds, half matching; each image once, unflipped, as an app does).",
+        ),
+    ] = 20,
+    arm_env: ArmEnvOpt = None,
     as_json: JsonOpt = False,
 ):
     """Accuracy of the converted models on the verification sets, through every engine.
@@ -241,19 +331,91 @@ def convert_evaluate(
     by layer and the first layer whose output diverges from MXNet's is named. Writes evaluate.json, and the
     cosine thresholds (best accuracy, FAR 1e-3 and 1e-4 with TAR) and golden inputs into deploy.json.
 
-    Example: mfnpatch convert evaluate models/ncnn --data ~/datasets/faces_ms1m_112x112
+    How long: every engine on this machine takes a few minutes for LFW's 6,000 pairs (12,000 images, with flips)
+    on 2 cores; --sets lfw and --engines make it shorter. With --arm, each emulated CPU class adds its engines on
+    --arm-pairs pairs of each set: about 1 s of CPU per image in fp32 and 4-5 s with fp16 arithmetic (20 pairs on
+    the three classes: about 10 minutes on 2 cores); the rows say what was sampled, and deploy.json's targets
+    record each class's accuracy.
+
+    Example: mfnpatch convert evaluate models/ncnn --data ~/datasets/faces_ms1m_112x112 --arm all
     """
     CTX.json = as_json
     set_names = _sets(sets)
+    targets = _arm(arm, arm_env)
     names = None
     if engines is not None:
         names = [e.strip() for e in engines.split(",") if e.strip()]
-    ev = _run_evaluate(model_dir, data, set_names, names, _threads(threads), as_json)
+    ev = _run_evaluate(model_dir, data, set_names, names, _threads(threads), as_json, targets, arm_pairs)
     if as_json:
         emit_json(ev.to_dict())
         return ev.exit_code
     _print_evaluate(ev)
     return ev.exit_code
+
+
+@convert_app.command("int8")
+def convert_int8(
+    model_dir: Annotated[Path, typer.Argument(help="A directory made by mfnpatch convert ncnn.")],
+    data: Annotated[Path, typer.Option("--data", help="The training data directory (train.rec, <set>.bin).")],
+    sets: SetsOpt = "lfw,cfp_fp,agedb_30",
+    images: Annotated[int, typer.Option("--images", min=10, help="Faces to calibrate on.")] = 200,
+    calibrate_on: Annotated[
+        str, typer.Option("--calibrate-on", help="train (faces spread over DATA/train.rec) or a verification set.")
+    ] = "train",
+    tolerance: Annotated[
+        float,
+        typer.Option(
+            "--tolerance",
+            help="How far int8's accuracy may fall from the reference's on a set and still "
+            "be listed as verified in deploy.json.",
+        ),
+    ] = 0.01,
+    arm: ArmOpt = None,
+    arm_pairs: Annotated[int, typer.Option("--arm-pairs", min=20, help="Pairs of each set per emulated CPU.")] = 20,
+    arm_env: ArmEnvOpt = None,
+    threads: ThreadsOpt = None,
+    as_json: JsonOpt = False,
+):
+    """int8 for the folded model: calibrated here (KL, as ncnn2table does), written as ncnn's int8 model
+    (DIR/int8/, with its table), and measured: accuracy on the verification sets on this machine and, with --arm,
+    on each emulated CPU class (their int8 paths differ: a53 multiply-accumulate, a76 sdot, max smmla); the layers
+    that lose most are named. deploy.json lists int8 among a CPU class's verified options only when its accuracy
+    is within --tolerance of the reference's. The same faces give the same table and the same bytes.
+
+    How long: calibration about 30 s for 200 faces; the sets as convert evaluate (one engine); --arm adds about
+    4 minutes per CPU class for 20 pairs on 2 cores.
+
+    Example: mfnpatch convert int8 models/ncnn --data ~/datasets/faces_ms1m_112x112 --sets lfw --arm all
+    """
+    from mfnpatch.deploy.int8eval import int8
+
+    CTX.json = as_json
+    set_names = _sets(sets)
+    targets = _arm(arm, arm_env)
+    if calibrate_on != "train":
+        _sets(calibrate_on)
+    with progress_bar(not as_json, lines=True) as progress:
+        res = int8(model_dir, data, set_names, images, calibrate_on, tolerance, targets, arm_pairs, _threads(threads),
+                   on_progress=progress, on_step=None if as_json else lambda s: err.print(escape(s)))  # fmt: skip
+    if as_json:
+        emit_json(res.to_dict())
+        return res.exit_code
+    cal = res.calibration
+    out.print(f"[green]int8[/] {escape(str(Path(model_dir) / 'int8'))}: calibrated on {cal['images']} faces of "
+              f"{escape(cal['from'])} ({cal['method']}); table {escape(cal['table'])}")  # fmt: skip
+    for r in res.rows:
+        mark = "[green]ok[/]  " if r["within"] else "[red]FAIL[/]"
+        cos = "nan" if r["min_cosine"] is None else f"{r['min_cosine']:.5f}"
+        delta = "nan" if r["delta"] is None else f"{r['delta']:+.5f}"
+        where = f" ({escape(r['sampled'])})" if r["sampled"] else ""
+        out.print(f"  {mark} {escape(r['set']):9s} {escape(r['engine']):26s} accuracy {r['accuracy']:.5f} "
+                  f"({delta} vs the reference's {r['reference_accuracy']:.5f}), min cosine {cos}{where}")  # fmt: skip
+    names = ", ".join(f"{x['layer']} (+{x['adds']:.3g})" for x in res.losing_layers)
+    out.print(f"  layers that lose most (relative error each adds, int8 vs float32 here): {escape(names)}")
+    verdict = "[green]within[/]" if res.passed else "[red]outside[/]"
+    out.print(f"{verdict} the tolerance {res.tolerance} on every set"
+              + ("" if res.passed else ": deploy.json does not list int8 where it is outside"))  # fmt: skip
+    return res.exit_code
 
 
 def _print_denormals(d: dict) -> None:
@@ -276,7 +438,7 @@ def _print_verify(v: dict) -> None:
         return format(float("nan") if x is None else x, fmt)
 
     for engine, c in v["engines"].items():
-        ok = at_least(c["min_cosine"], v["threshold"])
+        ok = at_least(c["min_cosine"], c.get("threshold", v["threshold"]))
         out.print(
             f"  {'[green]ok[/]  ' if ok else '[red]FAIL[/]'} {engine:14s} cosine min {num(c['min_cosine'], '.7f')}, "
             f"max |diff| {num(c['max_abs_diff'], '.3g')} (values up to {num(c.get('max_abs_value'), '.3g')})"
@@ -284,7 +446,13 @@ def _print_verify(v: dict) -> None:
     verdict = "[green]PASS[/]" if v["passed"] else "[red]FAIL[/]"
     out.print(
         f"{verdict}: {v['inputs']} inputs ({v['face_like']} face-like, {v['inputs'] - v['face_like']} noise), "
-        f"every engine cosine >= {v['threshold']}: min {num(v['min_cosine'], '.7f')}"
+        f"every engine cosine >= {v['threshold']}"
+        + (
+            " (0.999 where it computes in half precision)"
+            if any(c.get("threshold", 1) < v["threshold"] for c in v["engines"].values())
+            else ""
+        )
+        + f": min {num(v['min_cosine'], '.7f')}"
     )
 
 
@@ -292,14 +460,27 @@ def _print_verify(v: dict) -> None:
 def convert_verify(
     model_dir: Annotated[Path, typer.Argument(help="A directory made by mfnpatch convert ncnn.")],
     inputs: Annotated[int, typer.Option("--inputs", min=8, help="How many inputs (face-like and noise).")] = 10,
+    arm: ArmOpt = None,
+    arm_env: ArmEnvOpt = None,
     as_json: JsonOpt = False,
 ):
-    """Embeddings of MXNet, onnxruntime and both ncnn models on the same inputs: cosine >= 0.9999 each."""
+    """Embeddings of MXNet, onnxruntime and both ncnn models on the same inputs: cosine >= 0.9999 each.
 
+    With --arm, the folded ncnn model on each emulated phone CPU class too, once with ncnn's defaults (what an app
+    gets) and once per precision switched explicitly (fp32; fp16 storage; bf16 where the CPU has it), held to
+    0.999 where it computes in half precision. About 1 s of CPU per input in fp32, 4-5 s with fp16 arithmetic.
+    """
+    from mfnpatch.deploy.registry import HOST_ENGINES, arm_engines
+    from mfnpatch.deploy.verify import source_of
     from mfnpatch.deploy.verify import verify as do_verify
 
     CTX.json = as_json
-    result = do_verify(model_dir, inputs)
+    targets = _arm(arm, arm_env)
+    engines = None
+    if targets:
+        source = "onnx" if source_of(model_dir) else "mxnet"
+        engines = [e for e in HOST_ENGINES[source] if not e.half] + arm_engines(targets)
+    result = do_verify(model_dir, inputs, engines=engines)
     v, code = asdict(result), result.exit_code
     if as_json:
         emit_json(v | {"exit_code": code})

@@ -24,6 +24,7 @@ from mfnpatch.deploy.align import POINTS, SIZE, TEMPLATE
 from mfnpatch.deploy.export import graph
 from mfnpatch.deploy.mxnet import FOLDED, INPUT_SHAPE, ConvertError
 from mfnpatch.deploy.ncnn import param_io
+from mfnpatch.deploy.ncnnparam import read_param
 from mfnpatch.errors import MfnError
 from mfnpatch.finite import at_least
 from mfnpatch.fsutil import UnsafePath, atomic_write, inside, read_bounded, sha256_bytes
@@ -107,6 +108,42 @@ class Golden(_Strict):
     min_cosine: float = Field(gt=0, le=1)  # what an app's pipeline must reach against it
 
 
+class TargetEngine(_Strict):
+    engine: str
+    options: str
+    holds: bool
+    min_cosine: float | None  # None: not a finite number (never holds)
+    measured_on: str
+
+
+class TargetMask(_Strict):
+    layer: str
+    type: str
+    featmask: int = Field(ge=1, le=255)  # ncnn's 31= on the layer's line of the folded .param
+    why: str
+
+
+class TargetAccuracy(_Strict):
+    engine: str
+    sampled: str
+    accuracy: float = Field(ge=0, le=1)
+    reference_accuracy: float = Field(ge=0, le=1)
+    min_cosine: float | None
+    holds: bool
+
+
+class TargetClass(_Strict):
+    """What an app computes on one CPU class of phones, measured under emulation (convert ncnn --arm, convert
+    evaluate --arm): the options verified, the layers masked and why, the accuracy on sampled pairs."""
+
+    isa: str
+    qemu_cpu: str
+    note: str
+    verified: list[TargetEngine] = Field(default_factory=list)
+    masked: list[TargetMask] = Field(default_factory=list)
+    accuracy: dict[str, list[TargetAccuracy]] = Field(default_factory=dict)
+
+
 class Contract(_Strict):
     schema_version: Literal[1] = 1
     models: dict[str, Model]
@@ -115,6 +152,7 @@ class Contract(_Strict):
     alignment: Alignment
     thresholds: Thresholds | None = None  # measured on the verification pairs (convert evaluate); None until then
     golden: list[Golden] = Field(default_factory=list)
+    targets: dict[str, TargetClass] = Field(default_factory=dict)  # phone CPU classes (emulated); none until --arm
 
 
 def _canonical(obj: dict) -> bytes:
@@ -185,6 +223,29 @@ def make_onnx(model_dir: Path, src) -> Contract:
                       compare="cosine similarity of the L2-normalised embeddings"),
         alignment=_alignment(),
     )  # fmt: skip
+
+
+def with_targets(contract: Contract, targets: dict[str, dict], replaces: frozenset[str] = frozenset()) -> Contract:
+    """The contract with what was measured on emulated CPU classes merged in: a target's fields replaced, its
+    verified and accuracy rows engine by engine (``replaces``: engines whose old rows go even when no new one
+    comes, e.g. int8 no longer within its tolerance)."""
+    body = contract.model_dump(mode="json")
+    merged = dict(body.get("targets") or {})
+    for name, t in targets.items():
+        old = merged.get(name, {})
+        new = {**old, **t}
+        # measurements of other engines stay: rows are replaced engine by engine
+        if "verified" in t and "verified" in old:
+            mine = {v["engine"] for v in t["verified"]} | replaces
+            new["verified"] = [v for v in old["verified"] if v["engine"] not in mine] + t["verified"]
+        if "accuracy" in t and "accuracy" in old:
+            acc = {s: list(rows) for s, rows in old["accuracy"].items()}
+            for s, rows in t["accuracy"].items():
+                mine = {r["engine"] for r in rows} | replaces
+                acc[s] = [r for r in acc.get(s, []) if r["engine"] not in mine] + rows
+            new["accuracy"] = acc
+        merged[name] = new
+    return Contract.model_validate(body | {"targets": merged})
 
 
 def measured(contract: Contract, thresholds: dict, golden: list[dict]) -> Contract:
@@ -271,6 +332,15 @@ def check_against_models(model_dir: Path, contract: Contract, path: Path, hint: 
 
     derived = rederive(model_dir).model_dump(mode="json")
     said = contract.model_dump(mode="json")
+    folded = Path(model_dir) / said["models"]["ncnn folded"]["param"]
+    in_param = {x.name: int(x.param(31) or 0) for x in read_param(folded).layers if x.param(31)}
+    recorded = {m["layer"]: m["featmask"] for t in said["targets"].values() for m in t["masked"]}
+    if in_param != recorded:
+        raise ConvertError(
+            f"{path}: targets' masked layers {recorded or 'none'} are not the feature masks of {folded} "
+            f"({in_param or 'none'})",
+            hint=hint,
+        )
     for key in STATIC:
         where = _first_difference(said[key], derived[key], key)
         if where:

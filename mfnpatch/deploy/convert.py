@@ -60,11 +60,14 @@ class ConvertResult:
     denormals: dict | None = None  # the slim model's weights below 1e-30 (denormals.py), and whether flushed
     source_kind: str = "mxnet"  # mxnet: a checkpoint; onnx: an ONNX model (the PyTorch lineage's torch2onnx output)
     onnx_source: dict | None = None  # the ONNX source: its path, input, output, the normalisation put in front
+    arm: dict | None = None  # emulated CPU class -> mask.TargetCheck (convert ncnn --arm)
 
     @property
     def exit_code(self) -> int:
-        """0, or 1 when the conversion was verified and an engine disagreed with MXNet."""
-        return 0 if not self.verify or self.verify["passed"] else 1
+        """0, or 1 when the conversion was verified and an engine disagreed with MXNet, or an emulated CPU class
+        computes what this machine does not even after masking."""
+        arm_ok = all(t["holds"] for t in (self.arm or {}).values())
+        return 0 if (not self.verify or self.verify["passed"]) and arm_ok else 1
 
 
 def _check_output_dir(out_dir: Path) -> None:
@@ -102,6 +105,9 @@ def convert_ncnn(
     flush_denormals: bool = False,
     on_step=None,
     onnx_norm: tuple[float, float] | None = None,
+    arm: list[str] | None = None,
+    arm_inputs: int = 8,
+    arm_fix: bool = True,
 ) -> ConvertResult:
     """Convert into a staging directory beside ``out_dir`` and swap it into place at the end: a failed or
     interrupted conversion leaves ``out_dir`` as it was."""
@@ -123,6 +129,14 @@ def convert_ncnn(
         else:
             result = _convert_into(spec, stage, verify_after=verify_after, flush_denormals=flush_denormals,
                                    on_step=on_step)  # fmt: skip
+        if arm:
+            from mfnpatch.deploy.mask import arm_checks
+
+            t_arm = time.perf_counter()
+            result.arm = arm_checks(stage, arm, arm_inputs, arm_fix, on_step)
+            if verify_after and any(t["masked"] for t in result.arm.values()):
+                result.verify = asdict(verify(stage))  # the masked model, verified again
+            result.seconds = round(result.seconds + time.perf_counter() - t_arm, 3)
         result = ConvertResult(**_relocate(asdict(result), str(stage), str(out_dir)))
         atomic_write_json(stage / "convert.json", asdict(result))
         if result.verify:

@@ -244,8 +244,8 @@ def fp16_support() -> Fp16Support:
     elif storage:
         note = (
             "fp16 storage only (weights and blobs between layers held as fp16, arithmetic in fp32): this CPU has "
-            "no fp16 arithmetic (ncnn uses it on ARMv8.2, asimdhp); run convert evaluate on an ARMv8.2 device "
-            "for a phone's arithmetic"
+            "no fp16 arithmetic (ncnn uses it on ARMv8.2, asimdhp); convert evaluate --arm computes as an "
+            "ARMv8.2 phone does, under emulation"
         )
     else:
         note = "no fp16 support on this CPU: the fp16 rows compute in fp32"

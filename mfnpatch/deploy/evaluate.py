@@ -62,6 +62,8 @@ class Row:
     images: int = 0
     images_per_s: float = 0.0
     reference: str = "mxnet"
+    sampled: str = ""  # an emulated engine's sample of the set ("40 of 6000 pairs (80 images, unflipped)")
+    emulated: bool = False  # seconds are emulation's cost, not a phone's latency
 
 
 @dataclass
@@ -205,6 +207,9 @@ def evaluate(
     engines: list[str] | list[Engine] | None = None,
     threads: int = 1,
     on_progress: Callable[[str, int, int], None] | None = None,
+    arm: list[str] | None = None,
+    arm_pairs: int = 20,
+    arm_precisions: tuple[str, ...] | None = None,
 ) -> EvaluateResult:
     """Every engine on every set; writes ``evaluate.json`` and the measured part of ``deploy.json``. ``engines``:
     records of the registry, or their names (default: every engine this machine runs for the model's source)."""
@@ -262,6 +267,8 @@ def evaluate(
                 if m.engine not in worst or not (cos[i] >= worst[m.engine][0]):
                     worst[m.engine] = (float(cos[i]), s.name, i)
             res.rows.append(row)
+    if arm:
+        models += _arm_rows(d, ref, arm, arm_pairs, loaded, refs, worst, res, on_progress, arm_precisions)
     outside = list(dict.fromkeys(m.engine for m in models for r in res.rows if r.engine == m.name and not r.holds))
     res.outside = [e.name for e in outside]
     for e in outside:
@@ -293,9 +300,62 @@ def evaluate(
             }
         )
     _measure_contract(d, deal, loaded, refs[ref], ref.name, res)
+    if arm:
+        _record_targets(d, arm, res)
     res.seconds = round(time.perf_counter() - t0, 3)
     atomic_write_json(d / "evaluate.json", res.to_dict())
     return res
+
+
+def _arm_rows(d: Path, ref: Engine, targets: list[str], pairs: int, loaded: list[LoadedSet], refs: dict,
+              worst: dict, res: EvaluateResult, on_progress, precisions=None) -> list[_Model]:  # fmt: skip
+    """The ARM engines of ``targets`` on a sample of each set (armeval), each row judged against the reference's
+    embeddings of the same images; their worst images noted for the layer probe."""
+    import numpy as np
+
+    from mfnpatch.deploy import armeval
+    from mfnpatch.deploy.arm import workers
+    from mfnpatch.deploy.registry import arm_engines
+
+    engines = [e for e in arm_engines(targets, int8=precisions is not None and "int8" in precisions)
+               if precisions is None or e.precision in precisions]  # fmt: skip
+    sampled = armeval.samples(loaded, pairs)
+    got = armeval.run_arm(d, engines, sampled, workers(), on_progress)
+    for e in engines:
+        for s in sampled:
+            embs, seconds = got[(e, s.set)]
+            ref_sub, ref_p = armeval.reference_on(s, refs[ref][s.set][0][0])
+            p = lfw_protocol(embs, embs, s.issame)
+            row = Row(s.set, e.name, len(s.pairs), p.accuracy, p.std, p.threshold, p.threshold_cosine, p.xnorm,
+                      seconds=round(seconds, 3), images=len(s.rows), images_per_s=round(len(s.rows) / max(seconds,
+                      1e-9), 2), reference=ref.name, sampled=s.said(), emulated=True)  # fmt: skip
+            _judge(row, [embs], [ref_sub], ref_p.accuracy, "fp16" if e.half else "fp32")
+            cos = _image_cosines(embs, ref_sub)
+            i = int(np.argmin(np.where(np.isfinite(cos), cos, -np.inf)))
+            if e not in worst or not (cos[i] >= worst[e][0]):
+                worst[e] = (float(cos[i]), s.set, s.rows[i])
+            res.rows.append(row)
+    res.engines += [e.name for e in engines]
+    return [_Model(e, d) for e in engines]
+
+
+def _record_targets(d: Path, targets: list[str], res: EvaluateResult) -> None:
+    """deploy.json's targets: each CPU class's accuracy on the sampled pairs, per set and engine."""
+    from mfnpatch.deploy.registry import TARGETS, arm_engines
+    from mfnpatch.finite import finite
+
+    out: dict[str, dict] = {}
+    for t in targets:
+        acc: dict[str, list] = {}
+        names = {e.name for e in arm_engines([t], int8=True)}
+        for r in res.rows:
+            if r.emulated and r.engine in names:
+                acc.setdefault(r.set, []).append({"engine": r.engine, "sampled": r.sampled, "accuracy": r.accuracy,
+                                                  "reference_accuracy": r.accuracy - (r.delta or 0.0),
+                                                  "min_cosine": finite(r.min_cosine), "holds": r.holds})  # fmt: skip
+        tg = TARGETS[t]
+        out[t] = {"isa": tg.isa, "qemu_cpu": tg.qemu_cpu, "note": tg.note, "accuracy": acc}
+    contract.write(d, contract.with_targets(contract.load(d, against_models=False), out))
 
 
 def judged_against(e: Engine, ref: Engine) -> Engine | None:

@@ -26,6 +26,8 @@ MAGIC = "7767517"
 MAX_PARAM_BYTES = 16 << 20  # MobileFaceNet's is 20 KB; the largest published ncnn models' about 1 MB
 _NAME = re.compile(r"^[^\s=]{1,255}\Z")
 _KEY = re.compile(r"^-?\d{1,6}\Z")
+_NUM = r"[-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?"
+_VALUE = re.compile(rf"^{_NUM}(?:,{_NUM})*\Z")  # a number, or an array: N,a,b,...
 HINT = "convert the model again: mfnpatch convert ncnn CHECKPOINT -o DIR"
 
 
@@ -121,8 +123,8 @@ def parse_param(text: str, path: str) -> ParamFile:
         params = []
         for tok in p[4 + nin + nout :]:
             k, eq, v = tok.partition("=")
-            if not eq or not _KEY.match(k) or not v:
-                raise bad(n, f"layer {p[1]}: {tok[:40]!r} is not key=value")
+            if not eq or not _KEY.match(k) or not _VALUE.match(v):
+                raise bad(n, f"layer {p[1]}: {tok[:40]!r} is not key=value (a number or a list of numbers)")
             params.append((k, v))
         for b in blobs:
             if not _NAME.match(b):

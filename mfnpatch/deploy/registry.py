@@ -5,9 +5,10 @@ shown and asked for (``--engines``), and each record has exactly one.
 
 Targets: ``host`` is this machine's CPU (x86 here). The ARM targets are CPU classes of phones, run under QEMU
 user-mode emulation with the aarch64 build of the same ncnn (the ``arm64-qemu`` environment): ``cortex-a53``
-(ARMv8.0: NEON fp32, fp16 only as storage), ``cortex-a76`` (ARMv8.2: fp16 arithmetic, dot product) and ``max``
+(ARMv8.0: NEON fp32, no fp16 arithmetic), ``cortex-a76`` (ARMv8.2: fp16 arithmetic, dot product) and ``max``
 (QEMU's newest: bf16, i8mm). On each, ``app`` is ncnn's default options, what an app gets without asking (on
-ARMv8.2: fp16 storage *and* arithmetic), and the precisions are also switched explicitly.
+ARMv8.2: fp16 storage *and* arithmetic, so an explicit fp16 row would repeat it), and the precisions that differ
+from it are switched explicitly: fp32 everywhere, fp16 storage alone on ARMv8.2, bf16 where the CPU has it.
 
 A new engine is a record here (and, for a new runtime, its runner in ``engines.py``); a new CPU class is a
 ``Target``.
@@ -52,13 +53,13 @@ TARGETS: dict[str, Target] = {
     t.name: t
     for t in (
         HOST,
-        Target("cortex-a53", "cortex-a53", "ARMv8.0-A", ("neon",), ("app", "fp32", "fp16-storage", "int8"),
-               "phones up to about 2018: NEON fp32, fp16 only as storage (no asimdhp)"),
-        Target("cortex-a76", "cortex-a76", "ARMv8.2-A", ("neon", "asimdhp", "asimddp"),
-               ("app", "fp32", "fp16-storage", "fp16", "int8"),
+        Target("cortex-a53", "cortex-a53", "ARMv8.0-A", ("asimd",), ("app", "fp32", "int8"),
+               "phones up to about 2018: NEON fp32; no fp16 arithmetic (no asimdhp)"),
+        Target("cortex-a76", "cortex-a76", "ARMv8.2-A", ("asimd", "asimdhp", "asimddp"),
+               ("app", "fp32", "fp16-storage", "int8"),
                "nearly every phone since 2019: fp16 arithmetic (asimdhp) on by default in ncnn, dot product"),
-        Target("max", "max", "ARMv9-A (QEMU's max)", ("neon", "asimdhp", "asimddp", "bf16", "i8mm"),
-               ("app", "fp32", "fp16", "bf16", "int8"), "the newest cores: bf16 and int8 matrix multiply (i8mm)"),
+        Target("max", "max", "ARMv9-A (QEMU's max)", ("asimd", "asimdhp", "asimddp", "bf16", "i8mm"),
+               ("app", "fp32", "bf16", "int8"), "the newest cores: bf16 and int8 matrix multiply (i8mm)"),
     )
 }  # fmt: skip
 ARM_TARGETS = tuple(n for n, t in TARGETS.items() if t.emulated)
@@ -110,6 +111,7 @@ class Engine:
 
 
 MXNET = Engine("mxnet", "slim")
+INT8 = Engine("ncnn", "folded", "int8")  # the int8 model (convert int8) on this machine
 ONNXRUNTIME = Engine("onnxruntime", "onnx")
 
 # what runs on this machine, by the source a directory was converted from
@@ -151,7 +153,7 @@ def parse_targets(text: str) -> list[str]:
 
 def lookup(names: list[str], source_kind: str) -> list[Engine]:
     """The engines asked for by name (``--engines``), for a directory converted from ``source_kind``."""
-    known = {e.name: e for e in (*HOST_ENGINES[source_kind], *arm_engines(ARM_TARGETS, int8=True))}
+    known = {e.name: e for e in (*HOST_ENGINES[source_kind], INT8, *arm_engines(ARM_TARGETS, int8=True))}
     out = []
     for n in names:
         e = known.get(" ".join(n.split()))

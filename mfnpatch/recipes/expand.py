@@ -16,6 +16,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from mfnpatch.checkpoint import StopPoint
+from mfnpatch.emulator import arm_cpus
 from mfnpatch.logs.expected import Expectation
 from mfnpatch.logs.sentinels import Sentinels, all_off
 from mfnpatch.recipes import RecipeError
@@ -300,7 +301,7 @@ def expand(
                           hint="set its GPU parameters with --set instead")  # fmt: skip
     scope = Scope(values, {
         "run_dir": "<run_dir>", "tree": "<tree>", "cpu_count": "<cpu_count>", "cpu_free": "<cpu_free>",
-        "mfnpatch": ["mfnpatch"], "python_exe": "python", **(builtins or {}),
+        "mfnpatch": ["mfnpatch"], "python_exe": "python", "arm_cpus": arm_cpus(), **(builtins or {}),
     })  # fmt: skip
     resolved_params = {k: _typed(scope.param(k), specs[k].type, k) for k in values}
     stages: list[PlannedStage] = []

@@ -39,7 +39,7 @@ from mfnpatch.schema import SchemaError, Strict, load_yaml, locate, validate
 from mfnpatch.source.partial import normalise
 
 DEFAULT_SEED = 0  # every run is seeded unless --set seed=none
-BUILTINS = ("run_dir", "tree", "cpu_count", "cpu_free", "mfnpatch", "python_exe")
+BUILTINS = ("run_dir", "tree", "cpu_count", "cpu_free", "mfnpatch", "python_exe", "arm_cpus")
 
 
 # --------------------------------------------------------------------------------------------

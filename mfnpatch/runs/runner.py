@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from mfnpatch import __version__
+from mfnpatch.emulator import arm_cpus
 from mfnpatch.errors import Interrupted, MfnError
 from mfnpatch.fsutil import Busy, atomic_write, confined, locked
 from mfnpatch.logs.sentinels import all_off
@@ -195,16 +196,13 @@ class Runner:
     def _adjust(self, ps: PlannedStage, srec: StageRecord) -> PlannedStage:
         return ps
 
-    # -- setup
-
     def _run_dir(self) -> Path:
         if self.opts.resume:
             return Path(self.opts.resume).absolute()
         if self.opts.run_dir:
             return Path(self.opts.run_dir).absolute()
-        stamp = time.strftime("%Y%m%d-%H%M%S")
-        name = self.loaded.recipe.name + (f"-{self.profile}" if self.profile else "")
-        base = Path("runs") / confined(f"{name}-{stamp}", "the run's directory name")  # never outside runs/
+        name = self.loaded.recipe.name + (f"-{self.profile}" if self.profile else "") + time.strftime("-%Y%m%d-%H%M%S")
+        base = Path("runs") / confined(name, "the run's directory name")  # never outside runs/
         d, n = base, 1
         while d.exists():
             d, n = base.with_name(f"{base.name}.{n}"), n + 1
@@ -231,6 +229,7 @@ class Runner:
             "cpu_free": self._cpu_free(run_dir),
             "mfnpatch": [sys.executable, "-m", "mfnpatch"],
             "python_exe": sys.executable,
+            "arm_cpus": arm_cpus(),
         }
         plan = expand(self.loaded, self.profile, self.overrides, self._builtins, self.opts.fit)
         if not self.opts.sentinels:
