@@ -186,3 +186,24 @@ def heads(words, size: int, offsets, base: int = 0) -> Heads:
         label1=floats[:, 9].astype(np.float64),
         raw=w.view(np.uint8),
     )
+
+
+def sample_images(rec_dir: Path, n: int) -> list[bytes]:
+    """The encoded images of ``n`` training records spread evenly over ``rec_dir``'s train.rec (face2rec2's layout:
+    record 0 the header, images 1..N), read through train.idx with pread: what calibrating int8 looks at."""
+    d = Path(rec_dir)
+    offsets: dict[int, int] = {}
+    for chunk in idx_chunks(d / "train.idx"):
+        offsets.update(zip((int(k) for k in chunk.keys), (int(o) for o in chunk.offsets), strict=True))
+    import os
+
+    from mfnpatch.datasets.recordio import read_record, unpack
+
+    fd = os.open(d / "train.rec", os.O_RDONLY)
+    try:
+        head, _ = unpack(read_record(fd, offsets[0])[0]) if 0 in offsets else (None, b"")
+        last = int(head.label[0]) - 1 if head is not None and isinstance(head.label, tuple) else max(offsets)
+        keys = sorted({1 + (i * (last - 1)) // max(1, n - 1) for i in range(n)} & set(offsets))
+        return [unpack(read_record(fd, offsets[k])[0])[1] for k in keys]
+    finally:
+        os.close(fd)
