@@ -12,12 +12,13 @@ import struct
 from pathlib import Path
 
 import pytest
+import realdata
 
 from mfnpatch.emulator import MARKER
 
 ARM_ENV = os.environ.get("MFNPATCH_ARM_ENV", "")
-SHARED = Path(__file__).resolve().parents[3] / "shared" / "data"
-REAL_MODEL = SHARED / "model-y1-test2" / "model-0000.params"
+SHARED = realdata.SHARED
+REAL_MODEL = Path(f"{realdata.MODEL}-0000.params")
 
 pytestmark = [
     pytest.mark.skipif(
@@ -101,13 +102,13 @@ def test_check_target_names_and_masks_exactly_the_faulty_layer(tmp_path):
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(not REAL_MODEL.is_file(), reason=f"needs InsightFace's model-zoo MobileFaceNet in {SHARED}")
+@pytest.mark.skipif(not REAL_MODEL.is_file(), reason=realdata.REASON)
 def test_the_real_model_on_every_cpu_class_masked_where_it_must_be(tmp_path, cli):
     """model-y1-test2 converted with --arm all: cortex-a53 and max hold; cortex-a76 computes its stride-2
     depthwise layers of output width 14 and 7 wrongly in fp16 until exactly those two are masked; deploy.json
     records it and convert verify --arm then holds on every engine of every class."""
     out = tmp_path / "ncnn"
-    r = cli("convert", "ncnn", f"{SHARED / 'model-y1-test2' / 'model'},0", "-o", out, "--arm", "all", "--json")
+    r = cli("convert", "ncnn", f"{realdata.MODEL},0", "-o", out, "--arm", "all", "--json")
     assert r.code == 0, r.err
     arm = r.json()["arm"]
     assert arm["cortex-a53"]["holds"] and not arm["cortex-a53"]["masked"]
@@ -128,3 +129,40 @@ def test_the_real_model_on_every_cpu_class_masked_where_it_must_be(tmp_path, cli
     assert {"ncnn folded app @ cortex-a76", "ncnn folded fp16-storage @ cortex-a76", "ncnn folded bf16 @ max",
             "ncnn folded @ cortex-a53"} <= set(engines)  # fmt: skip
     assert all(e["min_cosine"] >= e["threshold"] for e in engines.values())
+
+
+def test_a_sample_spreads_over_the_folds_half_matching():
+    from mfnpatch.deploy.armeval import sample_pairs
+    from mfnpatch.deploy.protocol import fold_slices
+
+    issame = ([True] * 300 + [False] * 300) * 10  # LFW's layout: each fold 300 matching, then 300 not
+    idx = sample_pairs(issame, 20)
+    assert len(idx) == 20 and idx == sorted(idx)
+    for a, b in fold_slices(20):  # the sample's own folds each hold one of each kind
+        assert sorted(issame[i] for i in idx[a:b]) == [False, True]
+    assert {i // 600 for i in idx} == set(range(10))
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not realdata.available(), reason=realdata.REASON)
+def test_evaluate_says_what_an_armv82_phone_computes_on_real_faces(tmp_path, cli):
+    """The unmasked model-zoo MobileFaceNet on 20 real LFW pairs: cortex-a76 with ncnn's defaults is outside, its
+    first diverging layer convdw_73; fp32 and fp16 storage alone hold; the rows say what was sampled and
+    deploy.json's targets carry the accuracy."""
+    data = realdata.lfw_subset(tmp_path, per_fold=2)
+    d = tmp_path / "ncnn"
+    assert cli("convert", "ncnn", f"{realdata.MODEL},0", "-o", d).code == 0
+    r = cli("convert", "evaluate", d, "--data", data, "--sets", "lfw", "--engines", "ncnn folded", "--arm",
+            "cortex-a76", "--arm-pairs", "20", "--json")  # fmt: skip
+    assert r.code == 1, r.err
+    ev = r.json()
+    rows = {x["engine"]: x for x in ev["rows"]}
+    app = rows["ncnn folded app @ cortex-a76"]
+    assert app["emulated"] and app["sampled"] == "20 of 40 pairs (40 images, unflipped)" and not app["holds"]
+    assert app["min_cosine"] < 0.999 and "cosine" in app["why"]
+    assert rows["ncnn folded @ cortex-a76"]["holds"] and rows["ncnn folded fp16-storage @ cortex-a76"]["holds"]
+    assert ev["outside"] == ["ncnn folded app @ cortex-a76"]
+    assert ev["divergence"]["ncnn folded app @ cortex-a76"]["layer"] == "convdw_73"
+    deal = json.loads((d / "deploy.json").read_text())
+    acc = deal["targets"]["cortex-a76"]["accuracy"]["lfw"]
+    assert {a["engine"] for a in acc} == set(rows) - {"mxnet", "ncnn folded"}
