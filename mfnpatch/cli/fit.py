@@ -9,7 +9,7 @@ from typing import Annotated
 import typer
 from rich.markup import escape
 
-from mfnpatch.cli.app import CTX, DEFAULT_DEST, JsonOpt, ProfileOpt, SetOpt, _say, emit_json, err, out, recipe_app
+from mfnpatch.cli.app import CTX, JsonOpt, ProfileOpt, SetOpt, _say, emit_json, err, out, recipe_app
 from mfnpatch.errors import EXIT_OK, UsageError
 
 GpusOpt = Annotated[
@@ -103,7 +103,14 @@ def recipe_estimate(
         bool,
         typer.Option("--warm/--no-warm", help="Run each probe again with its data in the page cache (data loading)."),
     ] = True,
-    tree: Annotated[Path, typer.Option("--tree", help="The patched InsightFace tree (made if absent).")] = DEFAULT_DEST,
+    tree: Annotated[
+        Path | None,
+        typer.Option(
+            "--tree",
+            help="The patched InsightFace tree (made if absent); default: the recipe's pin's own "
+            "(insightface for may16, insightface-0159b24 for mbf).",
+        ),
+    ] = None,
     source: Annotated[str | None, typer.Option("--source", help="Where to fetch the pin (see apply).")] = None,
     env_prefix: Annotated[
         Path | None, typer.Option("--env-prefix", help="The environment the stages run in (as recipe run).")
@@ -120,12 +127,14 @@ def recipe_estimate(
 
     Example: mfnpatch recipe estimate may16 --gpus 2 --price 2.5
     """
+    from mfnpatch.cli.recipes import _pin_tree
     from mfnpatch.recipes.expand import parse_sets
     from mfnpatch.recipes.recipe import load_recipe
     from mfnpatch.runs.estimate import Estimator, table
     from mfnpatch.runs.runner import RunOptions
 
     CTX.json = as_json
+    tree = tree if tree is not None else _pin_tree(recipe)
     opts = RunOptions(tree=tree, source=source, env_prefix=env_prefix, fit=fit_request(gpus, fit, gpu_memory),
                       env_check=False, data_check=False)  # fmt: skip
     est = Estimator(load_recipe(recipe), profile, parse_sets(sets or []), opts)

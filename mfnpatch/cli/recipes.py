@@ -11,7 +11,6 @@ from rich.markup import escape
 
 from mfnpatch.cli.app import (
     CTX,
-    DEFAULT_DEST,
     JsonOpt,
     ProfileOpt,
     SetOpt,
@@ -177,7 +176,14 @@ def recipe_run(
     recipe: Annotated[str, typer.Argument(help="A recipe name (may16) or file.")],
     profile: ProfileOpt = None,
     sets: SetOpt = None,
-    tree: Annotated[Path, typer.Option("--tree", help="The patched InsightFace tree (made if absent).")] = DEFAULT_DEST,
+    tree: Annotated[
+        Path | None,
+        typer.Option(
+            "--tree",
+            help="The patched InsightFace tree (made if absent); default: the recipe's pin's own "
+            "(insightface for may16, insightface-0159b24 for mbf).",
+        ),
+    ] = None,
     source: Annotated[str | None, typer.Option("--source", help="Where to fetch the pin (see apply).")] = None,
     run_dir: Annotated[Path | None, typer.Option("--run-dir", help="Run directory (default runs/NAME-TIME).")] = None,
     resume: Annotated[Path | None, typer.Option("--resume", help="Continue this run directory.")] = None,
@@ -302,6 +308,7 @@ def recipe_run(
         )
     if executor == "local" and (partition or account or time_limit or gpus_per_node is not None or sbatch_args):
         raise UsageError("--partition, --account, --time, --gpus-per-node and --sbatch-arg need --executor slurm")
+    tree = tree if tree is not None else _pin_tree(recipe)
     opts = RunOptions(
         tree=tree, run_dir=run_dir, source=source, resume=resume, from_stage=from_stage, only=only,
         keep_going=keep_going, force=force, env_check=not no_env_check, env_checker=_env_checker(),
@@ -470,3 +477,11 @@ def recipe_job(
         return run_job(run, stage, obs, _env_checker(), _data_checker())
     finally:
         obs.close()
+
+
+def _pin_tree(recipe: str) -> Path:
+    """The tree a recipe's pin uses by default (one per pin: two lineages' recipes never share one)."""
+    from mfnpatch.recipes.recipe import load_recipe
+    from mfnpatch.source.pin import default_dest
+
+    return default_dest(load_recipe(recipe).recipe.pin)

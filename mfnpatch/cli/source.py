@@ -54,7 +54,15 @@ def apply(
             "Default: $MFNPATCH_UPSTREAM, else the pin's GitHub URL.",
         ),
     ] = None,
-    dest: DestOpt = DEFAULT_DEST,
+    dest: Annotated[
+        Path | None,
+        typer.Option(
+            "--dest",
+            "-d",
+            help="The InsightFace tree (created if absent); default: the pin's own "
+            "(insightface for 4bc8132, insightface-0159b24 for 0159b24).",
+        ),
+    ] = None,
     fuzz: Annotated[
         int, typer.Option("--fuzz", min=0, max=3, help="Accept hunks whose outer N context lines differ (recorded).")
     ] = 0,
@@ -67,8 +75,9 @@ def apply(
         str | None,
         typer.Option(
             "--paths",
-            help="More directories of the tree to materialise, comma separated (src,deploy); default: the "
-            "directories the patch sets touch.",
+            help="The directories of the tree to materialise besides what the patch sets touch, comma separated "
+            "(DIR, or DIR/* for a directory's own files); default: what the pinned code needs to run the seed's "
+            "commands (4bc8132: src,deploy/*).",
         ),
     ] = None,
     full: Annotated[bool, typer.Option("--full", help="Fetch and check out the whole tree, every file.")] = False,
@@ -85,13 +94,15 @@ def apply(
     """
     from mfnpatch.resources import data_dir
     from mfnpatch.source.command import apply_commit
+    from mfnpatch.source.pin import default_dest
 
     CTX.json = as_json
+    dest = dest if dest is not None else default_dest(commit)
+    wanted = None if paths is None else [p for p in paths.split(",") if p.strip()]
 
     def run(on_progress=None):
         return apply_commit(commit, series, dest, data_dir("patches"), source, fuzz=fuzz, force=force, check=check,
-                            on_wait=_say, on_progress=on_progress,
-                            paths=[p for p in (paths or "").split(",") if p.strip()], full=full)  # fmt: skip
+                            on_wait=_say, on_progress=on_progress, paths=wanted, full=full)  # fmt: skip
 
     if as_json:
         r = run()
@@ -149,6 +160,10 @@ def apply(
         )
         for p in outcome.changed:
             out.print(f"  {escape(p)}")
+    held = tree.paths
+    out.print("tree holds: " + ("every file (--full)" if held is None else escape(", ".join(held)) +
+                                " and the files at the root; --paths DIR,... or --full for more"))  # fmt: skip
+    if outcome.action not in ("nothing", "adopted", "checked"):
         out.print(f"next: mfnpatch status --dest {escape(str(dest))}")
     return code
 
@@ -434,12 +449,19 @@ def pin_record(
     ] = "https://github.com/deepinsight/insightface.git",
     name: Annotated[str, typer.Option("--name")] = "insightface",
     note: Annotated[str, typer.Option("--note", help="Why this commit is pinned (kept in the manifest).")] = "",
+    paths: Annotated[
+        str, typer.Option("--paths", help="What a plain apply materialises: the directories the pinned code needs "
+                          "to run the seed's commands, comma separated (src,deploy/*).")
+    ] = "",
+    dest: Annotated[str, typer.Option("--dest", help="The pin's default tree (one per pin).")] = "insightface",
 ):
     """(Maintainers) Fetch a commit and write its pin manifest (tree id, blob id and sha256 of every file)."""
     from mfnpatch.fsutil import atomic_write
+    from mfnpatch.source.partial import normalise
     from mfnpatch.source.pin import manifest_yaml, record_pin
 
-    m = record_pin(commit, source, name, upstream).model_copy(update={"note": note})
+    wanted = normalise([p for p in paths.split(",") if p.strip()])
+    m = record_pin(commit, source, name, upstream).model_copy(update={"note": note, "paths": wanted, "dest": dest})
     atomic_write(output, manifest_yaml(m))
     out.print(f"wrote {escape(str(output))}: {m.commit[:7]} tree {m.tree[:12]}, {len(m.files)} files")
     return EXIT_OK

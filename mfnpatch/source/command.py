@@ -66,13 +66,15 @@ def apply_commit(commit: str, series: str | None, dest: Path, patches: Path, sou
                  on_progress: Callable[[str], None] | None = None,
                  paths: list[str] | None = None, full: bool = False) -> ApplyResult:  # fmt: skip
     """Fetch ``commit`` into ``dest`` (verified) and apply ``series`` (default: the sets the tree has, else mfn).
-    A new tree materialises only the directories the sets touch and ``paths`` (a partial fetch), unless
-    ``full``; an existing sparse tree is widened to what the sets touch first."""
-    pinned = resolve_pin(commit).commit  # a wrong --commit is reported before anything else
+    A new tree materialises the directories the sets touch and ``paths`` (None: the pin's own paths, what the
+    pinned code needs to run the seed's commands; 4bc8132: all of src/ and deploy/'s files) — a partial fetch,
+    unless ``full``; an existing sparse tree is widened to them."""
+    pin = resolve_pin(commit)  # a wrong --commit is reported before anything else
+    pinned = pin.commit
     catalog = Catalog.scan(patches)
     sets = select_sets(catalog, series, pinned) if series else None  # a bad --series fails before any fetch
     try:
-        extra = normalise(paths or [])
+        extra = normalise(pin.manifest.paths if paths is None else paths)
     except UsageError as e:
         raise UsageError(f"--paths: {e.message}", hint=e.hint) from None
     if check and not Path(dest).exists():

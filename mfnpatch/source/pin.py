@@ -65,6 +65,12 @@ class PinManifest(Strict):
     subject: str
     tree: str = Field(pattern=r"^[0-9a-f]{40}$")
     note: str = ""  # why this commit is pinned
+    # what a plain apply materialises: the directories the pinned code needs to run the seed's commands (dir or
+    # dir/* for a directory's own files); empty: only what the patch sets touch
+    paths: list[str] = Field(default_factory=list)
+    # the tree `apply --commit` and `recipe run` use when no --dest/--tree is given: one per pin, so that two
+    # lineages' trees never collide
+    dest: str = "insightface"
     files: dict[str, PinnedFile]
 
     @property
@@ -96,6 +102,11 @@ def load_pins(pins_dir: Path | None = None) -> list[Pin]:
     for p in sorted(Path(root).glob("*.yaml")):
         pins.append(Pin(load_model(p, PinManifest), p))
     return pins
+
+
+def default_dest(commit: str) -> Path:
+    """The tree a pinned commit uses when no --dest (--tree) is given: its manifest's ``dest``, one per pin."""
+    return Path(resolve_pin(commit).manifest.dest)
 
 
 def resolve_pin(commit: str, pins: list[Pin] | None = None) -> Pin:
@@ -552,8 +563,18 @@ def check_labels(name: str, upstream: str) -> None:
 def manifest_yaml(m: PinManifest) -> str:
     """The manifest as YAML, written by a serialiser (a value with a newline or a quote stays one value)."""
     check_labels(m.name, m.upstream)
-    head = {"schema": 1, "name": m.name, "upstream": m.upstream, "commit": m.commit, "date": m.date,
-            "subject": m.subject, "tree": m.tree, **({"note": m.note} if m.note else {})}  # fmt: skip
+    head = {
+        "schema": 1,
+        "name": m.name,
+        "upstream": m.upstream,
+        "commit": m.commit,
+        "date": m.date,
+        "subject": m.subject,
+        "tree": m.tree,
+        **({"note": m.note} if m.note else {}),
+        **({"paths": m.paths} if m.paths else {}),
+        **({"dest": m.dest} if m.dest != "insightface" else {}),
+    }
     files = {path: {"blob": f.blob, "sha256": f.sha256, "mode": f.mode} for path, f in m.files.items()}
     text = yaml.safe_dump(head, sort_keys=False, allow_unicode=True, width=1 << 30)
     text += yaml.safe_dump({"files": files}, sort_keys=False, allow_unicode=True, width=1 << 30,

@@ -306,8 +306,9 @@ def prepare_tree(
         repo, tpin = open_tree(dest, pins)
         if tpin.commit != pin.commit:
             raise PinError(
-                f"{dest} is a tree of {tpin.short}, but --commit {commit} is {pin.short}",
-                hint="use another --dest for a different pin",
+                f"{dest} holds InsightFace at {tpin.short}, not at {pin.short} (the commit asked for)",
+                hint=f"give {pin.short} its own tree: --dest {pin.manifest.dest} (its default) or another new "
+                f"directory; {dest} stays a tree of {tpin.short}",
             )
         tree = Tree(dest, repo, pin)
         tree.recovered = recover(tree)

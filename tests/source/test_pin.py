@@ -188,3 +188,25 @@ def test_pin_record_roundtrip(fx, tmp_path, cli):
     )
     r = cli("pin", "record", "--source", fx.upstream, "--commit", fx.short, "-o", out)
     assert r.code == 1 and "give the full 40-digit SHA" in r.err
+
+
+def test_each_pin_has_its_own_default_tree_and_paths():
+    from mfnpatch.source.pin import default_dest, load_pins
+
+    pins = load_pins()
+    dests = [p.manifest.dest for p in pins]
+    assert len(set(dests)) == len(dests)  # two lineages never share a default tree
+    assert default_dest("4bc8132") == Path("insightface") and default_dest("0159b24") == Path("insightface-0159b24")
+    assert resolve_pin("4bc8132").manifest.paths == ["src", "deploy/*"]
+    assert resolve_pin("0159b24").manifest.paths == ["recognition/arcface_torch"]
+
+
+def test_a_tree_of_another_pin_is_named_with_both_commits(fx, cli, tmp_path, monkeypatch):
+    from helpers import make_upstream, write_pin
+
+    assert cli("apply", "-c", fx.short, "--series", "demo", "--source", fx.upstream, "--dest", fx.dest).code == 0
+    up2, sha2 = make_upstream(tmp_path / "up2", history=3)
+    write_pin(fx.pins, up2, sha2, name="other")
+    r = cli("apply", "-c", sha2[:7], "--source", up2, "--dest", fx.dest)
+    assert r.code == 1 and f"holds InsightFace at {fx.short}, not at {sha2[:7]}" in r.err, r.err
+    assert "is " + sha2[:7] + " is" not in r.err and "--dest" in r.err

@@ -154,3 +154,47 @@ def test_unapply_is_byte_exact(tmp_path):
         assert git_blob_id((tree.root / rel).read_bytes()) == entry.blob, rel
     assert git(tree.root, "status", "--porcelain") == ""
     assert status(tree).state is None
+
+
+@pytest.mark.slow
+def test_a_plain_apply_gives_a_tree_the_seeds_softmax_command_runs_in(tmp_path, cli):
+    """The mission's first command with nothing else: `apply --commit 4bc8132` (the py3 set, to run here) holds all
+    of src/ and deploy/'s files, says so, and the seed's own softmax command (CPU, a small synthetic dataset) starts
+    training in it: it imports face_image (src/common) and fmobilefacenet (src/symbols) and ends its first epoch."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from mfnpatch.datasets.synth import synth
+
+    dest = tmp_path / "insightface"
+    r = cli("apply", "--commit", PIN, "--series", "mfn,py3", "--source", upstream(), "--dest", dest)
+    assert r.code == 0, r.err
+    assert "tree holds: deploy/*, src and the files at the root" in r.out
+    for rel in ("src/common/face_image.py", "src/symbols/fmobilefacenet.py", "src/eval/verification.py",
+                "deploy/model_slim.py"):  # fmt: skip
+        assert (dest / rel).is_file(), rel
+    assert not (dest / "deploy" / "mtcnn-model").exists()  # deploy/'s own files only
+    synth(tmp_path / "data", ids=4, per_id=4, pairs=20)
+    argv = [sys.executable, "-u", "train_softmax.py", "--network", "y1", "--ckpt", "2", "--loss-type", "0",
+            "--lr-steps", "30,35", "--wd", "0.00004", "--fc7-wd-mult", "10", "--per-batch-size", "4",
+            "--emb-size", "128", "--data-dir", str(tmp_path / "data"), "--prefix", str(tmp_path / "m" / "model"),
+            "--verbose", "1000"]  # fmt: skip
+    (tmp_path / "m").mkdir()
+    env = {**os.environ, "CUDA_VISIBLE_DEVICES": "", "OMP_NUM_THREADS": "1"}
+    p = subprocess.Popen(argv, cwd=dest / "src", env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                         text=True, start_new_session=True)  # fmt: skip
+    seen, deadline = [], time.time() + 600
+    try:
+        assert p.stdout is not None
+        for line in p.stdout:
+            seen.append(line)
+            if "Train-acc=" in line or time.time() > deadline:
+                break
+    finally:
+        os.killpg(p.pid, signal.SIGKILL)
+        p.wait()
+    text = "".join(seen)
+    assert "INFO:root:Epoch[0] Train-acc=" in text, text[-2000:]
+    assert "ModuleNotFoundError" not in text and "ImportError" not in text
