@@ -245,15 +245,23 @@ def verify(
 
         for line in explanation_lines(v.explanation, not v.passed):
             out.print(escape(line))
+    exp = v.experiment
+    other = ""
+    if exp is not None and not exp["same_as_seed"]:
+        keys = [d.split(" ")[0] if not d.startswith("total batch") else "total batch" for d in exp["differs"]]
+        other = f" — but not the seed's experiment ({', '.join(dict.fromkeys(keys))} differ)"
     if v.passed:
-        out.print(f"[green]PASS[/]: {v.count('pass')} checks passed")
+        out.print(f"[green]PASS[/]: {v.count('pass')} checks passed{escape(other)}")
     else:
         bad = v.failures()
         word = "FAIL" if v.verdict == "fail" else "UNMEASURED"
         err.print(
-            f"[red]{word}[/]: {len(bad)} required check(s) did not pass"
-            if bad
-            else f"[red]{word}[/]: no required check"
+            (
+                f"[red]{word}[/]: {len(bad)} required check(s) did not pass"
+                if bad
+                else f"[red]{word}[/]: no required check"
+            )
+            + escape(other)
         )
         for c in bad:
             err.print(f"  {c.verdict}: {escape(c.message)}")

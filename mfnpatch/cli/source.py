@@ -450,8 +450,12 @@ def pin_record(
     name: Annotated[str, typer.Option("--name")] = "insightface",
     note: Annotated[str, typer.Option("--note", help="Why this commit is pinned (kept in the manifest).")] = "",
     paths: Annotated[
-        str, typer.Option("--paths", help="What a plain apply materialises: the directories the pinned code needs "
-                          "to run the seed's commands, comma separated (src,deploy/*).")
+        str,
+        typer.Option(
+            "--paths",
+            help="What a plain apply materialises: the directories the pinned code needs "
+            "to run the seed's commands, comma separated (src,deploy/*).",
+        ),
     ] = "",
     dest: Annotated[str, typer.Option("--dest", help="The pin's default tree (one per pin).")] = "insightface",
 ):

@@ -155,6 +155,7 @@ class Summary:
     lineage: str = "mxnet"  # whose log: the pinned MXNet code's, or arcface_torch's training.log (logs/torchlog.py)
     lines: int = 0
     unknown_lines: int = 0
+    unknown_sample: str | None = None  # the first line not recognised (shown with the count)
     warnings: int = 0
     python: int | None = None
     speedometer_format: str | None = None  # "Batch [N]" (MXNet <= 1.3) or "Batch [a-b]" (>= 1.4)

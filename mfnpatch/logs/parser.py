@@ -50,7 +50,7 @@ from mfnpatch.logs.events import (
 )
 from mfnpatch.logs.namespace import parse_namespace
 from mfnpatch.logs.speed import NOT_RARE, NUM, TS, SpeedStats, parse_speed
-from mfnpatch.logs.torchlog import TorchLines, is_torch_log
+from mfnpatch.logs.torchlog import PREAMBLE_LINES, TorchLines, is_torch_log, skip_preamble
 
 # --------------------------------------------------------------------------------------------
 # Patterns (on latin-1 text: one char per byte, so any input decodes and offsets match bytes)
@@ -75,7 +75,7 @@ _RARE = re.compile(
     + r"|(?P<lbe>lr-batch-epoch: (?P<lbe_lr>"
     + _NUM
     + r") (?P<lbe_b>\d+) (?P<lbe_e>\d+))"
-    + r"|(?P<high>\[(?P<h_s>\d+)\]Accuracy-Highest: (?P<h_v>"
+    + r"|(?P<high>\[(?P<h_s>\d+)\]Accuracy-Highest(?:\([\w-]{1,20}\))?: (?P<h_v>"
     + _NUM
     + r"))"
     + r"|(?P<save>saving (?P<save_n>\d+))"
@@ -111,6 +111,7 @@ _RARE = re.compile(
 _STATELESS = frozenset({"known", "dmlc"})
 # lines whose handlers note where they are (a malformed value, a step that goes backwards, a run's start)
 _NOTING = frozenset({"ver", "high", "lbe", "cfg"})
+_QUOTED = (" ", "\t", ">", "`")  # how a pasted excerpt's lines start
 _SPEED_VALUE = re.compile(r"\tSpeed: ([\d.]+)")
 _CKPT_NUMBER = re.compile(r"-(\d{4})\.params$")
 _PY3_FLOAT = re.compile(r"\d\.\d{15,}")
@@ -155,29 +156,8 @@ def _s(x: str | None) -> str | None:
     return x if x.isascii() else x.encode("latin-1").decode("utf-8", "replace")
 
 
-def _f(x: str | None) -> float:
-    return float(x) if x is not None else float("nan")
-
-
 # --------------------------------------------------------------------------------------------
 # The parser
-
-
-# What a process prints before its log's first line, whatever the lineage: Python warnings ("file.py:12:
-# FutureWarning: ...") and their indented source lines, glog lines (torchrun's "W1206 20:11:59.1 123 run.py:7] ..."),
-# rows of asterisks around them, blank lines. The lineage is decided by the first line that is none of these.
-_PREAMBLE = re.compile(r"^(?:\s.*|\S+:\d+: \w*Warning: .*|[IWEF]\d{4} \d\d:\d\d:\d\d\.\d+ .*|\*+|)$")
-PREAMBLE_LINES = 200
-
-
-def _skip_preamble(buf: str) -> str | None:
-    """The text from the first complete line that is not preamble (None: every complete line so far is)."""
-    pos = 0
-    while (nl := buf.find("\n", pos)) >= 0:
-        if not _PREAMBLE.match(buf[pos:nl]):
-            return buf[pos:]
-        pos = nl + 1
-    return None
 
 
 class LogParser:
@@ -245,7 +225,7 @@ class LogParser:
         """Until the first line is known: hold; then, for arcface_torch's log, its lines in the pinned format."""
         if self._mode is None:
             buf = self._tcarry + text
-            head = _skip_preamble(buf)
+            head = skip_preamble(buf)
             if head is None:
                 self._tcarry = buf
                 if buf.count("\n") <= PREAMBLE_LINES:
@@ -268,7 +248,7 @@ class LogParser:
         held: list[Event] = []
         if self._mode is None and self._tcarry:  # a log that ended before its lineage was clear
             text, self._tcarry = self._tcarry, ""
-            head = _skip_preamble(text if text.endswith("\n") else text + "\n")
+            head = skip_preamble(text if text.endswith("\n") else text + "\n")
             if head is not None and head.startswith("Training: "):
                 self._mode, self._torch, self.s.lineage = "torch", TorchLines(), "arcface_torch"
             else:
@@ -346,9 +326,15 @@ class LogParser:
                     events.append(sp)
                     continue
             m = match(ln)
+            if ln[:1] in _QUOTED and (m is None or m.lastgroup in _STATELESS):  # pasted: "> ", indented, fenced
+                bare = ln.lstrip(" \t>").rstrip()
+                if bare.startswith("```"):
+                    continue
+                m = (m2 if (m2 := match(bare)) and m2.lastgroup not in _STATELESS else None) or m
             if m is None:
                 if ln.strip():
                     self.s.unknown_lines += 1
+                    self.s.unknown_sample = self.s.unknown_sample or ln.strip()[:160]
                     self._images_pending = False
                 continue
             kind = m.lastgroup or ""
@@ -386,7 +372,7 @@ class LogParser:
 
     def _speed_line(self, line: str, number: int) -> Speed | None:
         """A Speedometer line: its step noted as the log's last; its event when events are asked for."""
-        p = parse_speed(line)
+        p = parse_speed(line) or (parse_speed(line.lstrip(" \t>")) if line[:1] in _QUOTED else None)
         if p is None:
             return None
         e, b, v, metrics, new_format = p

@@ -104,3 +104,20 @@ class TorchLines:
 
     def close(self) -> list[str]:
         return self._flush()
+
+
+# What a process prints before its log's first line, whatever the lineage: Python warnings ("file.py:12:
+# FutureWarning: ...") and their indented source lines, glog lines (torchrun's "W1206 20:11:59.1 123 run.py:7] ..."),
+# rows of asterisks around them, blank lines. The lineage is decided by the first line that is none of these.
+_PREAMBLE = re.compile(r"^(?:\s.*|\S+:\d+: \w*Warning: .*|[IWEF]\d{4} \d\d:\d\d:\d\d\.\d+ .*|\*+|)$")
+PREAMBLE_LINES = 200
+
+
+def skip_preamble(buf: str) -> str | None:
+    """The text from the first complete line that is not preamble (None: every complete line so far is)."""
+    pos = 0
+    while (nl := buf.find("\n", pos)) >= 0:
+        if not _PREAMBLE.match(buf[pos:nl]):
+            return buf[pos:]
+        pos = nl + 1
+    return None

@@ -9,7 +9,11 @@ resumed run). Among those, the one with the fewest differing arguments wins; eve
 finding, and stages that are just as close are named.
 
 Resumed runs. ``--pretrained PREFIX,N`` restarts the step counter, the lr schedule and the save numbering
-at zero. When a log starts from a checkpoint of its own stage, its step ``s`` is stage step
+at zero. Resuming means starting from the run's own checkpoints: ``--pretrained``'s prefix is the log's own
+``--prefix`` (the same path; only where the log has no ``--prefix`` is the checkpoint's name held against the
+stage's). Anything else is a new stage started from a pretrained model, whatever the file is called (two runs'
+prefixes ``…/model-y1-test/model`` and ``…/model-y1-test2/model`` share a name, not a run). When a log starts
+from a checkpoint of its own stage, its step ``s`` is stage step
 ``s + N x verbose`` (checkpoint N was saved at step N x ``--verbose``, taking the checkpoint to have been
 written by a run that started at step 0; a chain of resumed runs shifts further, and ``start_step``
 says where). Its ``--lr-steps`` are compared in stage steps too.
@@ -17,6 +21,7 @@ says where). Its ``--lr-steps`` are compared in stage steps too.
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -92,6 +97,9 @@ class StageMatch:
     resumed: Resumed | None
     how: str  # how the stage was chosen, in words
     unread: list[str] = field(default_factory=list)  # compared arguments the log's configuration lacks
+    start: str = ""  # how the run started, decided and why: from scratch, resumed, or from another run's model
+    notes: list[str] = field(default_factory=list)  # what agrees in a form the recipe does not write (4 x 128)
+    settings: list[str] = field(default_factory=list)  # the settings that differ from the seed's (no notes)
 
     @property
     def stage(self) -> str | None:
@@ -115,6 +123,8 @@ class StageMatch:
             "differences": self.differences,
             "also": self.also,
             "resumed": None if self.resumed is None else self.resumed.__dict__,
+            "start": self.start,
+            "notes": self.notes,
             "how": self.how,
         }
 
@@ -220,13 +230,37 @@ def _pretrained(cfg: dict) -> tuple[str | None, int | None]:
     return _basename(prefix), int(n) if n.strip().lstrip("-").isdigit() else None
 
 
+def _norm(prefix: str) -> str:
+    return os.path.normpath(prefix.strip())
+
+
+def start_of(cfg: dict, sig: Signature) -> tuple[bool, str]:
+    """(resumes its own stage, how the run started and why it was decided so)."""
+    raw = str(cfg.get("pretrained") or "").strip()
+    if not raw:
+        return False, "started from scratch (no --pretrained)"
+    prefix = raw.rpartition(",")[0] or raw
+    own = str(cfg.get("prefix") or "").strip()
+    base = _basename(prefix)
+    if sig.input_stage is not None and base == sig.input_output:
+        return False, (f"started from {sig.input_stage}'s model, as the stage does: --pretrained {raw}"
+                       + (" (written into the same prefix, as the seed's fine-tune is: not a resume)"
+                          if own and _norm(prefix) == _norm(own) else ""))  # fmt: skip
+    if own:
+        if _norm(prefix) == _norm(own):
+            return True, f"resumed: --pretrained {raw} is a checkpoint of its own --prefix {own}"
+        return False, (f"a new stage started from another run's model: --pretrained {raw}, while its own --prefix is "
+                       f"{own} (resuming means the same prefix)")  # fmt: skip
+    if base == sig.output:
+        return True, (f"resumed, judged by the checkpoint's name only: --pretrained {raw} is named as the stage's "
+                      f"own checkpoints ({sig.output}) and the log has no --prefix to compare")  # fmt: skip
+    return False, f"started from a pretrained model: --pretrained {raw}"
+
+
 def resumed_of(cfg: dict, sig: Signature, start_step: int | None = None) -> Resumed | None:
     """Whether a log with this configuration continues its own stage, and its step mapping."""
     base, n = _pretrained(cfg)
-    if base is None:
-        return None
-    own = {sig.output, _basename(str(cfg.get("prefix") or "")) or None} - {None}
-    if base not in own or base == sig.input_output:
+    if base is None or not start_of(cfg, sig)[0]:
         return None
     verbose = cfg.get("verbose")
     if start_step is not None:
@@ -241,6 +275,39 @@ def resumed_of(cfg: dict, sig: Signature, start_step: int | None = None) -> Resu
     return Resumed(n, verbose, off,
                    f"resumed from its own checkpoint {n}: log step s is stage step s + {off} (checkpoint {n} x "
                    f"--verbose {verbose}, taking checkpoint {n} to be from a run that started at step 0)")  # fmt: skip
+
+
+def _total(cfg: dict) -> tuple[int, str] | None:
+    """A log's total batch: the pinned code's batch_size (per_batch_size x ctx_num), else their product."""
+    bs, per, ctx = cfg.get("batch_size"), cfg.get("per_batch_size"), cfg.get("ctx_num")
+    if isinstance(per, int) and isinstance(ctx, int) and ctx > 0:
+        return per * ctx, f"{ctx} GPU(s) x {per}"
+    if isinstance(bs, int) and bs > 0:
+        return bs, f"batch_size {bs}"
+    return None
+
+
+def _total_batch_difference(cfg: dict, seed_per: Any) -> str | None:
+    """The total batch is what the seed fixed (one P40 x per_batch_size): 4 GPUs x 128 is the seed's 512."""
+    total = _total(cfg)
+    if total is None or not isinstance(seed_per, int):
+        per = cfg.get("per_batch_size")
+        return (
+            None
+            if _same("per_batch_size", per, seed_per)
+            else (f"per_batch_size {per!r} in the log, {seed_per!r} in the recipe (the log does not say how many GPUs)")
+        )
+    if total[0] == seed_per:
+        return None
+    return f"total batch {total[0]} ({total[1]}) in the log, the seed's {seed_per} (one GPU x {seed_per})"
+
+
+def total_note(cfg: dict, sig: Signature) -> str | None:
+    """Where the total batch is the seed's in another form, say so (it is the same experiment)."""
+    total, seed = _total(cfg), sig.args.get("per_batch_size")
+    if total and isinstance(seed, int) and total[0] == seed and cfg.get("ctx_num") not in (None, 1):
+        return f"total batch {total[0]} = the seed's, on {total[1]}"
+    return None
 
 
 def compare(cfg: dict, sig: Signature, start_step: int | None = None) -> tuple[bool, list[str], Resumed | None]:
@@ -258,6 +325,11 @@ def compare(cfg: dict, sig: Signature, start_step: int | None = None) -> tuple[b
         if key not in cfg:
             continue
         got, want = cfg[key], sig.args.get(key)
+        if key == "per_batch_size" and cfg.get("lineage") != "arcface_torch":
+            d = _total_batch_difference(cfg, want)
+            if d:
+                diffs.append(d)
+            continue
         if key == "lr_steps" and resumed is not None and resumed.offset:
             steps = _steps(got)
             if steps is not None:
@@ -328,6 +400,8 @@ def detect_stage(
                           f"{', '.join(seen)})")  # fmt: skip
     scored.sort(key=lambda x: (x[0], x[1]))
     best, _, sig, diffs, resumed = scored[0]
+    _, start = start_of(cfg, sig)
+    notes = [n for n in (total_note(cfg, sig),) if n]
     also = [s.label for score, _, s, _, _ in scored[1:] if score == best]
     unread = [k for k in compared if k not in cfg]
     if stage is not None:
@@ -339,4 +413,6 @@ def detect_stage(
                f"{', '.join(unread)}")  # fmt: skip
     else:
         how = f"the closest stage with the same {', '.join(k.replace('_', ' ') for k in defining)} and starting point"
-    return StageMatch(sig, diffs, also, resumed, how, unread)
+    # the pretrained model's file name tells stages apart, but is no setting of the experiment
+    settings = [d for d in diffs if not d.startswith("pretrained ")]
+    return StageMatch(sig, diffs, also, resumed, how, unread, start, notes, settings)

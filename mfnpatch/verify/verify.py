@@ -72,11 +72,20 @@ class Verification:
     def failures(self) -> list[Check]:
         return [c for c in self.checks if c.required and c.verdict != "pass"]
 
+    @property
+    def experiment(self) -> dict | None:
+        """Whether the log ran the seed's experiment (the matched stage's settings), and which settings differ: a
+        run of another experiment can pass the stage's floors, and its verdict must say it is not the seed's."""
+        if self.match is None or self.match.signature is None:
+            return None
+        return {"same_as_seed": not self.match.settings, "differs": list(self.match.settings)}
+
     def to_dict(self) -> dict:
         return {
             "log": self.log,
             "stage": self.stage,
             "verdict": self.verdict,
+            "experiment": self.experiment,
             "match": self.match.to_dict() if self.match else None,
             "reference": self.reference,
             "rule": self.rule,
@@ -145,7 +154,8 @@ def verify(
         v.findings += [f"malformed: {m}" for m in log.malformed[1:]]
     if match.signature is not None:
         mine, seed_total = total_batch(log.config), seed_total_of(match.signature)
-        if mine and seed_total and mine[0] != seed_total:
+        said = any(d.startswith("total batch") for d in match.differences)
+        if mine and seed_total and mine[0] != seed_total and not said:
             v.findings.append(f"total batch {mine[0]} ({mine[1]}), the recipe's stage {seed_total}: another "
                               "experiment (its steps see other numbers of samples; verify --explain says what else "
                               "differs)")  # fmt: skip
@@ -157,6 +167,9 @@ def verify(
         )
         v.findings.append(f"stage: {sig.label} ({sig.title}), {what}: {match.how}")
         v.findings += [f"differs from {sig.label}: {d}" for d in match.differences]
+        v.findings += match.notes
+        if match.start:
+            v.findings.append(f"start: {match.start}")
         if match.also:
             v.findings.append(f"just as close: {', '.join(match.also)}")
     else:
@@ -213,5 +226,6 @@ def verify(
     if log.ending:
         v.findings.append(f"the run ended: {log.how_it_ended()}")
     if log.unknown_lines:
-        v.findings.append(f"{log.unknown_lines} line(s) of the log were not recognised (counted, not parsed)")
+        sample = f", e.g. {log.unknown_sample!r}" if log.unknown_sample else ""
+        v.findings.append(f"{log.unknown_lines} line(s) of the log were not recognised (counted, not parsed){sample}")
     return v

@@ -103,8 +103,10 @@ def test_verify_reads_the_total_batch_and_compares_at_equal_samples(tmp_path, cl
     two.write_text(log_text({1000: 0.90, 2000: 0.95, 3000: 0.96, 4000: 0.97}, ctx=2))
     r = cli("verify", "--log", two, "--reference", ref, "--recipe", "may16", "--stage", "arcface", "--json")
     d = r.json()
-    assert any("total batch 1024 (batch_size 1024 = per_batch_size 512 x 2 device(s)), the recipe's stage 512" in f
+    assert any("total batch 1024 (2 GPU(s) x 512) in the log, the seed's 512 (one GPU x 512)" in f
                for f in d["findings"])  # fmt: skip
+    assert d["experiment"] == {"same_as_seed": False, "differs": [
+        "total batch 1024 (2 GPU(s) x 512) in the log, the seed's 512 (one GPU x 512)"]}  # fmt: skip
     assert any("compared at equal samples seen (log step s = reference step s x 2)" in f for f in d["findings"])
     ref_checks = [c for c in d["checks"] if c["group"] == "reference" and "@" in c["id"]]
     assert ref_checks and all(c["verdict"] == "pass" for c in ref_checks)

@@ -43,8 +43,11 @@ def test_a_run_of_the_ms1mv2_config_is_mbf_train(tmp_path, cli):
         "differences": [],
         "also": [],
         "resumed": None,
+        "start": "started from scratch (no --pretrained)",
+        "notes": [],
         "how": None,
     }
+    assert v["experiment"] == {"same_as_seed": True, "differs": []}
     assert v["passed"] and {c["id"] for c in v["checks"]} >= {"lfw best", "cfp_fp best", "agedb_30 best"}
     low = torch_log(tmp_path / "low.log", {"lfw": 0.9900, "cfp_fp": 0.9560, "agedb_30": 0.9700})
     r = cli("verify", "--log", low, "--json")
