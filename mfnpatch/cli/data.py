@@ -30,7 +30,14 @@ def parse_targets(text: str) -> list[str]:
 @data_app.command("check")
 def data_check(
     directory: Annotated[Path, typer.Argument(help="The dataset: property, train.rec, train.idx and <target>.bin.")],
-    targets: TargetsOpt = "lfw,cfp_fp,agedb_30",
+    targets: Annotated[
+        str | None,
+        typer.Option(
+            "--targets",
+            help="Verification sets to check: DIR/<target>.bin for each, comma separated "
+            "(default: lfw,cfp_fp,agedb_30; for a dataset data build made, the sets it made).",
+        ),
+    ] = None,
     full: Annotated[
         bool, typer.Option("--full", help="Decode every image (all cores) and hash the whole train.rec.")
     ] = False,
@@ -55,10 +62,14 @@ def data_check(
       mfnpatch data check ~/datasets/faces_ms1m_112x112
       mfnpatch data check ~/datasets/faces_emore --full --json > check.json
     """
-    from mfnpatch.datasets.check import check_dataset
+    from mfnpatch.datasets.check import built_targets, check_dataset
 
     CTX.json = as_json
-    names = parse_targets(targets)
+    built = built_targets(directory) if targets is None else None
+    names = built if built is not None else parse_targets(targets or "lfw,cfp_fp,agedb_30")
+    if built is not None and not as_json:
+        err.print(f"targets: {escape(', '.join(built)) or 'none'} (the sets data build made here; --targets to "
+                  "choose)")  # fmt: skip
     with progress_bar(not as_json) as progress:
         r = check_dataset(directory, names, full=full, workers=workers, progress=progress)
     if as_json:

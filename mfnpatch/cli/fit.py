@@ -103,6 +103,10 @@ def recipe_estimate(
         bool,
         typer.Option("--warm/--no-warm", help="Run each probe again with its data in the page cache (data loading)."),
     ] = True,
+    budget: Annotated[
+        float,
+        typer.Option("--budget", min=5, help="Seconds one probe may run at most (what it measured by then is used)."),
+    ] = 120.0,
     tree: Annotated[
         Path | None,
         typer.Option(
@@ -125,6 +129,10 @@ def recipe_estimate(
     x total batch / samples/s + verification rounds x their time; the seed's P40 speed beside them. recipe run
     shows the last estimate of the same plan on this machine as its ETA.
 
+    How long: a probe runs at most its stage's own steps and at most --budget seconds (default 120), twice
+    with --warm (not for a stage shorter than four probes): a few minutes for may16; it says when running the plan
+    would cost less than estimating it (the smoke profile's stages are that short).
+
     Example: mfnpatch recipe estimate may16 --gpus 2 --price 2.5
     """
     from mfnpatch.cli.recipes import _pin_tree
@@ -138,6 +146,7 @@ def recipe_estimate(
     opts = RunOptions(tree=tree, source=source, env_prefix=env_prefix, fit=fit_request(gpus, fit, gpu_memory),
                       env_check=False, data_check=False)  # fmt: skip
     est = Estimator(load_recipe(recipe), profile, parse_sets(sets or []), opts)
+    est.budget = budget
     res = est.estimate(
         probe_steps, warm, price, say=(lambda t: None) if as_json else (lambda t: err.print(f"[dim]{escape(t)}[/]"))
     )
@@ -146,6 +155,12 @@ def recipe_estimate(
         return EXIT_OK
     for line in table(res):
         out.print(escape(line))
+    for s in res.stages:
+        if s.note:
+            out.print(f"  {escape(s.stage)}: {escape(s.note)}")
+    out.print(f"estimating took {res.probe_seconds:.0f} s")
+    if res.note:
+        out.print(f"[yellow]note[/]: {escape(res.note)}")
     if res.seed_reference:
         ref = res.seed_reference
         out.print(f"seed P40: {escape(ref['device'])} at total batch {ref['total_batch']} ({escape(ref['source'])})")

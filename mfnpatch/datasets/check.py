@@ -38,7 +38,8 @@ from mfnpatch.fsutil import read_bounded
 
 TARGETS = ("lfw", "cfp_fp", "agedb_30")
 BIN_SAMPLE = 32  # images of each .bin decoded by default
-MARKERS = {".mfnpatch-synth.json": variants.SYNTHETIC, ".mfnpatch-build.json": variants.BUILT}
+MARKERS_BUILT = ".mfnpatch-build.json"
+MARKERS = {".mfnpatch-synth.json": variants.SYNTHETIC, MARKERS_BUILT: variants.BUILT}
 FORMAT = 1  # of the fingerprint
 ORDER = [
     "directory",
@@ -62,6 +63,19 @@ def file_digest(p: Path) -> dict:
             h.update(chunk)
             n += len(chunk)
     return {"size": n, "sha256": h.hexdigest()}
+
+
+def built_targets(d: Path) -> list[str] | None:
+    """The verification sets ``data build`` made in ``d`` (its marker says), or None when mfnpatch did not build it."""
+    p = Path(d) / MARKERS_BUILT
+    if not p.is_file() or p.is_symlink():
+        return None
+    try:
+        data = json.loads(read_bounded(p, "marker", 1 << 20))
+    except (MfnError, ValueError):
+        return None
+    t = data.get("targets") if isinstance(data, dict) else None
+    return [str(k) for k in t] if isinstance(t, dict) else None
 
 
 def made_by(d: Path) -> str | None:

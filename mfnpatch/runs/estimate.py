@@ -10,6 +10,11 @@ verification round is measured), with the run's environment and seed. From the e
   in between;
 - the start: from the process's start to its first step.
 
+An estimate costs a small, stated part of what it estimates: a probe runs at most its stage's planned steps (and
+``probe_steps``) and at most ``budget`` seconds (what it measured by then is used), the
+warm probe is left out for a stage shorter than four probes, and the result says when running the plan would
+have cost less than estimating it.
+
 With ``warm`` the same probe runs again: the run is seeded, so it reads the same records, now from the page
 cache — the difference between the two is what reading the data costs (``data_loading``). A stage's time is
 start + its planned steps x total batch / samples per second + its verification rounds x a round's time.
@@ -79,6 +84,8 @@ class EstimateResult:
     seed_reference: dict = field(default_factory=dict)
     key: str = ""
     made: str = ""
+    probe_seconds: float = 0.0  # what estimating took (the probes and the data they read)
+    note: str = ""
 
     @property
     def hours(self) -> float:
@@ -158,6 +165,8 @@ def stage_seconds(steps: int | None, rounds: int, p: Probe | None) -> float | No
 class Estimator(Runner):
     """The runner's plan, tree and environment; each training stage probed instead of run."""
 
+    budget: float = 120.0  # seconds one probe may run
+
     def estimate(self, probe_steps: int, warm: bool, price: float | None, say=lambda s: None) -> EstimateResult:
         import platform
 
@@ -170,6 +179,7 @@ class Estimator(Runner):
         if probe_steps < 2:
             raise MfnError(f"--probe-steps {probe_steps}: at least 2 (a verification round at half the probe)")
         work = Path(tempfile.mkdtemp(prefix="mfnpatch-estimate-"))
+        t_start = time.monotonic()
         try:
             run_dir = work / "run"
             run_dir.mkdir()
@@ -198,6 +208,10 @@ class Estimator(Runner):
             res.seed_seconds = round(sum(seeds), 1) if seeds else None
             if price is not None:
                 res.cost = round(res.hours * gpus * price, 2)
+            res.probe_seconds = round(time.monotonic() - t_start, 1)
+            if known and res.probe_seconds >= res.seconds:
+                res.note = (f"estimating took {res.probe_seconds:.0f} s and the plan itself would take about "
+                            f"{res.seconds:.0f} s here: run it instead (recipe run)")  # fmt: skip
             estimates_dir().mkdir(parents=True, exist_ok=True)
             atomic_write_json(estimates_dir() / f"{res.key}.json", res.to_dict())
             return res
@@ -216,9 +230,13 @@ class Estimator(Runner):
         argv = probe_argv(ps, d / "model", probe_steps)
         seen: list[tuple[float, Event]] = []
         t0 = time.monotonic()
+
+        def over_budget() -> str | None:
+            return f"the probe's time budget ({self.budget:g} s)" if time.monotonic() - t0 > self.budget else None
+
         r = run_process(argv, tree / ps.cwd, self._stage_env(ps), d / "probe.log",
                         StopPoint(kind="step", value=probe_steps, why="the probe's length"),
-                        lambda evs: seen.extend((time.monotonic(), ev) for ev in evs))  # fmt: skip
+                        lambda evs: seen.extend((time.monotonic(), ev) for ev in evs), tripped=over_budget)  # fmt: skip
         if r.code is None or (r.end == "exited" and r.code != 0):
             tail = (d / "probe.log").read_text(errors="replace").strip().splitlines()[-5:]
             raise MfnError(f"estimate: the probe of {ps.name} failed ({r.ended})", details=tail)
@@ -227,22 +245,29 @@ class Estimator(Runner):
     def _stage(
         self, ps: PlannedStage, tree: Path, work: Path, probe_steps: int, warm: bool, seed, say
     ) -> StageEstimate:
-        say(f"{ps.name}: probing {probe_steps} steps")
-        cold = self._probe(ps, tree, work, probe_steps, 1)
-        hot = None
-        if warm:
-            say(f"{ps.name}: the same probe again, its data now in the page cache")
-            hot = self._probe(ps, tree, work, probe_steps, 2)
         steps = total_steps(ps)
+        n = min(probe_steps, max(2, steps)) if steps else probe_steps  # never longer than the stage itself
+        say(f"{ps.name}: probing {n} steps" + (f" (the whole stage: {steps})" if n < probe_steps else "")
+            + f", at most {self.budget:g} s")  # fmt: skip
+        cold = self._probe(ps, tree, work, n, 1)
+        hot = None
+        short = steps is not None and steps < 4 * probe_steps
+        if warm and not short:
+            say(f"{ps.name}: the same probe again, its data now in the page cache")
+            hot = self._probe(ps, tree, work, n, 2)
         every = verbose_of(ps.argv)
         rounds = steps // every if steps else 0
         est = StageEstimate(ps.name, steps, rounds, cold.total_batch, cold, hot, None, None, None)
         if hot and cold.samples_per_sec and hot.samples_per_sec:
             est.data_loading = round(max(0.0, 1 - cold.samples_per_sec / hot.samples_per_sec), 3)
         secs = stage_seconds(steps, rounds, cold)
+        if steps and n >= steps and "budget" not in cold.ended:  # the probe ran the whole stage: that is its time
+            secs = cold.wall_seconds
         est.seconds = round(secs, 1) if secs is not None else None
         if steps is None:
             est.note = "no stop point: it trains until stopped; only its speed is given"
+        elif warm and short:
+            est.note = f"no warm probe: the stage ({steps} steps) is shorter than four probes"
         ref = seed.stages.get(ps.name) if seed else None
         batch = cold.total_batch or _per_batch(ps)
         if ref and steps and batch:

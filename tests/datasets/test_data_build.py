@@ -190,3 +190,18 @@ def test_a_killed_build_leaves_only_a_hidden_leftover_that_the_next_build_remove
     assert len(leftovers) == 1 and not (leftovers[0] / "property").exists()
     build(src, tmp_path / "ds")
     assert not list(tmp_path.glob(".ds.mfnpatch-build-*")) and (tmp_path / "ds" / "property").is_file()
+
+
+def test_the_suggested_check_passes_on_what_build_made_without_pairs(tmp_path, cli):
+    """data build without pairs suggests `data check DIR`; that command passes on it (no .bin was asked for)."""
+    src = faces(tmp_path / "faces")
+    r = cli("data", "build", src, "-o", tmp_path / "ds")
+    assert r.code == 0 and f"check it with: mfnpatch data check {tmp_path / 'ds'}" in r.out
+    r = cli("data", "check", tmp_path / "ds")
+    assert r.code == 0, r.out + r.err
+    assert "targets: none (the sets data build made here" in r.err
+    # with pairs drawn, the sets made are the ones checked
+    r = cli("data", "build", src, "-o", tmp_path / "ds2", "--pairs-per-set", "20", "--targets", "lfw")
+    assert r.code == 0, r.err
+    r = cli("data", "check", tmp_path / "ds2")
+    assert r.code == 0 and "targets: lfw (" in r.err, r.out + r.err
