@@ -70,7 +70,7 @@ def data_check(
     if built is not None and not as_json:
         err.print(f"targets: {escape(', '.join(built)) or 'none'} (the sets data build made here; --targets to "
                   "choose)")  # fmt: skip
-    with progress_bar(not as_json) as progress:
+    with progress_bar(not as_json, lines=True) as progress:
         r = check_dataset(directory, names, full=full, workers=workers, progress=progress)
     if as_json:
         emit_json(r.to_dict())
@@ -134,7 +134,7 @@ def data_build(
         target, _, path = spec.rpartition("=") if "=" in spec else ("lfw", "", spec)
         parse_targets(target)
         files[target] = Path(path)
-    with progress_bar(not as_json) as progress:
+    with progress_bar(not as_json, lines=True) as progress:
         r = build(images, output, files or None, pairs_per_set, names, resize=resize, seed=seed, progress=progress)
     if as_json:
         emit_json(r.to_dict() | {"exit_code": EXIT_OK})

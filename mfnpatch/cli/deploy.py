@@ -331,11 +331,13 @@ def convert_evaluate(
     by layer and the first layer whose output diverges from MXNet's is named. Writes evaluate.json, and the
     cosine thresholds (best accuracy, FAR 1e-3 and 1e-4 with TAR) and golden inputs into deploy.json.
 
-    How long: every engine on this machine takes a few minutes for LFW's 6,000 pairs (12,000 images, with flips)
-    on 2 cores; --sets lfw and --engines make it shorter. With --arm, each emulated CPU class adds its engines on
-    --arm-pairs pairs of each set: about 1 s of CPU per image in fp32 and 4-5 s with fp16 arithmetic (20 pairs on
-    the three classes: about 10 minutes on 2 cores); the rows say what was sampled, and deploy.json's targets
-    record each class's accuracy.
+    How long, measured on 2 cores: per verification set of 6,000 pairs (12,000 images, twice with the flips) about
+    7 minutes for MXNet, 4.5 for onnxruntime and 3 for each ncnn engine: some 25 minutes a set for every engine,
+    over an hour for the three sets. --sets lfw and --engines 'ncnn folded' make it shorter; where no terminal is
+    attached, a progress line with an ETA is printed every 30 s (MFNPATCH_PROGRESS_EVERY). With --arm, each
+    emulated CPU class adds its engines on --arm-pairs pairs of each set: about 1.5 s of CPU per image in fp32 and
+    5-6 s with fp16 or bf16 arithmetic (20 pairs on the three classes: about 10 minutes on 2 cores); the rows say
+    what was sampled, and deploy.json's targets record each class's accuracy.
 
     Example: mfnpatch convert evaluate models/ncnn --data ~/datasets/faces_ms1m_112x112 --arm all
     """

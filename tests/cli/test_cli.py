@@ -159,3 +159,23 @@ def test_default_series_keeps_what_the_tree_has(fx, cli):
     (fx.dest / "src/image_iter.py").write_text("drift\n")
     r = cli("apply", "-c", fx.short, "--dest", fx.dest, "--force", "--json")
     assert r.code == EXIT_OK and r.json()["sets"] == ["demo@1", "extra@1"]
+
+
+def test_long_work_prints_progress_lines_with_an_eta_where_no_terminal_is_attached(monkeypatch, capsys):
+    """Outside a terminal (a log file, a CI job) a task says when it starts, how far it is every
+    MFNPATCH_PROGRESS_EVERY seconds with an ETA, and when it ends."""
+    import sys
+    import time
+
+    from mfnpatch.cli.app import progress_bar
+
+    app = sys.modules["mfnpatch.cli.app"]
+    monkeypatch.setattr(app, "PROGRESS_EVERY", 0.05)
+    with progress_bar(True, lines=True) as progress:
+        progress("lfw · mxnet", 0, 100)
+        time.sleep(0.06)
+        progress("lfw · mxnet", 40, 100)
+        progress("lfw · mxnet", 100, 100)
+    err = capsys.readouterr().err
+    assert "lfw · mxnet: 0/100 …" in err and "lfw · mxnet: 40/100 in" in err and "s to go" in err
+    assert "lfw · mxnet: 100 in" in err
