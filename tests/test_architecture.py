@@ -12,15 +12,16 @@ BASE = {"errors", "fsutil", "resources", "schema", "checkpoint", "finite", "emul
 ALLOWED = {
     "base": set(),
     "source": set(),
-    "logs": {"source"},
-    "recipes": {"source", "logs"},
-    "verify": {"source", "logs", "recipes"},
-    "runs": {"source", "logs", "recipes", "verify"},
-    "cluster": {"source", "logs", "recipes", "verify", "runs"},
+    "lineages": set(),
+    "logs": {"source", "lineages"},
+    "recipes": {"source", "logs", "lineages"},
+    "verify": {"source", "logs", "recipes", "lineages"},
+    "runs": {"source", "logs", "recipes", "verify", "lineages"},
+    "cluster": {"source", "logs", "recipes", "verify", "runs", "lineages"},
     "environments": set(),
     "deploy": {"datasets"},  # convert evaluate reads the verification sets through datasets/bins.py
     "datasets": set(),
-    "cli": {"source", "logs", "recipes", "verify", "runs", "cluster", "environments", "deploy", "datasets"},
+    "cli": {"source", "logs", "recipes", "verify", "runs", "cluster", "environments", "deploy", "datasets", "lineages"},
 }
 # The rooms of runs/, bottom up: a room imports only rooms below it, so following a plan through the runner
 # goes one way down (the record at the bottom; the runner, which uses them all, at the top).

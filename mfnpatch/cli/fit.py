@@ -135,7 +135,6 @@ def recipe_estimate(
 
     Example: mfnpatch recipe estimate may16 --gpus 2 --price 2.5
     """
-    from mfnpatch.cli.recipes import _pin_tree
     from mfnpatch.recipes.expand import parse_sets
     from mfnpatch.recipes.recipe import load_recipe
     from mfnpatch.runs.estimate import Estimator, table
@@ -166,3 +165,11 @@ def recipe_estimate(
         out.print(f"seed P40: {escape(ref['device'])} at total batch {ref['total_batch']} ({escape(ref['source'])})")
     out.print(f"saved as this plan's estimate on this machine: recipe run shows it as its ETA (key {res.key})")
     return EXIT_OK
+
+
+def _pin_tree(recipe: str) -> Path:
+    """The tree a recipe's pin uses by default (one per pin: two lineages' recipes never share one)."""
+    from mfnpatch.recipes.recipe import load_recipe
+    from mfnpatch.source.pin import default_dest
+
+    return default_dest(load_recipe(recipe).recipe.pin)

@@ -20,7 +20,7 @@ from mfnpatch.cli.app import (
     recipe_app,
     write_stdout,
 )
-from mfnpatch.cli.fit import FitOpt, GpuMemoryOpt, GpusOpt, fit_request, print_fit
+from mfnpatch.cli.fit import FitOpt, GpuMemoryOpt, GpusOpt, _pin_tree, fit_request, print_fit
 from mfnpatch.errors import (
     EXIT_OK,
     UsageError,
@@ -114,6 +114,8 @@ def recipe_plan(
         for a, b in s.copies:
             out.print(f"  copy  {escape(a)} -> {escape(b)}")
         out.print(f"  run   {escape(s.shell())}")
+        if s.kind == "train":
+            _print_trainer(s)
         if s.data:
             expects = f"the {s.data.variant} variant" if s.data.variant and s.data.variant != "any" else "any dataset"
             out.print(f"  data  {escape(s.data.dir)} ({escape(expects)}; {', '.join(s.data.targets)}): checked "
@@ -151,6 +153,22 @@ def recipe_plan(
         for k, src in sources.items():
             out.print(f"  {k} = {escape(str(plan.parameters.get(k)))}: {escape(src)}")
     return EXIT_OK
+
+
+def _print_trainer(s) -> None:
+    """What the stage's lineage reads from its command, and what mfnpatch cannot do with it (said, never silent)."""
+    from mfnpatch.lineages import of_argv
+
+    lin = of_argv(s.argv)
+    if lin is None:
+        out.print("  [yellow]trainer[/] runs no trainer of a known lineage: no resume, lr sentinel or fit")
+        return
+    f = lin.facts(s.argv)
+    batch = f"total batch {f.total_batch} ({f.processes} x {f.per_gpu_batch})" if f.total_batch else "batch unknown"
+    lr = f.lr.describe() if f.lr is not None and hasattr(f.lr, "describe") else "lr schedule unknown"
+    out.print(f"  trainer {lin.name}: {batch}, verification every {f.verbose} steps, {escape(lr)}")
+    for line in lin.capabilities.said():
+        out.print(f"  [yellow]trainer[/] {escape(line)}")
 
 
 def _expectation_text(e) -> str:
@@ -477,11 +495,3 @@ def recipe_job(
         return run_job(run, stage, obs, _env_checker(), _data_checker())
     finally:
         obs.close()
-
-
-def _pin_tree(recipe: str) -> Path:
-    """The tree a recipe's pin uses by default (one per pin: two lineages' recipes never share one)."""
-    from mfnpatch.recipes.recipe import load_recipe
-    from mfnpatch.source.pin import default_dest
-
-    return default_dest(load_recipe(recipe).recipe.pin)

@@ -30,6 +30,7 @@ from typing import Any, Literal
 
 from pydantic import Field
 
+from mfnpatch.lineages.base import LrSchedule, StepSchedule
 from mfnpatch.logs.events import (
     Config,
     Dataset,
@@ -128,22 +129,7 @@ class Trip:
         return asdict(self)
 
 
-@dataclass
-class LrPlan:
-    """The learning rate the plan schedules: ``base`` times 0.1 at each of ``steps`` (after ``beta_freeze``)."""
-
-    base: float
-    steps: list[int] | None  # None: the code's own default schedule, taken from its 'lr_steps [...]' line
-    beta_freeze: int = 0
-
-    def at(self, step: int) -> float | None:
-        if self.steps is None:
-            return None
-        lr = self.base
-        for s in sorted(self.steps):
-            if self.beta_freeze + s <= step:
-                lr *= 0.1
-        return lr
+LrPlan = StepSchedule  # the pinned code's step schedule (lineages/base.py), as sentinels and tests name it
 
 
 @dataclass
@@ -151,7 +137,7 @@ class Watch:
     """The sentinels of one stage, fed its events in the stage's step numbering."""
 
     settings: Sentinels
-    lr_plan: LrPlan | None = None
+    lr_plan: LrSchedule | None = None
     rounds: dict[str, int] = field(default_factory=dict)  # target -> verifications seen
     latest: dict[str, float] = field(default_factory=dict)  # target -> its last accuracy
     acc_lines: int = 0
@@ -183,12 +169,13 @@ class Watch:
         s = self.settings
         if isinstance(ev, Dataset) and ev.identities:
             self.classes = ev.identities
-        if isinstance(ev, LrSteps) and self.lr_plan is not None and self.lr_plan.steps is None:
-            self.lr_plan.steps = list(ev.steps)  # the plan left the schedule to the code: its printed default
-        if isinstance(ev, Config) and self.lr_plan is not None:
+        plan = self.lr_plan
+        if isinstance(ev, LrSteps) and isinstance(plan, StepSchedule) and plan.steps is None:
+            plan.steps = list(ev.steps)  # the plan left the schedule to the code: its printed default
+        if isinstance(ev, Config) and isinstance(plan, StepSchedule):
             bf = ev.args.get("beta_freeze")
             if isinstance(bf, int | float) and not isinstance(bf, bool):
-                self.lr_plan.beta_freeze = int(bf)
+                plan.beta_freeze = int(bf)
         if s.nonfinite != "off":
             bad = _nonfinite(ev)
             if bad:
@@ -207,11 +194,19 @@ class Watch:
             trip = self._speed(ev)
             if trip is not None:
                 return trip
-        if isinstance(ev, LrBatchEpoch) and s.lr != "off" and self.lr_plan is not None and ev.step is not None:
-            want = self.lr_plan.at(ev.step)
-            if want is not None and math.isfinite(ev.lr) and abs(ev.lr - want) > s.lr.rel_tolerance * abs(want):
-                plan = f"--lr {self.lr_plan.base:g} --lr-steps {_steps(self.lr_plan.steps)}"
-                return self._trip("lr", f"lr {ev.lr:g} at step {ev.step}, the plan schedules {want:g} ({plan})", ev)
+        lr_seen = None
+        if isinstance(ev, LrBatchEpoch):
+            lr_seen = ev.lr
+        elif isinstance(ev, Speed) and isinstance(ev.metrics.get("lr"), float):  # arcface_torch prints it per line
+            lr_seen = ev.metrics["lr"]
+        step_of: int | None = getattr(ev, "step", None)
+        if lr_seen is not None and s.lr != "off" and plan is not None and step_of is not None:
+            step = int(step_of)
+            want = plan.at(step)
+            if want is not None and math.isfinite(lr_seen) and abs(lr_seen - want) > s.lr.rel_tolerance * abs(want) \
+                    + 1e-12:  # fmt: skip
+                how = plan.describe() if hasattr(plan, "describe") else "the plan's schedule"
+                return self._trip("lr", f"lr {lr_seen:g} at step {step}, the plan schedules {want:g} ({how})", ev)
         return None
 
     def _speed(self, ev: Speed) -> Trip | None:
@@ -252,7 +247,3 @@ def _nonfinite(ev: Event) -> str | None:
     if isinstance(ev, LrBatchEpoch | LrChange) and not math.isfinite(ev.lr):
         return f"learning rate is {ev.lr} at step {ev.step}"
     return None
-
-
-def _steps(steps: list[int] | None) -> str:
-    return ",".join(str(x) for x in steps) if steps else "(the code's default)"

@@ -33,12 +33,12 @@ from pathlib import Path
 from mfnpatch.checkpoint import StopPoint
 from mfnpatch.errors import MfnError
 from mfnpatch.fsutil import atomic_write_json
+from mfnpatch.lineages import facts_of, of_argv
 from mfnpatch.logs.events import Config, Event, Speed, Verification
 from mfnpatch.recipes.expand import PlannedStage
 from mfnpatch.runs.eta import estimates_dir, plan_key
 from mfnpatch.runs.handover import total_steps, verbose_of
 from mfnpatch.runs.process import run_process
-from mfnpatch.runs.resume import get_opt, set_opt
 from mfnpatch.runs.runner import Runner
 
 
@@ -96,19 +96,12 @@ class EstimateResult:
 
 
 def probe_argv(ps: PlannedStage, prefix: Path, probe_steps: int) -> list[str]:
-    """The stage's command for a probe: its own prefix (arcface_torch: output directory), from scratch, a
-    verification round halfway."""
-    from mfnpatch.recipes.arcface_torch import set_override
-
-    argv = list(ps.argv)
-    if "train_v2.py" in argv:
-        argv = set_override(argv, "output", str(prefix))
-        return set_override(argv, "verbose", str(max(1, probe_steps // 2)))
-    if "--pretrained" in argv:
-        i = argv.index("--pretrained")
-        del argv[i : i + 2]
-    argv = set_opt(argv, "--prefix", str(prefix))
-    return set_opt(argv, "--verbose", str(max(1, probe_steps // 2)))
+    """The stage's command for a probe, as its lineage writes one: its own prefix (arcface_torch: output
+    directory), from scratch, a verification round halfway."""
+    lin = of_argv(ps.argv)
+    if lin is None:
+        raise MfnError(f"stage {ps.name}: its command runs no trainer mfnpatch knows; it cannot be probed")
+    return lin.probe_argv(list(ps.argv), str(prefix), probe_steps)
 
 
 def measure(events: list[tuple[float, Event]], t0: float, t_end: float, steps: int, ended: str) -> Probe:
@@ -276,13 +269,9 @@ class Estimator(Runner):
 
 
 def _per_batch(ps: PlannedStage) -> int | None:
-    from mfnpatch.recipes.arcface_torch import torch_args
-
-    targs = torch_args(ps.argv)
-    if targs is not None:
-        return targs.get("batch_size") if isinstance(targs.get("batch_size"), int) else None
-    v = get_opt(ps.argv, "--per-batch-size")
-    return int(v) if v and v.isdigit() else None
+    """The stage's total batch as its command states it (the probe's Config line says it otherwise)."""
+    f = facts_of(ps.argv)
+    return f.total_batch if f else None
 
 
 def _num(x, fmt: str, suffix: str = "") -> str:

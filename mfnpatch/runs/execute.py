@@ -14,6 +14,7 @@ from typing import Any
 from mfnpatch.checkpoint import Checkpoint
 from mfnpatch.errors import MfnError
 from mfnpatch.fsutil import UnsafePath, atomic_write, inside, sha256_file
+from mfnpatch.lineages import facts_of
 from mfnpatch.logs.events import (
     CheckpointSaved,
     CheckpointWritten,
@@ -22,13 +23,13 @@ from mfnpatch.logs.events import (
     Summary,
     Verification,
 )
-from mfnpatch.logs.sentinels import LrPlan, Watch
+from mfnpatch.logs.sentinels import Watch
 from mfnpatch.recipes.expand import PlannedStage
 from mfnpatch.runs.files import output_files
 from mfnpatch.runs.outcome import stage_checks, stage_outcome
 from mfnpatch.runs.process import ProcessResult, run_process
 from mfnpatch.runs.record import RunError, SegmentRecord, SentinelTrip, StageRecord, now
-from mfnpatch.runs.resume import DIFFERENCES, ResumePlan, get_opt
+from mfnpatch.runs.resume import DIFFERENCES, ResumePlan
 from mfnpatch.runs.summaries import checkpoint_hashes, stage_metrics, stage_summary
 from mfnpatch.verify.facts import gather_facts
 
@@ -244,18 +245,12 @@ class StageRun:
 
 
 def watch_for(ps: PlannedStage) -> Watch | None:
-    """The sentinels of a training stage, with the learning rate its command plans (``--lr``, default 0.1 as the
-    pinned code's; ``--lr-steps``, or the code's own default schedule when the command leaves it out)."""
+    """The sentinels of a training stage, with the learning rate its command plans, as its lineage reads it (the
+    pinned code: --lr, default 0.1, and --lr-steps or the code's default; arcface_torch: its polynomial decay)."""
     if ps.kind != "train" or not ps.sentinels.active():
         return None
-    argv = ps.argv
-    try:
-        base = float(get_opt(argv, "--lr") or 0.1)
-        raw = get_opt(argv, "--lr-steps")
-        steps = [int(x) for x in raw.split(",") if x.strip()] if raw else None
-    except ValueError:  # a command the recipe wrote unusually: the lr sentinel cannot know the plan
-        return Watch(ps.sentinels, None)
-    return Watch(ps.sentinels, LrPlan(base, steps))
+    f = facts_of(ps.argv)
+    return Watch(ps.sentinels, f.lr if f else None)
 
 
 class _NotStarted(ProcessResult):

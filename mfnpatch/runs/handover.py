@@ -10,37 +10,28 @@ from __future__ import annotations
 from pathlib import Path
 
 from mfnpatch.checkpoint import Checkpoint
+from mfnpatch.lineages import facts_of
 from mfnpatch.logs.events import Summary
 from mfnpatch.recipes.expand import PlannedStage
 from mfnpatch.recipes.recipe import InputRef
 from mfnpatch.runs.record import RunError
 
-DEFAULT_VERBOSE = 2000  # train_softmax.py's --verbose
+DEFAULT_VERBOSE = 2000  # the pinned code's --verbose, for a command of no known lineage
 
 
 def verbose_of(argv: list[str]) -> int:
-    """Steps between a stage's verifications and saves (its --verbose, else the pinned code's default; for
-    arcface_torch's train_v2.py, its config's verbose or the override)."""
-    from mfnpatch.recipes.arcface_torch import torch_args
-
-    targs = torch_args(argv)
-    if targs is not None and isinstance(targs.get("verbose"), int):
-        return targs["verbose"]
-    if "--verbose" in argv:
-        try:
-            return int(argv[argv.index("--verbose") + 1])
-        except (IndexError, ValueError):
-            pass
-    return DEFAULT_VERBOSE
+    """Steps between a stage's verifications and saves, as its lineage reads its command."""
+    f = facts_of(argv)
+    return f.verbose if f else DEFAULT_VERBOSE
 
 
 def total_steps(ps: PlannedStage) -> int | None:
-    """The step a stage stops at (checkpoint N = step N x --verbose), the last step of a command that ends by
-    itself (arcface_torch: num_image // total batch x num_epoch), or None when it has no stop point."""
+    """The step a stage stops at (checkpoint N = step N x verbose), the last step of a command that ends by
+    itself (what its lineage reads: arcface_torch's num_image // total batch x num_epoch), or None when it has no
+    stop point."""
     if ps.stop is None:
-        from mfnpatch.recipes.arcface_torch import total_steps as schedule_steps
-
-        return schedule_steps(ps.argv) if ps.template is not None and ps.template.ends_by_itself else None
+        f = facts_of(ps.argv)
+        return f.steps if f and ps.template is not None and ps.template.ends_by_itself else None
     return ps.stop.value * verbose_of(ps.argv) if ps.stop.kind == "checkpoint" else ps.stop.value
 
 

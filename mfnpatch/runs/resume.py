@@ -24,6 +24,7 @@ from pathlib import Path
 
 from mfnpatch.checkpoint import Checkpoint, StopPoint
 from mfnpatch.errors import MfnError
+from mfnpatch.lineages import get as lineage
 from mfnpatch.logs.events import Summary
 
 NEVER = 1_000_000_000  # an lr step no run reaches (the schedule has ended)
@@ -35,31 +36,6 @@ DIFFERENCES = (
 
 class ResumeError(MfnError):
     pass
-
-
-# --------------------------------------------------------------------------------------------
-# argv editing
-
-
-def get_opt(argv: list[str], flag: str) -> str | None:
-    for i, a in enumerate(argv):
-        if a == flag and i + 1 < len(argv):
-            return argv[i + 1]
-        if a.startswith(flag + "="):
-            return a.split("=", 1)[1]
-    return None
-
-
-def set_opt(argv: list[str], flag: str, value: str) -> list[str]:
-    out = list(argv)
-    for i, a in enumerate(out):
-        if a == flag and i + 1 < len(out):
-            out[i + 1] = value
-            return out
-        if a.startswith(flag + "="):
-            out[i] = f"{flag}={value}"
-            return out
-    return out + [flag, value]
 
 
 # --------------------------------------------------------------------------------------------
@@ -234,19 +210,20 @@ def plan_resume(
     if not shifted:
         shifted = [NEVER]
         notes.append(f"every lr step was passed by step {step}: --lr-steps {NEVER} keeps the rate at {lr:g}")
-    prefix0 = get_opt(argv, "--prefix")
+    mx = lineage("insightface_mxnet")  # the pinned code's resume: its flags, through its lineage
+    prefix0 = mx.get(argv, "prefix")
     if prefix0 is None:
         raise ResumeError("the stage's command has no --prefix")
     seg = segments_so_far + 1
     prefix = f"{prefix0}-r{seg}"
     ck = checkpoint_ref(c, prefix0, n)
-    new = set_opt(argv, "--pretrained", str(ck))
-    new = set_opt(new, "--prefix", prefix)
-    new = set_opt(new, "--lr", f"{lr:.10g}")
-    new = set_opt(new, "--lr-steps", ",".join(str(s) for s in shifted))
-    max_steps = get_opt(argv, "--max-steps")
+    new = mx.set(argv, "pretrained", str(ck))
+    new = mx.set(new, "prefix", prefix)
+    new = mx.set(new, "lr", f"{lr:.10g}")
+    new = mx.set(new, "lr_steps", ",".join(str(s) for s in shifted))
+    max_steps = mx.get(argv, "max_steps")
     if max_steps is not None and max_steps.isdigit() and int(max_steps) > 0:
-        new = set_opt(new, "--max-steps", str(max(1, int(max_steps) - step)))
+        new = mx.set(new, "max_steps", str(max(1, int(max_steps) - step)))
     seg_stop = None
     if stop is not None:
         shift = n if stop.kind == "checkpoint" else step

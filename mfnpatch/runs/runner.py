@@ -31,6 +31,7 @@ from mfnpatch import __version__
 from mfnpatch.emulator import arm_cpus
 from mfnpatch.errors import Interrupted, MfnError
 from mfnpatch.fsutil import Busy, atomic_write, confined, locked
+from mfnpatch.lineages import of_argv
 from mfnpatch.logs.sentinels import all_off
 from mfnpatch.recipes.expand import FitRequest, Plan, PlannedStage, expand
 from mfnpatch.recipes.recipe import LoadedRecipe
@@ -386,10 +387,9 @@ class Runner:
                     )
                 self.obs.note(f"stage {ps.name}: provenance changed ({'; '.join(changed)}); running it again (--force)")
             resume: ResumePlan | Reached | None = None
-            started_before = srec.status == "queued" and srec.log  # resubmitted to Slurm after it had run
-            if self.opts.resume and (
-                srec.status in ("interrupted", "failed", "running", "cancelled") or started_before
-            ):
+            started_before = srec.status == "queued" and bool(srec.log)  # resubmitted to Slurm after it had run
+            part_way = srec.status in ("interrupted", "failed", "running", "cancelled") or started_before
+            if self.opts.resume and part_way:
                 resume = self._resume_plan(ps, srec, run_dir, tree_root, key, parts)
             if isinstance(resume, Reached):
                 self._complete_from_segments(ps, srec, run_dir, tree_root)
@@ -464,8 +464,7 @@ class Runner:
         return out
 
     def _check_input_files(self, ps: PlannedStage, inputs: dict[str, str], tree_root: Path, rec: RunRecord) -> None:
-        """Right before a stage runs: the checkpoints its log-resolved inputs name are on disk, with the bytes the
-        run recorded for them."""
+        """Right before a stage runs: its log-resolved input checkpoints are on disk, with the recorded bytes."""
         from mfnpatch.checkpoint import Checkpoint
 
         for key, value in inputs.items():
@@ -498,6 +497,9 @@ class Runner:
         checkpoint, Reached when it had already saved its stop checkpoint, None to run it from the start."""
         if ps.kind != "train" or not srec.log:
             return None
+        if (lin := of_argv(ps.argv)) is not None and lin.capabilities.resume:  # said, never silently off
+            self.obs.note(f"stage {ps.name} cannot be resumed: {lin.capabilities.resume}")
+            return None
         merged = stage_summary(run_dir, srec)
         if merged is None or not merged.checkpoints:
             return None
@@ -525,7 +527,6 @@ class Runner:
 
     def _complete_from_segments(self, ps, srec, run_dir, tree_root) -> None:
         """The stage saved its stop checkpoint before it was interrupted: it is done; check it."""
-
         merged = stage_summary(run_dir, srec)
         srec.status, srec.end = "done", "stopped"
         srec.ended = f"reached checkpoint {ps.stop.value} before it was interrupted"

@@ -26,37 +26,20 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from mfnpatch.lineages import get as lineage
+from mfnpatch.lineages import of_argv
+from mfnpatch.lineages.insightface_mxnet import TRAIN_DEFAULTS as TRAIN_DEFAULTS_MX
+from mfnpatch.lineages.insightface_mxnet import InsightfaceMxnet
 from mfnpatch.logs.events import Summary
-from mfnpatch.recipes.arcface_torch import torch_args
 
-# argparse defaults of src/train_softmax.py at the pin (lines 48-85), for the flags a recipe leaves out.
-TRAIN_DEFAULTS: dict[str, Any] = {
-    "network": "r50",
-    "loss_type": 4,
-    "lr": 0.1,
-    "lr_steps": "",
-    "wd": 0.0005,
-    "fc7_wd_mult": 1.0,
-    "emb_size": 512,
-    "per_batch_size": 128,
-    "margin_m": 0.5,
-    "margin_s": 64.0,
-    "verbose": 2000,
-}
-# What defines a stage (a difference disqualifies it) and what is compared (each difference is a finding).
-DEFINING = ("loss_type", "network")
-COMPARED = ("network", "loss_type", "lr", "lr_steps", "margin_s", "margin_m", "wd", "fc7_wd_mult", "emb_size",
-            "per_batch_size")  # fmt: skip
-
-TORCH_DEFINING = ("lineage", "network")
-TORCH_COMPARED = ("network", "margin_list", "embedding_size", "lr", "weight_decay", "momentum", "per_batch_size",
-                  "batch_size", "num_classes", "num_epoch", "warmup_epoch", "sample_rate", "fp16",
-                  "optimizer")  # fmt: skip
+TRAIN_DEFAULTS = TRAIN_DEFAULTS_MX  # the pinned code's defaults (lineages/insightface_mxnet.py)
+DEFINING, COMPARED = InsightfaceMxnet.defining, InsightfaceMxnet.compared
 
 
 def keys_of(cfg: dict) -> tuple[tuple[str, ...], tuple[str, ...]]:
-    """(defining, compared) keys for a log's configuration: arcface_torch's or the pinned MXNet code's."""
-    return (TORCH_DEFINING, TORCH_COMPARED) if cfg.get("lineage") == "arcface_torch" else (DEFINING, COMPARED)
+    """(defining, compared) keys for a log's configuration, as its lineage names them."""
+    lin = lineage(str(cfg.get("lineage") or "insightface_mxnet"))
+    return lin.defining, lin.compared
 
 
 @dataclass
@@ -133,35 +116,6 @@ class StageMatch:
 # Signatures from recipes
 
 
-def _typed(key: str, value: str) -> Any:
-    default = TRAIN_DEFAULTS.get(key)
-    try:
-        if isinstance(default, float):
-            return float(value)
-        if isinstance(default, int):
-            return int(value)
-    except ValueError:
-        return value
-    return value
-
-
-def argv_args(argv: list[str]) -> dict[str, Any]:
-    """``--lr-steps 1,2 --wd 0.00004`` -> {'lr_steps': '1,2', 'wd': 4e-05} (after train_softmax.py)."""
-    out: dict[str, Any] = {}
-    i = 0
-    while i < len(argv):
-        a = argv[i]
-        if a.startswith("--"):
-            key, _, val = a[2:].partition("=")
-            key = key.replace("-", "_")
-            if not val and i + 1 < len(argv):
-                val = argv[i + 1]
-                i += 1
-            out[key] = _typed(key, val)
-        i += 1
-    return out
-
-
 def _basename(prefix: str | None) -> str | None:
     return Path(prefix).name if prefix else None
 
@@ -183,12 +137,8 @@ def signatures(recipes: list[str] | None = None, profiles: bool = True) -> list[
             for s in plan.stages:
                 if s.kind != "train":
                     continue
-                targs = torch_args(s.argv)
-                if targs is not None:
-                    args = targs
-                else:
-                    args = {k: v for k, v in TRAIN_DEFAULTS.items()}
-                    args.update(argv_args(s.argv))
+                lin = of_argv(s.argv)
+                args = lin.args(s.argv) if lin else {}
                 pin = s.inputs.get("pretrained")
                 in_stage = pin.ref.stage if pin else None
                 in_ckpt = pin.ref.checkpoint if pin and isinstance(pin.ref.checkpoint, int) else None

@@ -5,8 +5,9 @@ from __future__ import annotations
 import pytest
 
 from mfnpatch.checkpoint import StopPoint
+from mfnpatch.lineages.insightface_mxnet import get_opt, set_opt
 from mfnpatch.logs.parser import summarize_text
-from mfnpatch.runs.resume import NEVER, ResumeError, Segment, get_opt, lr_at, merge, plan_resume, set_opt
+from mfnpatch.runs.resume import NEVER, ResumeError, Segment, lr_at, merge, plan_resume
 
 SEED_ARCFACE = (
     "python -u train_softmax.py --network y1 --ckpt 2 --loss-type 4 --lr-steps 120000,160000,180000,200000 "

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from mfnpatch.recipes.arcface_torch import TORCH_CONFIGS, torch_args
+from mfnpatch.lineages.arcface_torch import TORCH_CONFIGS, torch_args
 
 BASE = {"margin_list": "(1.0, 0.5, 0.0)", "network": "mbf", "resume": "False", "output": "work_dirs/ms1mv2_mbf",
         "embedding_size": "512", "sample_rate": "1.0", "interclass_filtering_threshold": "0", "fp16": "True",
