@@ -18,7 +18,7 @@ ALLOWED = {
     "verify": {"source", "logs", "recipes", "lineages"},
     "runs": {"source", "logs", "recipes", "verify", "lineages"},
     "cluster": {"source", "logs", "recipes", "verify", "runs", "lineages"},
-    "environments": set(),
+    "environments": {"lineages"},
     "deploy": {"datasets"},  # convert evaluate reads the verification sets through datasets/bins.py
     "datasets": set(),
     "cli": {"source", "logs", "recipes", "verify", "runs", "cluster", "environments", "deploy", "datasets", "lineages"},

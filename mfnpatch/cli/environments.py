@@ -173,7 +173,7 @@ def env_gpus(
     for r in rows:
         t.add_row(", ".join(r["gpus"]), r["cc"],
                   *[(r["kernels"][e] or "—").split(" (")[0] for e in envs],
-                  r["use"]["mxnet"] or "[red]none[/]", r["use"]["torch"] or "[red]none[/]")  # fmt: skip
+                  *[r["use"][name] or "[red]none[/]" for name in ("insightface_mxnet", "arcface_torch")])  # fmt: skip
     out.print(t)
     return EXIT_OK
 

@@ -93,7 +93,8 @@ def recipe_plan(
         f"[bold]{r.name}[/] ({escape(r.title)}), seed update {r.seed_update}"
         + (f", profile [bold]{profile}[/]" if profile else "")
     )
-    out.print(f"pin {r.pin}, patch sets {plan.patches}, environment {plan.environment}")
+    out.print(f"pin {r.pin}, patch sets {plan.patches}, environment {plan.environment}"
+              + (f", lineage {r.lineage}" if r.lineage else ""))  # fmt: skip
     if plan.fit is not None:
         print_fit(plan.fit)
     from mfnpatch.runs.determinism import describe

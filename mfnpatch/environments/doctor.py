@@ -439,10 +439,7 @@ def _link_findings(env: Env, facts: Facts) -> list[Finding]:
     return out
 
 
-LINEAGES = {
-    "mxnet": "the seed's MXNet code at InsightFace 4bc8132, MobileFaceNet as y1",
-    "torch": "InsightFace's arcface_torch, MobileFaceNet as mbf",
-}
+LINEAGES = ("insightface_mxnet", "arcface_torch")  # mfnpatch/lineages/'s names, the GPU table's columns
 
 
 def recipe_for(env_name: str) -> tuple[str, str | None] | None:
@@ -478,7 +475,7 @@ def _recipe_line(env_name: str) -> str:
 
 
 def _cpu_env(env: Env) -> str:
-    return "torch-cpu" if env.spec.lineage == "torch" else "cpu"
+    return "torch-cpu" if env.spec.lineage == "arcface_torch" else "cpu"
 
 
 def kernel_fix(cc: tuple[int, int] | None, env: Env) -> str:
@@ -506,11 +503,13 @@ def kernel_fix(cc: tuple[int, int] | None, env: Env) -> str:
     text = (f"use the {e.name} environment ({'pip only; ' if e.spec.kind == 'pip' else ''}{b.package} {b.version} "
             f"has {how} kernels for {sm}): {prep}")  # fmt: skip
     if e.spec.lineage != env.spec.lineage:
-        what = LINEAGES[e.spec.lineage]
+        from mfnpatch.lineages import get as lineage
+
+        what = lineage(e.spec.lineage).title
         text += (f"; that is the {e.spec.lineage} lineage ({what}): no {env.spec.build.import_name} build mfnpatch "
                  f"knows has kernels for {sm}"
                  + (" (MXNet is retired; building it from source with CUDA >= 11.8 is the only other way)"
-                    if env.spec.lineage == "mxnet" else ""))  # fmt: skip
+                    if env.spec.lineage == "insightface_mxnet" else ""))  # fmt: skip
     return text
 
 
@@ -543,7 +542,7 @@ def gpu_table_markdown() -> str:
     for r in rows:
         cells = [", ".join(r["gpus"]), r["cc"]]
         cells += [(r["kernels"][e] or "—").replace(" (compiled by the driver at first use)", "") for e in envs]
-        cells += [r["use"]["mxnet"] or "none: no build", r["use"]["torch"] or "none: no build"]
+        cells += [r["use"]["insightface_mxnet"] or "none: no build", r["use"]["arcface_torch"] or "none: no build"]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 

@@ -8,9 +8,9 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 
 from mfnpatch.errors import MfnError
 from mfnpatch.fsutil import sha256_bytes
@@ -105,11 +105,20 @@ class EnvSpec(Strict):
     cuda_libraries: CudaLibraries | None = None
     emulated: Emulated | None = None
     patches: str = ""
-    lineage: Literal["mxnet", "torch"] = Field(
-        default="mxnet", description="which lineage's recipes it runs: the pinned MXNet code or arcface_torch"
+    lineage: Literal["insightface_mxnet", "arcface_torch"] = Field(
+        default="insightface_mxnet",
+        description="which lineage's recipes it runs, by its registry name (mfnpatch/lineages/); the older names "
+        "mxnet and torch are read as these",
     )
     gpu_note: str | None = Field(default=None, description="which GPUs it is for, in a few words")
     why: str
+
+    @field_validator("lineage", mode="before")
+    @classmethod
+    def _lineage_name(cls, v: Any) -> Any:
+        from mfnpatch.lineages import ALIASES
+
+        return ALIASES.get(v, v) if isinstance(v, str) else v
 
     @model_validator(mode="after")
     def _one_build(self) -> EnvSpec:

@@ -30,6 +30,12 @@ def get(name: str) -> Lineage:
     return LINEAGES[key]
 
 
+def of_args(args: dict) -> Lineage:
+    """The lineage of a log's configuration or a stage's arguments (their ``lineage`` key; the MXNet code's
+    carry none)."""
+    return get(str(args.get("lineage") or "insightface_mxnet"))
+
+
 def of_argv(argv: list[str]) -> Lineage | None:
     """The lineage whose trainer a command runs (None: not a training command of a known lineage)."""
     hits = [lin for lin in LINEAGES.values() if lin.claims(argv)]
@@ -41,4 +47,4 @@ def facts_of(argv: list[str]) -> TrainerFacts | None:
     return lin.facts(argv) if lin else None
 
 
-__all__ = ["LINEAGES", "Capabilities", "Lineage", "TrainerFacts", "facts_of", "get", "of_argv", "register"]
+__all__ = ["LINEAGES", "Capabilities", "Lineage", "TrainerFacts", "facts_of", "get", "of_args", "of_argv", "register"]

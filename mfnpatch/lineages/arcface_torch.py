@@ -10,7 +10,16 @@ import ast
 from pathlib import Path
 from typing import Any
 
-from mfnpatch.lineages.base import Capabilities, Lineage, PolySchedule, TrainerFacts
+from mfnpatch.lineages.base import (
+    Capabilities,
+    Lineage,
+    PolySchedule,
+    Resumed,
+    ResumeError,
+    ResumeRequest,
+    TrainerFacts,
+)
+from mfnpatch.lineages.torch_state import read_state
 
 # The mbf configs at the 0159b24 pin, configs/base.py merged with each (the keys a log's config block prints that
 # decide what is trained; recognition/arcface_torch/configs/*_mbf.py).
@@ -83,12 +92,7 @@ class ArcfaceTorch(Lineage):
     name = "arcface_torch"
     title = "arcface_torch, InsightFace's PyTorch recipe (0159b24, train_v2.py)"
     framework = "torch"
-    capabilities = Capabilities(
-        resume="arcface_torch resumes by epoch from its checkpoint_gpu_N.pt (resume=True with save_all_states=True); "
-        "mfnpatch does not carry that yet, so an interrupted stage runs again from its start",
-        lr_sentinel=None,
-        fit=None,
-    )
+    capabilities = Capabilities(resume=None, lr_sentinel=None, fit=None)
     defining = ("lineage", "network")
     compared = (
         "network",
@@ -140,3 +144,52 @@ class ArcfaceTorch(Lineage):
     def probe_argv(self, argv: list[str], prefix: str, steps: int) -> list[str]:
         out = set_override(argv, "output", prefix)
         return set_override(out, "verbose", str(max(1, steps // 2)))
+
+    def state_files(self, argv: list[str], cwd: Path) -> list[Path]:
+        a = torch_args(argv) or {}
+        if not a.get("save_all_states") or not a.get("output"):
+            return []
+        return [cwd / str(a["output"]) / f"checkpoint_gpu_{r}.pt" for r in range(processes(argv))]
+
+    def resume(self, req: ResumeRequest) -> Resumed | None:
+        """arcface_torch's own resume: ``resume=True`` loads every process's checkpoint_gpu_N.pt from ``output``
+        (weights, partial FC, optimizer with its momentum, lr scheduler, epoch and global step) and continues at
+        the next epoch; the log counts steps from the stage's start."""
+        a = torch_args(req.argv) or {}
+        if a.get("save_all_states") is not True:
+            raise ResumeError(
+                "the stage ran without save_all_states=True, so arcface_torch saved no state to resume from",
+                hint="run it again from its start (--force); add save_all_states=True to its command to make it "
+                "resumable (the mbf recipe does, parameter save_states)",
+            )
+        files = self.state_files(req.argv, req.cwd)
+        on_disk = [f for f in files if f.is_file()]
+        if not on_disk:
+            return None  # interrupted in its first epoch: nothing saved yet
+        if len(on_disk) < len(files):
+            missing = ", ".join(str(f) for f in files if not f.is_file())
+            raise ResumeError(f"{missing} is missing: every process must have saved the same epoch",
+                              hint="run the stage again from its start (--force)")  # fmt: skip
+        states = [read_state(f) for f in files]
+        if len({(x.epoch, x.global_step) for x in states}) > 1:
+            seen = "; ".join(f"{x.path.name}: epoch {x.epoch}, step {x.global_step}" for x in states)
+            raise ResumeError(f"the processes saved different epochs ({seen})",
+                              hint="run the stage again from its start (--force)")  # fmt: skip
+        st = states[0]
+        facts = self.facts(req.argv)
+        lr = facts.lr.at(st.global_step) if facts.lr is not None else None
+        epochs = a.get("num_epoch")
+        reached = req.stop is not None and req.stop.kind == "step" and st.global_step >= req.stop.value
+        out = str(files[0].parent)
+        summary = (f"resume=True, arcface_torch loads {out}/checkpoint_gpu_*.pt (weights, partial FC, optimizer "
+                   f"momentum, lr scheduler) and continues at epoch {st.epoch + 1} of {epochs}")  # fmt: skip
+        return Resumed(req.segment, st.epoch, st.global_step, f"the state saved after epoch {st.epoch}", out,
+                       str(a.get("output")), lr, [], set_override(req.argv, "resume", "True"), req.stop, files,
+                       "stage", DIFFERENCES, summary, reached=reached)  # fmt: skip
+
+
+DIFFERENCES = (
+    "train_v2.py seeds its random generators anew when the segment starts, so the random flips of the epochs "
+    "after the resume are drawn differently from an uninterrupted run's (the data order is the same: the "
+    "sampler is seeded by the epoch)",
+)

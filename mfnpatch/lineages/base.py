@@ -11,11 +11,17 @@ module in ``lineages/`` registered by name (``register``), nothing else.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from dataclasses import dataclass
-from typing import Any, Protocol
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, Protocol
+
+from mfnpatch.checkpoint import StopPoint
+from mfnpatch.errors import MfnError
 
 
 class LrSchedule(Protocol):
+    resolution: float  # the unit the trainer's log prints the rate in (0: all its digits)
+
     def at(self, step: int) -> float | None:
         """The learning rate the plan schedules for ``step`` (None: the plan leaves it to the code)."""
         ...
@@ -28,6 +34,7 @@ class StepSchedule:
     base: float
     steps: list[int] | None  # None: the code's own default schedule, taken from its 'lr_steps [...]' line
     beta_freeze: int = 0
+    resolution: float = 0.0  # lr-batch-epoch lines print repr(lr)
 
     def at(self, step: int) -> float | None:
         if self.steps is None:
@@ -53,6 +60,7 @@ class PolySchedule:
     warmup: int
     total: int
     power: float = 1.0
+    resolution: float = 1e-4  # CallBackLogging prints "LearningRate %.6f" at the pin, %.4f in the published logs
 
     def at(self, step: int) -> float | None:
         if self.total <= self.warmup or step <= 0:
@@ -100,6 +108,49 @@ class Capabilities:
         return out
 
 
+class ResumeError(MfnError):
+    pass
+
+
+@dataclass
+class ResumeRequest:
+    """What the runner knows of an interrupted training stage: its command, where it ran, and what its logs
+    (merged over the segments so far) say it saved."""
+
+    argv: list[str]
+    cwd: Path
+    segment: int  # the index the new segment gets (1, 2, ...)
+    stop: StopPoint | None
+    saves: dict[int, dict]  # the stage's saves its logs name: number -> {step, path, segment, number}
+    config: dict[str, Any]  # the configuration its first log printed
+    lr_steps: list[int] | None  # the lr schedule its log printed (the MXNet code's 'lr_steps [...]')
+
+
+@dataclass
+class Resumed:
+    """How a stage continues: the command of its next segment and where it starts."""
+
+    segment: int
+    from_save: int  # the stage's save resumed from (an MXNet checkpoint number; arcface_torch: epochs done)
+    from_step: int  # the stage step that save was made at
+    what: str  # the save it resumes from, in words ("checkpoint 3", "the state saved after epoch 1")
+    pretrained: str  # the files it starts from (PREFIX,N; a directory of checkpoint_gpu_N.pt)
+    prefix: str  # where the segment writes
+    lr: float | None  # the rate in force at from_step
+    lr_steps: list[int]
+    argv: list[str]
+    stop: StopPoint | None  # in the numbering of the segment's log
+    files: list[Path]  # the saved state the segment reads, checked against the bytes the run recorded
+    steps: Literal["segment", "stage"]  # how the segment's log counts steps: from its own start, or the stage's
+    differences: tuple[str, ...]  # what stays different from an uninterrupted run
+    summary: str  # the resume in the lineage's own terms
+    reached: bool = False  # the stop save was made before the interruption: the stage is done
+    notes: list[str] = field(default_factory=list)
+
+    def describe(self) -> str:
+        return f"resumed from {self.what} (step {self.from_step}) as segment {self.segment}: {self.summary}"
+
+
 class Lineage(ABC):
     """One line of InsightFace's training code. Names are the registry's keys, the one name used everywhere."""
 
@@ -109,6 +160,8 @@ class Lineage(ABC):
     capabilities: Capabilities
     defining: tuple[str, ...]  # the arguments that tell its stages apart (a difference disqualifies)
     compared: tuple[str, ...]  # the arguments compared with a recipe's (each difference is a finding)
+    # its log's per_batch_size is per device, the total its product with the devices (the MXNet code's ctx)
+    batch_per_device: bool = False
 
     @abstractmethod
     def claims(self, argv: list[str]) -> bool:
@@ -133,3 +186,17 @@ class Lineage(ABC):
     @abstractmethod
     def set(self, argv: list[str], key: str, value: str) -> list[str]:
         """The command with one argument set (added when absent)."""
+
+    def total_batch_of(self, args: dict[str, Any]) -> int | None:
+        """The total batch of a stage from its arguments (``args``: in the terms its log prints)."""
+        total = args.get("batch_size")
+        return total if isinstance(total, int) else None
+
+    def resume(self, req: ResumeRequest) -> Resumed | None:
+        """The next segment of an interrupted stage (None: nothing saved yet, run it from its start); a
+        ResumeError says why it cannot continue."""
+        raise ResumeError(self.capabilities.resume or f"{self.name} does not resume")
+
+    def state_files(self, argv: list[str], cwd: Path) -> list[Path]:
+        """Files a resume reads that the log does not name (their bytes are recorded when the stage ends)."""
+        return []

@@ -6,7 +6,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from mfnpatch.lineages.base import Capabilities, Lineage, StepSchedule, TrainerFacts
+from mfnpatch.lineages.base import Capabilities, Lineage, Resumed, ResumeRequest, StepSchedule, TrainerFacts
+from mfnpatch.lineages.mxnet_resume import plan_resume
 
 # argparse defaults of src/train_softmax.py at the pin (lines 48-85), for the flags a recipe leaves out.
 TRAIN_DEFAULTS: dict[str, Any] = {
@@ -88,8 +89,14 @@ class InsightfaceMxnet(Lineage):
     compared = ("network", "loss_type", "lr", "lr_steps", "margin_s", "margin_m", "wd", "fc7_wd_mult", "emb_size",
                 "per_batch_size")  # fmt: skip
 
+    batch_per_device = True
+
     def claims(self, argv: list[str]) -> bool:
         return any(a.endswith("train_softmax.py") for a in argv)
+
+    def total_batch_of(self, args: dict[str, Any]) -> int | None:
+        per = args.get("per_batch_size")  # the seed trained on one P40
+        return per if isinstance(per, int) else None
 
     def args(self, argv: list[str]) -> dict[str, Any]:
         return {**TRAIN_DEFAULTS, **argv_args(argv)}
@@ -127,3 +134,6 @@ class InsightfaceMxnet(Lineage):
             del out[i : i + 2]
         out = self.set(out, "prefix", prefix)
         return self.set(out, "verbose", str(max(1, steps // 2)))
+
+    def resume(self, req: ResumeRequest) -> Resumed | None:
+        return plan_resume(req, self.get, self.set)

@@ -152,7 +152,7 @@ class TargetSummary:
 @dataclass
 class Summary:
     path: str = "-"
-    lineage: str = "mxnet"  # whose log: the pinned MXNet code's, or arcface_torch's training.log (logs/torchlog.py)
+    lineage: str = "insightface_mxnet"  # whose log, by lineage name (mfnpatch/lineages/)
     lines: int = 0
     unknown_lines: int = 0
     unknown_sample: str | None = None  # the first line not recognised (shown with the count)

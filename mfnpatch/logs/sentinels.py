@@ -14,8 +14,9 @@ sentinel's default, and the evidence for it, is in ``DEFAULTS`` and docs/sentine
   0.000195 is two right of 10240), its ArcFace run on its first.
 - ``nonfinite``: a training metric, a verification accuracy or a learning rate that is NaN or infinite.
 - ``lr``: the learning rate an ``lr-batch-epoch`` line prints is not the one the plan scheduled for that step
-  (``--lr`` times 0.1 at each ``--lr-steps`` step the stage has passed), beyond ``rel_tolerance`` (Python 3
-  prints 0.0010000000000000002 for 0.001).
+  (``--lr`` times 0.1 at each ``--lr-steps`` step the stage has passed; arcface_torch's polynomial decay),
+  beyond ``rel_tolerance`` (Python 3 prints 0.0010000000000000002 for 0.001) and half the unit the log prints it
+  in (arcface_torch: ``LearningRate %.6f`` at the pin, ``%.4f`` in its published logs: 1e-4).
 - ``stall``: throughput below ``below`` (0.5) of its first stable value (the median of Speedometer lines 2 to
   ``1 + baseline_lines``) on ``lines`` (3) Speedometer lines in a row. The window that holds a verification
   round dips once (to 0.22 of the first value in the seed's logs; 101 dips, never two lines in a row).
@@ -203,8 +204,8 @@ class Watch:
         if lr_seen is not None and s.lr != "off" and plan is not None and step_of is not None:
             step = int(step_of)
             want = plan.at(step)
-            if want is not None and math.isfinite(lr_seen) and abs(lr_seen - want) > s.lr.rel_tolerance * abs(want) \
-                    + 1e-12:  # fmt: skip
+            slack = s.lr.rel_tolerance * abs(want or 0) + plan.resolution / 2 + 1e-12  # what printing rounds away
+            if want is not None and math.isfinite(lr_seen) and abs(lr_seen - want) > slack:
                 how = plan.describe() if hasattr(plan, "describe") else "the plan's schedule"
                 return self._trip("lr", f"lr {lr_seen:g} at step {step}, the plan schedules {want:g} ({how})", ev)
         return None

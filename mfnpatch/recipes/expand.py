@@ -155,6 +155,7 @@ class Plan:
             "pin": self.recipe.pin,
             "patches": self.patches,
             "environment": self.environment,
+            "lineage": self.recipe.lineage,
             "parameters": self.parameters,
             "seed": self.seed,
             "hazards": self.hazards,

@@ -36,6 +36,17 @@ class FitSpec(Strict):
     source: str = ""
     gpus: str = Field(description="the parameter listing the GPUs (CUDA_VISIBLE_DEVICES)")
     per_gpu_batch: str = Field(description="the parameter holding the per-GPU batch (--per-batch-size)")
+    per_gpu_default: int | None = Field(
+        default=None,
+        ge=1,
+        description="the per-GPU batch the code uses when "
+        "that parameter is unset (arcface_torch: its config's batch_size)",
+    )
+    processes: str | None = Field(
+        default=None,
+        description="the parameter holding the processes a stage starts, "
+        "one per GPU (torchrun's --nproc_per_node); set to the GPU count",
+    )
     steps: list[str] = Field(default_factory=list, description="parameters counted in steps (lists allowed)")
     verbose: str | None = Field(default=None, description="the --verbose parameter (steps between checkpoints)")
     default_verbose: int = 2000
@@ -172,7 +183,8 @@ def fit_parameters(
     ``set_by_user``: the parameters --set gave, whose change of the total batch is warned about)."""
     if rule is not None and rule not in RULES:
         raise RecipeError(f"--fit {rule}: use total, per-gpu or smaller-batch")
-    per0 = _int(spec.per_gpu_batch, values.get(spec.per_gpu_batch) or 0, "a batch size")
+    given = values.get(spec.per_gpu_batch)
+    per0 = _int(spec.per_gpu_batch, given if given not in (None, "") else spec.per_gpu_default or 0, "a batch size")
     if per0 < 1:
         shown = values.get(spec.per_gpu_batch)
         raise RecipeError(f"fit: parameter {spec.per_gpu_batch} is {shown!r}, not a batch size")
@@ -184,6 +196,8 @@ def fit_parameters(
         d.overrides[spec.gpus] = ",".join(ids)
         if spec.slurm_gpus:
             d.overrides[spec.slurm_gpus] = str(n)
+        if spec.processes:
+            d.overrides[spec.processes] = str(n)
     if rule is None:
         if gpus is None and d.total != T and set_by_user & {spec.gpus, spec.per_gpu_batch}:
             d.differs = True
@@ -235,8 +249,8 @@ def fit_parameters(
                 every = _int(spec.verbose, v) if v not in (None, "") else spec.default_verbose
                 new, rounded = _scale_steps(spec.verbose, every, k)
                 d.overrides[spec.verbose] = new
-                d.changes.append(Change(spec.verbose, every, new, why + ": every checkpoint N stays at the seed's "
-                                        "samples" + (" (rounded)" if rounded else "")))  # fmt: skip
+                kept = ": the N-th checkpoint or verification stays at the seed's samples"
+                d.changes.append(Change(spec.verbose, every, new, why + kept + (" (rounded)" if rounded else "")))
             for p, seed_lr in spec.lr.items():
                 v = values.get(p)
                 base = _float(p, v) if v not in (None, "") else seed_lr

@@ -194,6 +194,7 @@ class Recipe(Strict):
     pin: str
     patches: str
     environment: str
+    lineage: str | None = Field(default=None, description="the lineage its training stages run (mfnpatch/lineages/)")
     description: str = ""
     parameters: dict[str, Param | str | int | float | bool | None] = Field(default_factory=dict)
     sentinels: SentinelSpec | None = None
@@ -283,6 +284,24 @@ def _intish(s: str) -> int | str:
     return int(s) if s.isdigit() else s
 
 
+def _check_lineage(lr: LoadedRecipe) -> None:
+    """``lineage:`` is a registry name, and every training stage whose trainer is known runs that lineage's."""
+    from mfnpatch.lineages import LINEAGES, of_argv
+
+    r = lr.recipe
+    if r.lineage is None:
+        return
+    if r.lineage not in LINEAGES:
+        raise RecipeError(f"{lr.where(('lineage',))}: unknown lineage '{r.lineage}'", hint=f"lineages: "
+                          f"{', '.join(LINEAGES)} (mfnpatch/lineages/; a new one is registered there)")  # fmt: skip
+    for sname, stage in r.stages.items():
+        lin = of_argv([a for a in stage.command if isinstance(a, str)]) if stage.kind == "train" else None
+        if lin is not None and lin.name != r.lineage:
+            raise RecipeError(f"{lr.where(('stages', sname, 'command'))}: stage '{sname}' runs {lin.name}'s trainer, "
+                              f"but the recipe says lineage: {r.lineage}",
+                              hint=f"set lineage: {lin.name}, or run {r.lineage}'s trainer")  # fmt: skip
+
+
 def check_references(lr: LoadedRecipe) -> None:
     """Every ${...} names a parameter, a built-in, an input of its stage or an output of an earlier stage;
     every input names an earlier stage; profiles name existing stages and parameters."""
@@ -290,6 +309,7 @@ def check_references(lr: LoadedRecipe) -> None:
     params = _params(r)
     names = list(r.stages)
     check_confinement(lr)
+    _check_lineage(lr)
     for si, (sname, stage) in enumerate(r.stages.items()):
         earlier = set(names[:si])
         for key, ref in stage.inputs.items():

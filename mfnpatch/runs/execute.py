@@ -29,8 +29,8 @@ from mfnpatch.runs.files import output_files
 from mfnpatch.runs.outcome import stage_checks, stage_outcome
 from mfnpatch.runs.process import ProcessResult, run_process
 from mfnpatch.runs.record import RunError, SegmentRecord, SentinelTrip, StageRecord, now
-from mfnpatch.runs.resume import DIFFERENCES, ResumePlan
-from mfnpatch.runs.summaries import checkpoint_hashes, stage_metrics, stage_summary
+from mfnpatch.runs.resume import ResumePlan
+from mfnpatch.runs.summaries import checkpoint_hashes, stage_metrics, stage_summary, state_hashes
 from mfnpatch.verify.facts import gather_facts
 
 # --------------------------------------------------------------------------------------------
@@ -139,12 +139,12 @@ class StageRun:
             srec.segments.append(SegmentRecord(
                 index=resume.segment, log=log_rel, prefix=resume.prefix, argv=resume.argv,
                 start_step=resume.from_step, start_save=resume.from_save, pretrained=resume.pretrained,
-                lr=resume.lr, lr_steps=resume.lr_steps, started=now(), notes=resume.notes,
+                lr=resume.lr, lr_steps=resume.lr_steps, started=now(), notes=resume.notes, steps=resume.steps,
             ))  # fmt: skip
             if not srec.notes:
-                srec.notes = [f"a resumed segment differs from an uninterrupted run: {d}" for d in DIFFERENCES]
+                srec.notes = [f"a resumed segment differs from an uninterrupted run: {d}" for d in resume.differences]
             run_ps = ps.with_argv(resume.argv, resume.stop)
-            offsets = (resume.from_step, resume.from_save)
+            offsets = (resume.from_step, resume.from_save) if resume.steps == "segment" else (0, 0)
             self.observer.note(f"{ps.name}: {resume.describe()}")
         run_ps = self.adjust(run_ps, srec)
         log_path = run_dir / log_rel
@@ -176,11 +176,11 @@ class StageRun:
             )  # fmt: skip
             if log_path.exists():
                 seg.log_sha256 = sha256_file(log_path)
-            ended = f"{ended} (segment {resume.segment}, resumed from checkpoint {resume.from_save})"
+            ended = f"{ended} (segment {resume.segment}, resumed from {resume.what})"
         summary = stage_summary(run_dir, srec) if ps.kind == "train" else None
         if summary is not None:
             srec.metrics = stage_metrics(summary)
-            srec.checkpoints = checkpoint_hashes(summary, cwd)
+            srec.checkpoints = checkpoint_hashes(summary, cwd) | state_hashes(ps.argv, cwd)
         o = stage_outcome(ps.kind, result.code, result.end, ended, self.interrupted() is not None, ps.stop,
                           set(summary.checkpoints) if summary else set())  # fmt: skip
         srec.status, srec.end, srec.ended = o.status, result.end, o.ended

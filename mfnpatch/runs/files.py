@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Literal
 
 from mfnpatch.fsutil import sha256_file
+from mfnpatch.runs.record import RunError
 
 MAX_FILES = 10_000  # of one output directory
 # files whose bytes two runs of one plan share (models); a result file holds timings and differs run to run
@@ -94,3 +95,16 @@ def changed_since_recorded(recorded: dict[str, str], files) -> list[str]:
     checks = check_files(mine, [Path(p).parent for p in mine])
     return [f"{c.path}: sha256 {c.recorded[:12]} recorded, {(c.now or '')[:12]} now" for c in checks
             if c.state == "changed"]  # fmt: skip
+
+
+def refuse_changed(recorded: dict[str, str], stage: str, files, what: str, force: bool, note) -> None:
+    """A checkpoint whose bytes are not the ones the run recorded is not used (``force`` uses it, said)."""
+    lines = changed_since_recorded(recorded, files)
+    if lines and force:
+        note(f"{what}: checkpoint files changed since recorded ({'; '.join(lines)}); used (--force)")
+    elif lines:
+        raise RunError(
+            f"{what}: checkpoint files of stage {stage} changed since the run recorded them; refusing to use them",
+            details=lines,
+            hint="restore them, or use them anyway with --force (recorded), or rerun the stage",
+        )

@@ -84,6 +84,7 @@ class SegmentRecord(Strict):
     lr_steps: list[int] = Field(default_factory=list)
     started: str | None = None
     notes: list[str] = Field(default_factory=list)
+    steps: Literal["segment", "stage"] = "segment"  # how its log counts steps (arcface_torch: from the stage's start)
     finished: str | None = None
     seconds: float | None = None
     exit_code: int | None = None
@@ -177,6 +178,7 @@ class RecipeInfo(Strict):
     profile: str | None = None
     parameters: dict[str, Any] = Field(default_factory=dict)
     seed_update: str | None = None
+    lineage: str | None = None  # the recipe's lineage: (mfnpatch/lineages/; absent in records before it)
     overrides: dict[str, str] = Field(default_factory=dict)
     cpu_free: int | None = None  # ${cpu_free} when the run started (a resumed run keeps it)
     # the plan fitted to the GPUs (recipes/fit.py): rule, GPUs, total batch, what changed from the seed's

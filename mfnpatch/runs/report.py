@@ -97,10 +97,12 @@ def run_markdown(rec: RunRecord, inputs: ReportInputs) -> str:
         if s.stands_in:
             lines += [f"Stands in for the seed's step: {s.stands_in}", ""]
         for seg in s.segments:
+            how = (f"resumed from checkpoint {seg.start_save} (step {seg.start_step}) at lr {seg.lr or 0:g}, lr steps "
+                   f"shifted by {seg.start_step}; its save k is the stage's {seg.start_save} + k"
+                   if seg.steps == "segment" else f"resumed from the state saved after epoch {seg.start_save} (step "
+                   f"{seg.start_step}, lr {seg.lr or 0:g}); its log counts steps from the stage's start")  # fmt: skip
             lines += [
-                f"Segment {seg.index}: resumed from checkpoint {seg.start_save} (step {seg.start_step}) "
-                f"at lr {seg.lr or 0:g}, lr steps shifted by {seg.start_step}; its save k is the stage's "
-                f"{seg.start_save} + k. {seg.ended or 'running'}. Log: [{seg.log}]({seg.log})",
+                f"Segment {seg.index}: {how}. {seg.ended or 'running'}. Log: [{seg.log}]({seg.log})",
                 "",
                 "```",
                 f"cd {s.cwd} && {shlex.join(seg.argv)}",

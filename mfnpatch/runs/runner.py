@@ -32,6 +32,7 @@ from mfnpatch.emulator import arm_cpus
 from mfnpatch.errors import Interrupted, MfnError
 from mfnpatch.fsutil import Busy, atomic_write, confined, locked
 from mfnpatch.lineages import of_argv
+from mfnpatch.lineages.base import ResumeError, ResumeRequest
 from mfnpatch.logs.sentinels import all_off
 from mfnpatch.recipes.expand import FitRequest, Plan, PlannedStage, expand
 from mfnpatch.recipes.recipe import LoadedRecipe
@@ -40,7 +41,7 @@ from mfnpatch.runs.determinism import describe as describe_determinism
 from mfnpatch.runs.determinism import free_cpus, seed_env
 from mfnpatch.runs.eta import eta_of
 from mfnpatch.runs.execute import Observer, StageRun
-from mfnpatch.runs.files import changed_since_recorded
+from mfnpatch.runs.files import refuse_changed
 from mfnpatch.runs.handover import as_seen_from, input_checkpoint, pick_checkpoint
 from mfnpatch.runs.liveness import boot_id, run_lock_path, start_ticks
 from mfnpatch.runs.provenance import changed_parts, stage_parts
@@ -62,7 +63,7 @@ from mfnpatch.runs.record import (
     now,
     write_record,
 )
-from mfnpatch.runs.resume import Reached, ResumeError, ResumePlan, checkpoint_ref, plan_resume, usable_checkpoints
+from mfnpatch.runs.resume import Reached, ResumePlan
 from mfnpatch.runs.summaries import checkpoint_hashes, stage_metrics, stage_summary
 
 
@@ -299,7 +300,8 @@ class Runner:
             tool=f"mfnpatch {__version__}",
             started=now(),
             recipe=RecipeInfo(name=plan.recipe.name, path=str(self.loaded.path), sha256=self.loaded.sha256,
-                              profile=self.profile, parameters=plan.parameters, seed_update=plan.recipe.seed_update),
+                              profile=self.profile, parameters=plan.parameters, seed_update=plan.recipe.seed_update,
+                              lineage=plan.recipe.lineage),
             pin=PinInfo(commit=pin.commit, tree=pin.manifest.tree),
             tree=str(Path(self.opts.tree).absolute()),
             patches=[PatchSetInfo(name=s.name, version=s.version, sha256=s.sha256) for s in sets],
@@ -480,28 +482,27 @@ class Runner:
             self._refuse_changed(rec.stage(src), ck.files(tree_root / ps.cwd), f"stage {ps.name}'s input {key}")
 
     def _refuse_changed(self, srec: StageRecord, files, what: str) -> None:
-        """A checkpoint whose bytes are not the ones the run recorded is not used (``--force`` uses it, said)."""
-        lines = changed_since_recorded(srec.checkpoints, files)
-        if lines and self.opts.force:
-            self.obs.note(f"{what}: checkpoint files changed since recorded ({'; '.join(lines)}); used (--force)")
-        elif lines:
-            raise RunError(
-                f"{what}: checkpoint files of stage {srec.name} changed since the run recorded them; refusing to "
-                "use them",
-                details=lines,
-                hint="restore them, or use them anyway with --force (recorded), or rerun the stage",
-            )
+        refuse_changed(srec.checkpoints, srec.name, files, what, self.opts.force, self.obs.note)
 
     def _resume_plan(self, ps, srec, run_dir, tree_root, key, parts) -> ResumePlan | Reached | None:
-        """How an interrupted or failed training stage continues: a resumed segment from its last saved
-        checkpoint, Reached when it had already saved its stop checkpoint, None to run it from the start."""
+        """How an interrupted or failed training stage continues: its lineage's next segment from what it saved,
+        Reached when it had already saved its stop checkpoint, None to run it from the start."""
         if ps.kind != "train" or not srec.log:
             return None
-        if (lin := of_argv(ps.argv)) is not None and lin.capabilities.resume:  # said, never silently off
-            self.obs.note(f"stage {ps.name} cannot be resumed: {lin.capabilities.resume}")
+        if (lin := of_argv(ps.argv)) is None or lin.capabilities.resume:  # said, never silently off
+            why = lin.capabilities.resume if lin else "it runs no trainer of a known lineage"
+            self.obs.note(f"stage {ps.name} cannot be resumed ({why}): it runs again from its start")
             return None
         merged = stage_summary(run_dir, srec)
-        if merged is None or not merged.checkpoints:
+        if merged is None:
+            return None
+        req = ResumeRequest(ps.argv, tree_root / ps.cwd, len(srec.segments) + 1, ps.stop, merged.checkpoints,
+                            merged.config or {}, merged.lr_steps)  # fmt: skip
+        try:
+            plan, err = lin.resume(req), None
+        except ResumeError as e:
+            plan, err = None, e
+        if plan is None and err is None:  # nothing saved yet
             return None
         if srec.provenance and srec.provenance != key:
             if self.opts.force:
@@ -512,18 +513,13 @@ class Runner:
                 details=changed_parts(srec.provenance_parts, parts),
                 hint="run it again from its start with --force, or start a new run without --resume",
             )
-        prefix0 = self._outputs.get(ps.name, {}).get("checkpoint") or ""
-        usable = usable_checkpoints(merged, prefix0, tree_root / ps.cwd)
-        if not usable:
-            return None
-        last = checkpoint_ref(merged.checkpoints[max(usable)], prefix0, max(usable))
-        self._refuse_changed(srec, last.files(tree_root / ps.cwd), f"resuming stage {ps.name}")
-        if ps.stop and ps.stop.kind == "checkpoint" and max(usable) >= ps.stop.value:
+        if err is not None:
+            raise RunError(f"stage {ps.name} cannot be resumed: {err.message}", hint=err.hint or "") from None
+        assert plan is not None
+        self._refuse_changed(srec, plan.files, f"resuming stage {ps.name}")
+        if plan.reached and ps.stop is not None:
             return Reached(ps.stop.value)
-        try:
-            return plan_resume(ps.argv, merged, len(srec.segments), ps.stop, usable)
-        except ResumeError as e:
-            raise RunError(f"stage {ps.name} cannot be resumed: {e.message}", hint=e.hint or "") from None
+        return plan
 
     def _complete_from_segments(self, ps, srec, run_dir, tree_root) -> None:
         """The stage saved its stop checkpoint before it was interrupted: it is done; check it."""

@@ -41,7 +41,9 @@ def stage_summary(run_dir: Path, srec: StageRecord) -> Summary | None:
     for seg in srec.segments:
         p = Path(run_dir) / seg.log
         if p.is_file():
-            parts.append((log_summary(p), Segment(seg.index, seg.log, seg.prefix, seg.start_step, seg.start_save)))
+            parts.append(
+                (log_summary(p), Segment(seg.index, seg.log, seg.prefix, seg.start_step, seg.start_save, seg.steps))
+            )
     return merge(parts)
 
 
@@ -71,3 +73,13 @@ def checkpoint_hashes(s: Summary, cwd: Path) -> dict[str, str]:
             if key not in out and f.is_file():
                 out[key] = sha256_file(f)
     return dict(sorted(out.items()))
+
+
+def state_hashes(argv: list[str], cwd: Path) -> dict[str, str]:
+    """sha256 of the saved state a resume of the stage would read beyond the checkpoints its log names
+    (arcface_torch's checkpoint_gpu_N.pt), so a resume refuses bytes that changed since the run recorded them."""
+    from mfnpatch.lineages import of_argv
+
+    lin = of_argv(argv)
+    files = lin.state_files(argv, cwd) if lin is not None else []
+    return {os.path.normpath(f): sha256_file(f) for f in files if f.is_file()}

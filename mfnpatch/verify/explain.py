@@ -91,11 +91,9 @@ def total_batch(cfg: dict | None, summary: Summary | None = None) -> tuple[int, 
 def seed_total_of(sig: Signature) -> int | None:
     """The total batch of the recipe's stage: arcface_torch's per-GPU batch x the processes its command starts;
     the pinned MXNet code's per_batch_size (the seed trained on one P40)."""
-    if sig.args.get("lineage") == "arcface_torch":
-        total = sig.args.get("batch_size")
-        return total if isinstance(total, int) else None
-    per = sig.args.get("per_batch_size")
-    return per if isinstance(per, int) else None
+    from mfnpatch.lineages import of_args
+
+    return of_args(sig.args).total_batch_of(sig.args)
 
 
 def _same(a: Any, b: Any) -> bool:

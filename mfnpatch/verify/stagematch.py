@@ -26,19 +26,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from mfnpatch.lineages import get as lineage
-from mfnpatch.lineages import of_argv
-from mfnpatch.lineages.insightface_mxnet import TRAIN_DEFAULTS as TRAIN_DEFAULTS_MX
-from mfnpatch.lineages.insightface_mxnet import InsightfaceMxnet
+from mfnpatch.lineages import of_args, of_argv
 from mfnpatch.logs.events import Summary
-
-TRAIN_DEFAULTS = TRAIN_DEFAULTS_MX  # the pinned code's defaults (lineages/insightface_mxnet.py)
-DEFINING, COMPARED = InsightfaceMxnet.defining, InsightfaceMxnet.compared
 
 
 def keys_of(cfg: dict) -> tuple[tuple[str, ...], tuple[str, ...]]:
     """(defining, compared) keys for a log's configuration, as its lineage names them."""
-    lin = lineage(str(cfg.get("lineage") or "insightface_mxnet"))
+    lin = of_args(cfg)
     return lin.defining, lin.compared
 
 
@@ -267,7 +261,7 @@ def compare(cfg: dict, sig: Signature, start_step: int | None = None) -> tuple[b
     base, n = _pretrained(cfg)
     defining, compared = keys_of(cfg)
     eligible = all(key not in cfg or _same(key, cfg[key], sig.args.get(key)) for key in defining)
-    eligible = eligible and (cfg.get("lineage") == "arcface_torch") == (sig.args.get("lineage") == "arcface_torch")
+    eligible = eligible and of_args(cfg).name == of_args(sig.args).name
     if resumed is None and (base is None) != (sig.input_stage is None):
         eligible = False
     diffs: list[str] = []
@@ -275,7 +269,7 @@ def compare(cfg: dict, sig: Signature, start_step: int | None = None) -> tuple[b
         if key not in cfg:
             continue
         got, want = cfg[key], sig.args.get(key)
-        if key == "per_batch_size" and cfg.get("lineage") != "arcface_torch":
+        if key == "per_batch_size" and of_args(cfg).batch_per_device:
             d = _total_batch_difference(cfg, want)
             if d:
                 diffs.append(d)

@@ -50,7 +50,7 @@ def installed_as_locked(name: str, smi: str) -> tuple:
 
 def test_torch_environments_are_locked_with_hashes():
     cpu, cu12 = load_env("torch-cpu"), load_env("torch-cu12")
-    assert cpu.spec.lineage == cu12.spec.lineage == "torch"
+    assert cpu.spec.lineage == cu12.spec.lineage == "arcface_torch"
     assert cpu.spec.build is cpu.spec.torch and cpu.spec.build.cuda is None
     assert cu12.spec.build.cuda == "12.8" and 90 in cu12.spec.build.gpu_archs and cu12.spec.build.ptx == []
     lc, lg = parse_lock(cpu.path("requirements.lock")), parse_lock(cu12.path("requirements.lock"))
@@ -140,7 +140,7 @@ def test_doctor_h200_mxnet_environments_have_no_kernels_and_name_torch_cu12(tmp_
     assert doc.verdict.startswith(f"CANNOT RUN: GPU 0 NVIDIA H200 (sm_90): no kernels for it in mxnet-{name} 1.9.1")
     assert doc.fix.startswith("use the torch-cu12 environment (pip only; torch 2.10.0 has SASS sm_90 kernels "
                               "for sm_90)")  # fmt: skip
-    assert "mfnpatch env create torch-cu12 --prefix DIR" in doc.fix and "the torch lineage" in doc.fix
+    assert "mfnpatch env create torch-cu12 --prefix DIR" in doc.fix and "the arcface_torch lineage" in doc.fix
 
 
 def test_doctor_torch_cu12_on_a_p40_names_the_mxnet_lineage(tmp_path):
@@ -150,7 +150,7 @@ def test_doctor_torch_cu12_on_a_p40_names_the_mxnet_lineage(tmp_path):
     assert doc.verdict.startswith("CANNOT RUN: GPU 0 Tesla P40 (sm_61): no kernels for it in torch 2.10.0")
     assert doc.fix.startswith("use the cu117 environment (pip only; mxnet-cu117 1.9.1 has SASS sm_60 kernels "
                               "for sm_61)")  # fmt: skip
-    assert "that is the mxnet lineage (the seed's MXNet code" in doc.fix
+    assert "that is the insightface_mxnet lineage (the pinned MXNet code" in doc.fix
     driver = next(f for f in doc.findings if f.what == "driver")
     assert driver.ok  # 535 with CUDA 12.2 runs a 12.8 runtime (minor-version compatibility, no PTX)
 
@@ -209,8 +209,8 @@ def test_env_gpus_table_is_the_one_in_the_docs(cli):
     assert r.code == 0
     assert r.out in (Path(__file__).resolve().parents[2] / "docs/environments.md").read_text()
     rows = {row["cc"]: row for row in cli("env", "gpus", "--json").json()}
-    assert rows["sm_90"]["use"] == {"mxnet": None, "torch": "torch-cu12"}
-    assert rows["sm_61"]["use"] == {"mxnet": "cu117", "torch": None}
+    assert rows["sm_90"]["use"] == {"insightface_mxnet": None, "arcface_torch": "torch-cu12"}
+    assert rows["sm_61"]["use"] == {"insightface_mxnet": "cu117", "arcface_torch": None}
     assert "H200" in rows["sm_90"]["gpus"] and rows["sm_120"]["kernels"]["torch-cu12"] == "SASS sm_120"
 
 

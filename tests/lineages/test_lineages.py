@@ -141,3 +141,20 @@ def test_without_it_the_plan_says_the_stage_runs_no_known_trainer(tmp_path, cli)
     p.write_text(RECIPE)
     text = cli("recipe", "plan", p).out
     assert "runs no trainer of a known lineage: no resume, lr sentinel or fit" in text
+
+
+def test_a_recipe_names_its_lineage_and_its_training_stages_run_that_lineages_trainer(tmp_path, cli):
+    assert "lineage arcface_torch" in cli("recipe", "plan", "mbf").out
+    assert cli("recipe", "plan", "may16", "--json").json()["lineage"] == "insightface_mxnet"
+    p = tmp_path / "r.yaml"
+    p.write_text(RECIPE.replace("environment: cpu\n", "environment: cpu\nlineage: caffe2\n"))
+    r = cli("recipe", "plan", p)
+    assert r.code == 1 and f"{p}:9:" in r.err and "unknown lineage 'caffe2'" in r.err and "arcface_torch" in r.err
+    p.write_text(
+        RECIPE.replace("environment: cpu\n", "environment: cpu\nlineage: arcface_torch\n").replace(
+            "[caffe, train, --solver, s.prototxt]", "[python, -u, train_softmax.py, --network, y1]"
+        )
+    )
+    r = cli("recipe", "plan", p)
+    assert r.code == 1 and "stage 'a' runs insightface_mxnet's trainer, but the recipe says lineage: arcface_torch" \
+        in r.err  # fmt: skip

@@ -100,7 +100,7 @@ def test_the_sentinels_watch_a_torch_log():
 
 def test_an_mxnet_log_is_not_mistaken_for_one():
     s = summarize_text("[2018-05-09 02:28:45]  [lfw][2000]Accuracy-Flip: 0.95+-0.01\n")
-    assert s.lineage == "mxnet" and s.verifications["lfw"][2000][0] == 0.95
+    assert s.lineage == "insightface_mxnet" and s.verifications["lfw"][2000][0] == 0.95
     assert summarize_text("Train").lines == 1  # shorter than the prefix: read as it is
 
 
@@ -151,6 +151,27 @@ def test_a_stage_logs_preamble_does_not_hide_its_lineage(chunk):
     assert s.verifications["lfw"][2000][0] == 0.96 and [st for st, _ in s.loss_curve] == [20, 30, 40]
     mx_text = "\n".join(PREAMBLE[:2] + ["use cpu", "INFO:root:Epoch[0] Batch [20]\tSpeed: 500.0 samples/sec\tacc=0.1"])
     m = _chunks(mx_text + "\n", chunk)
-    assert m.lineage == "mxnet" and m.speed_lines == 1
+    assert m.lineage == "insightface_mxnet" and m.speed_lines == 1
     only = _chunks("\n".join(PREAMBLE[:2]), chunk)  # nothing but a warning: read as the pinned code's
-    assert only.lineage == "mxnet" and only.lines == 2
+    assert only.lineage == "insightface_mxnet" and only.lines == 2
+
+
+def test_the_lr_sentinel_follows_the_polynomial_decay_as_printed():
+    """arcface_torch's lr, printed with 4 or 6 decimals, is the plan's polynomial decay: no trip on the real line of
+    a smoke run at the pin (LearningRate 0.076190 at step 10 of 42, the plan's 0.0761905); a plan whose rate is not
+    the trainer's trips at the first Speed line."""
+    from mfnpatch.lineages.base import PolySchedule
+
+    real = ("Training: 2026-12-07 12:38:33,813-Speed 9.25 samples/sec   Loss 35.7856   LearningRate 0.076190   "
+            "Epoch: 0   Global Step: 10   Required: 0 hours")  # fmt: skip
+    lines = [*log_lines(steps=()), real]
+    for plan, trips in ((PolySchedule(0.1, 0, 42), False), (PolySchedule(0.2, 0, 42), True),
+                        (PolySchedule(0.1, 0, 84), True)):  # fmt: skip
+        w, p = Watch(Sentinels(), plan), LogParser(events=True)
+        tripped = [t for t in (w.feed_all(p.feed(ln + "\n")) for ln in lines) if t]
+        assert bool(tripped) == trips, plan
+        if trips:
+            assert tripped[0].sentinel == "lr" and "at step 10" in tripped[0].why
+    four = [*log_lines(steps=(), lr="0.0762"), real.replace("0.076190", "0.0762")]
+    w, p = Watch(Sentinels(), PolySchedule(0.1, 0, 42)), LogParser(events=True)
+    assert not any(w.feed_all(p.feed(ln + "\n")) for ln in four)  # the published logs' %.4f

@@ -120,3 +120,24 @@ def test_fit_parameters_rounds_and_says_so():
     d = fit_parameters(spec, {"g": "0", "b": 512, "s": "1000,3001", "v": None}, "per-gpu", ["0", "1", "2"])
     assert d.overrides["s"] == "333,1000" and "rounded" in d.changes[0].why
     assert d.overrides["v"] == "667" and d.overrides["lr"] == "0.3"
+
+
+def test_mbf_fits_another_gpu_count_keeping_the_published_total_batch(cli):
+    """arcface_torch's --gpus: the published 8 x 128 = 1,024 kept by the per-GPU batch, one process per GPU, the
+    Slurm request the same; --fit per-gpu keeps 128 a GPU and scales lr and verbose, each change said."""
+    d = cli("recipe", "plan", "mbf", "--gpus", "4", "--json").json()
+    assert d["fit"]["total"] == 1024 and not d["fit"]["differs"]
+    p = d["parameters"]
+    assert (p["gpus"], p["nproc"], p["batch_size"], p["slurm_gpus"]) == ("0,1,2,3", 4, 256, 4)
+    argv = next(s for s in d["stages"] if s["name"] == "train")["argv"]
+    assert argv[argv.index("--nproc_per_node") + 1] == "4" and "batch_size=256" in argv
+    assert "trainer arcface_torch: total batch 1024 (4 x 256)" in cli("recipe", "plan", "mbf", "--gpus", "4").out
+    d = cli("recipe", "plan", "mbf", "--gpus", "16", "--fit", "per-gpu", "--json").json()
+    argv = next(s for s in d["stages"] if s["name"] == "train")["argv"]
+    assert d["fit"]["differs"] and "lr=0.2" in argv and "verbose=1000" in argv and "batch_size=128" not in argv
+    assert {c["parameter"]: c["now"] for c in d["fit"]["changes"]} == {"verbose": "1000", "lr": 0.2}
+    r = cli("recipe", "plan", "mbf", "--gpus", "3")
+    assert r.code == 1 and "3 GPUs do not divide the seed's total batch 1024" in r.err
+    r = cli("recipe", "plan", "mbf", "--gpus", "1", "--gpu-memory", "24")
+    assert r.code == 1 and "a per-GPU batch of 1024 needs about 26.8 GiB" in r.err and "--gpus 2" in r.err
+    assert cli("recipe", "plan", "mbf", "--gpus", "1", "--gpu-memory", "80").code == 0  # an H100

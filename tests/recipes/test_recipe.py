@@ -246,7 +246,8 @@ def test_mbf_plans_torchrun_with_overrides_only_where_set():
     argv = [a for a in next(s for s in real.stages if s.name == "train").argv]
     assert argv[:7] == ["python", "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "8",
                         "train_v2.py"]  # fmt: skip
-    assert argv[7:9] == ["configs/ms1mv2_mbf.py", "rec=/train_tmp/faces_emore"] and len(argv) == 10
+    assert argv[7:9] == ["configs/ms1mv2_mbf.py", "rec=/train_tmp/faces_emore"] and len(argv) == 11
+    assert argv[-1] == "save_all_states=True"  # resumable (the save_states parameter)
     smoke = expand(loaded, "smoke")
     sargv = next(s for s in smoke.stages if s.name == "train").argv
     assert "num_epoch=2" in sargv and "fp16=False" in sargv and "num_classes=21" in sargv

@@ -14,11 +14,11 @@ import pytest
 from helpers import run_fake
 
 from mfnpatch.errors import EXIT_INTERRUPTED
+from mfnpatch.lineages.mxnet_resume import NEVER
 from mfnpatch.logs.parser import summarize_text
 from mfnpatch.recipes.recipe import InputRef
 from mfnpatch.runs.handover import pick_checkpoint
 from mfnpatch.runs.record import RunError, load_record
-from mfnpatch.runs.resume import NEVER
 
 run = run_fake
 
