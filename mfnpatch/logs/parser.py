@@ -48,9 +48,10 @@ from mfnpatch.logs.events import (
     Verification,
     Warn,
 )
+from mfnpatch.logs.formats import NATIVE, LineReader, LogFormat, format_of
 from mfnpatch.logs.namespace import parse_namespace
 from mfnpatch.logs.speed import NOT_RARE, NUM, TS, SpeedStats, parse_speed
-from mfnpatch.logs.torchlog import PREAMBLE_LINES, TorchLines, is_torch_log, skip_preamble
+from mfnpatch.logs.torchlog import PREAMBLE_LINES, skip_preamble
 
 # --------------------------------------------------------------------------------------------
 # Patterns (on latin-1 text: one char per byte, so any input decodes and offsets match bytes)
@@ -185,8 +186,9 @@ class LogParser:
         self._targets: dict[str, str] = {}
         self._last_lbe_step = 0  # the last step an lr-batch-epoch line gave: a step before it is another run's
         self._line = 0  # the line being handled (known to handlers that note where)
-        self._torch: TorchLines | None = None  # arcface_torch's training.log, read as the pinned code's lines
-        self._mode: str | None = None  # None until the first text: "mxnet" or "torch"
+        self._reader: LineReader | None = None  # another lineage's log, read as the pinned code's lines
+        self._format: LogFormat | None = None
+        self._mode: str | None = None  # None until the first text: "native" or "read" (by a registered format)
         self._tcarry = ""
         self._handlers = {
             "ver": self._ver, "infer": self._infer_time, "high": self._high, "lbe": self._lbe, "lrc": self._lrc,
@@ -209,7 +211,7 @@ class LogParser:
         self._cr = text.endswith("\r")
         if "\r" in text:
             text = text.replace("\r\n", "\n").replace("\r", "\n")
-        if self._mode != "mxnet":
+        if self._mode != "native":
             text = self._lineage(text)
             if not text:
                 return []
@@ -222,7 +224,7 @@ class LogParser:
             return []
 
     def _lineage(self, text: str) -> str:
-        """Until the first line is known: hold; then, for arcface_torch's log, its lines in the pinned format."""
+        """Until the first line is known: hold; then, for another lineage's log, its lines in the pinned format."""
         if self._mode is None:
             buf = self._tcarry + text
             head = skip_preamble(buf)
@@ -232,31 +234,33 @@ class LogParser:
                     return ""
                 head = buf  # a long preamble of nothing but warnings: the pinned code's log
             self._tcarry, text = buf[: len(buf) - len(head)], head
-            self._mode = "torch" if is_torch_log(head) or head.startswith("Training: ") else "mxnet"
-            if self._mode == "mxnet":
+            if not self._claim(head):
                 text, self._tcarry = self._tcarry + text, ""
                 return text
-            self._torch = TorchLines()
-            self.s.lineage = "arcface_torch"
-        assert self._torch is not None
+        assert self._reader is not None
         lines = (self._tcarry + text).split("\n")
         self._tcarry = lines.pop()
-        out = [y for x in lines for y in self._torch.line(x)]
+        out = [y for x in lines for y in self._reader.line(x)]
         return "\n".join(out) + "\n" if out else ""
+
+    def _claim(self, head: str) -> bool:
+        """Decide the log's format from its head: a registered lineage's (True) or the parser's own."""
+        fmt = format_of(head)
+        self._mode, self._format = ("read", fmt) if fmt else ("native", None)
+        self._reader = fmt.reader() if fmt else None
+        self.s.lineage = fmt.lineage if fmt else NATIVE
+        return fmt is not None
 
     def close(self) -> list[Event]:
         held: list[Event] = []
         if self._mode is None and self._tcarry:  # a log that ended before its lineage was clear
             text, self._tcarry = self._tcarry, ""
             head = skip_preamble(text if text.endswith("\n") else text + "\n")
-            if head is not None and head.startswith("Training: "):
-                self._mode, self._torch, self.s.lineage = "torch", TorchLines(), "arcface_torch"
-            else:
-                self._mode = "mxnet"
+            self._claim(head or "")
             held = self.feed_bytes(text.encode("latin-1"))
-        if self._torch is not None:
-            rest = self._torch.line(self._tcarry) if self._tcarry else []
-            text, self._tcarry = "\n".join(rest + self._torch.close()), ""
+        if self._reader is not None:
+            rest = self._reader.line(self._tcarry) if self._tcarry else []
+            text, self._tcarry = "\n".join(rest + self._reader.close()), ""
             self._carry += text
         tail, self._carry = self._carry, ""
         if not tail:
@@ -277,7 +281,7 @@ class LogParser:
         s.median_samples_per_sec = self.speed.median()
         s.train_curve = [(self.step_of(e, b), m["acc"]) for e, b, _, m in self.speed.curve if "acc" in m]
         s.loss_curve = [(self.step_of(e, b), m["loss"]) for e, b, _, m in self.speed.curve if "loss" in m]
-        if self._mode == "torch":  # its lr is on every Speed line (a polynomial decay, not lr steps)
+        if self._format is not None and self._format.lr_per_line:  # a decay by step, not lr steps
             s.lr_points = {k: m["lr"] for e, b, _, m in self.speed.curve if "lr" in m and (k := self.step_of(e, b))}
         return s
 

@@ -100,12 +100,30 @@ class _Caffe(Lineage):
         return argv
 
 
+class _CaffeLines:
+    """Its log format: "CAFFE iter N lfw=A" lines, read as the pinned code's verification lines."""
+
+    def line(self, raw: str) -> list[str]:
+        parts = raw.split()
+        if len(parts) == 4 and parts[:2] == ["CAFFE", "iter"] and "=" in parts[3]:
+            target, acc = parts[3].split("=")
+            return [f"[{target}][{parts[2]}]Accuracy-Flip: {float(acc):.5f}+-0.00000"]
+        return [""]
+
+    def close(self) -> list[str]:
+        return []
+
+
 @pytest.fixture
 def caffe():
+    from mfnpatch.logs import formats
+
     lin = lineages.register(_Caffe())
+    formats.register_format(formats.LogFormat(lin.name, lambda head: head.startswith("CAFFE "), _CaffeLines))
     try:
         yield lin
     finally:
+        formats.FORMATS.pop(lin.name)
         lineages.LINEAGES.pop(lin.name)
 
 
@@ -134,6 +152,14 @@ def test_a_third_lineage_plugs_in_by_registering(tmp_path, cli, caffe):
     text = cli("recipe", "plan", p).out
     assert "trainer caffe_mfn: total batch 64 (2 x 32), verification every 100 steps" in text
     assert "no resume: its solver state is not read" in text and "no lr sentinel: its log prints no lr" in text
+
+
+def test_a_third_lineages_log_is_read_by_the_one_parser(caffe):
+    from mfnpatch.logs.parser import summarize_text
+
+    s = summarize_text("CAFFE iter 100 lfw=0.91\nCAFFE iter 200 lfw=0.95\nsomething else\n")
+    assert s.lineage == "caffe_mfn" and s.verifications["lfw"] == {100: (0.91, 0.0, None), 200: (0.95, 0.0, None)}
+    assert summarize_text("[lfw][2000]Accuracy-Flip: 0.95+-0.01\n").lineage == "insightface_mxnet"
 
 
 def test_without_it_the_plan_says_the_stage_runs_no_known_trainer(tmp_path, cli):
