@@ -98,13 +98,20 @@ def run_process(
         t = time.process_time()
         events = parser.feed_bytes(data)
         parse_cpu += time.process_time() - t
-        for ev in events:
+        stop_at = None
+        for i, ev in enumerate(events):
             if isinstance(ev, CheckpointWritten):
                 ck = Checkpoint.from_params(ev.path)
                 if ck is not None:
                     symbols.add(ck.at(cwd).symbol)
-            if stop_reason is None:
+            if stop_reason is None and tripped() is None:
                 stop_reason = reached(stop, ev, cwd)
+                stop_at = i if stop_reason is not None else None
+        if stop_at:  # whichever came first in the log ends the stage: a sentinel on an earlier line, or the stop
+            on_events(events[:stop_at])
+            if tripped() is not None:
+                stop_reason = None
+            events = events[stop_at:]
         if events:
             on_events(events)
 

@@ -3,13 +3,12 @@ capabilities a lineage lacks said where a user looks (recipe plan), never silent
 
 from __future__ import annotations
 
-from typing import Any
-
 import pytest
+import third_lineage
 
 from mfnpatch import lineages
 from mfnpatch.errors import MfnError
-from mfnpatch.lineages.base import Capabilities, Lineage, PolySchedule, StepSchedule, TrainerFacts
+from mfnpatch.lineages.base import Capabilities, PolySchedule, StepSchedule
 
 MX = ["python", "-u", "train_softmax.py", "--network", "y1", "--loss-type", "4", "--lr", "0.1",
       "--lr-steps", "40000,60000", "--per-batch-size", "128", "--prefix", "../models/MobileFaceNet/model-y1-arcface",
@@ -74,57 +73,13 @@ def test_what_a_lineage_lacks_is_said():
     assert said == ["no resume: not yet", "no fit: no fit: one GPU only"]
 
 
-class _Caffe(Lineage):
-    """A third line of code, plugged in by registering it: nothing else in mfnpatch changes."""
-
-    name, title, framework = "caffe_mfn", "a Caffe port (test)", "caffe"
-    capabilities = Capabilities(resume="its solver state is not read", lr_sentinel="its log prints no lr", fit=None)
-    defining, compared = ("network",), ("network",)
-
-    def claims(self, argv: list[str]) -> bool:
-        return "caffe" in argv and "train" in argv
-
-    def args(self, argv: list[str]) -> dict[str, Any]:
-        return {"network": "mfn"}
-
-    def facts(self, argv: list[str]) -> TrainerFacts:
-        return TrainerFacts(self.name, 32, 2, 100, 1000, None, None, None)
-
-    def probe_argv(self, argv: list[str], prefix: str, steps: int) -> list[str]:
-        return argv
-
-    def get(self, argv: list[str], key: str) -> str | None:
-        return None
-
-    def set(self, argv: list[str], key: str, value: str) -> list[str]:
-        return argv
-
-
-class _CaffeLines:
-    """Its log format: "CAFFE iter N lfw=A" lines, read as the pinned code's verification lines."""
-
-    def line(self, raw: str) -> list[str]:
-        parts = raw.split()
-        if len(parts) == 4 and parts[:2] == ["CAFFE", "iter"] and "=" in parts[3]:
-            target, acc = parts[3].split("=")
-            return [f"[{target}][{parts[2]}]Accuracy-Flip: {float(acc):.5f}+-0.00000"]
-        return [""]
-
-    def close(self) -> list[str]:
-        return []
-
-
 @pytest.fixture
 def caffe():
-    from mfnpatch.logs import formats
-
-    lin = lineages.register(_Caffe())
-    formats.register_format(formats.LogFormat(lin.name, lambda head: head.startswith("CAFFE "), _CaffeLines))
+    """A third line of code (tests/support/third_lineage.py), plugged in by registering it."""
     try:
-        yield lin
+        yield third_lineage.register()
     finally:
-        formats.FORMATS.pop(lin.name)
-        lineages.LINEAGES.pop(lin.name)
+        third_lineage.unregister()
 
 
 RECIPE = """\

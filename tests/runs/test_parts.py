@@ -84,3 +84,31 @@ def test_a_slurm_run_no_job_of_which_runs_is_stale(tmp_path):
     assert stale(rec, running) is None and not finished(rec, running)
     assert stale(rec, gone) == ["a (job 7: FAILED)"] and finished(rec, gone)
     assert str(JobState("PENDING", "Priority", active=True)) == "PENDING (Priority)"
+
+
+def test_what_came_first_in_the_log_ends_the_stage(tmp_path):
+    """A sentinel that fires on a line before the stop point ends the stage as the sentinel's, even when a loaded
+    machine hands the runner both lines in one read (the stop point first in the log wins the other way round)."""
+    import sys
+
+    from mfnpatch.logs.events import Verification
+    from mfnpatch.runs.process import run_process
+
+    lines = ["[lfw][10]Accuracy-Flip: 0.50000+-0.01000", "[lfw][20]Accuracy-Flip: 0.50000+-0.01000",
+             "INFO:root:Epoch[0] Batch [30]\tSpeed: 100.00 samples/sec\tacc=0.100000"]  # fmt: skip
+    script = f"import sys, time; sys.stdout.write({chr(10).join(lines)!r} + '\\n'); sys.stdout.flush(); time.sleep(30)"
+
+    def run(trip_at: int):
+        seen: list = []
+
+        def tripped():
+            hit = any(isinstance(e, Verification) and e.step >= trip_at for e in seen)
+            return f"chance at {trip_at}" if hit else None
+
+        return run_process([sys.executable, "-c", script], tmp_path, {}, tmp_path / f"{trip_at}.log",
+                           StopPoint(kind="step", value=25, why="test"), seen.extend, tripped=tripped)  # fmt: skip
+
+    first = run(20)  # the sentinel's line (step 20) comes before the stop point (step 31)
+    assert first.end == "sentinel" and first.stopped_at is None, first.ended
+    later = run(10**6)  # no sentinel: the stop point
+    assert later.end == "stopped" and later.stopped_at == "step 31", later.ended
