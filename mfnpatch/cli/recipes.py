@@ -99,7 +99,7 @@ def recipe_plan(
         print_fit(plan.fit)
     from mfnpatch.runs.determinism import describe
 
-    out.print(f"determinism: {escape(describe(plan.seed)['how'])}")
+    out.print(f"determinism: {escape(describe(plan.seed, r.lineage)['how'])}")
     for s in plan.stages:
         out.print()
         out.print(

@@ -93,6 +93,8 @@ class ArcfaceTorch(Lineage):
     title = "arcface_torch, InsightFace's PyTorch recipe (0159b24, train_v2.py)"
     framework = "torch"
     capabilities = Capabilities(resume=None, lr_sentinel=None, fit=None)
+    seeding = ("train_v2.py seeds PyTorch, NumPy and Python itself (the config's seed, 2048, by setup_seed), "
+               "whatever the run seed")  # fmt: skip
     defining = ("lineage", "network")
     compared = (
         "network",

@@ -162,6 +162,7 @@ class Lineage(ABC):
     compared: tuple[str, ...]  # the arguments compared with a recipe's (each difference is a finding)
     # its log's per_batch_size is per device, the total its product with the devices (the MXNet code's ctx)
     batch_per_device: bool = False
+    seeding: str | None = None  # how its own code seeds itself, beside mfnpatch's start-up hook (None: it does not)
 
     @abstractmethod
     def claims(self, argv: list[str]) -> bool:

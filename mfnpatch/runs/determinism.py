@@ -44,21 +44,25 @@ def seed_env(seed: int | None, env: dict[str, str]) -> dict[str, str]:
     }
 
 
-def describe(seed: int | None) -> dict:
-    """What the run record says about determinism."""
+def describe(seed: int | None, lineage: str | None = None) -> dict:
+    """What the run record says about determinism (``lineage``: the recipe's, whose code may seed itself)."""
+    from mfnpatch.lineages import LINEAGES
+
+    own = LINEAGES[lineage].seeding if lineage in LINEAGES else None
     if seed is None:
         return {
             "seed": None,
             "deterministic": False,
             "how": "unseeded (--set seed=none): Python random, NumPy and MXNet start from the clock, "
-            "as the pinned code alone does",
+            "as the pinned code alone does" + (f"; {own}" if own else ""),
             "still_varies": [],
         }
     return {
         "seed": seed,
         "deterministic": True,
         "how": f"run seed {seed}: MFNPATCH_SEED={seed} with mfnpatch's start-up hook on PYTHONPATH seeds Python "
-        f"random, NumPy and MXNet; PYTHONHASHSEED={seed}; MXNET_ENFORCE_DETERMINISM=1; commands unchanged",
+        f"random, NumPy and MXNet; PYTHONHASHSEED={seed}; MXNET_ENFORCE_DETERMINISM=1; commands unchanged"
+        + (f"; {own}" if own else ""),
         "still_varies": list(STILL_VARIES),
     }
 

@@ -293,7 +293,7 @@ class Runner:
             **next((s.env for s in plan.stages if s.kind == "train" and not s.skipped), {}),
         }
         env_info.interpreter = probe_python(plan.parameters.get("python", "python"), probe_env)
-        determinism = describe_determinism(plan.seed)
+        determinism = describe_determinism(plan.seed, plan.recipe.lineage)
         rec = RunRecord(
             schema=2,
             run_id=run_dir.name,
