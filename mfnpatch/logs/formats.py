@@ -1,7 +1,10 @@
 """The log formats the one parser reads, by lineage name (mfnpatch/lineages/): the pinned MXNet code's is the
 parser's own; every other lineage's is a ``LogFormat`` registered here, which claims a log by its head (its
-first line after the preamble every process prints) and turns its lines into the pinned code's, whole lines in,
-the same number out, so the summary, the live events, verify, compare and the sentinels are one for all.
+first line after the preamble every process prints) and reads its lines into the parser's events directly (a
+``Config``, ``Speed``, ``Verification``, ``Malformed``, ``RunEnded`` or ``Warn``; the parser folds each into the
+summary as it folds its own), whole lines in, one item per line out, so the summary, the live events, verify,
+compare and the sentinels are one for all. A line that is not the format's own (a traceback, a library's
+warning) comes back as text, read as the parser reads any log.
 
 A third lineage's log is a reader module beside ``torchlog.py`` and one ``register_format`` call.
 """
@@ -13,15 +16,24 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from mfnpatch.lineages import get as lineage
+from mfnpatch.logs.events import Event
+from mfnpatch.logs.torchlog import NAME as TORCH
 from mfnpatch.logs.torchlog import TorchLines, is_torch_log
 
 NATIVE = "insightface_mxnet"  # the parser's own format
 
 
-class LineReader(Protocol):
-    def line(self, raw: str) -> list[str]: ...
+Item = Event | str | None  # an event; a line read as any log's; None: a line that carries nothing
 
-    def close(self) -> list[str]: ...
+
+class LineReader(Protocol):
+    def line(self, raw: str) -> list[Item]:
+        """One whole line -> its item, after any it held back (a block given on its last line)."""
+        ...
+
+    def close(self) -> list[Item]:
+        """The items still held back at the log's end."""
+        ...
 
 
 @dataclass(frozen=True)
@@ -46,5 +58,5 @@ def format_of(head: str) -> LogFormat | None:
     return next((f for f in FORMATS.values() if f.claims(head)), None)
 
 
-register_format(LogFormat("arcface_torch", lambda head: is_torch_log(head) or head.startswith("Training: "),
+register_format(LogFormat(TORCH, lambda head: is_torch_log(head) or head.startswith("Training: "),
                           TorchLines, lr_per_line=True))  # fmt: skip

@@ -48,113 +48,51 @@ from mfnpatch.logs.events import (
     Verification,
     Warn,
 )
-from mfnpatch.logs.formats import NATIVE, LineReader, LogFormat, format_of
+from mfnpatch.logs.formats import NATIVE, Item, LineReader, LogFormat, format_of
 from mfnpatch.logs.namespace import parse_namespace
-from mfnpatch.logs.speed import NOT_RARE, NUM, TS, SpeedStats, parse_speed
+from mfnpatch.logs.patterns import (
+    CKPT_NUMBER as _CKPT_NUMBER,
+)
+from mfnpatch.logs.patterns import (
+    INFER as _INFER,
+)
+from mfnpatch.logs.patterns import (
+    NOTING as _NOTING,
+)
+from mfnpatch.logs.patterns import (
+    PY3_FLOAT as _PY3_FLOAT,
+)
+from mfnpatch.logs.patterns import (
+    QUOTED as _QUOTED,
+)
+from mfnpatch.logs.patterns import (
+    RARE as _RARE,
+)
+from mfnpatch.logs.patterns import (
+    SPEED_VALUE as _SPEED_VALUE,
+)
+from mfnpatch.logs.patterns import (
+    STATELESS as _STATELESS,
+)
+from mfnpatch.logs.patterns import (
+    TESTING as _TESTING,
+)
+from mfnpatch.logs.patterns import (
+    MalformedValue as _Malformed,
+)
+from mfnpatch.logs.patterns import (
+    accuracy as _accuracy,
+)
+from mfnpatch.logs.patterns import (
+    finite as _finite,
+)
+from mfnpatch.logs.patterns import (
+    text_of as _s,
+)
+from mfnpatch.logs.speed import NOT_RARE, SpeedStats, parse_speed
 from mfnpatch.logs.torchlog import PREAMBLE_LINES, skip_preamble
 
-# --------------------------------------------------------------------------------------------
-# Patterns (on latin-1 text: one char per byte, so any input decodes and offsets match bytes)
-
-_TS = TS
-# unambiguous (\d+(?:\.\d*)? rather than \d+\.?\d*): a digit run is split one way only, so a long one
-# cannot make the regex backtrack over every split
-_NUM = NUM
-_RARE = re.compile(
-    _TS
-    + r"(?:INFO:root:)?(?:"
-    + r"(?P<ver>\[(?P<v_t>[^\]\[]+)\](?:\[(?P<v_s>\d+)\])?(?P<v_k>XNorm|Accuracy-Flip|Accuracy): "
-    + r"(?P<v_a>"
-    + _NUM
-    + r")(?:\+-(?P<v_d>"
-    + _NUM
-    + r"))?)"
-    + r"|(?P<shape>\((?P<shape_v>\d+L?(?:, ?\d+L?)*),?\))"
-    + r"|(?P<infer>infer time (?P<infer_v>"
-    + _NUM
-    + r"))"
-    + r"|(?P<lbe>lr-batch-epoch: (?P<lbe_lr>"
-    + _NUM
-    + r") (?P<lbe_b>\d+) (?P<lbe_e>\d+))"
-    + r"|(?P<high>\[(?P<h_s>\d+)\]Accuracy-Highest(?:\([\w-]{1,20}\))?: (?P<h_v>"
-    + _NUM
-    + r"))"
-    + r"|(?P<save>saving (?P<save_n>\d+))"
-    + r"|(?P<saved>Saved checkpoint to [\"'](?P<saved_p>[^\"']*)[\"'])"
-    + r"|(?P<lrc>lr change to (?P<lrc_v>"
-    + _NUM
-    + r"))"
-    + r"|(?P<em>Epoch\[(?P<em_e>\d+)\] (?:Train|Validation)-(?P<em_k>[\w-]+)=(?P<em_v>"
-    + _NUM
-    + r"))"
-    + r"|(?P<et>Epoch\[(?P<et_e>\d+)\] Time cost=(?P<et_v>"
-    + _NUM
-    + r"))"
-    + r"|(?P<cfg>Called with argument: (?P<cfg_v>Namespace\(.*\)))"
-    + r"|(?P<steps>lr_steps \[(?P<steps_v>[\d, L]*)\])"
-    + r"|(?P<pre>loading \[(?P<pre_v>[^\]]*)\])"
-    + r"|(?P<id2r>id2range (?P<id2r_v>\d+))"
-    + r"|(?P<int>(?P<int_v>\d+))"
-    + r"|(?P<tb>Traceback \(most recent call last\):)"
-    + r"|(?P<end>Task is force ended by user)"
-    + r"|(?P<kbd>KeyboardInterrupt)"
-    # a (dotted) name ending in Error/Exception/Exit/Interrupt, found by a lazy forward scan: linear
-    + r"|(?P<exc>(?P<exc_t>[A-Za-z_][\w.]*?(?:Error|Exception|Exit|Interrupt)): ?(?P<exc_m>.*))"
-    + r"|(?P<warn>.*?(?<=\w)Warning: .*)"  # lazy scan + one-char look-behind: linear in line length
-    + r"|(?P<dmlc>\[\d\d:\d\d:\d\d\] \S+:\d+: .*)"
-    + r"|(?P<known>loading bin \d+|call reset\(\)|ver \S+|gpu num: \d+|use cpu|num_layers \d+|image_size \[.*\]"
-    + r"|num_classes \d+|init \w+ \d+|header0 label .*|rand_mirror \S+|loading recordio .*|testing verification\.\."
-    + r"|testing verification badcase\.\.|Max of \[.*\] is .*|model loading time .*|loading\.\. .*"
-    + r"|  File \".*\", line \d+.*|Running performance tests.*|\s+.*)"
-    + r")\s*$"
-)
-# lines that are known but carry nothing (loading bin N, call reset(), DMLC lines, traceback frames, ...)
-_STATELESS = frozenset({"known", "dmlc"})
-# lines whose handlers note where they are (a malformed value, a step that goes backwards, a run's start)
-_NOTING = frozenset({"ver", "high", "lbe", "cfg"})
-_QUOTED = (" ", "\t", ">", "`")  # how a pasted excerpt's lines start
-_SPEED_VALUE = re.compile(r"\tSpeed: ([\d.]+)")
-_CKPT_NUMBER = re.compile(r"-(\d{4})\.params$")
-_PY3_FLOAT = re.compile(r"\d\.\d{15,}")
-_NOT_RARE = NOT_RARE
-_TESTING = "testing verification.."
-_INFER = "infer time "
-
-
 MAX_NOTED = 10  # malformed lines and backward steps noted by line number; the rest are counted
-
-
-class _Malformed(Exception):
-    """A known line whose values no run prints (an accuracy of nan, 1e308 or -1.5): counted, never evidence."""
-
-    def __init__(self, message: str, value: float | None = None):
-        super().__init__(message)
-        self.value = value
-
-
-def _shown(text: str) -> str:
-    return text if len(text) <= 24 else f"{text[:20]}… ({len(text)} characters)"
-
-
-def _accuracy(text: str, what: str) -> float:
-    v = float(text)
-    if not 0.0 <= v <= 1.0:  # false for nan too
-        raise _Malformed(f"{what} {_shown(text)} is not in [0, 1]", v)
-    return v
-
-
-def _finite(text: str, what: str) -> float:
-    v = float(text)
-    if not (v >= 0.0 and v < float("inf")):
-        raise _Malformed(f"{what} {_shown(text)} is not a finite number >= 0", v)
-    return v
-
-
-def _s(x: str | None) -> str | None:
-    """A field of latin-1 text back to the UTF-8 the log was written in."""
-    if x is None:
-        return None
-    return x if x.isascii() else x.encode("latin-1").decode("utf-8", "replace")
 
 
 # --------------------------------------------------------------------------------------------
@@ -186,7 +124,7 @@ class LogParser:
         self._targets: dict[str, str] = {}
         self._last_lbe_step = 0  # the last step an lr-batch-epoch line gave: a step before it is another run's
         self._line = 0  # the line being handled (known to handlers that note where)
-        self._reader: LineReader | None = None  # another lineage's log, read as the pinned code's lines
+        self._reader: LineReader | None = None  # another lineage's log, read by its format into events
         self._format: LogFormat | None = None
         self._mode: str | None = None  # None until the first text: "native" or "read" (by a registered format)
         self._tcarry = ""
@@ -212,9 +150,10 @@ class LogParser:
         if "\r" in text:
             text = text.replace("\r\n", "\n").replace("\r", "\n")
         if self._mode != "native":
-            text = self._lineage(text)
-            if not text:
-                return []
+            return self._lineage(text)
+        return self._native(text)
+
+    def _native(self, text: str) -> list[Event]:
         try:
             return self._process(text)
         except Exception:  # a parser must never take a run down: count what it could not read
@@ -223,25 +162,76 @@ class LogParser:
             self.s.unknown_lines += n
             return []
 
-    def _lineage(self, text: str) -> str:
-        """Until the first line is known: hold; then, for another lineage's log, its lines in the pinned format."""
+    def _lineage(self, text: str) -> list[Event]:
+        """Until the first line is known: hold; then the pinned code's text, or a registered format's items."""
         if self._mode is None:
             buf = self._tcarry + text
             head = skip_preamble(buf)
             if head is None:
                 self._tcarry = buf
                 if buf.count("\n") <= PREAMBLE_LINES:
-                    return ""
+                    return []
                 head = buf  # a long preamble of nothing but warnings: the pinned code's log
             self._tcarry, text = buf[: len(buf) - len(head)], head
             if not self._claim(head):
                 text, self._tcarry = self._tcarry + text, ""
-                return text
+                return self._native(text)
         assert self._reader is not None
         lines = (self._tcarry + text).split("\n")
         self._tcarry = lines.pop()
-        out = [y for x in lines for y in self._reader.line(x)]
-        return "\n".join(out) + "\n" if out else ""
+        return self._items([y for x in lines for y in self._reader.line(x)])
+
+    def _items(self, items: list[Item]) -> list[Event]:
+        """A format's items, in order: text read as any log's, an event folded into the summary, None a line."""
+        out: list[Event] = []
+        text: list[str] = []
+        for it in items:
+            if isinstance(it, str):
+                text.append(it)
+                continue
+            if text:
+                out += self._native("\n".join(text) + "\n")
+                text = []
+            self.s.lines += 1
+            if it is None:
+                continue
+            try:
+                ev = self._fold(it, self.s.lines)
+            except Exception:  # as for lines: never fatal, counted
+                self.s.unknown_lines += 1
+                continue
+            if ev is not None and self.emit:
+                out.append(ev)
+        if text:
+            out += self._native("\n".join(text) + "\n")
+        return out
+
+    def _fold(self, ev: Event, line: int) -> Event | None:
+        """An event a format's reader made, folded into the summary as the line it stands for would be."""
+        ev.line = self._line = line
+        s = self.s
+        if isinstance(ev, Config):
+            self._config(ev.args)
+        elif isinstance(ev, Speed):
+            step = ev.step if ev.step else self.step_of(ev.epoch, ev.batch)
+            at = (0, step - 1) if step else (ev.epoch, ev.batch)  # the curve's (epoch, batch): its step_of is step
+            self.speed.add((*at, ev.samples_per_sec, ev.metrics), str(ev.samples_per_sec))
+            if step:
+                s.last_step = max(s.last_step or 0, step)
+        elif isinstance(ev, Verification):
+            if not 0.0 <= ev.accuracy <= 1.0:  # false for nan too
+                ev = Malformed(line, ev.time, f"[{ev.target}] accuracy {ev.accuracy!r} is not in [0, 1]", ev.accuracy)
+                return self._fold(ev, line)
+            self._verified(ev.target, ev.step, ev.accuracy, ev.std, ev.xnorm)
+        elif isinstance(ev, Malformed):
+            s.malformed_lines += 1
+            if len(s.malformed) < MAX_NOTED:
+                s.malformed.append(f"line {line}: {ev.text}")
+        elif isinstance(ev, RunEnded):
+            s.ending = {"reason": ev.reason, "detail": ev.detail}
+        elif isinstance(ev, Warn):
+            s.warnings += 1
+        return ev
 
     def _claim(self, head: str) -> bool:
         """Decide the log's format from its head: a registered lineage's (True) or the parser's own."""
@@ -260,8 +250,8 @@ class LogParser:
             held = self.feed_bytes(text.encode("latin-1"))
         if self._reader is not None:
             rest = self._reader.line(self._tcarry) if self._tcarry else []
-            text, self._tcarry = "\n".join(rest + self._reader.close()), ""
-            self._carry += text
+            self._tcarry = ""
+            held += self._items(rest + self._reader.close())
         tail, self._carry = self._carry, ""
         if not tail:
             return held
@@ -320,9 +310,9 @@ class LogParser:
             # how the output was cut into pieces (one line at a time or one burst)
             rare = [x for x in lines if not x.endswith(_TESTING)]
         else:  # "infer time" only feeds Verification.infer_time, an event field
-            rare = [x for x in lines if _NOT_RARE not in x and not x.endswith(_TESTING) and _INFER not in x]
+            rare = [x for x in lines if NOT_RARE not in x and not x.endswith(_TESTING) and _INFER not in x]
         for ln in rare:
-            if emit and _NOT_RARE in ln:
+            if emit and NOT_RARE in ln:
                 at = lines.index(ln, pos)
                 sp = self._speed_line(ln, first + at)
                 if sp is not None:
@@ -369,7 +359,7 @@ class LogParser:
         if values and not emit:  # the summary needs the last step only, once the piece's other lines are read
             # (its head may say the batches of an epoch); events took every Speedometer line above, in order
             i = len(lines) - 1
-            while i > 0 and _NOT_RARE not in lines[i]:
+            while i > 0 and NOT_RARE not in lines[i]:
                 i -= 1
             self._speed_line(lines[i], first + i)
         return events
@@ -407,28 +397,30 @@ class LogParser:
         if kb == "XNorm":
             self._xnorm[target] = float(ab)  # nan when a run diverged: reported, not a malformed line
             return None
-        s = self.s
         acc = _accuracy(ab, f"[{target}] {kb}")
         std = _accuracy(db, f"[{target}] std") if db is not None else float("nan")
         xnorm = self._xnorm.pop(target, None)
-        if sb is None:
-            step = None
-            s.standalone[target] = (acc, std)
-        else:
-            step = int(sb)
-            seen = s.verifications.get(target)
-            if seen:
-                last = next(reversed(seen))
-                if step <= last:
-                    self._backwards(f"[{target}][{step}] verified after [{target}][{last}]")
-            self._last_ver_step = step
-            s.verifications.setdefault(target, {})[step] = (acc, std, xnorm)
-            if s.last_step is None or step > s.last_step:
-                s.last_step = step
+        step = None if sb is None else int(sb)
+        self._verified(target, step, acc, std, xnorm)
         infer, self._infer = self._infer, None
         if not self.emit:
             return None
         return Verification(0, _s(m.group("ts")), target, step, acc, std, xnorm, infer, kb == "Accuracy-Flip")
+
+    def _verified(self, target: str, step: int | None, acc: float, std: float, xnorm: float | None) -> None:
+        s = self.s
+        if step is None:
+            s.standalone[target] = (acc, std)
+            return
+        seen = s.verifications.get(target)
+        if seen:
+            last = next(reversed(seen))
+            if step <= last:
+                self._backwards(f"[{target}][{step}] verified after [{target}][{last}]")
+        self._last_ver_step = step
+        s.verifications.setdefault(target, {})[step] = (acc, std, xnorm)
+        if s.last_step is None or step > s.last_step:
+            s.last_step = step
 
     def _infer_time(self, m: re.Match) -> None:
         self._infer = float(m.group("infer_v"))
@@ -496,6 +488,10 @@ class LogParser:
 
     def _cfg(self, m: re.Match) -> Event | None:
         args = parse_namespace(_s(m.group("cfg_v")) or "")
+        self._config(args)
+        return Config(0, _s(m.group("ts")), args) if self.emit else None
+
+    def _config(self, args: dict) -> None:
         bs = args.get("batch_size")
         if isinstance(bs, int) and bs > 0:
             self.batch_size = bs
@@ -503,7 +499,6 @@ class LogParser:
         self._lr_changes = 0
         self.s.config = args
         self.s.configs.append(self._line)
-        return Config(0, _s(m.group("ts")), args) if self.emit else None
 
     def _steps(self, m: re.Match) -> Event | None:
         self._lr_steps = [int(x.rstrip("L")) for x in re.findall(r"\d+L?", m.group("steps_v"))]

@@ -16,6 +16,7 @@ _SPEED_LINE = re.compile(
 )
 _METRIC = re.compile(r"\t([\w-]+)=(" + NUM + r")")
 NOT_RARE = "\tSpeed: "  # in every Speedometer line, in few others
+_PLAIN = re.compile(r"[\d.]+")  # a samples/s the histogram takes (as the parser's bulk findall does)
 
 
 # --------------------------------------------------------------------------------------------
@@ -53,6 +54,19 @@ class SpeedStats:
             if acc >= half:
                 return v
         return items[-1][0]
+
+    def add(self, point: tuple[int, int, float, dict], value: str | None) -> None:
+        """One Speed a format's reader made (not a line): counted, in the histogram (its samples/s as printed,
+        when a number), and on the curve at the same stride as lines."""
+        self.count += 1
+        if value is not None and _PLAIN.fullmatch(value):
+            self.histogram[value] += 1
+        if len(self.curve) + 1 > self.max_points:
+            self.curve = self.curve[::2]
+            self.stride *= 2
+        if self._seen % self.stride == 0:
+            self.curve.append(point)
+        self._seen += 1
 
     def sample(self, lines: list[str], speed_lines: int) -> None:
         """Parse every ``stride``-th line that is a Speedometer line; first double the stride (and halve

@@ -1,5 +1,5 @@
-"""arcface_torch's ``training.log`` (InsightFace's PyTorch recipe, ``recognition/arcface_torch``), read by the one
-parser as the lines of the pinned code it corresponds to.
+"""arcface_torch's ``training.log`` (InsightFace's PyTorch recipe, ``recognition/arcface_torch``), read into the
+one parser's events directly.
 
 Its lines (``utils_logging.init_logging``: ``Training: %(asctime)s-%(message)s``)::
 
@@ -10,16 +10,15 @@ Its lines (``utils_logging.init_logging``: ``Training: %(asctime)s-%(message)s``
     Training: 2022-04-10 23:18:56,638-[lfw][2000]Accuracy-Flip: 0.96000+-0.00853
     Training: 2022-04-10 23:18:56,641-[lfw][2000]Accuracy-Highest: 0.96000
 
-``TorchLines`` turns each into one line of the pinned code's format, so that the parser, the summary, the live
-events, verify, compare and the sentinels are the same for both lineages: the config block becomes one
-``Called with argument: Namespace(...)`` line (in place of its last line: line numbers are kept), a Speed line a
-Speedometer line of "epoch 0, batch = global step - 1" (so its step is the global step) with ``loss`` and ``lr``
-as its metrics, the verification lines stay as they are (the format is the same), and what carries nothing
-(``rank_id``, ``Accuracy-Highest`` per target, DDP's messages) becomes an empty line.
+``TorchLines`` reads each line into at most one event: the config block one ``Config`` (on its last line: the
+block ends at the first other line), a Speed line a ``Speed`` whose step is the global step, with ``loss`` and
+``lr`` as its metrics, an Accuracy-Flip line a ``Verification`` (with the XNorm line before it); what carries
+nothing (``rank_id``, ``Accuracy-Highest`` per target, DDP's messages) is None. A line without the prefix is
+Python's or a library's own output (a traceback, a warning): the parser reads it as it reads any log's.
 
-In the Namespace, ``batch_size`` is the total batch (as the pinned code's ``batch_size`` is), ``per_batch_size``
+The ``Config`` speaks the summary's vocabulary: ``batch_size`` is the total batch, ``per_batch_size``
 arcface_torch's per-GPU ``batch_size``, ``ctx_num`` the GPUs, ``emb_size`` its ``embedding_size``; every other key
-is arcface_torch's own, and ``lineage='arcface_torch'`` says where it came from.
+is arcface_torch's own, and ``lineage`` says where it came from.
 """
 
 from __future__ import annotations
@@ -27,13 +26,20 @@ from __future__ import annotations
 import ast
 import re
 
+from mfnpatch.logs.events import Config, Event, Speed, Verification
+from mfnpatch.logs.speed import NUM
+
+NAME = "arcface_torch"
 PREFIX = re.compile(r"^Training: (?P<d>\d{4}-\d\d-\d\d \d\d:\d\d:\d\d),\d+-(?P<m>.*)$")
 _CFG = re.compile(r"^: (?P<k>[A-Za-z_]\w*?)(?: +(?P<v>.*)|(?P<n>-?\d[\d.e+-]*))$")
+_NUM = r"[-+\d.eE]+|nan|inf"
 _SPEED = re.compile(
-    r"^Speed (?P<v>[-+\d.eE]+|nan|inf) samples/sec\s+Loss (?P<loss>[-+\d.eE]+|nan|inf)\s+LearningRate "
-    r"(?P<lr>[-+\d.eE]+|nan|inf)\s+Epoch: (?P<e>\d+)\s+Global Step: (?P<s>\d+)"
+    rf"^Speed (?P<v>{_NUM}) samples/sec\s+Loss (?P<loss>{_NUM})\s+LearningRate (?P<lr>{_NUM})\s+Epoch: (?P<e>\d+)"
+    r"\s+Global Step: (?P<s>\d+)"
 )
-_HIGHEST = re.compile(r"^\[[^\]\[]+\]\[\d+\]Accuracy-Highest: ")
+_VER = re.compile(
+    rf"^\[(?P<t>[^\]\[]+)\]\[(?P<s>\d+)\](?P<k>XNorm|Accuracy-Flip): (?P<a>{NUM})(?:\+-(?P<d>{NUM}))?\s*$"
+)
 
 
 def is_torch_log(head: str) -> bool:
@@ -49,8 +55,15 @@ def _value(text: str):
         return text.strip()
 
 
-def namespace(cfg: dict) -> str:
-    """The pinned code's configuration line for arcface_torch's config."""
+def _float(text: str) -> float:
+    try:
+        return float(text)
+    except ValueError:  # "1.2.3": no number any run prints
+        return float("nan")
+
+
+def config_args(cfg: dict) -> dict:
+    """arcface_torch's config in the summary's vocabulary (see the module's doc)."""
     out = dict(cfg)
     per = cfg.get("batch_size")
     total = cfg.get("total_batch_size")
@@ -61,48 +74,57 @@ def namespace(cfg: dict) -> str:
             out["ctx_num"] = max(1, total // per) if per else 1
     if "embedding_size" in cfg:
         out["emb_size"] = cfg["embedding_size"]
-    out["lineage"] = "arcface_torch"
-    return "Called with argument: Namespace(" + ", ".join(f"{k}={v!r}" for k, v in out.items()) + ")"
+    out["lineage"] = NAME
+    return out
 
 
 class TorchLines:
-    """Whole lines in, the same number of lines out, in the pinned code's format (see the module's doc)."""
+    """Whole lines in, one item per line out, in order: an event, None (nothing), or a line that is not
+    arcface_torch's own (see the module's doc)."""
 
     def __init__(self) -> None:
         self.cfg: dict = {}
-        self.pending: list[str] = []  # config lines not yet written (the block ends at the first other line)
+        self.pending: list[str] = []  # the timestamps of config lines not yet given (the block ends at another)
+        self.xnorm: dict[str, float] = {}
 
-    def line(self, raw: str) -> list[str]:
-        """One line of arcface_torch's log -> the lines to parse in its place (and any held back before it)."""
+    def line(self, raw: str) -> list[Event | str | None]:
+        """One line of arcface_torch's log -> its item (after any held back before it)."""
         m = PREFIX.match(raw)
         if m is None:
             return [*self._flush(), raw]
-        ts, msg = f"[{m.group('d')}] ", m.group("m")
+        ts, msg = m.group("d"), m.group("m")
         c = _CFG.match(msg)
         if c is not None:
             self.cfg[c.group("k")] = _value(c.group("v") if c.group("v") is not None else c.group("n"))
             self.pending.append(ts)
             return []
         out = self._flush()
-        s = _SPEED.match(msg)
-        if s is not None:
+        if (s := _SPEED.match(msg)) is not None:
             step = int(s.group("s"))
-            out.append(f"{ts}Epoch[0] Batch [{max(0, step - 1)}]\tSpeed: {s.group('v')} samples/sec"
-                       f"\tloss={s.group('loss')}\tlr={s.group('lr')}")  # fmt: skip
-        elif msg.startswith("[") and not _HIGHEST.match(msg):
-            out.append(ts + msg)  # verification: the pinned code's own format
+            metrics = {"loss": _float(s.group("loss")), "lr": _float(s.group("lr"))}
+            out.append(Speed(0, ts, int(s.group("e")), max(0, step - 1), _float(s.group("v")), metrics, step))
+        elif (v := _VER.match(msg)) is not None:
+            target = v.group("t")
+            if v.group("k") == "XNorm":
+                self.xnorm[target] = _float(v.group("a"))
+                out.append(None)
+            else:
+                std = _float(v.group("d")) if v.group("d") is not None else float("nan")
+                xnorm = self.xnorm.pop(target, None)
+                out.append(Verification(0, ts, target, int(v.group("s")), _float(v.group("a")), std, xnorm, None))
         else:
-            out.append("")  # rank_id, Accuracy-Highest per target, DDP's and the loader's messages
+            out.append(None)  # rank_id, Accuracy-Highest per target, DDP's and the loader's messages
         return out
 
-    def _flush(self) -> list[str]:
+    def _flush(self) -> list[Event | str | None]:
         if not self.pending:
             return []
-        lines = ["" for _ in self.pending[:-1]] + [self.pending[-1] + namespace(self.cfg)]
+        items: list[Event | str | None] = [None for _ in self.pending[:-1]]
+        items.append(Config(0, self.pending[-1], config_args(self.cfg)))
         self.pending = []
-        return lines
+        return items
 
-    def close(self) -> list[str]:
+    def close(self) -> list[Event | str | None]:
         return self._flush()
 
 

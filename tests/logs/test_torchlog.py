@@ -10,9 +10,10 @@ from pathlib import Path
 
 import pytest
 
-from mfnpatch.logs.events import Config, Speed, Verification
+from mfnpatch.logs.events import Config, Malformed, Speed, Verification
 from mfnpatch.logs.parser import LogParser, Summary, summarize_text
 from mfnpatch.logs.sentinels import Sentinels, Watch
+from mfnpatch.logs.torchlog import TorchLines
 
 CFG = [("margin_list", "[1.0, 0.5, 0.0]"), ("network", "mbf"), ("resume", "False"), ("output", "work_dirs/ms1mv2_mbf"),
        ("embedding_size", "512"), ("sample_rate", "1.0"), ("interclass_filtering_threshold", "0"), ("fp16", "True"),
@@ -49,7 +50,7 @@ def log_lines(steps=(20, 30, 40), rounds=(2000,), lr="0.1000") -> list[str]:
     return out
 
 
-def test_a_torch_log_reads_as_the_pinned_codes_lines():
+def test_a_torch_log_reads_into_the_one_summary():
     text = "\n".join(log_lines()) + "\n"
     s = summarize_text(text, "training.log")
     assert s.lineage == "arcface_torch" and s.unknown_lines == 0 and s.lines == len(log_lines())
@@ -60,6 +61,39 @@ def test_a_torch_log_reads_as_the_pinned_codes_lines():
     assert s.verifications["lfw"][2000][0] == 0.96 and s.verifications["agedb_30"][2000][0] == 0.81717
     assert s.last_step == 2000 and s.speed_lines == 3 and s.median_samples_per_sec == 10543.27
     assert [st for st, _ in s.loss_curve] == [20, 30, 40] and s.lr_points == {20: 0.1, 30: 0.1, 40: 0.1}
+
+
+def test_its_reader_makes_events_not_text():
+    r = TorchLines()
+    lines = log_lines(steps=(20,), rounds=(2000,))
+    items = [it for ln in lines for it in r.line(ln)] + r.close()
+    assert len(items) == len(lines)  # one item per line: line numbers are the log's own
+    assert not any(isinstance(it, str) for it in items)  # nothing handed on as another format's text
+    cfg = next(it for it in items if isinstance(it, Config))
+    assert cfg.time == "2022-04-10 23:14:01" and cfg.args["per_batch_size"] == 128 and cfg.args["ctx_num"] == 8
+    sp = next(it for it in items if isinstance(it, Speed))
+    assert (sp.epoch, sp.step, sp.samples_per_sec, sp.metrics) == (0, 20, 10543.27, {"loss": 46.0198, "lr": 0.1})
+    ver = [it for it in items if isinstance(it, Verification)]
+    assert [(v.target, v.step, v.accuracy, v.std, v.xnorm) for v in ver][0] == ("lfw", 2000, 0.96, 0.00853, 20.481429)
+    # a line without its prefix (Python's own output) is handed on as it is, read as any log's
+    assert TorchLines().line("Traceback (most recent call last):") == ["Traceback (most recent call last):"]
+
+
+def test_a_bad_accuracy_or_a_crash_in_a_torch_log():
+    lines = log_lines()
+    at = next(i for i, ln in enumerate(lines) if "[cfp_fp][2000]Accuracy-Flip" in ln)
+    lines[at] = lines[at].replace("0.75300+-", "1.75300+-")
+    lines += ["Traceback (most recent call last):", "RuntimeError: CUDA error: out of memory"]
+    p = LogParser(events=True)
+    evs = p.feed("\n".join(lines) + "\n") + p.close()
+    s = p.summary()
+    assert (
+        s.malformed_lines == 1
+        and s.malformed[0].startswith(f"line {at + 1}: [cfp_fp]")
+        and "cfp_fp" not in s.verifications
+    )
+    assert [e.line for e in evs if isinstance(e, Malformed)] == [at + 1]
+    assert s.ending == {"reason": "error", "detail": "RuntimeError: CUDA error: out of memory"} and s.unknown_lines == 0
 
 
 def test_events_and_line_numbers_in_any_chunking():

@@ -10,6 +10,8 @@ from typing import Any
 from mfnpatch import lineages
 from mfnpatch.lineages.base import Capabilities, Lineage, TrainerFacts
 from mfnpatch.logs import formats
+from mfnpatch.logs.events import Config, Verification
+from mfnpatch.logs.formats import Item
 
 NAME = "caffe_mfn"
 # the trainer: "caffe train --iters N --every K": a verification of lfw every K iterations, rising
@@ -24,19 +26,19 @@ TRAINER = (
 
 
 class CaffeLines:
-    """Its log format: "CAFFE start" (its configuration) and "CAFFE iter N lfw=A" lines, read as the pinned
-    code's configuration and verification lines."""
+    """Its log format: "CAFFE start" (its configuration) and "CAFFE iter N lfw=A" lines, read into the parser's
+    events directly."""
 
-    def line(self, raw: str) -> list[str]:
-        if raw == "CAFFE start":  # what it trains with, as the pinned code's configuration line
-            return [f"Called with argument: Namespace(network='mfn', lineage='{NAME}')"]
+    def line(self, raw: str) -> list[Item]:
+        if raw == "CAFFE start":  # what it trains with
+            return [Config(0, None, {"network": "mfn", "lineage": NAME})]
         parts = raw.split()
         if len(parts) == 4 and parts[:2] == ["CAFFE", "iter"] and "=" in parts[3]:
             target, acc = parts[3].split("=")
-            return [f"[{target}][{parts[2]}]Accuracy-Flip: {float(acc):.5f}+-0.00000"]
-        return [""]
+            return [Verification(0, None, target, int(parts[2]), float(acc), 0.0, None, None)]
+        return [None]
 
-    def close(self) -> list[str]:
+    def close(self) -> list[Item]:
         return []
 
 
