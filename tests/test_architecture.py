@@ -19,7 +19,8 @@ ALLOWED = {
     "runs": {"source", "logs", "recipes", "verify", "lineages"},
     "cluster": {"source", "logs", "recipes", "verify", "runs", "lineages"},
     "environments": {"lineages"},
-    "deploy": {"datasets"},  # convert evaluate reads the verification sets through datasets/bins.py
+    # convert evaluate reads the verification sets through datasets/bins.py; deploy.json names the lineage
+    "deploy": {"datasets", "lineages"},
     "datasets": set(),
     "cli": {"source", "logs", "recipes", "verify", "runs", "cluster", "environments", "deploy", "datasets", "lineages"},
 }

@@ -136,6 +136,15 @@ def convert_ncnn_cmd(
         typer.Option("--arm-fix/--no-arm-fix", help="Mask the layers an emulated CPU computes wrongly (default)."),
     ] = True,
     arm_env: ArmEnvOpt = None,
+    lineage: Annotated[
+        str | None,
+        typer.Option(
+            "--lineage",
+            metavar="NAME",
+            help="The lineage that trained the model, said in deploy.json (default: the one whose export it is: "
+            "insightface_mxnet for a checkpoint, arcface_torch for an ONNX graph).",
+        ),
+    ] = None,
     as_json: JsonOpt = False,
 ):
     """MXNet -> ONNX -> ncnn (pnnx, BatchNorm folded), plus the unfolded ncnn model the seed's mxnet2ncnn made;
@@ -161,7 +170,7 @@ def convert_ncnn_cmd(
     nthreads = _threads(threads)
     targets = _arm(arm, arm_env)
     kw = {"verify_after": verify_after, "flush_denormals": flush_denormals, "onnx_norm": (mean, std),
-          "arm": targets, "arm_inputs": arm_inputs, "arm_fix": arm_fix}  # fmt: skip
+          "arm": targets, "arm_inputs": arm_inputs, "arm_fix": arm_fix, "lineage": lineage}  # fmt: skip
     if as_json:
         r = convert_ncnn(checkpoint, output, **kw)  # type: ignore[arg-type]
     else:
@@ -175,7 +184,8 @@ def convert_ncnn_cmd(
     if as_json:
         emit_json(asdict(r) | {"evaluate": ev.to_dict() if ev else None, "exit_code": code})
         return code
-    out.print(f"[green]converted[/] {escape(checkpoint)} -> {escape(str(output))} in {r.seconds:.1f} s")
+    out.print(f"[green]converted[/] {escape(checkpoint)} -> {escape(str(output))} in {r.seconds:.1f} s "
+              f"(trained by {r.lineage})")  # fmt: skip
     ref = "the ONNX source" if r.source_kind == "onnx" else "MXNet"
     out.print(
         f"  ONNX      {escape(r.onnx)} (fixes: {len(r.fixes)}; onnxruntime vs {ref} cosine "

@@ -169,11 +169,12 @@ def env_gpus(
 
     rows = gpu_table()
     envs = list(rows[0]["kernels"]) if rows else []
-    t = Table("GPUs", "arch", *envs, "MXNet lineage", "PyTorch lineage")
+    lineages = list(rows[0]["use"]) if rows else []  # the registered lineages, by their one name
+    t = Table("GPUs", "arch", *envs, *lineages)
     for r in rows:
         t.add_row(", ".join(r["gpus"]), r["cc"],
                   *[(r["kernels"][e] or "—").split(" (")[0] for e in envs],
-                  *[r["use"][name] or "[red]none[/]" for name in ("insightface_mxnet", "arcface_torch")])  # fmt: skip
+                  *[r["use"][name] or "[red]none[/]" for name in lineages])  # fmt: skip
     out.print(t)
     return EXIT_OK
 

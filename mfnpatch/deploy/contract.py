@@ -146,6 +146,7 @@ class TargetClass(_Strict):
 
 class Contract(_Strict):
     schema_version: Literal[1] = 1
+    lineage: str | None = None  # the lineage that trained the model (mfnpatch/lineages/); None: a contract before it
     models: dict[str, Model]
     input: Input
     output: Output
@@ -190,7 +191,7 @@ def _alignment() -> Alignment:
                             "(InsightFace's norm_crop; mfnpatch deploy align makes the reference crop)")  # fmt: skip
 
 
-def make(model_dir: Path, sym, arg) -> Contract:
+def make(model_dir: Path, sym, arg, lineage: str | None = None) -> Contract:
     """The contract of a converted model directory, read from its graph and its ncnn models."""
     d = Path(model_dir)
     steps = normalisation(graph(sym))
@@ -201,6 +202,7 @@ def make(model_dir: Path, sym, arg) -> Contract:
         models[label] = Model(param=str((sub / f"{FOLDED}.param").relative_to(d)),
                               bin=str((sub / f"{FOLDED}.bin").relative_to(d)), input_blob=i, output_blob=o)  # fmt: skip
     return Contract(
+        lineage=lineage,
         models=models,
         input=_input(steps),
         output=Output(blob_mxnet=sym.list_outputs()[0].removesuffix("_output"), dim=int(out_shapes[0][1]),
@@ -209,7 +211,7 @@ def make(model_dir: Path, sym, arg) -> Contract:
     )  # fmt: skip
 
 
-def make_onnx(model_dir: Path, src) -> Contract:
+def make_onnx(model_dir: Path, src, lineage: str | None = None) -> Contract:
     """The contract of a model converted from an ONNX source (``onnxsource``): the normalisation that
     ``prepare`` put in front of the graph, the source's output, the one (folded) ncnn model."""
     d = Path(model_dir)
@@ -217,6 +219,7 @@ def make_onnx(model_dir: Path, src) -> Contract:
     models = {"ncnn folded": Model(param=f"{FOLDED}.param", bin=f"{FOLDED}.bin", input_blob=i, output_blob=o)}
     steps = [Step(op="subtract", value=src.mean), Step(op="multiply", value=src.scale)]
     return Contract(
+        lineage=lineage,
         models=models,
         input=_input(steps),
         output=Output(blob_onnx=src.output, dim=src.dim, l2_normalise=True,
@@ -262,13 +265,24 @@ def write(model_dir: Path, contract: Contract) -> Path:
     return path
 
 
-def source_of(d: Path) -> dict | None:
-    """The ONNX source a model directory was converted from (its convert.json says), or None: an MXNet one."""
+def _convert_json(d: Path) -> dict:
     try:
         data = load_json(Path(d) / "convert.json", limit=4 << 20)
     except MfnError:
-        return None
-    return data.get("onnx_source") if isinstance(data, dict) and data.get("source_kind") == "onnx" else None
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def source_of(d: Path) -> dict | None:
+    """The ONNX source a model directory was converted from (its convert.json says), or None: an MXNet one."""
+    data = _convert_json(d)
+    return data.get("onnx_source") if data.get("source_kind") == "onnx" else None
+
+
+def lineage_of(d: Path) -> str | None:
+    """The lineage convert.json records for a model directory (None: converted before it was recorded)."""
+    name = _convert_json(d).get("lineage")
+    return name if isinstance(name, str) else None
 
 
 def rederive(model_dir: Path) -> Contract:
@@ -280,7 +294,7 @@ def rederive(model_dir: Path) -> Contract:
         from mfnpatch.deploy.mxnet import _mx
 
         sym, arg, _ = _mx().model.load_checkpoint(str(d / "mxnet"), 0)
-        return make(d, sym, arg)
+        return make(d, sym, arg, lineage_of(d))
     from onnx import numpy_helper
 
     from mfnpatch.deploy.onnxfile import check_onnx
@@ -293,7 +307,7 @@ def rederive(model_dir: Path) -> Contract:
     src = SimpleNamespace(mean=float(numpy_helper.to_array(inits["mfnpatch_mean"])),
                           scale=float(numpy_helper.to_array(inits["mfnpatch_scale"])),
                           output=source_of(d)["output"], dim=int(dims[-1]) if dims else 0)  # type: ignore[index]  # fmt: skip
-    return make_onnx(d, src)
+    return make_onnx(d, src, lineage_of(d))
 
 
 def _first_difference(a, b, at: str = "") -> str | None:
@@ -322,7 +336,7 @@ def _first_difference(a, b, at: str = "") -> str | None:
     return None if a == b else at
 
 
-STATIC = ("models", "input", "output", "alignment")
+STATIC = ("lineage", "models", "input", "output", "alignment")
 
 
 def check_against_models(model_dir: Path, contract: Contract, path: Path, hint: str) -> None:

@@ -36,6 +36,7 @@ from mfnpatch.deploy.onnxsource import embeddings_source, inspect, is_onnx, prep
 from mfnpatch.deploy.verify import compare, test_inputs, verify
 from mfnpatch.finite import at_least
 from mfnpatch.fsutil import atomic_write, atomic_write_json, replacing
+from mfnpatch.lineages import of_model
 
 # MXNet's MKLDNN subgraph backend breaks asnumpy() on the slim model ("We can't generate TBlob for MKLDNN
 # data"): inference here runs without it.
@@ -61,6 +62,7 @@ class ConvertResult:
     source_kind: str = "mxnet"  # mxnet: a checkpoint; onnx: an ONNX model (the PyTorch lineage's torch2onnx output)
     onnx_source: dict | None = None  # the ONNX source: its path, input, output, the normalisation put in front
     arm: dict | None = None  # emulated CPU class -> mask.TargetCheck (convert ncnn --arm)
+    lineage: str | None = None  # the lineage that trained the model (mfnpatch/lineages/), as deploy.json says
 
     @property
     def exit_code(self) -> int:
@@ -108,11 +110,14 @@ def convert_ncnn(
     arm: list[str] | None = None,
     arm_inputs: int = 8,
     arm_fix: bool = True,
+    lineage: str | None = None,
 ) -> ConvertResult:
     """Convert into a staging directory beside ``out_dir`` and swap it into place at the end: a failed or
-    interrupted conversion leaves ``out_dir`` as it was."""
+    interrupted conversion leaves ``out_dir`` as it was. ``lineage``: the lineage that trained the model (default:
+    the one whose export a checkpoint or an ONNX graph is), said in deploy.json."""
     out_dir = Path(out_dir).absolute()
     _check_output_dir(out_dir)
+    trained_by = of_model("onnx" if is_onnx(spec) else "mxnet", lineage).name
     if is_onnx(spec):
         if flush_denormals:
             raise ConvertError("--flush-denormals is not supported for an ONNX source yet",
@@ -125,10 +130,10 @@ def convert_ncnn(
     try:
         if is_onnx(spec):
             result = _convert_onnx_into(Path(spec).absolute(), stage, onnx_norm or (127.5, 127.5),
-                                        verify_after=verify_after, on_step=on_step)  # fmt: skip
+                                        verify_after=verify_after, on_step=on_step, lineage=trained_by)  # fmt: skip
         else:
             result = _convert_into(spec, stage, verify_after=verify_after, flush_denormals=flush_denormals,
-                                   on_step=on_step)  # fmt: skip
+                                   on_step=on_step, lineage=trained_by)  # fmt: skip
         if arm:
             from mfnpatch.deploy.mask import arm_checks
 
@@ -161,7 +166,8 @@ def _save_mxnet(d: Path, sym, arg, aux) -> None:
     atomic_write(d / "mxnet-symbol.json", sym.tojson())
 
 
-def _convert_into(spec: str, out_dir: Path, *, verify_after: bool, flush_denormals: bool, on_step) -> ConvertResult:
+def _convert_into(spec: str, out_dir: Path, *, verify_after: bool, flush_denormals: bool, on_step,
+                  lineage: str) -> ConvertResult:  # fmt: skip
     t0 = time.perf_counter()
     say = on_step or (lambda s: None)
     sym, arg, aux = load_checkpoint(spec)
@@ -206,12 +212,13 @@ def _convert_into(spec: str, out_dir: Path, *, verify_after: bool, flush_denorma
                 "io": param_io(fparam)},
         unfolded={"param": str(uparam), "bin": str(ubin), "layers": dict(ul), "batchnorm": ul.get("BatchNorm", 0),
                   "io": param_io(uparam)},
-        fixes=fixes, onnx_check=check, seconds=0.0, denormals=denormals.to_dict(),
+        fixes=fixes, onnx_check=check, seconds=0.0, denormals=denormals.to_dict(), lineage=lineage,
     )  # fmt: skip
     if result.folded["batchnorm"]:
         raise ConvertError(f"pnnx left {result.folded['batchnorm']} BatchNorm layers unfolded in {fparam}")
     say("writing the deployment contract (deploy.json)")
-    contract.write(out_dir, contract.make(out_dir, sym, arg))
+    atomic_write_json(out_dir / "convert.json", asdict(result))  # the contract's lineage is read from it
+    contract.write(out_dir, contract.make(out_dir, sym, arg, lineage))
     if verify_after:
         say("verifying MXNet, onnxruntime and both ncnn models on the same inputs")
         result.verify = asdict(verify(out_dir))
@@ -220,7 +227,7 @@ def _convert_into(spec: str, out_dir: Path, *, verify_after: bool, flush_denorma
 
 
 def _convert_onnx_into(path: Path, out_dir: Path, norm: tuple[float, float], *, verify_after: bool,
-                       on_step) -> ConvertResult:  # fmt: skip
+                       on_step, lineage: str) -> ConvertResult:  # fmt: skip
     """An ONNX source (arcface_torch's torch2onnx.py output): the normalisation put in front of its graph, then pnnx
     (BatchNorm folded). There is no unfolded model: the seed's mxnet2ncnn needs an MXNet symbol."""
     from onnx import numpy_helper
@@ -251,13 +258,13 @@ def _convert_onnx_into(path: Path, out_dir: Path, norm: tuple[float, float], *, 
         folded={"param": str(fparam), "bin": str(fbin), "layers": dict(fl), "batchnorm": 0, "io": param_io(fparam)},
         unfolded={}, fixes=fixes, onnx_check=check, seconds=0.0, denormals=denormals.to_dict(), source_kind="onnx",
         onnx_source={"path": str(path), "input": src.input, "output": src.output, "dim": src.dim, "mean": src.mean,
-                     "std": round(1.0 / src.scale, 6)},
+                     "std": round(1.0 / src.scale, 6)}, lineage=lineage,
     )  # fmt: skip
     say("writing the deployment contract (deploy.json)")
-    contract.write(out_dir, contract.make_onnx(out_dir, src))
+    atomic_write_json(out_dir / "convert.json", asdict(result))  # the source and the lineage are read from it
+    contract.write(out_dir, contract.make_onnx(out_dir, src, lineage))
     if verify_after:
         say("verifying onnxruntime and the ncnn model on the same inputs")
-        atomic_write_json(out_dir / "convert.json", asdict(result))  # verify reads the source from it
         result.verify = asdict(verify(out_dir))
     result.seconds = round(time.perf_counter() - t0, 3)
     return result

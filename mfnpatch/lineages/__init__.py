@@ -42,9 +42,38 @@ def of_argv(argv: list[str]) -> Lineage | None:
     return hits[-1] if hits else None
 
 
+def of_model(model_format: str, name: str | None = None) -> Lineage:
+    """The lineage a model of ``model_format`` ("mxnet", "onnx") was trained by: ``name`` when given (checked: its
+    export is of that format), else the one lineage whose export it is."""
+    if name is not None:
+        lin = get(name)
+        if lin.model_format != model_format:
+            raise MfnError(f"lineage {lin.name} does not export {model_format} models "
+                           f"({'its export is ' + lin.model_format if lin.model_format else 'it exports none'})",
+                           hint="give the lineage that trained the model: --lineage NAME")  # fmt: skip
+        return lin
+    hits = [lin for lin in LINEAGES.values() if lin.model_format == model_format]
+    if len(hits) != 1:
+        raise MfnError(f"which lineage trained this {model_format} model is not known: "
+                       f"{', '.join(x.name for x in hits) or 'no lineage'} export{'s' if len(hits) == 1 else ''} "
+                       f"{model_format} models", hint="say it: --lineage NAME")  # fmt: skip
+    return hits[0]
+
+
 def facts_of(argv: list[str]) -> TrainerFacts | None:
     lin = of_argv(argv)
     return lin.facts(argv) if lin else None
 
 
-__all__ = ["LINEAGES", "Capabilities", "Lineage", "TrainerFacts", "facts_of", "get", "of_args", "of_argv", "register"]
+__all__ = [
+    "LINEAGES",
+    "Capabilities",
+    "Lineage",
+    "TrainerFacts",
+    "facts_of",
+    "get",
+    "of_args",
+    "of_argv",
+    "of_model",
+    "register",
+]

@@ -163,6 +163,8 @@ class Lineage(ABC):
     # its log's per_batch_size is per device, the total its product with the devices (the MXNet code's ctx)
     batch_per_device: bool = False
     seeding: str | None = None  # how its own code seeds itself, beside mfnpatch's start-up hook (None: it does not)
+    # what its export hands to convert ncnn: "mxnet" (a checkpoint), "onnx" (a graph); None: nothing to convert
+    model_format: str | None = None
 
     @abstractmethod
     def claims(self, argv: list[str]) -> bool:

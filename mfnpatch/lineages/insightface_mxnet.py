@@ -84,6 +84,7 @@ class InsightfaceMxnet(Lineage):
     name = "insightface_mxnet"
     title = "the pinned MXNet code (InsightFace 4bc8132, train_softmax.py)"
     framework = "mxnet"
+    model_format = "mxnet"  # a checkpoint, PREFIX,EPOCH (model_slim.py's too)
     capabilities = Capabilities(resume=None, lr_sentinel=None, fit=None)
     defining = ("loss_type", "network")
     compared = ("network", "loss_type", "lr", "lr_steps", "margin_s", "margin_m", "wd", "fc7_wd_mult", "emb_size",

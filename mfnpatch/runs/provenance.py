@@ -60,6 +60,7 @@ def run_provenance(rec: RunRecord, normalize) -> dict[str, Any]:
     r = rec.recipe
     return {
         "recipe": r.name,
+        "lineage": r.lineage or "insightface_mxnet",  # records before the field: only that lineage's recipes
         "recipe sha256": r.sha256,
         "profile": r.profile,
         "parameters": normalize(r.parameters),

@@ -55,6 +55,40 @@ def test_the_contract_is_read_from_the_models(converted):
     folded = c.models["ncnn folded"]
     assert (folded.input_blob, folded.output_blob) == param_io(converted / "mobilefacenet.param")
     assert c.alignment.template[0] == pytest.approx([38.2946, 51.6963]) and c.thresholds is None
+    assert c.lineage == "insightface_mxnet"  # one name per lineage, as env.yaml, recipes and records say it
+    assert json.loads((converted / "convert.json").read_text())["lineage"] == "insightface_mxnet"
+
+
+def test_the_lineage_a_model_came_from(converted, tmp_path, cli):
+    """deploy.json names its lineage: a wrong --lineage is refused before anything is written, a contract that
+    names another is refused as edited, and one written before the field (no lineage) still reads."""
+    import shutil
+
+    from mfnpatch.deploy.contract import load
+
+    out = tmp_path / "out"
+    r = cli("convert", "ncnn", str(converted / "mxnet") + ",0", "-o", out, "--lineage", "arcface_torch")
+    assert r.code != 0 and "lineage arcface_torch does not export mxnet models (its export is onnx)" in r.err
+    assert "--lineage NAME" in r.err and not out.exists()
+    r = cli("convert", "ncnn", str(converted / "mxnet") + ",0", "-o", out, "--lineage", "caffe")
+    assert r.code != 0 and "unknown lineage 'caffe'" in r.err and not out.exists()
+    other = _rewrite(converted, tmp_path / "other", lambda d: d.__setitem__("lineage", "arcface_torch"),
+                     keep_digest=False)  # fmt: skip
+    r = cli("convert", "verify", other)
+    assert r.code == 1 and "deploy.json: lineage disagrees with the models" in r.err, r.err
+    old = tmp_path / "old"
+    shutil.copytree(converted, old)
+    for name, drop in (("deploy.json", True), ("convert.json", False)):
+        doc = json.loads((old / name).read_text())
+        doc.pop("lineage")
+        if drop:
+            from mfnpatch.deploy.contract import _canonical
+            from mfnpatch.fsutil import sha256_bytes
+
+            doc.pop("digest")
+            doc["digest"] = "sha256:" + sha256_bytes(_canonical(doc))
+        (old / name).write_text(json.dumps(doc))
+    assert load(old).lineage is None
 
 
 def test_a_hand_edited_contract_is_refused(converted, tmp_path, cli):

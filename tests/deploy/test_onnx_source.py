@@ -65,7 +65,7 @@ def test_an_onnx_graph_converts_and_verifies_against_onnxruntime(tmp_path):
     assert deal["input"]["normalisation_in_graph"] == [{"op": "subtract", "value": 127.5},
                                                        {"op": "multiply", "value": 1 / 127.5}]  # fmt: skip
     assert not deal["input"]["app_normalises"] and deal["output"]["blob_onnx"] == "fc1" and deal["output"]["dim"] == 64
-    assert list(deal["models"]) == ["ncnn folded"]
+    assert list(deal["models"]) == ["ncnn folded"] and deal["lineage"] == r.lineage == "arcface_torch"
     # the converted graph takes 0..255: it computes on x what the source computes on (x - 127.5) / 127.5
     import onnxruntime
 

@@ -50,6 +50,8 @@ def test_run_verify_and_compare_a_third_lineage(cli, runfx, caffe):
     assert _run(cli, runfx, recipe, "run2").code == 0
     c = cli("compare", runfx.run_dir(), runfx.run_dir("run2"), "--json", "--no-plot")
     assert c.code == 0 and c.json()["identical"], c.out + c.err
+    row = next(r for r in c.json()["rows"] if r["what"] == "provenance" and r["key"] == "lineage")
+    assert row["a"] == row["b"] == "caffe_mfn"  # compare says the lineage by its one name
 
 
 def test_an_interrupted_stage_of_a_lineage_without_resume_says_so_and_reruns(cli, runfx, caffe, monkeypatch):
