@@ -16,6 +16,8 @@ mx.model.save_checkpoint, trains until killed (or --max-steps), and is steered b
   FAKE_SLOW_AT    from this step, the Speedometer's samples/sec is a tenth (a data stall)
   FAKE_HOLD       a file: after each checkpoint, training waits while it exists (a test sends its signal
                   to a stage that is surely mid-training, however slow the machine, then removes it)
+  FAKE_HOLD_FROM  the first checkpoint FAKE_HOLD holds after (default 1): a test that must see N verification
+                  rounds, and no more however late the runner reads them, holds from checkpoint N
 """
 
 import argparse
@@ -87,6 +89,7 @@ def main():
     lr_factor = float(os.environ.get("FAKE_LR_FACTOR", "1"))
     slow_at = int(os.environ.get("FAKE_SLOW_AT", "0"))
     hold = os.environ.get("FAKE_HOLD", "")
+    hold_from = int(os.environ.get("FAKE_HOLD_FROM", "1"))
     if os.environ.get("FAKE_CRASH_LOSS") not in (None, str(args.loss_type)):
         crash_at = 0
     cvd = os.environ.get("CUDA_VISIBLE_DEVICES", "").strip()
@@ -167,7 +170,7 @@ def main():
                     save_checkpoint(args.prefix, save, args.loss_type)
                     sys.stdout.flush()
                     sys.stderr.flush()
-                    while hold and os.path.exists(hold):
+                    while hold and save >= hold_from and os.path.exists(hold):
                         time.sleep(0.05)
                 highest = max(highest, acc)
                 print("[%d]Accuracy-Highest: %1.5f" % (step, highest))
