@@ -207,7 +207,7 @@ def recipe_run(
     run_dir: Annotated[Path | None, typer.Option("--run-dir", help="Run directory (default runs/NAME-TIME).")] = None,
     resume: Annotated[Path | None, typer.Option("--resume", help="Continue this run directory.")] = None,
     from_stage: Annotated[str | None, typer.Option("--from", help="Start at this stage.")] = None,
-    only: Annotated[str | None, typer.Option("--only", help="Run only this stage.")] = None,
+    only: Annotated[str | None, typer.Option("--only", help="Run only this stage, or these (data,train).")] = None,
     keep_going: Annotated[bool, typer.Option("--keep-going", help="Continue after a failed stage.")] = False,
     force: Annotated[
         bool, typer.Option("--force", help="With --resume: redo stages whose provenance changed.")

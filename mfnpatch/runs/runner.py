@@ -267,7 +267,8 @@ class Runner:
 
         plan = self.plan(run_dir)
         names = [s.name for s in plan.stages]
-        for flag, v in (("--from", self.opts.from_stage), ("--only", self.opts.only)):
+        only = [("--only", x.strip()) for x in (self.opts.only or "").split(",") if self.opts.only]
+        for flag, v in (("--from", self.opts.from_stage), *only):
             if v is not None and v not in names:
                 raise RunError(
                     f"{flag} {v}: recipe {plan.recipe.name} has no such stage", hint=f"stages: {', '.join(names)}"
@@ -349,8 +350,8 @@ class Runner:
 
     def _selected(self, plan: Plan) -> list[PlannedStage]:
         names = [s.name for s in plan.stages]
-        if self.opts.only:
-            return [plan.stage(self.opts.only)]
+        if self.opts.only:  # one stage or several (data,train), in the plan's order
+            return [s for s in plan.stages if s.name in {x.strip() for x in self.opts.only.split(",")}]
         if self.opts.from_stage:
             return plan.stages[names.index(self.opts.from_stage) :]
         return plan.stages

@@ -128,6 +128,10 @@ def test_from_and_only_need_the_inputs(cli, runfx):
     r = cli(*base, "--run-dir", runfx.run_dir("a"), "--only", "data", "--json")
     assert r.code == 0 and r.json()["status"] == "incomplete"
     assert [s["status"] for s in r.json()["stages"]] == ["done", "pending", "pending", "pending"]
+    r = cli(*base, "--run-dir", runfx.run_dir("y"), "--only", "data,nope")
+    assert r.code == 1 and "--only nope: recipe fake has no such stage" in r.err
+    r = cli(*base, "--run-dir", runfx.run_dir("b"), "--only", "softmax,data", "--json")  # several, in plan order
+    assert r.code == 0 and [s["status"] for s in r.json()["stages"]] == ["done", "done", "pending", "pending"]
 
 
 @pytest.mark.slow
