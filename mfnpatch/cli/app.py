@@ -144,6 +144,15 @@ DestOpt = Annotated[
 ]
 DEFAULT_DEST = Path("insightface")
 ProfileOpt = Annotated[str | None, typer.Option("--profile", "-p", help="A profile of the recipe (seed, smoke ...).")]
+TreeOpt = Annotated[
+    Path | None,
+    typer.Option(
+        "--tree",
+        help="The patched InsightFace tree (made if absent); default: the recipe's pin's own "
+        "(insightface for may16, insightface-0159b24 for mbf).",
+    ),
+]
+SourceOpt = Annotated[str | None, typer.Option("--source", help="Where to fetch the pin (see apply).")]
 SetOpt = Annotated[
     list[str] | None,
     typer.Option(

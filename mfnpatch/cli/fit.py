@@ -9,7 +9,19 @@ from typing import Annotated
 import typer
 from rich.markup import escape
 
-from mfnpatch.cli.app import CTX, JsonOpt, ProfileOpt, SetOpt, _say, emit_json, err, out, recipe_app
+from mfnpatch.cli.app import (
+    CTX,
+    JsonOpt,
+    ProfileOpt,
+    SetOpt,
+    SourceOpt,
+    TreeOpt,
+    _say,
+    emit_json,
+    err,
+    out,
+    recipe_app,
+)
 from mfnpatch.errors import EXIT_OK, UsageError
 
 GpusOpt = Annotated[
@@ -107,15 +119,8 @@ def recipe_estimate(
         float,
         typer.Option("--budget", min=5, help="Seconds one probe may run at most (what it measured by then is used)."),
     ] = 120.0,
-    tree: Annotated[
-        Path | None,
-        typer.Option(
-            "--tree",
-            help="The patched InsightFace tree (made if absent); default: the recipe's pin's own "
-            "(insightface for may16, insightface-0159b24 for mbf).",
-        ),
-    ] = None,
-    source: Annotated[str | None, typer.Option("--source", help="Where to fetch the pin (see apply).")] = None,
+    tree: TreeOpt = None,
+    source: SourceOpt = None,
     env_prefix: Annotated[
         Path | None, typer.Option("--env-prefix", help="The environment the stages run in (as recipe run).")
     ] = None,

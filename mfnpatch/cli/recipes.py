@@ -14,6 +14,8 @@ from mfnpatch.cli.app import (
     JsonOpt,
     ProfileOpt,
     SetOpt,
+    SourceOpt,
+    TreeOpt,
     emit_json,
     err,
     out,
@@ -195,15 +197,8 @@ def recipe_run(
     recipe: Annotated[str, typer.Argument(help="A recipe name (may16) or file.")],
     profile: ProfileOpt = None,
     sets: SetOpt = None,
-    tree: Annotated[
-        Path | None,
-        typer.Option(
-            "--tree",
-            help="The patched InsightFace tree (made if absent); default: the recipe's pin's own "
-            "(insightface for may16, insightface-0159b24 for mbf).",
-        ),
-    ] = None,
-    source: Annotated[str | None, typer.Option("--source", help="Where to fetch the pin (see apply).")] = None,
+    tree: TreeOpt = None,
+    source: SourceOpt = None,
     run_dir: Annotated[Path | None, typer.Option("--run-dir", help="Run directory (default runs/NAME-TIME).")] = None,
     resume: Annotated[Path | None, typer.Option("--resume", help="Continue this run directory.")] = None,
     from_stage: Annotated[str | None, typer.Option("--from", help="Start at this stage.")] = None,
