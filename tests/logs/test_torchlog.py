@@ -79,10 +79,11 @@ def test_its_reader_makes_events_not_text():
     assert TorchLines().line("Traceback (most recent call last):") == ["Traceback (most recent call last):"]
 
 
-def test_a_bad_accuracy_or_a_crash_in_a_torch_log():
+@pytest.mark.parametrize("bad", ["1.75300", "nan"])  # out of [0, 1], and a NaN that compares False both ways
+def test_a_bad_accuracy_or_a_crash_in_a_torch_log(bad):
     lines = log_lines()
     at = next(i for i, ln in enumerate(lines) if "[cfp_fp][2000]Accuracy-Flip" in ln)
-    lines[at] = lines[at].replace("0.75300+-", "1.75300+-")
+    lines[at] = lines[at].replace("0.75300+-", bad + "+-")
     lines += ["Traceback (most recent call last):", "RuntimeError: CUDA error: out of memory"]
     p = LogParser(events=True)
     evs = p.feed("\n".join(lines) + "\n") + p.close()
