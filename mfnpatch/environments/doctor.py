@@ -26,6 +26,8 @@ from mfnpatch.environments.spec import (
     normalize,
     parse_lock,
 )
+from mfnpatch.lineages import LINEAGES
+from mfnpatch.lineages import get as get_lineage
 
 # --------------------------------------------------------------------------------------------
 # The doctor
@@ -439,9 +441,6 @@ def _link_findings(env: Env, facts: Facts) -> list[Finding]:
     return out
 
 
-LINEAGES = ("insightface_mxnet", "arcface_torch")  # mfnpatch/lineages/'s names, the GPU table's columns
-
-
 def recipe_for(env_name: str) -> tuple[str, str | None] | None:
     """(recipe, profile) of a bundled recipe that runs in the environment: its default environment, else a
     profile's (the smoke profile last)."""
@@ -475,7 +474,7 @@ def _recipe_line(env_name: str) -> str:
 
 
 def _cpu_env(env: Env) -> str:
-    return "torch-cpu" if env.spec.lineage == "arcface_torch" else "cpu"
+    return get_lineage(env.spec.lineage).cpu_environment or "cpu"
 
 
 def kernel_fix(cc: tuple[int, int] | None, env: Env) -> str:
@@ -503,13 +502,9 @@ def kernel_fix(cc: tuple[int, int] | None, env: Env) -> str:
     text = (f"use the {e.name} environment ({'pip only; ' if e.spec.kind == 'pip' else ''}{b.package} {b.version} "
             f"has {how} kernels for {sm}): {prep}")  # fmt: skip
     if e.spec.lineage != env.spec.lineage:
-        from mfnpatch.lineages import get as lineage
-
-        what = lineage(e.spec.lineage).title
+        what, note = get_lineage(e.spec.lineage).title, get_lineage(env.spec.lineage).no_gpu_build
         text += (f"; that is the {e.spec.lineage} lineage ({what}): no {env.spec.build.import_name} build mfnpatch "
-                 f"knows has kernels for {sm}"
-                 + (" (MXNet is retired; building it from source with CUDA >= 11.8 is the only other way)"
-                    if env.spec.lineage == "insightface_mxnet" else ""))  # fmt: skip
+                 f"knows has kernels for {sm}" + (f" ({note})" if note else ""))  # fmt: skip
     return text
 
 
@@ -526,7 +521,8 @@ def gpu_table() -> list[dict]:
     for cc in sorted(by_cc):
         kernels = {e.name: covered(cc, e.spec.build.gpu_archs, e.spec.build.ptx) for e in envs}
         best = {}
-        for lineage in LINEAGES:
+        # a column for each registered lineage whose recipes mfnpatch runs (it has a CPU environment)
+        for lineage in (name for name, lin in LINEAGES.items() if lin.cpu_environment):
             fits = [e for e in envs if e.spec.lineage == lineage and kernels[e.name]]
             fits.sort(key=lambda e: (e.spec.kind != "pip", e.name))
             best[lineage] = fits[0].name if fits else None
@@ -537,12 +533,13 @@ def gpu_table() -> list[dict]:
 def gpu_table_markdown() -> str:
     rows = gpu_table()
     envs = list(rows[0]["kernels"]) if rows else []
-    head = ["GPUs", "arch", *envs, "MXNet lineage (may16)", "PyTorch lineage (mbf)"]
+    lineages = list(rows[0]["use"]) if rows else []
+    head = ["GPUs", "arch", *envs, *(get_lineage(name).column or name for name in lineages)]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in rows:
         cells = [", ".join(r["gpus"]), r["cc"]]
         cells += [(r["kernels"][e] or "—").replace(" (compiled by the driver at first use)", "") for e in envs]
-        cells += [r["use"]["insightface_mxnet"] or "none: no build", r["use"]["arcface_torch"] or "none: no build"]
+        cells += [r["use"][name] or "none: no build" for name in lineages]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 

@@ -9,6 +9,8 @@ from mfnpatch.lineages.base import Capabilities, Lineage, TrainerFacts
 from mfnpatch.lineages.insightface_mxnet import InsightfaceMxnet
 
 LINEAGES: dict[str, Lineage] = {}
+# the lineage of a log, record or contract that names none: the only one before lineages had names
+DEFAULT = "insightface_mxnet"
 # the older names records and logs carry: mxnet and torch (parser, environments), onnx (deploy)
 ALIASES = {"mxnet": "insightface_mxnet", "torch": "arcface_torch", "pytorch": "arcface_torch"}
 
@@ -33,7 +35,7 @@ def get(name: str) -> Lineage:
 def of_args(args: dict) -> Lineage:
     """The lineage of a log's configuration or a stage's arguments (their ``lineage`` key; the MXNet code's
     carry none)."""
-    return get(str(args.get("lineage") or "insightface_mxnet"))
+    return get(str(args.get("lineage") or DEFAULT))
 
 
 def of_argv(argv: list[str]) -> Lineage | None:
@@ -66,6 +68,7 @@ def facts_of(argv: list[str]) -> TrainerFacts | None:
 
 
 __all__ = [
+    "DEFAULT",
     "LINEAGES",
     "Capabilities",
     "Lineage",

@@ -93,6 +93,7 @@ class ArcfaceTorch(Lineage):
     title = "arcface_torch, InsightFace's PyTorch recipe (0159b24, train_v2.py)"
     framework = "torch"
     model_format = "onnx"  # torch2onnx.py's graph
+    cpu_environment, column = "torch-cpu", "PyTorch lineage (mbf)"
     capabilities = Capabilities(resume=None, lr_sentinel=None, fit=None)
     seeding = ("train_v2.py seeds PyTorch, NumPy and Python itself (the config's seed, 2048, by setup_seed), "
                "whatever the run seed")  # fmt: skip

@@ -165,6 +165,9 @@ class Lineage(ABC):
     seeding: str | None = None  # how its own code seeds itself, beside mfnpatch's start-up hook (None: it does not)
     # what its export hands to convert ncnn: "mxnet" (a checkpoint), "onnx" (a graph); None: nothing to convert
     model_format: str | None = None
+    cpu_environment: str | None = None  # the bundled environment that runs its recipes on a CPU (None: none)
+    column: str = ""  # its column's heading in the GPU table (env gpus --markdown)
+    no_gpu_build: str = ""  # what the doctor adds when no build of its framework has kernels for a GPU
 
     @abstractmethod
     def claims(self, argv: list[str]) -> bool:

@@ -85,6 +85,8 @@ class InsightfaceMxnet(Lineage):
     title = "the pinned MXNet code (InsightFace 4bc8132, train_softmax.py)"
     framework = "mxnet"
     model_format = "mxnet"  # a checkpoint, PREFIX,EPOCH (model_slim.py's too)
+    cpu_environment, column = "cpu", "MXNet lineage (may16)"
+    no_gpu_build = "MXNet is retired; building it from source with CUDA >= 11.8 is the only other way"
     capabilities = Capabilities(resume=None, lr_sentinel=None, fit=None)
     defining = ("loss_type", "network")
     compared = ("network", "loss_type", "lr", "lr_steps", "margin_s", "margin_m", "wd", "fc7_wd_mult", "emb_size",

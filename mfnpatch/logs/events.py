@@ -6,6 +6,8 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
 
+from mfnpatch.lineages import DEFAULT
+
 # --------------------------------------------------------------------------------------------
 # Events
 
@@ -152,7 +154,7 @@ class TargetSummary:
 @dataclass
 class Summary:
     path: str = "-"
-    lineage: str = "insightface_mxnet"  # whose log, by lineage name (mfnpatch/lineages/)
+    lineage: str = DEFAULT  # whose log, by lineage name (mfnpatch/lineages/)
     lines: int = 0
     unknown_lines: int = 0
     unknown_sample: str | None = None  # the first line not recognised (shown with the count)

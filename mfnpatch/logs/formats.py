@@ -15,12 +15,13 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
 
+from mfnpatch.lineages import DEFAULT
 from mfnpatch.lineages import get as lineage
 from mfnpatch.logs.events import Event
 from mfnpatch.logs.torchlog import NAME as TORCH
 from mfnpatch.logs.torchlog import TorchLines, is_torch_log
 
-NATIVE = "insightface_mxnet"  # the parser's own format
+NATIVE = DEFAULT  # the parser's own format: the pinned MXNet code's
 
 
 Item = Event | str | None  # an event; a line read as any log's; None: a line that carries nothing

@@ -11,6 +11,7 @@ import json
 from typing import Any
 
 from mfnpatch.fsutil import sha256_bytes
+from mfnpatch.lineages import DEFAULT
 from mfnpatch.runs.record import RunRecord
 
 
@@ -60,7 +61,7 @@ def run_provenance(rec: RunRecord, normalize) -> dict[str, Any]:
     r = rec.recipe
     return {
         "recipe": r.name,
-        "lineage": r.lineage or "insightface_mxnet",  # records before the field: only that lineage's recipes
+        "lineage": r.lineage or DEFAULT,  # records before the field: only that lineage's recipes
         "recipe sha256": r.sha256,
         "profile": r.profile,
         "parameters": normalize(r.parameters),
